@@ -1,0 +1,2 @@
+//! Throwaway local PostgreSQL clusters and the demo.
+pub mod cluster;

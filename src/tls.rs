@@ -1,0 +1,1 @@
+//! TLS: server config, backend client config, dev certificates.

@@ -1,0 +1,1 @@
+//! pgveil session tokens.
