@@ -1,0 +1,316 @@
+//! Opening a backend connection: TCP, optional TLS (SSLRequest), StartupMessage, authentication as a client
+//! (SCRAM-SHA-256, md5, cleartext), then ParameterStatus/BackendKeyData until ReadyForQuery.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+use postgres_protocol::message::{backend::Message, frontend};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::net::BackendStream;
+use crate::secret::{DbCredentials, ExposeSecret};
+
+/// Where a tenant's backend lives (no credentials here: they come from the secret store per connection).
+#[derive(Clone)]
+pub struct BackendTarget {
+    /// Host name or address.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// Database name.
+    pub dbname: String,
+    /// TLS client config when TLS is used towards this backend.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl std::fmt::Debug for BackendTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackendTarget")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("dbname", &self.dbname)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+/// The cancel key a backend gave us.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackendKey {
+    /// Backend process id.
+    pub pid: i32,
+    /// Backend secret key.
+    pub secret: i32,
+}
+
+/// An authenticated backend connection, ready for queries.
+pub struct BackendConn {
+    /// The byte stream.
+    pub stream: BackendStream,
+    /// Current values of the parameters the server reports (ParameterStatus).
+    pub params: BTreeMap<String, String>,
+    /// Cancel key.
+    pub key: BackendKey,
+    /// Bytes already read from the server but not yet processed.
+    pub rbuf: BytesMut,
+    /// Set when the connection's protocol state is unknown; a broken connection is never reused.
+    pub broken: bool,
+    /// Where it is connected (for cancel requests).
+    pub target: Arc<BackendTarget>,
+}
+
+/// Why a backend connection could not be opened. Messages never include the password.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// TCP connect or I/O failed.
+    #[error("backend {addr}: {source}")]
+    Io {
+        /// host:port.
+        addr: String,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// Connecting and authenticating took too long.
+    #[error("backend {0}: timed out")]
+    Timeout(String),
+    /// TLS was required but refused, or the handshake failed.
+    #[error("backend {addr}: TLS: {reason}")]
+    Tls {
+        /// host:port.
+        addr: String,
+        /// What failed.
+        reason: String,
+    },
+    /// The server rejected our credentials (28P01/28000): may be a rotation in progress.
+    #[error("backend {addr}: authentication failed ({code}): {message}")]
+    Auth {
+        /// host:port.
+        addr: String,
+        /// SQLSTATE.
+        code: String,
+        /// Server message.
+        message: String,
+    },
+    /// The server refused the connection for another reason (e.g. 3D000, 53300, 57P03).
+    #[error("backend {addr}: server error {code}: {message}")]
+    Server {
+        /// host:port.
+        addr: String,
+        /// SQLSTATE.
+        code: String,
+        /// Server message.
+        message: String,
+    },
+    /// The server asked for an authentication method we do not support, or sent something unexpected.
+    #[error("backend {addr}: protocol: {reason}")]
+    Protocol {
+        /// host:port.
+        addr: String,
+        /// What was unexpected.
+        reason: String,
+    },
+}
+
+impl ConnectError {
+    /// True when the server rejected the credentials (worth re-fetching the secret and retrying).
+    pub fn is_auth_failure(&self) -> bool {
+        matches!(self, ConnectError::Auth { .. })
+    }
+}
+
+/// Largest message accepted from a backend during startup.
+const MAX_STARTUP_MESSAGE: usize = 1 << 20;
+
+/// Opens and authenticates a backend connection. `params` are extra startup parameters (GUCs).
+pub async fn connect(
+    target: Arc<BackendTarget>,
+    creds: &DbCredentials,
+    params: &[(&str, &str)],
+    timeout: Duration,
+) -> Result<BackendConn, ConnectError> {
+    let addr = format!("{}:{}", target.host, target.port);
+    match tokio::time::timeout(timeout, connect_inner(target, creds, params, &addr)).await {
+        Ok(r) => r,
+        Err(_) => Err(ConnectError::Timeout(addr)),
+    }
+}
+
+async fn connect_inner(
+    target: Arc<BackendTarget>,
+    creds: &DbCredentials,
+    params: &[(&str, &str)],
+    addr: &str,
+) -> Result<BackendConn, ConnectError> {
+    let io = |source| ConnectError::Io {
+        addr: addr.to_owned(),
+        source,
+    };
+    let proto = |reason: &str| ConnectError::Protocol {
+        addr: addr.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let tcp = TcpStream::connect((target.host.as_str(), target.port)).await.map_err(io)?;
+    tcp.set_nodelay(true).map_err(io)?;
+    let mut stream = match &target.tls {
+        None => BackendStream::Plain(tcp),
+        Some(cfg) => BackendStream::Tls(Box::new(start_tls(tcp, cfg.clone(), &target.host, addr).await?)),
+    };
+
+    let mut buf = BytesMut::new();
+    let mut startup: Vec<(&str, &str)> = vec![("user", &creds.username), ("database", &target.dbname)];
+    startup.extend_from_slice(params);
+    frontend::startup_message(startup.iter().copied(), &mut buf).map_err(io)?;
+    stream.write_all(&buf).await.map_err(io)?;
+
+    let mut rbuf = BytesMut::with_capacity(8192);
+    let mut scram: Option<ScramSha256> = None;
+    let mut server_params = BTreeMap::new();
+    let mut key = None;
+    loop {
+        let msg = read_message(&mut stream, &mut rbuf).await.map_err(io)?;
+        let msg = msg.ok_or_else(|| proto("connection closed during startup"))?;
+        buf.clear();
+        match msg {
+            Message::AuthenticationOk => {}
+            Message::AuthenticationCleartextPassword => {
+                frontend::password_message(creds.password.expose_secret().as_bytes(), &mut buf).map_err(io)?;
+            }
+            Message::AuthenticationMd5Password(body) => {
+                let hash = postgres_protocol::authentication::md5_hash(
+                    creds.username.as_bytes(),
+                    creds.password.expose_secret().as_bytes(),
+                    body.salt(),
+                );
+                frontend::password_message(hash.as_bytes(), &mut buf).map_err(io)?;
+            }
+            Message::AuthenticationSasl(body) => {
+                let mut offered = Vec::new();
+                let mut mechs = body.mechanisms();
+                while let Some(m) = fallible_iterator::FallibleIterator::next(&mut mechs).map_err(io)? {
+                    offered.push(m.to_owned());
+                }
+                if !offered.iter().any(|m| m == "SCRAM-SHA-256") {
+                    return Err(proto(&format!("server offers no supported SASL mechanism ({offered:?})")));
+                }
+                // Channel binding is not used ("n" flag): SCRAM-SHA-256 over the (optionally TLS) link.
+                let s = ScramSha256::new(creds.password.expose_secret().as_bytes(), ChannelBinding::unsupported());
+                frontend::sasl_initial_response("SCRAM-SHA-256", s.message(), &mut buf).map_err(io)?;
+                scram = Some(s);
+            }
+            Message::AuthenticationSaslContinue(body) => {
+                let mut s = scram.take().ok_or_else(|| proto("unexpected SASL continue"))?;
+                let data = body.data().to_vec();
+                // PBKDF2 with thousands of iterations: keep it off the reactor threads.
+                let s = tokio::task::spawn_blocking(move || s.update(&data).map(|()| s))
+                    .await
+                    .map_err(|_| proto("SCRAM task failed"))?
+                    .map_err(|e| proto(&format!("SCRAM: {e}")))?;
+                frontend::sasl_response(s.message(), &mut buf).map_err(io)?;
+                scram = Some(s);
+            }
+            Message::AuthenticationSaslFinal(body) => {
+                let mut s = scram.take().ok_or_else(|| proto("unexpected SASL final"))?;
+                s.finish(body.data()).map_err(|_| proto("server SCRAM signature does not verify"))?;
+            }
+            Message::ParameterStatus(body) => {
+                let name = body.name().map_err(io)?.to_owned();
+                let value = body.value().map_err(io)?.to_owned();
+                server_params.insert(name, value);
+            }
+            Message::BackendKeyData(body) => {
+                key = Some(BackendKey {
+                    pid: body.process_id(),
+                    secret: body.secret_key(),
+                });
+            }
+            Message::ReadyForQuery(_) => break,
+            Message::ErrorResponse(body) => return Err(server_error(addr, &body)),
+            Message::NoticeResponse(_) => {}
+            _ => return Err(proto("unexpected message during startup")),
+        }
+        if !buf.is_empty() {
+            stream.write_all(&buf).await.map_err(io)?;
+        }
+    }
+    Ok(BackendConn {
+        stream,
+        params: server_params,
+        key: key.ok_or_else(|| proto("server sent no BackendKeyData"))?,
+        rbuf,
+        broken: false,
+        target,
+    })
+}
+
+async fn start_tls(
+    mut tcp: TcpStream,
+    cfg: Arc<rustls::ClientConfig>,
+    host: &str,
+    addr: &str,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ConnectError> {
+    let tls_err = |reason: String| ConnectError::Tls {
+        addr: addr.to_owned(),
+        reason,
+    };
+    let mut buf = BytesMut::new();
+    frontend::ssl_request(&mut buf);
+    tcp.write_all(&buf).await.map_err(|e| tls_err(e.to_string()))?;
+    let answer = tcp.read_u8().await.map_err(|e| tls_err(e.to_string()))?;
+    if answer != b'S' {
+        return Err(tls_err("server does not accept TLS".to_owned()));
+    }
+    let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+        .map_err(|_| tls_err(format!("invalid server name {host:?}")))?;
+    tokio_rustls::TlsConnector::from(cfg)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| tls_err(e.to_string()))
+}
+
+/// Reads one whole backend message during startup.
+async fn read_message(stream: &mut BackendStream, rbuf: &mut BytesMut) -> std::io::Result<Option<Message>> {
+    loop {
+        if rbuf.len() >= 5 {
+            let len = i32::from_be_bytes([rbuf[1], rbuf[2], rbuf[3], rbuf[4]]);
+            if len < 4 || len as usize > MAX_STARTUP_MESSAGE {
+                return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "invalid message length"));
+            }
+        }
+        if let Some(m) = Message::parse(rbuf)? {
+            return Ok(Some(m));
+        }
+        if stream.read_buf(rbuf).await? == 0 {
+            return Ok(None);
+        }
+    }
+}
+
+fn server_error(addr: &str, body: &postgres_protocol::message::backend::ErrorResponseBody) -> ConnectError {
+    let mut code = String::new();
+    let mut message = String::new();
+    let mut fields = body.fields();
+    while let Ok(Some(f)) = fallible_iterator::FallibleIterator::next(&mut fields) {
+        match f.type_() {
+            b'C' => code = String::from_utf8_lossy(f.value_bytes()).into_owned(),
+            b'M' => message = String::from_utf8_lossy(f.value_bytes()).into_owned(),
+            _ => {}
+        }
+    }
+    if code == "28P01" || code == "28000" {
+        ConnectError::Auth {
+            addr: addr.to_owned(),
+            code,
+            message,
+        }
+    } else {
+        ConnectError::Server {
+            addr: addr.to_owned(),
+            code,
+            message,
+        }
+    }
+}

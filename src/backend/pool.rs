@@ -1,0 +1,194 @@
+//! Backend pools, one per (tenant, role class): a masked session never reuses a backend that a privileged
+//! session used, and no backend ever crosses tenants. Built on deadpool's managed pool.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use deadpool::managed::{self, Metrics, RecycleError, RecycleResult, Timeouts};
+
+use super::connect::{self, BackendConn, BackendTarget, ConnectError};
+use crate::ids::{RoleName, TenantId};
+use crate::route::Tenant;
+use crate::secret::{DbCredentials, SecretError, SecretStore};
+
+/// Startup parameters of every backend connection. `standard_conforming_strings` is forced on so that what
+/// pgveil parses is what the server parses.
+const BACKEND_STARTUP: &[(&str, &str)] = &[
+    ("standard_conforming_strings", "on"),
+    ("client_encoding", "UTF8"),
+    ("application_name", "pgveil"),
+];
+
+/// Identifies a pool: backends never move between keys.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    /// Tenant.
+    pub tenant: TenantId,
+    /// Role class (the session's role).
+    pub role_class: RoleName,
+}
+
+/// Errors creating a backend connection.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// Credentials could not be fetched.
+    #[error("tenant {tenant}: {source}")]
+    Secret {
+        /// Tenant.
+        tenant: TenantId,
+        /// Underlying error.
+        source: SecretError,
+    },
+    /// Host or database unknown (neither config nor secret names it).
+    #[error("tenant {0}: backend host or dbname not configured and not in the secret")]
+    Incomplete(TenantId),
+    /// Connecting failed.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+}
+
+/// Creates and recycles backend connections for one pool.
+pub struct Manager {
+    tenant: Arc<Tenant>,
+    secrets: Arc<dyn SecretStore>,
+    connect_timeout: Duration,
+}
+
+impl Manager {
+    async fn target_and_creds(&self) -> Result<(Arc<BackendTarget>, DbCredentials), BackendError> {
+        let t = &self.tenant;
+        let creds = DbCredentials::fetch(&*self.secrets, &t.secret).await.map_err(|source| BackendError::Secret {
+            tenant: t.id.clone(),
+            source,
+        })?;
+        let host = t.host.clone().or_else(|| creds.host.clone());
+        let dbname = t.dbname.clone().or_else(|| creds.dbname.clone());
+        let (Some(host), Some(dbname)) = (host, dbname) else {
+            return Err(BackendError::Incomplete(t.id.clone()));
+        };
+        let target = BackendTarget {
+            host,
+            port: t.port.or(creds.port).unwrap_or(5432),
+            dbname,
+            tls: t.tls.clone(),
+        };
+        Ok((Arc::new(target), creds))
+    }
+}
+
+impl managed::Manager for Manager {
+    type Type = BackendConn;
+    type Error = BackendError;
+
+    async fn create(&self) -> Result<BackendConn, BackendError> {
+        let (target, creds) = self.target_and_creds().await?;
+        let conn = connect::connect(target, &creds, BACKEND_STARTUP, self.connect_timeout).await?;
+        tracing::debug!(tenant = %self.tenant.id, pid = conn.key.pid, "backend connection opened");
+        Ok(conn)
+    }
+
+    async fn recycle(&self, conn: &mut BackendConn, _: &Metrics) -> RecycleResult<BackendError> {
+        if conn.broken {
+            return Err(RecycleError::message("connection is broken"));
+        }
+        Ok(())
+    }
+}
+
+/// A pool of one key.
+pub type Pool = managed::Pool<Manager>;
+/// A checked-out backend; dropping it returns it to its pool.
+pub type PooledConn = managed::Object<Manager>;
+
+/// Why a checkout failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckoutError {
+    /// No backend became free in time.
+    #[error("timed out waiting for a backend connection")]
+    Timeout,
+    /// The backend could not be created.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    /// The pool is closed (shutdown).
+    #[error("pool closed")]
+    Closed,
+}
+
+/// All pools, created on first use.
+pub struct Pools {
+    secrets: Arc<dyn SecretStore>,
+    checkout_timeout: Duration,
+    connect_timeout: Duration,
+    pools: Mutex<HashMap<PoolKey, Pool>>,
+}
+
+impl Pools {
+    /// An empty set of pools.
+    pub fn new(secrets: Arc<dyn SecretStore>, checkout_timeout: Duration, connect_timeout: Duration) -> Self {
+        Self {
+            secrets,
+            checkout_timeout,
+            connect_timeout,
+            pools: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn pool(&self, tenant: &Arc<Tenant>, role_class: &RoleName) -> Pool {
+        let key = PoolKey {
+            tenant: tenant.id.clone(),
+            role_class: role_class.clone(),
+        };
+        let mut pools = self.pools.lock().expect("pools lock poisoned");
+        pools
+            .entry(key)
+            .or_insert_with(|| {
+                let manager = Manager {
+                    tenant: tenant.clone(),
+                    secrets: self.secrets.clone(),
+                    connect_timeout: self.connect_timeout,
+                };
+                Pool::builder(manager)
+                    .max_size(tenant.pool_size)
+                    .runtime(deadpool::Runtime::Tokio1)
+                    .build()
+                    .expect("runtime is set")
+            })
+            .clone()
+    }
+
+    /// Checks out a backend for (tenant, role class), waiting at most the configured checkout timeout.
+    pub async fn checkout(&self, tenant: &Arc<Tenant>, role_class: &RoleName) -> Result<PooledConn, CheckoutError> {
+        let pool = self.pool(tenant, role_class);
+        let timeouts = Timeouts {
+            wait: Some(self.checkout_timeout),
+            create: Some(self.connect_timeout),
+            recycle: Some(Duration::from_secs(5)),
+        };
+        pool.timeout_get(&timeouts).await.map_err(|e| match e {
+            managed::PoolError::Timeout(_) => CheckoutError::Timeout,
+            managed::PoolError::Backend(b) => CheckoutError::Backend(b),
+            _ => CheckoutError::Closed,
+        })
+    }
+
+    /// Closes every pool (shutdown): idle connections are dropped, waiting checkouts fail.
+    pub fn close_all(&self) {
+        for pool in self.pools.lock().expect("pools lock poisoned").values() {
+            pool.close();
+        }
+    }
+
+    /// (size, available) per pool, for metrics and tests.
+    pub fn status(&self) -> Vec<(PoolKey, usize, usize)> {
+        self.pools
+            .lock()
+            .expect("pools lock poisoned")
+            .iter()
+            .map(|(k, p)| {
+                let s = p.status();
+                (k.clone(), s.size, s.available)
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,130 @@
+//! Statements pgveil itself runs on a backend, outside any client's conversation: the reset before a backend
+//! is reused (`ROLLBACK` when needed, then `DISCARD ALL`) and the session settings a client asked for at
+//! startup.
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::BackendConn;
+use crate::proto::error::parse_fields;
+use crate::proto::messages::{self, tag};
+
+/// Largest message accepted in an internal exchange.
+const MAX_INTERNAL_MESSAGE: usize = 1 << 20;
+
+/// An error the server returned for an internal statement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerError {
+    /// SQLSTATE.
+    pub code: String,
+    /// Message.
+    pub message: String,
+}
+
+/// Failures of internal exchanges; after any of these the connection is marked broken.
+#[derive(Debug, thiserror::Error)]
+pub enum InternalError {
+    /// I/O failure or the server closed the connection.
+    #[error("backend i/o: {0}")]
+    Io(#[from] std::io::Error),
+    /// Unexpected bytes from the server.
+    #[error("backend protocol: {0}")]
+    Protocol(&'static str),
+}
+
+/// Runs each SQL string as its own simple Query (pipelined) and waits for all of them. Returns the first
+/// server error, if any; ParameterStatus updates are recorded in `conn.params`. Returns the final
+/// transaction status.
+pub async fn run_queries(conn: &mut BackendConn, sqls: &[&str]) -> Result<(u8, Option<ServerError>), InternalError> {
+    let r = run_inner(conn, sqls).await;
+    if r.is_err() {
+        conn.broken = true;
+    }
+    r
+}
+
+async fn run_inner(conn: &mut BackendConn, sqls: &[&str]) -> Result<(u8, Option<ServerError>), InternalError> {
+    let mut out = BytesMut::new();
+    for sql in sqls {
+        messages::query(&mut out, sql);
+    }
+    conn.stream.write_all(&out).await?;
+    let mut pending = sqls.len();
+    let mut first_error = None;
+    let mut status = b'I';
+    while pending > 0 {
+        while conn.rbuf.len() < 5 || conn.rbuf.len() < 1 + frame_len(&conn.rbuf)? {
+            if conn.stream.read_buf(&mut conn.rbuf).await? == 0 {
+                return Err(InternalError::Protocol("server closed the connection"));
+            }
+        }
+        let len = frame_len(&conn.rbuf)?;
+        let frame = conn.rbuf.split_to(1 + len);
+        let payload = &frame[5..];
+        match frame[0] {
+            tag::READY_FOR_QUERY => {
+                status = *payload.first().ok_or(InternalError::Protocol("empty ReadyForQuery"))?;
+                pending -= 1;
+            }
+            tag::PARAMETER_STATUS => {
+                let (name, rest) = messages::read_cstr(payload).ok_or(InternalError::Protocol("bad ParameterStatus"))?;
+                let (value, _) = messages::read_cstr(rest).ok_or(InternalError::Protocol("bad ParameterStatus"))?;
+                conn.params.insert(
+                    String::from_utf8_lossy(name).into_owned(),
+                    String::from_utf8_lossy(value).into_owned(),
+                );
+            }
+            tag::ERROR_RESPONSE => {
+                if first_error.is_none() {
+                    let mut e = ServerError {
+                        code: String::new(),
+                        message: String::new(),
+                    };
+                    for (t, v) in parse_fields(payload) {
+                        match t {
+                            b'C' => e.code = String::from_utf8_lossy(v).into_owned(),
+                            b'M' => e.message = String::from_utf8_lossy(v).into_owned(),
+                            _ => {}
+                        }
+                    }
+                    first_error = Some(e);
+                }
+            }
+            // CopyIn/CopyOut/CopyBoth responses cannot come from our statements.
+            b'G' | b'H' | b'W' => return Err(InternalError::Protocol("unexpected COPY from internal statement")),
+            _ => {} // CommandComplete, NoticeResponse, RowDescription, DataRow, EmptyQueryResponse...
+        }
+    }
+    Ok((status, first_error))
+}
+
+fn frame_len(buf: &BytesMut) -> Result<usize, InternalError> {
+    let len = (&buf[1..5]).get_i32();
+    if len < 4 || len as usize > MAX_INTERNAL_MESSAGE {
+        return Err(InternalError::Protocol("invalid message length"));
+    }
+    Ok(len as usize)
+}
+
+/// Makes a backend safe for the next session: rolls back an open transaction, then `DISCARD ALL` (drops temp
+/// tables, prepared statements, cursors, advisory locks, LISTEN registrations; resets every setting to the
+/// connection's startup defaults). Marks the connection broken when anything is off.
+pub async fn reset(conn: &mut BackendConn, txn_status: u8) -> bool {
+    let sqls: &[&str] = if txn_status == b'I' {
+        &["DISCARD ALL"]
+    } else {
+        &["ROLLBACK", "DISCARD ALL"]
+    };
+    match run_queries(conn, sqls).await {
+        Ok((b'I', None)) => true,
+        Ok((status, err)) => {
+            tracing::warn!(status = %char::from(status), error = ?err, "backend reset failed; discarding connection");
+            conn.broken = true;
+            false
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "backend reset failed; discarding connection");
+            false
+        }
+    }
+}

@@ -1,0 +1,192 @@
+//! Errors shown to clients: an allowlist of named constructors with real SQLSTATEs. Internal detail (backend
+//! hosts, secret ids, stack traces) goes to logs, never into these.
+
+use bytes::{BufMut, BytesMut};
+
+/// ERROR keeps the session; FATAL ends it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    /// Statement-level error; the session continues.
+    Error,
+    /// The connection is closed after sending.
+    Fatal,
+}
+
+/// An error (or notice) as the client will see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PgError {
+    /// ERROR or FATAL.
+    pub severity: Severity,
+    /// Five-character SQLSTATE.
+    pub code: &'static str,
+    /// Primary message.
+    pub message: String,
+    /// Optional hint.
+    pub hint: Option<String>,
+}
+
+impl PgError {
+    fn new(severity: Severity, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            severity,
+            code,
+            message: message.into(),
+            hint: None,
+        }
+    }
+
+    /// Adds a hint.
+    pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+
+    /// 28P01: the token (password) is invalid.
+    pub fn invalid_password(message: impl Into<String>) -> Self {
+        Self::new(Severity::Fatal, "28P01", message)
+    }
+    /// 28000: the identity is not allowed in (unknown tenant or role, TLS required, ...).
+    pub fn invalid_authorization(message: impl Into<String>) -> Self {
+        Self::new(Severity::Fatal, "28000", message)
+    }
+    /// 3D000: the startup `database` is not this tenant's.
+    pub fn unknown_database(db: &str) -> Self {
+        Self::new(Severity::Fatal, "3D000", format!("database \"{db}\" does not exist"))
+    }
+    /// 08P01: protocol violation (closes the connection).
+    pub fn protocol_violation(message: impl Into<String>) -> Self {
+        Self::new(Severity::Fatal, "08P01", message)
+    }
+    /// 0A000 FATAL: an unsupported protocol feature at startup.
+    pub fn unsupported_startup(message: impl Into<String>) -> Self {
+        Self::new(Severity::Fatal, "0A000", message)
+    }
+    /// 0A000: an unsupported feature within a session.
+    pub fn feature_not_supported(message: impl Into<String>) -> Self {
+        Self::new(Severity::Error, "0A000", message)
+    }
+    /// 53300: connection limits reached.
+    pub fn too_many_connections(message: impl Into<String>) -> Self {
+        Self::new(Severity::Fatal, "53300", message)
+    }
+    /// 08006: the tenant's database cannot be reached (FATAL at startup).
+    pub fn backend_unavailable() -> Self {
+        Self::new(Severity::Fatal, "08006", "could not connect to the tenant database")
+            .with_hint("The database may be down or restarting; try again shortly.")
+    }
+    /// 08006: the backend connection was lost in the middle of the session.
+    pub fn backend_lost() -> Self {
+        Self::new(Severity::Fatal, "08006", "lost connection to the tenant database")
+    }
+    /// 42501: the statement is refused by policy (the session stays usable).
+    pub fn insufficient_privilege(message: impl Into<String>) -> Self {
+        Self::new(Severity::Error, "42501", message)
+    }
+    /// 42501 FATAL: a startup setting is refused by policy.
+    pub fn startup_setting_refused(message: impl Into<String>) -> Self {
+        Self::new(Severity::Fatal, "42501", message)
+    }
+    /// 42601: syntax error.
+    pub fn syntax_error(message: impl Into<String>) -> Self {
+        Self::new(Severity::Error, "42601", message)
+    }
+    /// 22021: text is not valid UTF-8 and cannot be inspected.
+    pub fn invalid_encoding() -> Self {
+        Self::new(Severity::Error, "22021", "invalid byte sequence for encoding \"UTF8\"")
+    }
+    /// 54000: a message larger than the configured cap.
+    pub fn message_too_large(limit: usize) -> Self {
+        Self::new(Severity::Fatal, "54000", format!("message exceeds the {limit}-byte limit"))
+    }
+    /// 57P01: pgveil is shutting down.
+    pub fn shutting_down() -> Self {
+        Self::new(Severity::Fatal, "57P01", "terminating connection: pgveil is shutting down")
+    }
+    /// 57P05: the client did not finish startup in time.
+    pub fn startup_timeout() -> Self {
+        Self::new(Severity::Fatal, "08P01", "timed out waiting for startup and authentication")
+    }
+
+    /// Is this FATAL?
+    pub fn is_fatal(&self) -> bool {
+        self.severity == Severity::Fatal
+    }
+
+    /// Encodes as an `ErrorResponse` ('E') frame.
+    pub fn encode(&self, out: &mut BytesMut) {
+        encode_fields(b'E', self.severity_text(), self.code, &self.message, self.hint.as_deref(), out);
+    }
+
+    /// Encodes as a `NoticeResponse` ('N') frame with severity NOTICE.
+    pub fn encode_notice(code: &'static str, message: &str, out: &mut BytesMut) {
+        encode_fields(b'N', "NOTICE", code, message, None, out);
+    }
+
+    fn severity_text(&self) -> &'static str {
+        match self.severity {
+            Severity::Error => "ERROR",
+            Severity::Fatal => "FATAL",
+        }
+    }
+}
+
+impl std::fmt::Display for PgError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}: {}", self.severity_text(), self.code, self.message)
+    }
+}
+
+fn encode_fields(tag: u8, severity: &str, code: &str, message: &str, hint: Option<&str>, out: &mut BytesMut) {
+    let start = out.len();
+    out.put_u8(tag);
+    out.put_i32(0);
+    let mut field = |t: u8, v: &str| {
+        out.put_u8(t);
+        // A NUL inside a field would end it early; PgError texts are ours, but be safe.
+        out.extend_from_slice(v.replace('\0', "").as_bytes());
+        out.put_u8(0);
+    };
+    field(b'S', severity);
+    field(b'V', severity);
+    field(b'C', code);
+    field(b'M', message);
+    if let Some(h) = hint {
+        field(b'H', h);
+    }
+    out.put_u8(0);
+    let len = (out.len() - start - 1) as i32;
+    out[start + 1..start + 5].copy_from_slice(&len.to_be_bytes());
+}
+
+/// Reads the fields of an `ErrorResponse`/`NoticeResponse` payload (after tag and length).
+pub fn parse_fields(payload: &[u8]) -> Vec<(u8, &[u8])> {
+    let mut fields = Vec::new();
+    let mut rest = payload;
+    while let Some((&t, tail)) = rest.split_first() {
+        if t == 0 {
+            break;
+        }
+        let Some(end) = tail.iter().position(|&b| b == 0) else { break };
+        fields.push((t, &tail[..end]));
+        rest = &tail[end + 1..];
+    }
+    fields
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_response_roundtrip() {
+        let mut out = BytesMut::new();
+        PgError::unknown_database("x").with_hint("h").encode(&mut out);
+        assert_eq!(out[0], b'E');
+        let len = i32::from_be_bytes(out[1..5].try_into().unwrap()) as usize;
+        assert_eq!(len + 1, out.len());
+        let fields = parse_fields(&out[5..]);
+        assert!(fields.contains(&(b'C', &b"3D000"[..])));
+        assert!(fields.contains(&(b'S', &b"FATAL"[..])));
+        assert!(fields.contains(&(b'H', &b"h"[..])));
+    }
+}

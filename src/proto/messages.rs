@@ -1,0 +1,201 @@
+//! Builders and decoders for the few messages pgveil creates or inspects. Everything else is relayed raw.
+
+use bytes::{BufMut, BytesMut};
+
+/// Protocol message tags used by pgveil.
+pub mod tag {
+    /// Frontend: simple query.
+    pub const QUERY: u8 = b'Q';
+    /// Frontend: parse (extended protocol).
+    pub const PARSE: u8 = b'P';
+    /// Frontend: bind.
+    pub const BIND: u8 = b'B';
+    /// Frontend: execute.
+    pub const EXECUTE: u8 = b'E';
+    /// Frontend: sync.
+    pub const SYNC: u8 = b'S';
+    /// Frontend: terminate.
+    pub const TERMINATE: u8 = b'X';
+    /// Frontend: fast-path function call.
+    pub const FUNCTION_CALL: u8 = b'F';
+    /// Frontend: password / SASL response.
+    pub const PASSWORD: u8 = b'p';
+    /// Backend: ready for query.
+    pub const READY_FOR_QUERY: u8 = b'Z';
+    /// Backend: parameter status.
+    pub const PARAMETER_STATUS: u8 = b'S';
+    /// Backend: error response.
+    pub const ERROR_RESPONSE: u8 = b'E';
+    /// Backend: notice response.
+    pub const NOTICE_RESPONSE: u8 = b'N';
+    /// Backend: parse complete.
+    pub const PARSE_COMPLETE: u8 = b'1';
+    /// Backend: bind complete.
+    pub const BIND_COMPLETE: u8 = b'2';
+    /// Backend: authentication request.
+    pub const AUTHENTICATION: u8 = b'R';
+    /// Backend: backend key data.
+    pub const BACKEND_KEY_DATA: u8 = b'K';
+}
+
+fn frame(out: &mut BytesMut, tag: u8, body: impl FnOnce(&mut BytesMut)) {
+    let start = out.len();
+    out.put_u8(tag);
+    out.put_i32(0);
+    body(out);
+    let len = (out.len() - start - 1) as i32;
+    out[start + 1..start + 5].copy_from_slice(&len.to_be_bytes());
+}
+
+fn cstr(out: &mut BytesMut, s: &[u8]) {
+    out.extend_from_slice(s);
+    out.put_u8(0);
+}
+
+/// AuthenticationOk.
+pub fn auth_ok(out: &mut BytesMut) {
+    frame(out, tag::AUTHENTICATION, |b| b.put_i32(0));
+}
+
+/// AuthenticationCleartextPassword: asks the client for its password (the pgveil token).
+pub fn auth_cleartext(out: &mut BytesMut) {
+    frame(out, tag::AUTHENTICATION, |b| b.put_i32(3));
+}
+
+/// ParameterStatus.
+pub fn parameter_status(out: &mut BytesMut, name: &str, value: &str) {
+    frame(out, tag::PARAMETER_STATUS, |b| {
+        cstr(b, name.as_bytes());
+        cstr(b, value.as_bytes());
+    });
+}
+
+/// BackendKeyData.
+pub fn backend_key_data(out: &mut BytesMut, pid: i32, secret: i32) {
+    frame(out, tag::BACKEND_KEY_DATA, |b| {
+        b.put_i32(pid);
+        b.put_i32(secret);
+    });
+}
+
+/// ReadyForQuery with a transaction status (`I`, `T` or `E`).
+pub fn ready_for_query(out: &mut BytesMut, status: u8) {
+    frame(out, tag::READY_FOR_QUERY, |b| b.put_u8(status));
+}
+
+/// NegotiateProtocolVersion: we speak 3.0 and none of the `_pq_.` options the client asked for.
+pub fn negotiate_protocol_version(out: &mut BytesMut, minor: i32, unsupported: &[String]) {
+    frame(out, b'v', |b| {
+        b.put_i32(minor);
+        b.put_i32(unsupported.len() as i32);
+        for o in unsupported {
+            cstr(b, o.as_bytes());
+        }
+    });
+}
+
+/// Simple Query.
+pub fn query(out: &mut BytesMut, sql: &str) {
+    frame(out, tag::QUERY, |b| cstr(b, sql.as_bytes()));
+}
+
+/// Parse.
+pub fn parse(out: &mut BytesMut, name: &[u8], sql: &str, param_types: &[u8]) {
+    frame(out, tag::PARSE, |b| {
+        cstr(b, name);
+        cstr(b, sql.as_bytes());
+        b.extend_from_slice(param_types);
+    });
+}
+
+/// Bind of the unnamed statement to the unnamed portal, no parameters, text results.
+pub fn bind_unnamed(out: &mut BytesMut) {
+    frame(out, tag::BIND, |b| {
+        cstr(b, b"");
+        cstr(b, b"");
+        b.put_i16(0);
+        b.put_i16(0);
+        b.put_i16(0);
+    });
+}
+
+/// Execute of the unnamed portal, all rows.
+pub fn execute_unnamed(out: &mut BytesMut) {
+    frame(out, tag::EXECUTE, |b| {
+        cstr(b, b"");
+        b.put_i32(0);
+    });
+}
+
+/// Sync.
+pub fn sync(out: &mut BytesMut) {
+    frame(out, tag::SYNC, |_| {});
+}
+
+/// Terminate.
+pub fn terminate(out: &mut BytesMut) {
+    frame(out, tag::TERMINATE, |_| {});
+}
+
+/// Reads a NUL-terminated string from the front of `buf`, returning it and the rest.
+pub fn read_cstr(buf: &[u8]) -> Option<(&[u8], &[u8])> {
+    let end = buf.iter().position(|&b| b == 0)?;
+    Some((&buf[..end], &buf[end + 1..]))
+}
+
+/// A decoded Parse payload: statement name, SQL text and the raw parameter-type section.
+pub struct ParseMsg<'a> {
+    /// Statement name (empty = unnamed).
+    pub name: &'a [u8],
+    /// SQL text, as sent.
+    pub sql: &'a [u8],
+    /// `int16 count` followed by `int32` OIDs, untouched.
+    pub param_types: &'a [u8],
+}
+
+/// Decodes a Parse payload.
+pub fn decode_parse(payload: &[u8]) -> Option<ParseMsg<'_>> {
+    let (name, rest) = read_cstr(payload)?;
+    let (sql, rest) = read_cstr(rest)?;
+    if rest.len() < 2 {
+        return None;
+    }
+    let n = i16::from_be_bytes([rest[0], rest[1]]);
+    if n < 0 || rest.len() != 2 + 4 * n as usize {
+        return None;
+    }
+    Some(ParseMsg {
+        name,
+        sql,
+        param_types: rest,
+    })
+}
+
+/// Decodes a Query payload into its SQL text.
+pub fn decode_query(payload: &[u8]) -> Option<&[u8]> {
+    let (sql, rest) = read_cstr(payload)?;
+    rest.is_empty().then_some(sql)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_roundtrip() {
+        let mut out = BytesMut::new();
+        parse(&mut out, b"s1", "select $1", &[0, 1, 0, 0, 0, 23]);
+        let m = decode_parse(&out[5..]).unwrap();
+        assert_eq!(m.name, b"s1");
+        assert_eq!(m.sql, b"select $1");
+        assert_eq!(m.param_types, &[0, 1, 0, 0, 0, 23]);
+        assert!(decode_parse(&out[5..out.len() - 1]).is_none());
+    }
+
+    #[test]
+    fn query_decode_rejects_trailing_bytes() {
+        assert_eq!(decode_query(b"select 1\0"), Some(&b"select 1"[..]));
+        assert_eq!(decode_query(b"select 1\0x"), None);
+        assert_eq!(decode_query(b"select 1"), None);
+    }
+}

@@ -1,0 +1,9 @@
+//! PostgreSQL wire protocol (v3): framing with length caps, the messages pgveil builds or inspects, and the
+//! client-visible error allowlist. Everything else is relayed as raw bytes.
+
+pub mod error;
+pub mod frame;
+pub mod messages;
+pub mod startup;
+
+pub use error::PgError;
