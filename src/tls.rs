@@ -1,1 +1,0 @@
-//! TLS: server config, backend client config, dev certificates.

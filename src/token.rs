@@ -1,1 +1,0 @@
-//! pgveil session tokens.
