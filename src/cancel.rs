@@ -99,6 +99,13 @@ impl CancelRegistry {
     }
 }
 
+/// Sends a cancel for a backend in the background (used when a client leaves while a statement runs).
+pub fn send_cancel_detached(target: Arc<BackendTarget>, key: BackendKey) {
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(Duration::from_secs(5), send_cancel(&target, key)).await;
+    });
+}
+
 async fn send_cancel(target: &BackendTarget, key: BackendKey) -> std::io::Result<()> {
     let mut buf = BytesMut::new();
     postgres_protocol::message::frontend::cancel_request(key.pid, key.secret, &mut buf);

@@ -86,6 +86,10 @@ impl PgError {
     pub fn startup_setting_refused(message: impl Into<String>) -> Self {
         Self::new(Severity::Fatal, "42501", message)
     }
+    /// 22023 FATAL: the server refused a setting the client asked for at startup.
+    pub fn invalid_startup_setting(message: impl Into<String>) -> Self {
+        Self::new(Severity::Fatal, "22023", message)
+    }
     /// 42601: syntax error.
     pub fn syntax_error(message: impl Into<String>) -> Self {
         Self::new(Severity::Error, "42601", message)

@@ -1,0 +1,92 @@
+//! Session authentication: the client's password is a pgveil token. It is asked for only over TLS (or plain
+//! text from loopback when the config allows it), verified offline (signature, expiry, issuer), and mapped to
+//! an [`Identity`] whose tenant and role must be known.
+
+use std::net::SocketAddr;
+use std::time::SystemTime;
+
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+
+use super::relay::{ReadFrameError, read_frame};
+use crate::config::Config;
+use crate::identity::Identity;
+use crate::ids::ClientAddr;
+use crate::net::ClientStream;
+use crate::proto::PgError;
+use crate::proto::messages::{self, tag};
+use crate::route::Router;
+use crate::token::{MAX_TOKEN_LEN, TokenError, TokenVerifier};
+
+/// Why authentication did not produce an identity.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// Refused; the client must be sent this FATAL error.
+    #[error("{0}")]
+    Refused(PgError),
+    /// The client went away (e.g. psql closing to prompt for a password).
+    #[error("client left during authentication")]
+    Gone,
+}
+
+/// Asks for and verifies the token.
+pub async fn authenticate(
+    stream: &mut ClientStream,
+    peer: SocketAddr,
+    cfg: &Config,
+    router: &Router,
+    verifier: &TokenVerifier,
+    now: SystemTime,
+) -> Result<Identity, AuthError> {
+    if !stream.is_tls() && !(cfg.listen.allow_plaintext_loopback && peer.ip().is_loopback()) {
+        return Err(AuthError::Refused(
+            PgError::invalid_authorization("pgveil requires an encrypted connection")
+                .with_hint("Connect with sslmode=require (or verify-full with the pgveil CA)."),
+        ));
+    }
+    let mut out = BytesMut::new();
+    messages::auth_cleartext(&mut out);
+    stream.write_all(&out).await.map_err(|_| AuthError::Gone)?;
+    let (t, body) = match read_frame(stream, MAX_TOKEN_LEN + 16).await {
+        Ok(f) => f,
+        Err(ReadFrameError::Io(_)) => return Err(AuthError::Gone),
+        Err(ReadFrameError::Invalid(_)) => {
+            return Err(AuthError::Refused(PgError::protocol_violation("invalid password message")));
+        }
+    };
+    if t != tag::PASSWORD {
+        return Err(AuthError::Refused(PgError::protocol_violation("expected a password message")));
+    }
+    let token = messages::decode_query(&body)
+        .and_then(|b| std::str::from_utf8(b).ok())
+        .ok_or_else(|| AuthError::Refused(PgError::protocol_violation("invalid password message")))?;
+    let claims = verifier.verify(token, now).map_err(|e| {
+        tracing::info!(client = %peer, reason = e.label(), "token refused");
+        AuthError::Refused(token_error(&e))
+    })?;
+    if router.tenant(&claims.tenant).is_none() {
+        tracing::info!(client = %peer, tenant = %claims.tenant, "token for unknown tenant");
+        return Err(AuthError::Refused(PgError::invalid_authorization("token's tenant is not served here")));
+    }
+    if !cfg.roles.contains(&claims.role) {
+        tracing::info!(client = %peer, role = %claims.role, "token with unknown role");
+        return Err(AuthError::Refused(PgError::invalid_authorization("token's role is not configured")));
+    }
+    Ok(Identity {
+        mfa: claims.has_mfa(),
+        user: claims.sub,
+        tenant: claims.tenant,
+        role: claims.role,
+        token_id: claims.jti,
+        client: ClientAddr(peer),
+    })
+}
+
+fn token_error(e: &TokenError) -> PgError {
+    let what = match e {
+        TokenError::Expired => "pgveil token has expired",
+        TokenError::NotYetValid => "pgveil token is not valid yet",
+        _ => "invalid pgveil token",
+    };
+    PgError::invalid_password(what).with_hint("Obtain a fresh token with `pgveil login` and use it as the password.")
+}

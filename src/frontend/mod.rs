@@ -1,0 +1,8 @@
+//! Client side of a connection, in the order a connection lives through it: handshake (TLS negotiation and
+//! the startup packet), token authentication, session setup, and the relay.
+
+pub mod auth;
+pub mod handshake;
+pub mod params;
+pub mod relay;
+pub mod session;

@@ -1,0 +1,411 @@
+//! The session relay: one task moves frames between a client and its backend in both directions.
+//!
+//! Raw frames are relayed untouched (DataRow, CopyData, Bind, ... are never decoded). Only these are looked at:
+//! - from the client: `Query` and `Parse` (SQL text through the [`StatementPolicy`] hook), `FunctionCall`
+//!   (refused for inspected roles: it calls functions by OID, past any SQL check), `Sync`, `Terminate`, and
+//!   any unknown tag (protocol violation);
+//! - from the backend: `ReadyForQuery` (transaction status), `ParameterStatus` (tracked), and `ErrorResponse`
+//!   while a denial is pending.
+//!
+//! A denied statement is not answered by pgveil out of band, which would break response ordering in
+//! pipelines and leave the backend's transaction state out of step with what the client saw. Instead the
+//! statement is replaced by `SELECT "pgveil:<nonce>"`, which makes the backend itself fail at parse analysis
+//! (aborting a transaction block exactly as a real error does); that 42703 ErrorResponse is then swapped for
+//! pgveil's own error on the way back.
+//!
+//! Both directions are buffered with high-water marks and written in `select!` branches, so a client that
+//! pipelines while the backend streams results can never deadlock the loop.
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::watch;
+
+use crate::backend::BackendConn;
+use crate::identity::Identity;
+use crate::net::ClientStream;
+use crate::policy::{Decision, StatementPolicy};
+use crate::proto::error::parse_fields;
+use crate::proto::frame::{FrameError, FrameSplitter, Item, payload};
+use crate::proto::messages::{self, tag};
+use crate::proto::PgError;
+
+/// Stop reading a side while this much is queued for the other.
+const HIGH_WATER: usize = 256 * 1024;
+/// Read granularity.
+const READ_CHUNK: usize = 16 * 1024;
+/// Largest backend message pgveil inspects whole (ReadyForQuery, ParameterStatus, ErrorResponse).
+const MAX_BACKEND_INSPECTED: usize = 16 * 1024 * 1024;
+
+/// How a relay ended.
+#[derive(Debug)]
+pub enum RelayEnd {
+    /// The client sent Terminate.
+    Terminate,
+    /// The client closed the connection (or its socket failed).
+    ClientGone,
+    /// The backend closed the connection or failed; the client was told.
+    BackendGone,
+    /// The client broke the protocol; it was sent this FATAL error.
+    ClientProtocol(PgError),
+    /// pgveil is shutting down; the client was told.
+    Shutdown,
+}
+
+/// Protocol state that outlives one relay run (the backend's view of the conversation).
+#[derive(Debug, Clone)]
+pub struct RelayState {
+    /// Transaction status from the last ReadyForQuery (`I`, `T`, `E`).
+    pub txn_status: u8,
+    /// Query/Sync/FunctionCall messages sent whose ReadyForQuery has not arrived yet.
+    pub in_flight: usize,
+    /// True while a frame is only partly relayed in either direction.
+    pub mid_frame: bool,
+}
+
+impl Default for RelayState {
+    fn default() -> Self {
+        Self {
+            txn_status: b'I',
+            in_flight: 0,
+            mid_frame: false,
+        }
+    }
+}
+
+impl RelayState {
+    /// True when the backend is between statements with no transaction open and nothing in flight: it can be
+    /// reset and reused.
+    pub fn backend_idle(&self) -> bool {
+        self.in_flight == 0 && !self.mid_frame
+    }
+}
+
+/// The relay for one session.
+pub struct Relay<'a> {
+    who: &'a Identity,
+    policy: &'a dyn StatementPolicy,
+    inspect: bool,
+    max_query_bytes: usize,
+    /// Protocol state.
+    pub state: RelayState,
+    denials: Vec<(String, PgError)>,
+}
+
+enum Step {
+    Continue,
+    End(RelayEnd),
+}
+
+impl<'a> Relay<'a> {
+    /// A relay for `who`, checking statements with `policy`.
+    pub fn new(who: &'a Identity, policy: &'a dyn StatementPolicy, max_query_bytes: usize) -> Self {
+        Self {
+            who,
+            policy,
+            inspect: policy.inspects(who),
+            max_query_bytes,
+            state: RelayState::default(),
+            denials: Vec::new(),
+        }
+    }
+
+    /// Relays until the client leaves, the backend fails, or shutdown is requested and the session is idle.
+    /// `client_buf` holds bytes already read from the client.
+    pub async fn run(
+        &mut self,
+        client: &mut ClientStream,
+        client_buf: BytesMut,
+        backend: &mut BackendConn,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> RelayEnd {
+        let BackendConn {
+            stream, params, rbuf, ..
+        } = backend;
+        let (mut cr, mut cw) = client.split();
+        let (mut br, mut bw) = stream.split();
+        let mut cin = client_buf;
+        let mut bin = std::mem::take(rbuf);
+        let mut to_b = BytesMut::with_capacity(READ_CHUNK);
+        let mut to_c = BytesMut::with_capacity(READ_CHUNK);
+        let mut csplit = FrameSplitter::new(self.max_query_bytes);
+        let mut bsplit = FrameSplitter::new(MAX_BACKEND_INSPECTED);
+        let (mut flush_b, mut flush_c) = (false, false);
+        let mut ending: Option<RelayEnd> = None;
+        let mut watch_shutdown = true;
+
+        // Bytes that arrived with the startup packet are processed before reading more.
+        if let Step::End(end) = self.on_client_bytes(&mut cin, &mut csplit, &mut to_b, &mut to_c) {
+            ending = Some(end);
+        }
+        loop {
+            if let Some(end) = ending.take() {
+                // Deliver what is queued for the client (e.g. a FATAL error), then stop.
+                if !to_c.is_empty() {
+                    let _ = cw.write_all_buf(&mut to_c).await;
+                    let _ = cw.flush().await;
+                }
+                self.state.mid_frame |= csplit.mid_frame() || bsplit.mid_frame();
+                self.state.mid_frame |= !to_b.is_empty() || !bin.is_empty();
+                return end;
+            }
+            if *shutdown.borrow() && self.state.backend_idle() && self.state.txn_status == b'I' && to_c.is_empty() {
+                PgError::shutting_down().encode(&mut to_c);
+                ending = Some(RelayEnd::Shutdown);
+                continue;
+            }
+            cin.reserve(READ_CHUNK);
+            bin.reserve(READ_CHUNK);
+            tokio::select! {
+                r = cr.read_buf(&mut cin), if to_b.len() < HIGH_WATER => match r {
+                    Ok(0) | Err(_) => {
+                        self.state.mid_frame |= csplit.mid_frame() || !cin.is_empty();
+                        ending = Some(RelayEnd::ClientGone);
+                    }
+                    Ok(_) => if let Step::End(end) = self.on_client_bytes(&mut cin, &mut csplit, &mut to_b, &mut to_c) {
+                        ending = Some(end);
+                    },
+                },
+                r = br.read_buf(&mut bin), if to_c.len() < HIGH_WATER => match r {
+                    Ok(0) | Err(_) => {
+                        PgError::backend_lost().encode(&mut to_c);
+                        ending = Some(RelayEnd::BackendGone);
+                    }
+                    Ok(_) => if let Err(e) = self.on_backend_bytes(&mut bin, &mut bsplit, &mut to_c, params) {
+                        tracing::warn!(error = %e, "backend protocol error");
+                        PgError::backend_lost().encode(&mut to_c);
+                        ending = Some(RelayEnd::BackendGone);
+                    },
+                },
+                r = pump(&mut bw, &mut to_b), if !to_b.is_empty() || flush_b => match r {
+                    Ok(flushed) => flush_b = !flushed,
+                    Err(_) => {
+                        PgError::backend_lost().encode(&mut to_c);
+                        ending = Some(RelayEnd::BackendGone);
+                    }
+                },
+                r = pump(&mut cw, &mut to_c), if !to_c.is_empty() || flush_c => match r {
+                    Ok(flushed) => flush_c = !flushed,
+                    Err(_) => ending = Some(RelayEnd::ClientGone),
+                },
+                r = shutdown.changed(), if watch_shutdown && !*shutdown.borrow() => {
+                    // The sender is gone: nobody can request a drain any more.
+                    if r.is_err() {
+                        watch_shutdown = false;
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_client_bytes(
+        &mut self,
+        cin: &mut BytesMut,
+        split: &mut FrameSplitter,
+        to_b: &mut BytesMut,
+        to_c: &mut BytesMut,
+    ) -> Step {
+        loop {
+            let item = match split.next(cin, client_inspects) {
+                Ok(Some(item)) => item,
+                Ok(None) => return Step::Continue,
+                Err(e) => {
+                    let err = match e {
+                        FrameError::TooLarge { limit, .. } => PgError::message_too_large(limit),
+                        FrameError::BadLength(_) => PgError::protocol_violation(e.to_string()),
+                    };
+                    err.encode(to_c);
+                    return Step::End(RelayEnd::ClientProtocol(err));
+                }
+            };
+            let frame = match item {
+                Item::Forward(bytes) => {
+                    to_b.extend_from_slice(&bytes);
+                    continue;
+                }
+                Item::Inspect(frame) => frame,
+            };
+            match self.on_client_frame(&frame, to_b) {
+                Ok(Step::Continue) => {}
+                Ok(end @ Step::End(_)) => return end,
+                Err(err) => {
+                    err.encode(to_c);
+                    return Step::End(RelayEnd::ClientProtocol(err));
+                }
+            }
+        }
+    }
+
+    fn on_client_frame(&mut self, frame: &[u8], to_b: &mut BytesMut) -> Result<Step, PgError> {
+        let body = payload(frame);
+        match frame[0] {
+            tag::QUERY => {
+                let sql = messages::decode_query(body).ok_or_else(|| PgError::protocol_violation("invalid Query message"))?;
+                self.state.in_flight += 1;
+                match self.decide(sql) {
+                    Decision::Allow => to_b.extend_from_slice(frame),
+                    Decision::Rewrite(text) => messages::query(to_b, &text),
+                    Decision::Deny(err) => messages::query(to_b, &self.deny(err)),
+                }
+            }
+            tag::PARSE => {
+                let p = messages::decode_parse(body).ok_or_else(|| PgError::protocol_violation("invalid Parse message"))?;
+                match self.decide(p.sql) {
+                    Decision::Allow => to_b.extend_from_slice(frame),
+                    Decision::Rewrite(text) => messages::parse(to_b, p.name, &text, p.param_types),
+                    Decision::Deny(err) => messages::parse(to_b, p.name, &self.deny(err), &[0, 0]),
+                }
+            }
+            tag::FUNCTION_CALL => {
+                self.state.in_flight += 1;
+                if self.inspect {
+                    let err = PgError::feature_not_supported("fast-path function calls are not allowed through pgveil");
+                    messages::query(to_b, &self.deny(err));
+                } else {
+                    to_b.extend_from_slice(frame);
+                }
+            }
+            tag::SYNC => {
+                self.state.in_flight += 1;
+                to_b.extend_from_slice(frame);
+            }
+            tag::TERMINATE => return Ok(Step::End(RelayEnd::Terminate)),
+            t => {
+                return Err(PgError::protocol_violation(format!(
+                    "invalid frontend message type {}",
+                    if t.is_ascii_graphic() { (t as char).to_string() } else { format!("0x{t:02x}") }
+                )));
+            }
+        }
+        Ok(Step::Continue)
+    }
+
+    /// Runs the statement hook on SQL text (skipped entirely for roles that are not inspected).
+    fn decide(&self, sql: &[u8]) -> Decision {
+        if !self.inspect {
+            return Decision::Allow;
+        }
+        match std::str::from_utf8(sql) {
+            Ok(sql) => self.policy.check(sql, self.who),
+            // Fail closed: what cannot be read cannot be checked.
+            Err(_) => Decision::Deny(PgError::invalid_encoding()),
+        }
+    }
+
+    /// Registers a denial and returns the SQL that makes the backend fail in its place.
+    fn deny(&mut self, err: PgError) -> String {
+        let marker = format!("pgveil:{:016x}", rand::random::<u64>());
+        tracing::info!(code = err.code, reason = %err.message, "statement refused");
+        let sql = format!("SELECT \"{marker}\"");
+        self.denials.push((marker, err));
+        sql
+    }
+
+    fn on_backend_bytes(
+        &mut self,
+        bin: &mut BytesMut,
+        split: &mut FrameSplitter,
+        to_c: &mut BytesMut,
+        params: &mut std::collections::BTreeMap<String, String>,
+    ) -> Result<(), FrameError> {
+        loop {
+            let watching_errors = !self.denials.is_empty();
+            let inspect = |t: u8| {
+                matches!(t, tag::READY_FOR_QUERY | tag::PARAMETER_STATUS)
+                    || (watching_errors && t == tag::ERROR_RESPONSE)
+            };
+            let frame = match split.next(bin, inspect)? {
+                None => return Ok(()),
+                Some(Item::Forward(bytes)) => {
+                    to_c.extend_from_slice(&bytes);
+                    continue;
+                }
+                Some(Item::Inspect(frame)) => frame,
+            };
+            let body = payload(&frame);
+            match frame[0] {
+                tag::READY_FOR_QUERY => {
+                    self.state.txn_status = body.first().copied().unwrap_or(b'I');
+                    self.state.in_flight = self.state.in_flight.saturating_sub(1);
+                    if self.state.in_flight == 0 {
+                        // Denials still pending here were skipped by the backend after an earlier error.
+                        self.denials.clear();
+                    }
+                }
+                tag::PARAMETER_STATUS => {
+                    if let Some((name, rest)) = messages::read_cstr(body)
+                        && let Some((value, _)) = messages::read_cstr(rest)
+                    {
+                        params.insert(
+                            String::from_utf8_lossy(name).into_owned(),
+                            String::from_utf8_lossy(value).into_owned(),
+                        );
+                    }
+                }
+                tag::ERROR_RESPONSE => {
+                    if let Some(err) = self.take_denial(body) {
+                        err.encode(to_c);
+                        continue;
+                    }
+                }
+                _ => {}
+            }
+            to_c.extend_from_slice(&frame);
+        }
+    }
+
+    /// If this ErrorResponse is the backend failing on a denial marker, returns pgveil's error for it.
+    fn take_denial(&mut self, body: &[u8]) -> Option<PgError> {
+        let fields = parse_fields(body);
+        let code = fields.iter().find(|(t, _)| *t == b'C').map(|(_, v)| *v)?;
+        if code != b"42703" {
+            return None;
+        }
+        let message = fields.iter().find(|(t, _)| *t == b'M').map(|(_, v)| *v)?;
+        let message = std::str::from_utf8(message).ok()?;
+        let idx = self.denials.iter().position(|(marker, _)| message.contains(&format!("\"{marker}\"")))?;
+        Some(self.denials.remove(idx).1)
+    }
+}
+
+/// Frontend tags handed over whole: everything except the high-volume pass-through ones. Unknown tags are
+/// thereby inspected too, and refused.
+fn client_inspects(t: u8) -> bool {
+    !matches!(t, b'B' | b'C' | b'c' | b'd' | b'D' | b'E' | b'f' | b'H')
+}
+
+/// One write when `buf` has data, else a flush; returns whether it flushed. Cancel-safe: a write consumes
+/// nothing or a prefix of `buf`, and an interrupted flush loses nothing.
+async fn pump<W: AsyncWrite + Unpin>(w: &mut W, buf: &mut BytesMut) -> std::io::Result<bool> {
+    if buf.is_empty() {
+        w.flush().await?;
+        return Ok(true);
+    }
+    if w.write_buf(buf).await? == 0 {
+        return Err(std::io::ErrorKind::WriteZero.into());
+    }
+    Ok(false)
+}
+
+/// Reads exactly one whole frame from a stream (used during startup), refusing lengths above `max`.
+pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, max: usize) -> Result<(u8, BytesMut), ReadFrameError> {
+    let tag = r.read_u8().await.map_err(ReadFrameError::Io)?;
+    let len = r.read_i32().await.map_err(ReadFrameError::Io)?;
+    if len < 4 || len as usize - 4 > max {
+        return Err(ReadFrameError::Invalid(len));
+    }
+    let mut body = BytesMut::zeroed(len as usize - 4);
+    r.read_exact(&mut body).await.map_err(ReadFrameError::Io)?;
+    Ok((tag, body))
+}
+
+/// Errors of [`read_frame`].
+#[derive(Debug, thiserror::Error)]
+pub enum ReadFrameError {
+    /// I/O failure or EOF.
+    #[error("i/o: {0}")]
+    Io(std::io::Error),
+    /// Length out of range.
+    #[error("invalid message length {0}")]
+    Invalid(i32),
+}
+

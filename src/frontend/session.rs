@@ -1,0 +1,212 @@
+//! One client connection from accept to close: handshake, authentication, backend checkout (session mode),
+//! startup settings, relay, and the reset or discard of the backend afterwards.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use deadpool::managed::Object;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use super::auth::{AuthError, authenticate};
+use super::handshake::{Hello, negotiate, refuse};
+use super::params::{requested_settings, set_statement};
+use super::relay::{Relay, RelayEnd};
+use crate::backend::pool::{BackendError, CheckoutError, PooledConn};
+use crate::backend::reset::{reset, run_queries};
+use crate::identity::Identity;
+use crate::net::ClientStream;
+use crate::policy::Decision;
+use crate::proto::PgError;
+use crate::proto::messages;
+use crate::proto::startup::StartupMessage;
+use crate::server::Shared;
+
+/// Serves one accepted TCP connection to the end.
+pub async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    let _ = tcp.set_nodelay(true);
+    let timeout = shared.cfg.listen.startup_timeout;
+    let started = tokio::time::timeout(timeout, start(tcp, peer, &shared)).await;
+    let (mut stream, startup, who) = match started {
+        Ok(Some(s)) => s,
+        Ok(None) => return,
+        Err(_) => {
+            tracing::info!(client = %peer, "startup timed out");
+            return;
+        }
+    };
+    let span = tracing::info_span!("session", client = %peer, user = %who.user, tenant = %who.tenant, role = %who.role);
+    let _enter = span.enter();
+    drop(_enter);
+    run_session(&mut stream, &startup, &who, &shared).await;
+}
+
+/// Handshake and authentication, under the startup timeout.
+async fn start(tcp: TcpStream, peer: SocketAddr, shared: &Shared) -> Option<(ClientStream, StartupMessage, Identity)> {
+    let hello = match negotiate(tcp, shared.tls.as_ref(), shared.cfg.listen.max_startup_packet).await {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::debug!(client = %peer, error = %e, "handshake ended");
+            return None;
+        }
+    };
+    let (mut stream, startup) = match hello {
+        Hello::Cancel { pid, secret } => {
+            shared.cancel.cancel(pid, secret).await;
+            return None;
+        }
+        Hello::Session { stream, startup } => (stream, startup),
+    };
+    if startup.minor > 0 || startup.params.iter().any(|(k, _)| k.starts_with("_pq_.")) {
+        // We speak 3.0 and no protocol extensions; tell the client so it can fall back.
+        let unsupported: Vec<String> =
+            startup.params.iter().filter(|(k, _)| k.starts_with("_pq_.")).map(|(k, _)| k.clone()).collect();
+        let mut out = BytesMut::new();
+        messages::negotiate_protocol_version(&mut out, 0, &unsupported);
+        if stream.write_all(&out).await.is_err() {
+            return None;
+        }
+    }
+    if startup.get("replication").is_some_and(|v| v != "false" && v != "0" && v != "off" && v != "no") {
+        refuse(&mut stream, PgError::unsupported_startup("replication connections are not supported by pgveil")).await;
+        return None;
+    }
+    let now = (shared.clock)();
+    match authenticate(&mut stream, peer, &shared.cfg, &shared.router, &shared.verifier, now).await {
+        Ok(who) => Some((stream, startup, who)),
+        Err(AuthError::Gone) => None,
+        Err(AuthError::Refused(e)) => {
+            refuse(&mut stream, e).await;
+            None
+        }
+    }
+}
+
+async fn run_session(stream: &mut ClientStream, startup: &StartupMessage, who: &Identity, shared: &Shared) {
+    let tenant = shared.router.tenant(&who.tenant).expect("authenticate checked the tenant").clone();
+    let settings = match requested_settings(startup) {
+        Ok(s) => s,
+        Err(e) => {
+            refuse(stream, e).await;
+            return;
+        }
+    };
+    let mut conn: PooledConn = match shared.pools.checkout(&tenant, &who.role).await {
+        Ok(c) => c,
+        Err(e) => {
+            refuse(stream, checkout_error(&e, who)).await;
+            return;
+        }
+    };
+    if let Some(db) = startup.get("database")
+        && !db.is_empty()
+        && db != conn.target.dbname
+        && db != who.tenant.as_str()
+    {
+        tracing::info!(database = db, "startup database is not the tenant's");
+        refuse(stream, PgError::unknown_database(db)).await;
+        return; // the backend was not touched: it goes back as it is
+    }
+    if let Err(e) = apply_settings(&mut conn, &settings, who, shared).await {
+        refuse(stream, e).await;
+        finish(conn, true, b'I', shared).await;
+        return;
+    }
+
+    let handle = shared.cancel.register();
+    let mut out = BytesMut::with_capacity(512);
+    messages::auth_ok(&mut out);
+    for (name, value) in &conn.params {
+        messages::parameter_status(&mut out, name, value);
+    }
+    messages::backend_key_data(&mut out, handle.pid, handle.secret);
+    messages::ready_for_query(&mut out, b'I');
+    if stream.write_all(&out).await.is_err() {
+        finish(conn, true, b'I', shared).await;
+        return;
+    }
+    tracing::info!("session started");
+    handle.set_backend(Some((conn.target.clone(), conn.key)));
+    let mut relay = Relay::new(who, &*shared.policy, shared.cfg.listen.max_query_bytes);
+    let mut shutdown = shared.shutdown.clone();
+    let end = relay.run(stream, BytesMut::new(), &mut conn, &mut shutdown).await;
+    handle.set_backend(None);
+    drop(handle);
+    tracing::info!(end = ?end, "session ended");
+    let reusable = relay.state.backend_idle() && !matches!(end, RelayEnd::BackendGone);
+    if !reusable && !matches!(end, RelayEnd::BackendGone) {
+        // A statement may still be running for a client that is gone: stop it before dropping the link.
+        crate::cancel::send_cancel_detached(conn.target.clone(), conn.key);
+    }
+    finish(conn, reusable, relay.state.txn_status, shared).await;
+}
+
+/// Applies the client's startup settings with one `SET` statement each (skipping values already in force),
+/// each checked by the statement policy.
+async fn apply_settings(
+    conn: &mut PooledConn,
+    settings: &[(String, String)],
+    who: &Identity,
+    shared: &Shared,
+) -> Result<(), PgError> {
+    let inspect = shared.policy.inspects(who);
+    let mut sqls = Vec::new();
+    for (name, value) in settings {
+        if conn.params.get(name).or_else(|| conn.params.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v))
+            == Some(value)
+        {
+            continue;
+        }
+        let sql = set_statement(name, value);
+        let sql = if inspect {
+            match shared.policy.check(&sql, who) {
+                Decision::Allow => sql,
+                Decision::Rewrite(s) => s,
+                Decision::Deny(e) => return Err(PgError::startup_setting_refused(e.message)),
+            }
+        } else {
+            sql
+        };
+        sqls.push(sql);
+    }
+    if sqls.is_empty() {
+        return Ok(());
+    }
+    let joined = sqls.join("; ");
+    match run_queries(conn, &[joined.as_str()]).await {
+        Ok((_, None)) => Ok(()),
+        Ok((_, Some(err))) => Err(PgError::invalid_startup_setting(err.message)),
+        Err(e) => {
+            tracing::warn!(error = %e, "backend failed while applying startup settings");
+            Err(PgError::backend_unavailable())
+        }
+    }
+}
+
+/// Returns a backend to its pool after resetting it, or removes it from the pool.
+async fn finish(mut conn: PooledConn, reusable: bool, txn_status: u8, _shared: &Shared) {
+    if reusable && !conn.broken && reset(&mut conn, txn_status).await {
+        drop(conn); // back to the pool, clean
+        return;
+    }
+    conn.broken = true;
+    let _ = Object::take(conn); // dropped: closes the socket
+}
+
+fn checkout_error(e: &CheckoutError, who: &Identity) -> PgError {
+    match e {
+        CheckoutError::Timeout => PgError::too_many_connections(format!(
+            "no free connection to the tenant database for role {} (pool exhausted)",
+            who.role
+        )),
+        CheckoutError::Closed => PgError::shutting_down(),
+        CheckoutError::Backend(b) => {
+            tracing::warn!(error = %b, "backend unavailable");
+            match b {
+                BackendError::Secret { .. } | BackendError::Incomplete(_) => PgError::backend_unavailable(),
+                BackendError::Connect(_) => PgError::backend_unavailable(),
+            }
+        }
+    }
+}
