@@ -75,7 +75,9 @@ pub enum ClusterError {
     )]
     NoBinaries,
     /// Running as root, but the `postgres` OS user the server must run as does not exist.
-    #[error("running as root, but the OS user `postgres` needed to run the server was not found: {0}")]
+    #[error(
+        "running as root, but the OS user `postgres` needed to run the server was not found: {0}"
+    )]
     NoServerUser(String),
     /// A command could not be spawned at all.
     #[error("could not run `{command}`: {source}")]
@@ -154,11 +156,18 @@ impl LocalCluster {
         let bindir = Self::bindir()?;
         let user = ServerUser::detect()?;
         // As root the server user must be able to traverse to the directory: use /tmp, not $TMPDIR.
-        let parent = if user.is_switched() { PathBuf::from("/tmp") } else { std::env::temp_dir() };
+        let parent = if user.is_switched() {
+            PathBuf::from("/tmp")
+        } else {
+            std::env::temp_dir()
+        };
         let tmp = tempfile::Builder::new()
             .prefix("pgveil-cluster-")
             .tempdir_in(&parent)
-            .map_err(io_err(format!("creating a temporary directory in {}", parent.display())))?;
+            .map_err(io_err(format!(
+                "creating a temporary directory in {}",
+                parent.display()
+            )))?;
         let root = tmp.path().to_path_buf();
         let socket_dir = root.join("sock");
         fs::create_dir(&socket_dir).map_err(io_err("creating the socket directory"))?;
@@ -228,9 +237,24 @@ impl LocalCluster {
     fn run_psql(&self, db: &str, sql: &str, terse: bool) -> Result<String, ClusterError> {
         check_no_nul("database name", db)?;
         let port = self.port.to_string();
-        let verbosity = if terse { "VERBOSITY=terse" } else { "VERBOSITY=default" };
+        let verbosity = if terse {
+            "VERBOSITY=terse"
+        } else {
+            "VERBOSITY=default"
+        };
         let spec = CommandSpec::new(self.tool("psql"))
-            .args(["-X", "-v", "ON_ERROR_STOP=1", "-v", verbosity, "-At", "-q", "-f", "-", "-h"])
+            .args([
+                "-X",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-v",
+                verbosity,
+                "-At",
+                "-q",
+                "-f",
+                "-",
+                "-h",
+            ])
             .arg(self.socket_dir.as_os_str())
             .args(["-p", port.as_str(), "-U", self.superuser(), "-d", db])
             .env("PGCLIENTENCODING", "UTF8")
@@ -240,7 +264,12 @@ impl LocalCluster {
 
     /// Create a login role with `password` stored with `method`, via
     /// `SET password_encryption = ...; CREATE ROLE ... LOGIN PASSWORD ...`.
-    pub fn create_user(&self, name: &str, password: &str, method: PasswordMethod) -> Result<(), ClusterError> {
+    pub fn create_user(
+        &self,
+        name: &str,
+        password: &str,
+        method: PasswordMethod,
+    ) -> Result<(), ClusterError> {
         check_no_nul("role name", name)?;
         check_no_nul("password", password)?;
         let sql = format!(
@@ -256,7 +285,11 @@ impl LocalCluster {
     pub fn create_database(&self, name: &str, owner: &str) -> Result<(), ClusterError> {
         check_no_nul("database name", name)?;
         check_no_nul("owner name", owner)?;
-        let sql = format!("CREATE DATABASE {} OWNER {};\n", quote_ident(name), quote_ident(owner));
+        let sql = format!(
+            "CREATE DATABASE {} OWNER {};\n",
+            quote_ident(name),
+            quote_ident(owner)
+        );
         self.psql("postgres", &sql).map(drop)
     }
 
@@ -265,23 +298,36 @@ impl LocalCluster {
     pub fn bindir() -> Result<PathBuf, ClusterError> {
         let has_initdb = |dir: &Path| dir.join("initdb").is_file();
         if let Some(dir) = std::env::var_os(BINDIR_ENV).map(PathBuf::from) {
-            return if has_initdb(&dir) { Ok(dir) } else { Err(ClusterError::NoBinaries) };
+            return if has_initdb(&dir) {
+                Ok(dir)
+            } else {
+                Err(ClusterError::NoBinaries)
+            };
         }
-        if let Ok(out) = std::process::Command::new("pg_config").arg("--bindir").output() {
+        if let Ok(out) = std::process::Command::new("pg_config")
+            .arg("--bindir")
+            .output()
+        {
             let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
             if out.status.success() && has_initdb(&dir) {
                 return Ok(dir);
             }
         }
         let mut best: Option<(Vec<u32>, PathBuf)> = None;
-        for entry in fs::read_dir("/usr/lib/postgresql").into_iter().flatten().flatten() {
-            let version: Option<Vec<u32>> =
-                entry.file_name().to_str().and_then(|v| v.split('.').map(|p| p.parse().ok()).collect());
+        for entry in fs::read_dir("/usr/lib/postgresql")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let version: Option<Vec<u32>> = entry
+                .file_name()
+                .to_str()
+                .and_then(|v| v.split('.').map(|p| p.parse().ok()).collect());
             let dir = entry.path().join("bin");
-            if let Some(version) = version.filter(|_| has_initdb(&dir)) {
-                if best.as_ref().is_none_or(|(b, _)| version > *b) {
-                    best = Some((version, dir));
-                }
+            if let Some(version) = version.filter(|_| has_initdb(&dir))
+                && best.as_ref().is_none_or(|(b, _)| version > *b)
+            {
+                best = Some((version, dir));
             }
         }
         best.map(|(_, dir)| dir).ok_or(ClusterError::NoBinaries)
@@ -309,7 +355,13 @@ impl LocalCluster {
         let spec = CommandSpec::new(self.tool("initdb"))
             .arg("-D")
             .arg(self.data_dir.as_os_str())
-            .args(["-U", self.superuser(), "--auth=trust", "--encoding=UTF8", "--locale=C"])
+            .args([
+                "-U",
+                self.superuser(),
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--locale=C",
+            ])
             .args(["--no-sync", "--no-instructions"]);
         self.user.run(spec).map(drop)
     }
@@ -317,7 +369,8 @@ impl LocalCluster {
     /// Append our settings to postgresql.conf, write pg_hba.conf, install the TLS files.
     fn configure(&self, opts: &ClusterOptions) -> Result<(), ClusterError> {
         let mut conf = String::from("\n# --- pgveil LocalCluster ---\n");
-        let mut set = |key: &str, value: &str| conf.push_str(&format!("{key} = {}\n", quote_literal(value)));
+        let mut set =
+            |key: &str, value: &str| conf.push_str(&format!("{key} = {}\n", quote_literal(value)));
         set("listen_addresses", HOST);
         set("unix_socket_directories", &path_str(&self.socket_dir)?);
         set("max_connections", "200");
@@ -356,7 +409,11 @@ host    all       all             ::1/128        md5
     /// Copy a TLS file into the data directory, owned by the server user with the given mode.
     fn install_tls_file(&self, src: &Path, name: &str, mode: u32) -> Result<(), ClusterError> {
         let dst = self.data_dir.join(name);
-        fs::copy(src, &dst).map_err(io_err(format!("copying {} to {}", src.display(), dst.display())))?;
+        fs::copy(src, &dst).map_err(io_err(format!(
+            "copying {} to {}",
+            src.display(),
+            dst.display()
+        )))?;
         fs::set_permissions(&dst, fs::Permissions::from_mode(mode))
             .map_err(io_err(format!("setting the mode of {}", dst.display())))?;
         self.user.give(&dst)
@@ -380,7 +437,10 @@ host    all       all             ::1/128        md5
                 }
             }
         }
-        Err(ClusterError::Start { reason: last_reason, log_tail: self.log_tail() })
+        Err(ClusterError::Start {
+            reason: last_reason,
+            log_tail: self.log_tail(),
+        })
     }
 
     /// `pg_ctl start -w` with the chosen port.
@@ -390,7 +450,14 @@ host    all       all             ::1/128        md5
             .arg(self.data_dir.as_os_str())
             .arg("-l")
             .arg(self.log_file.as_os_str())
-            .args(["-w", "-t", &PG_CTL_WAIT_SECS.to_string(), "-o", &format!("-p {}", self.port), "start"]);
+            .args([
+                "-w",
+                "-t",
+                &PG_CTL_WAIT_SECS.to_string(),
+                "-o",
+                &format!("-p {}", self.port),
+                "start",
+            ]);
         self.user.run(spec).map(drop)
     }
 
@@ -399,7 +466,14 @@ host    all       all             ::1/128        md5
         let spec = CommandSpec::new(self.tool("pg_ctl"))
             .arg("-D")
             .arg(self.data_dir.as_os_str())
-            .args(["-w", "-t", &PG_CTL_WAIT_SECS.to_string(), "-m", mode, "stop"]);
+            .args([
+                "-w",
+                "-t",
+                &PG_CTL_WAIT_SECS.to_string(),
+                "-m",
+                mode,
+                "stop",
+            ]);
         self.user.run(spec).map(drop)
     }
 
@@ -415,12 +489,17 @@ host    all       all             ::1/128        md5
             std::thread::sleep(Duration::from_millis(100));
         }
         self.stop();
-        Err(ClusterError::Start { reason: last, log_tail: self.log_tail() })
+        Err(ClusterError::Start {
+            reason: last,
+            log_tail: self.log_tail(),
+        })
     }
 
     /// The last lines of the server log (empty if it cannot be read).
     fn log_tail(&self) -> String {
-        let text = fs::read(&self.log_file).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+        let text = fs::read(&self.log_file)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
     }
@@ -436,8 +515,12 @@ impl Drop for LocalCluster {
 /// Ask the OS for a free 127.0.0.1 port (bind port 0, read it, release it), avoiding reserved ports.
 fn free_port() -> Result<u16, ClusterError> {
     loop {
-        let listener = TcpListener::bind((HOST, 0)).map_err(io_err("binding 127.0.0.1:0 to find a free port"))?;
-        let port = listener.local_addr().map_err(io_err("reading the probe listener's address"))?.port();
+        let listener = TcpListener::bind((HOST, 0))
+            .map_err(io_err("binding 127.0.0.1:0 to find a free port"))?;
+        let port = listener
+            .local_addr()
+            .map_err(io_err("reading the probe listener's address"))?
+            .port();
         if !RESERVED_PORTS.contains(&port) {
             return Ok(port);
         }
@@ -451,21 +534,27 @@ fn append(path: &Path, text: &str) -> Result<(), ClusterError> {
         .append(true)
         .open(path)
         .map_err(io_err(format!("opening {}", path.display())))?;
-    file.write_all(text.as_bytes()).map_err(io_err(format!("writing {}", path.display())))
+    file.write_all(text.as_bytes())
+        .map_err(io_err(format!("writing {}", path.display())))
 }
 
 /// A path as UTF-8 text, for configuration files.
 fn path_str(path: &Path) -> Result<String, ClusterError> {
-    path.to_str().map(str::to_owned).ok_or_else(|| ClusterError::InvalidInput {
-        what: "path",
-        reason: format!("{} is not valid UTF-8", path.display()),
-    })
+    path.to_str()
+        .map(str::to_owned)
+        .ok_or_else(|| ClusterError::InvalidInput {
+            what: "path",
+            reason: format!("{} is not valid UTF-8", path.display()),
+        })
 }
 
 /// Reject strings PostgreSQL cannot carry.
 fn check_no_nul(what: &'static str, value: &str) -> Result<(), ClusterError> {
     if value.contains('\0') {
-        return Err(ClusterError::InvalidInput { what, reason: "contains a NUL byte".into() });
+        return Err(ClusterError::InvalidInput {
+            what,
+            reason: "contains a NUL byte".into(),
+        });
     }
     Ok(())
 }

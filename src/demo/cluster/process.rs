@@ -46,9 +46,17 @@ impl ServerUser {
                     .map_err(|err| ClusterError::NoServerUser(err.to_string()))?;
                 parse_id(&out)
             };
-            ServerUser::Switched { name: SWITCHED_USER.to_owned(), uid: lookup("-u")?, gid: lookup("-g")? }
+            ServerUser::Switched {
+                name: SWITCHED_USER.to_owned(),
+                uid: lookup("-u")?,
+                gid: lookup("-g")?,
+            }
         } else {
-            let name = CommandSpec::new("id").arg("-un").run_direct()?.trim().to_owned();
+            let name = CommandSpec::new("id")
+                .arg("-un")
+                .run_direct()?
+                .trim()
+                .to_owned();
             ServerUser::Current { name }
         };
         Ok(CACHE.get_or_init(|| user).clone())
@@ -70,8 +78,10 @@ impl ServerUser {
     pub(super) fn give(&self, path: &Path) -> Result<(), ClusterError> {
         match self {
             ServerUser::Current { .. } => Ok(()),
-            ServerUser::Switched { name, uid, gid } => std::os::unix::fs::chown(path, Some(*uid), Some(*gid))
-                .map_err(io_err(format!("chown {name} {}", path.display()))),
+            ServerUser::Switched { name, uid, gid } => {
+                std::os::unix::fs::chown(path, Some(*uid), Some(*gid))
+                    .map_err(io_err(format!("chown {name} {}", path.display())))
+            }
         }
     }
 
@@ -114,7 +124,12 @@ pub(super) struct CommandSpec {
 impl CommandSpec {
     /// A command running `program` with no arguments.
     pub(super) fn new(program: impl Into<PathBuf>) -> CommandSpec {
-        CommandSpec { program: program.into(), args: Vec::new(), envs: Vec::new(), stdin: None }
+        CommandSpec {
+            program: program.into(),
+            args: Vec::new(),
+            envs: Vec::new(),
+            stdin: None,
+        }
     }
 
     /// Add one argument.
@@ -129,7 +144,8 @@ impl CommandSpec {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        self.args.extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+        self.args
+            .extend(args.into_iter().map(|a| a.as_ref().to_owned()));
         self
     }
 
@@ -170,13 +186,22 @@ impl CommandSpec {
             }
         }
         cmd.envs(self.envs.iter().map(|(k, v)| (k, v)));
-        cmd.stdin(if self.stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+        cmd.stdin(if self.stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-        let spawn_err = |source| ClusterError::Spawn { command: command_line.clone(), source };
+        let spawn_err = |source| ClusterError::Spawn {
+            command: command_line.clone(),
+            source,
+        };
         let mut child = cmd.spawn().map_err(spawn_err)?;
         // Write stdin from a thread so a command producing lots of output cannot deadlock against us.
         let writer = match (self.stdin, child.stdin.take()) {
-            (Some(bytes), Some(mut pipe)) => Some(std::thread::spawn(move || pipe.write_all(&bytes))),
+            (Some(bytes), Some(mut pipe)) => {
+                Some(std::thread::spawn(move || pipe.write_all(&bytes)))
+            }
             _ => None,
         };
         let output = child.wait_with_output().map_err(spawn_err)?;
