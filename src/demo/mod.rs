@@ -1,2 +1,3 @@
 //! Throwaway local PostgreSQL clusters and the demo.
 pub mod cluster;
+pub mod data;
