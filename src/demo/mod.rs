@@ -1,3 +1,4 @@
 //! Throwaway local PostgreSQL clusters and the demo.
 pub mod cluster;
 pub mod data;
+pub mod env;

@@ -1,0 +1,247 @@
+//! A complete local environment: a throwaway PostgreSQL cluster with sample tenant databases, a dev CA and
+//! server certificate, a token key pair, a file secret store with the tenants' credentials, and a
+//! `pgveil.toml` tying them together. `pgveil demo` runs the proxy on it; the test suite builds its fixtures
+//! with it, so the demo is exercised by every end-to-end test.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use rand::RngExt;
+
+use super::cluster::{ClusterError, ClusterOptions, LocalCluster, PasswordMethod, quote_ident};
+use super::data::{SCHEMA_SQL, sample_data_sql};
+use crate::config::{Config, ConfigError};
+use crate::ids::{RoleName, TenantId, UserId};
+use crate::secret::SecretString;
+use crate::tls::{DevCerts, TlsError, generate_dev_certs};
+use crate::token::{TokenError, TokenSigner, write_keypair};
+
+/// One sample tenant.
+#[derive(Debug, Clone)]
+pub struct TenantSpec {
+    /// Tenant id (also its database name).
+    pub id: String,
+    /// Backend login role.
+    pub db_user: String,
+    /// How the backend stores (and so checks) its password.
+    pub method: PasswordMethod,
+    /// Number of sample payers.
+    pub payers: usize,
+    /// Connect to the backend over TLS verified against the dev CA.
+    pub backend_tls: bool,
+}
+
+/// What to build.
+#[derive(Debug, Clone)]
+pub struct EnvOptions {
+    /// Proxy listen address (port 0 = any free port).
+    pub listen: SocketAddr,
+    /// Tenants.
+    pub tenants: Vec<TenantSpec>,
+    /// Roles tokens may carry.
+    pub roles: Vec<String>,
+    /// Backend pool size per (tenant, role).
+    pub pool_size: usize,
+    /// Accept tokens over plain text from loopback.
+    pub allow_plaintext_loopback: bool,
+}
+
+impl EnvOptions {
+    /// The demo's defaults: tenants `acme` (SCRAM) and `globex` (md5), roles `admin` and `analyst`.
+    pub fn demo(listen: SocketAddr) -> Self {
+        Self {
+            listen,
+            tenants: vec![
+                TenantSpec {
+                    id: "acme".into(),
+                    db_user: "acme_app".into(),
+                    method: PasswordMethod::Scram,
+                    payers: 200,
+                    backend_tls: false,
+                },
+                TenantSpec {
+                    id: "globex".into(),
+                    db_user: "globex_app".into(),
+                    method: PasswordMethod::Md5,
+                    payers: 50,
+                    backend_tls: false,
+                },
+            ],
+            roles: vec!["admin".into(), "analyst".into()],
+            pool_size: 10,
+            allow_plaintext_loopback: true,
+        }
+    }
+}
+
+/// Errors building the environment.
+#[derive(Debug, thiserror::Error)]
+pub enum EnvError {
+    /// PostgreSQL could not be set up.
+    #[error("local PostgreSQL: {0}")]
+    Cluster(#[from] ClusterError),
+    /// Certificates could not be generated.
+    #[error("certificates: {0}")]
+    Tls(#[from] TlsError),
+    /// Token keys could not be generated or loaded.
+    #[error("token keys: {0}")]
+    Token(#[from] TokenError),
+    /// The generated config is invalid (a bug).
+    #[error("generated config: {0}")]
+    Config(#[from] ConfigError),
+    /// A file could not be written.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being written.
+        what: String,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+}
+
+/// A built environment. Dropping it stops PostgreSQL and removes every file.
+pub struct DemoEnv {
+    /// The cluster (public for tests that stop or inspect it).
+    pub cluster: LocalCluster,
+    /// Loaded config.
+    pub config: Config,
+    /// Path of the written config file.
+    pub config_path: PathBuf,
+    /// Dev certificates (the CA clients can verify against).
+    pub certs: DevCerts,
+    /// Token signer.
+    pub signer: TokenSigner,
+    /// Tenants as built.
+    pub tenants: Vec<TenantSpec>,
+    dir: tempfile::TempDir,
+}
+
+impl DemoEnv {
+    /// Builds everything (blocking: runs initdb, psql).
+    pub fn create(opts: &EnvOptions) -> Result<DemoEnv, EnvError> {
+        let dir = tempfile::Builder::new().prefix("pgveil-env-").tempdir().map_err(|source| EnvError::Io {
+            what: "temporary directory".into(),
+            source,
+        })?;
+        let certs = generate_dev_certs(&dir.path().join("certs"), &[])?;
+        let need_ssl = opts.tenants.iter().any(|t| t.backend_tls);
+        let cluster = LocalCluster::start(ClusterOptions {
+            ssl: need_ssl.then(|| (certs.server_cert.clone(), certs.server_key.clone())),
+        })?;
+        let keys_dir = dir.path().join("keys");
+        std::fs::create_dir_all(&keys_dir).map_err(|source| EnvError::Io {
+            what: "keys directory".into(),
+            source,
+        })?;
+        let (signing, verifying) = write_keypair(&keys_dir)?;
+
+        let mut secrets = serde_json::Map::new();
+        for t in &opts.tenants {
+            let password = random_password();
+            cluster.create_user(&t.db_user, &password, t.method)?;
+            cluster.create_database(&t.id, &t.db_user)?;
+            let script = format!(
+                "SET ROLE {};\n{}\n{}",
+                quote_ident(&t.db_user),
+                SCHEMA_SQL,
+                sample_data_sql(&t.id, t.payers)
+            );
+            cluster.psql(&t.id, &script)?;
+            secrets.insert(
+                format!("tenants/{}/db", t.id),
+                serde_json::json!({
+                    "username": t.db_user, "password": password,
+                    "host": cluster.host(), "port": cluster.port(), "dbname": t.id,
+                }),
+            );
+        }
+        let secrets_path = dir.path().join("secrets.json");
+        write_private(&secrets_path, &serde_json::Value::Object(secrets).to_string())?;
+
+        let config_path = dir.path().join("pgveil.toml");
+        std::fs::write(&config_path, render_config(opts, &certs, &verifying, &signing, &secrets_path)).map_err(
+            |source| EnvError::Io {
+                what: "pgveil.toml".into(),
+                source,
+            },
+        )?;
+        let config = Config::load(&config_path)?;
+        let pem = std::fs::read_to_string(&signing).map_err(|source| EnvError::Io {
+            what: "signing key".into(),
+            source,
+        })?;
+        let signer = TokenSigner::from_pem(&SecretString::from(pem), &config.auth.issuer)?;
+        Ok(DemoEnv {
+            cluster,
+            config,
+            config_path,
+            certs,
+            signer,
+            tenants: opts.tenants.clone(),
+            dir,
+        })
+    }
+
+    /// Mints a token (valid for `ttl` from now).
+    pub fn mint(&self, user: &str, tenant: &str, role: &str, mfa: bool, ttl: Duration) -> Result<String, TokenError> {
+        let amr = if mfa { vec!["pwd".into(), "otp".into()] } else { vec!["pwd".into()] };
+        self.signer.mint(
+            &UserId::new(user),
+            &TenantId::new(tenant),
+            &RoleName::new(role),
+            amr,
+            ttl,
+            SystemTime::now(),
+        )
+    }
+
+    /// The environment's folder.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Path of the secrets file.
+    pub fn secrets_path(&self) -> PathBuf {
+        self.dir.path().join("secrets.json")
+    }
+}
+
+fn render_config(opts: &EnvOptions, certs: &DevCerts, verifying: &Path, signing: &Path, secrets: &Path) -> String {
+    let roles: Vec<String> = opts.roles.iter().map(|r| format!("{r:?}")).collect();
+    let mut s = String::new();
+    let _ = writeln!(s, "# Generated by pgveil for a throwaway local environment.");
+    let _ = writeln!(s, "roles = [{}]\n", roles.join(", "));
+    let _ = writeln!(s, "[listen]\naddr = \"{}\"", opts.listen);
+    let _ = writeln!(s, "allow_plaintext_loopback = {}\n", opts.allow_plaintext_loopback);
+    let _ = writeln!(s, "[tls]\ncert = {:?}\nkey = {:?}\n", certs.server_cert, certs.server_key);
+    let _ = writeln!(s, "[auth]\nverifying_keys = [{verifying:?}]\nsigning_key = {signing:?}\n");
+    let _ = writeln!(s, "[secrets]\nbackend = \"file\"\npath = {secrets:?}\n");
+    let _ = writeln!(s, "[pool]\nsize = {}\ncheckout_timeout = \"10s\"\n", opts.pool_size);
+    for t in &opts.tenants {
+        let _ = writeln!(s, "[[tenant]]\nid = {:?}\nsecret = \"tenants/{}/db\"", t.id, t.id);
+        if t.backend_tls {
+            let _ = writeln!(s, "tls = \"verify-full\"\nca_bundle = {:?}\nhost = \"localhost\"", certs.ca_cert);
+        }
+        s.push('\n');
+    }
+    s
+}
+
+fn random_password() -> String {
+    const CHARS: &[u8] = b"abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+    let mut rng = rand::rng();
+    (0..32).map(|_| CHARS[rng.random_range(0..CHARS.len())] as char).collect()
+}
+
+fn write_private(path: &Path, text: &str) -> Result<(), EnvError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |source| EnvError::Io {
+        what: path.display().to_string(),
+        source,
+    };
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(io)?;
+    f.write_all(text.as_bytes()).map_err(io)
+}
