@@ -1,0 +1,5 @@
+mod support;
+
+fn main() -> std::process::ExitCode {
+    support::main_with(&[])
+}
