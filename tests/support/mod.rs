@@ -36,7 +36,7 @@ pub struct Running {
     /// Its shared state.
     pub shared: Arc<Shared>,
     stop: Option<oneshot::Sender<()>>,
-    done: Option<std::sync::mpsc::Receiver<()>>,
+    done: Option<std::sync::Mutex<std::sync::mpsc::Receiver<()>>>,
 }
 
 impl Drop for Running {
@@ -45,7 +45,7 @@ impl Drop for Running {
             let _ = stop.send(());
         }
         if let Some(done) = self.done.take() {
-            let _ = done.recv_timeout(Duration::from_secs(10));
+            let _ = done.lock().expect("lock").recv_timeout(Duration::from_secs(10));
         }
     }
 }
@@ -185,7 +185,7 @@ fn start(rt: &tokio::runtime::Runtime, cfg: Config, opts: ServerOptions) -> Resu
         addr,
         shared,
         stop: Some(stop_tx),
-        done: Some(done_rx),
+        done: Some(std::sync::Mutex::new(done_rx)),
     })
 }
 
