@@ -100,13 +100,21 @@ fn valid_setting_name(name: &str) -> bool {
         && name.len() <= 63
 }
 
-/// One `SET` statement for a validated setting. The value is an `E''` literal with `\` and `'` escaped, which
-/// reads the same whatever `standard_conforming_strings` says.
-pub fn set_statement(name: &str, value: &str) -> String {
-    let mut sql = String::with_capacity(name.len() + value.len() + 16);
-    sql.push_str("SET ");
-    sql.push_str(name);
-    sql.push_str(" TO E'");
+/// One statement applying validated settings with `pg_catalog.set_config(name, value, false)`, which takes
+/// the value as the raw string a startup packet carries (`SET x TO 'a,b'` would instead turn the list
+/// `search_path=a,b` into the single quoted name "a,b"). Literals are `E''` strings with `\` and `'` escaped,
+/// which read the same whatever `standard_conforming_strings` says.
+pub fn set_config_statement(settings: &[(&str, &str)]) -> String {
+    let calls: Vec<String> = settings
+        .iter()
+        .map(|(name, value)| format!("pg_catalog.set_config({}, {}, false)", e_literal(name), e_literal(value)))
+        .collect();
+    format!("SELECT {}", calls.join(", "))
+}
+
+fn e_literal(value: &str) -> String {
+    let mut sql = String::with_capacity(value.len() + 4);
+    sql.push_str("E'");
     for c in value.chars() {
         match c {
             '\\' => sql.push_str("\\\\"),
@@ -173,7 +181,10 @@ mod tests {
     }
 
     #[test]
-    fn set_statement_escapes() {
-        assert_eq!(set_statement("application_name", r"a'b\c"), r"SET application_name TO E'a''b\\c'");
+    fn set_config_statement_escapes() {
+        assert_eq!(
+            set_config_statement(&[("application_name", r"a'b\c"), ("search_path", "a,b")]),
+            r"SELECT pg_catalog.set_config(E'application_name', E'a''b\\c', false), pg_catalog.set_config(E'search_path', E'a,b', false)"
+        );
     }
 }

@@ -11,7 +11,7 @@ use tokio::net::TcpStream;
 
 use super::auth::{AuthError, authenticate};
 use super::handshake::{Hello, negotiate, refuse};
-use super::params::{requested_settings, set_statement};
+use super::params::{requested_settings, set_config_statement};
 use super::relay::{Relay, RelayEnd};
 use crate::backend::pool::{BackendError, CheckoutError, PooledConn};
 use crate::backend::reset::{reset, run_queries};
@@ -142,39 +142,36 @@ async fn run_session(stream: &mut ClientStream, startup: &StartupMessage, who: &
     finish(conn, reusable, relay.state.txn_status, shared).await;
 }
 
-/// Applies the client's startup settings with one `SET` statement each (skipping values already in force),
-/// each checked by the statement policy.
+/// Applies the client's startup settings in one statement (skipping values already in force), checked by the
+/// statement policy like any client SQL.
 async fn apply_settings(
     conn: &mut PooledConn,
     settings: &[(String, String)],
     who: &Identity,
     shared: &Shared,
 ) -> Result<(), PgError> {
-    let inspect = shared.policy.inspects(who);
-    let mut sqls = Vec::new();
-    for (name, value) in settings {
-        if conn.params.get(name).or_else(|| conn.params.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v))
-            == Some(value)
-        {
-            continue;
-        }
-        let sql = set_statement(name, value);
-        let sql = if inspect {
-            match shared.policy.check(&sql, who) {
-                Decision::Allow => sql,
-                Decision::Rewrite(s) => s,
-                Decision::Deny(e) => return Err(PgError::startup_setting_refused(e.message)),
-            }
-        } else {
-            sql
-        };
-        sqls.push(sql);
-    }
-    if sqls.is_empty() {
+    let pending: Vec<(&str, &str)> = settings
+        .iter()
+        .filter(|(name, value)| {
+            let current = conn.params.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v);
+            current != Some(value)
+        })
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect();
+    if pending.is_empty() {
         return Ok(());
     }
-    let joined = sqls.join("; ");
-    match run_queries(conn, &[joined.as_str()]).await {
+    let sql = set_config_statement(&pending);
+    let sql = if shared.policy.inspects(who) {
+        match shared.policy.check(&sql, who) {
+            Decision::Allow => sql,
+            Decision::Rewrite(s) => s,
+            Decision::Deny(e) => return Err(PgError::startup_setting_refused(e.message)),
+        }
+    } else {
+        sql
+    };
+    match run_queries(conn, &[sql.as_str()]).await {
         Ok((_, None)) => Ok(()),
         Ok((_, Some(err))) => Err(PgError::invalid_startup_setting(err.message)),
         Err(e) => {

@@ -157,6 +157,15 @@ pub async fn connect(conn_str: &str) -> Result<tokio_postgres::Client> {
     Ok(client)
 }
 
+/// Connects and returns the task driving the connection; aborting it closes the client's socket abruptly.
+pub async fn connect_with_handle(conn_str: &str) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>)> {
+    let (client, conn) = tokio_postgres::connect(conn_str, tokio_postgres::NoTls).await?;
+    let handle = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok((client, handle))
+}
+
 /// The SQLSTATE of a tokio-postgres error, if it carries one.
 pub fn sqlstate(e: &anyhow::Error) -> Option<String> {
     e.downcast_ref::<tokio_postgres::Error>()
