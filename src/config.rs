@@ -67,6 +67,23 @@ pub struct Config {
     /// Defaults for every tenant's pools.
     #[serde(default)]
     pub pool: PoolDefaults,
+    /// PII masking. Without this section every statement of every role is relayed unchanged.
+    #[serde(default)]
+    pub policy: Option<PolicyConfig>,
+}
+
+/// The masking engine's settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Folder of policy files (`*.toml`; `*.tests.toml` are test cases), or one policy file.
+    pub dir: PathBuf,
+    /// Per tenant, the secret id of its pseudonym key (the HMAC key of the `pseudonym` masking function).
+    #[serde(default)]
+    pub pseudonym_keys: std::collections::BTreeMap<TenantId, SecretId>,
+    /// How often each tenant's catalog snapshot is reloaded.
+    #[serde(default = "default_catalog_refresh", with = "humantime_serde")]
+    pub catalog_refresh: Duration,
 }
 
 /// Client-facing listener settings.
@@ -253,6 +270,9 @@ fn default_checkout_timeout() -> Duration {
 fn default_connect_timeout() -> Duration {
     Duration::from_secs(10)
 }
+fn default_catalog_refresh() -> Duration {
+    Duration::from_secs(60)
+}
 
 impl Config {
     /// Reads, parses and validates a config file. Relative paths inside it are resolved against its folder.
@@ -301,6 +321,9 @@ impl Config {
             if let Some(ca) = &mut t.ca_bundle {
                 fix(ca);
             }
+        }
+        if let Some(p) = &mut self.policy {
+            fix(&mut p.dir);
         }
     }
 
@@ -390,6 +413,19 @@ impl Config {
                 && (db.is_empty() || db.len() > 63 || db.contains('\0'))
             {
                 problems.push(format!("{at}: dbname must be 1-63 bytes"));
+            }
+        }
+        if let Some(p) = &self.policy {
+            if !p.dir.exists() {
+                problems.push(format!("policy.dir {} does not exist", p.dir.display()));
+            }
+            for t in p.pseudonym_keys.keys() {
+                if !self.tenants.iter().any(|x| &x.id == t) {
+                    problems.push(format!("policy.pseudonym_keys: unknown tenant {t}"));
+                }
+            }
+            if p.catalog_refresh < Duration::from_secs(1) {
+                problems.push("policy.catalog_refresh must be at least 1s".to_owned());
             }
         }
         if problems.is_empty() { Ok(()) } else { Err(problems) }

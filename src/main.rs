@@ -47,6 +47,39 @@ enum Command {
     /// Certificate helpers.
     #[command(subcommand)]
     Certs(CertsCommand),
+    /// Masking policy tools for security teams.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Validate the policy files; list unclassified columns of every reachable tenant.
+    Check {
+        /// Path of pgveil.toml.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Show the decision, masked columns and rewritten SQL for one statement, against the tenant's live catalog.
+    Explain {
+        /// Path of pgveil.toml.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Tenant id.
+        #[arg(long)]
+        tenant: String,
+        /// Role.
+        #[arg(long)]
+        role: String,
+        /// The SQL text.
+        sql: String,
+    },
+    /// Run the test cases kept next to the policies (`*.tests.toml`).
+    Test {
+        /// Path of pgveil.toml.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -123,6 +156,7 @@ fn main() -> Result<()> {
             println!("signing key (keep secret): {}\nverifying key: {}", signing.display(), verifying.display());
             Ok(())
         }
+        Command::Policy(cmd) => policy(cmd),
         Command::Certs(CertsCommand::Dev { out, names }) => {
             let c = pgveil::tls::generate_dev_certs(&out, &names)?;
             println!(
@@ -134,6 +168,35 @@ fn main() -> Result<()> {
             Ok(())
         }
     }
+}
+
+fn policy(cmd: PolicyCommand) -> Result<()> {
+    use pgveil::policy::tool;
+    let rt = runtime()?;
+    match cmd {
+        PolicyCommand::Check { config } => {
+            let cfg = Config::load(&config)?;
+            print!("{}", rt.block_on(tool::check(&cfg))?);
+        }
+        PolicyCommand::Explain {
+            config,
+            tenant,
+            role,
+            sql,
+        } => {
+            let cfg = Config::load(&config)?;
+            print!("{}", rt.block_on(tool::explain(&cfg, &TenantId::new(tenant), &RoleName::new(role), &sql))?);
+        }
+        PolicyCommand::Test { config } => {
+            let cfg = Config::load(&config)?;
+            let (report, ok) = rt.block_on(tool::test(&cfg))?;
+            print!("{report}");
+            if !ok {
+                bail!("policy tests failed");
+            }
+        }
+    }
+    Ok(())
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -186,13 +249,21 @@ fn mint(config: &Path, user: &str, tenant: &str, role: &str, ttl: Duration, mfa:
 
 fn demo(listen: SocketAddr) -> Result<()> {
     eprintln!("pgveil demo: starting a throwaway PostgreSQL and sample tenants...");
-    let env = DemoEnv::create(&EnvOptions::demo(listen)).context("building the demo environment")?;
+    let mut opts = EnvOptions::demo(listen);
+    opts.masking = true;
+    let env = DemoEnv::create(&opts).context("building the demo environment")?;
     let rt = runtime()?;
     rt.block_on(async {
         let server = Server::bind(env.config.clone(), ServerOptions::default())
             .await
             .with_context(|| format!("starting the proxy on {listen} (is the port free? try --listen 127.0.0.1:0)"))?;
         let addr = server.local_addr();
+        if let Some(m) = &server.shared().masking {
+            let tenants: Vec<TenantId> = env.tenants.iter().map(|t| TenantId::new(t.id.clone())).collect();
+            if !m.wait_ready(&tenants, Duration::from_secs(30)).await {
+                eprintln!("pgveil demo: tenant catalogs not loaded yet; masked roles are refused until they are");
+            }
+        }
         let ttl = Duration::from_secs(8 * 3600);
         let alice = env.mint("alice@acme.example", "acme", "admin", true, ttl)?;
         let bob = env.mint("bob@acme.example", "acme", "analyst", true, ttl)?;
@@ -210,13 +281,17 @@ fn demo(listen: SocketAddr) -> Result<()> {
              carol, globex, role analyst (no MFA in her token):\n  \
              PGPASSWORD='{carol}' psql \"host={host} port={port} dbname=globex user=carol sslmode=require\"\n\n\
              Try: SELECT full_name, email, card_pan FROM payers LIMIT 5;\n\
+             alice (admin) sees raw data; bob and carol (analyst) see masked PII: pseudonymized names, ****@domain\n\
+             e-mails, ************1234 card numbers, birth years, /24 networks (policy: {pdir}/payments.toml).\n\
+             Attempts to get around it (pg_stats, query_to_xml, SET search_path, DDL, ...) are refused with 42501.\n\
+             Explain a statement: pgveil policy explain --config {cfg} --tenant acme --role analyst \"SELECT * FROM payers\"\n\
              Cross-tenant: bob's token with dbname=globex is refused (3D000).\n\
-             Masking of PII for the analyst role is not enabled yet: both roles see raw data.\n\
              Mint more tokens: pgveil token mint --config {cfg} --user U --tenant acme --role analyst --ttl 1h --mfa\n\n\
              Press Ctrl-C to stop; everything is removed.\n\
              pgveil demo ready",
             dir = env.dir().display(),
             cfg = env.config_path.display(),
+            pdir = env.dir().join("policies").display(),
         );
         server.run(stop_signal(), Duration::from_secs(5)).await;
         anyhow::Ok(())

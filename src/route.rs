@@ -77,6 +77,11 @@ impl Router {
         Ok(Router { tenants })
     }
 
+    /// Every tenant.
+    pub fn tenants(&self) -> impl Iterator<Item = &Arc<Tenant>> {
+        self.tenants.values()
+    }
+
     /// The tenant with this id.
     pub fn tenant(&self, id: &TenantId) -> Option<&Arc<Tenant>> {
         self.tenants.get(id)

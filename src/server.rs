@@ -14,6 +14,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::backend::Pools;
 use crate::cancel::CancelRegistry;
 use crate::config::{Config, SecretsConfig};
+use crate::policy::engine::MaskingEngine;
 use crate::policy::{AllowAll, StatementPolicy};
 use crate::proto::PgError;
 use crate::route::Router;
@@ -40,6 +41,9 @@ pub enum ServerError {
     /// Routing table could not be built.
     #[error(transparent)]
     Route(#[from] crate::route::RouteError),
+    /// The masking policy is invalid (pgveil never starts without a valid one when `[policy]` is set).
+    #[error(transparent)]
+    Policy(#[from] crate::policy::file::PolicyError),
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -67,6 +71,8 @@ pub struct Shared {
     pub tls: Option<TlsAcceptor>,
     /// Statement hook.
     pub policy: Arc<dyn StatementPolicy>,
+    /// The masking engine, when `[policy]` is configured (it is then also `policy`).
+    pub masking: Option<Arc<MaskingEngine>>,
     /// Cancel keys.
     pub cancel: Arc<CancelRegistry>,
     /// Shutdown signal: true = drain.
@@ -86,7 +92,8 @@ pub struct Server {
 
 /// Options beyond the config file (for embedding and tests).
 pub struct ServerOptions {
-    /// Statement hook; default [`AllowAll`].
+    /// Statement hook; default [`AllowAll`]. Ignored when the config has a `[policy]` section: the masking
+    /// engine is the hook then.
     pub policy: Arc<dyn StatementPolicy>,
     /// Secret store; default from the config.
     pub secrets: Option<Arc<dyn SecretStore>>,
@@ -126,6 +133,15 @@ impl Server {
             },
         };
         let router = Router::from_config(&cfg)?;
+        let (policy, masking) = match &cfg.policy {
+            None => (opts.policy, None),
+            Some(pc) => {
+                let engine = Arc::new(MaskingEngine::new(&pc.dir)?);
+                let keys = pc.pseudonym_keys.iter().map(|(t, s)| (t.clone(), s.clone())).collect();
+                engine.start(Arc::new(Router::from_config(&cfg)?), secrets.clone(), keys, pc.catalog_refresh);
+                (engine.clone() as Arc<dyn StatementPolicy>, Some(engine))
+            }
+        };
         let pools = Pools::new(secrets, cfg.pool.checkout_timeout, cfg.pool.connect_timeout);
         let listener = TcpListener::bind(cfg.listen.addr).await.map_err(|source| ServerError::Bind {
             addr: cfg.listen.addr,
@@ -138,7 +154,8 @@ impl Server {
             pools,
             verifier,
             tls,
-            policy: opts.policy,
+            policy,
+            masking,
             cancel: Arc::new(CancelRegistry::default()),
             shutdown,
             clock: opts.clock,

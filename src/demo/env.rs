@@ -46,7 +46,15 @@ pub struct EnvOptions {
     pub pool_size: usize,
     /// Accept tokens over plain text from loopback.
     pub allow_plaintext_loopback: bool,
+    /// Enable masking with the example policy (`policies/payments.toml`, embedded) and per-tenant pseudonym
+    /// keys in the secret store.
+    pub masking: bool,
 }
+
+/// The example policy shipped in `policies/`, embedded for the demo.
+pub const EXAMPLE_POLICY: &str = include_str!("../../policies/payments.toml");
+/// Its test cases.
+pub const EXAMPLE_POLICY_TESTS: &str = include_str!("../../policies/payments.tests.toml");
 
 impl EnvOptions {
     /// The demo's defaults: tenants `acme` (SCRAM) and `globex` (md5), roles `admin` and `analyst`.
@@ -72,6 +80,7 @@ impl EnvOptions {
             roles: vec!["admin".into(), "analyst".into()],
             pool_size: 10,
             allow_plaintext_loopback: true,
+            masking: false,
         }
     }
 }
@@ -149,6 +158,7 @@ impl DemoEnv {
                 sample_data_sql(&t.id, t.payers)
             );
             cluster.psql(&t.id, &script)?;
+            secrets.insert(format!("tenants/{}/pseudonym", t.id), serde_json::Value::String(random_password()));
             secrets.insert(
                 format!("tenants/{}/db", t.id),
                 serde_json::json!({
@@ -160,6 +170,16 @@ impl DemoEnv {
         let secrets_path = dir.path().join("secrets.json");
         write_private(&secrets_path, &serde_json::Value::Object(secrets).to_string())?;
 
+        if opts.masking {
+            let pdir = dir.path().join("policies");
+            let io = |source| EnvError::Io {
+                what: "policies".into(),
+                source,
+            };
+            std::fs::create_dir_all(&pdir).map_err(io)?;
+            std::fs::write(pdir.join("payments.toml"), EXAMPLE_POLICY).map_err(io)?;
+            std::fs::write(pdir.join("payments.tests.toml"), EXAMPLE_POLICY_TESTS).map_err(io)?;
+        }
         let config_path = dir.path().join("pgveil.toml");
         std::fs::write(&config_path, render_config(opts, &certs, &verifying, &signing, &secrets_path)).map_err(
             |source| EnvError::Io {
@@ -219,6 +239,13 @@ fn render_config(opts: &EnvOptions, certs: &DevCerts, verifying: &Path, signing:
     let _ = writeln!(s, "[auth]\nverifying_keys = [{verifying:?}]\nsigning_key = {signing:?}\n");
     let _ = writeln!(s, "[secrets]\nbackend = \"file\"\npath = {secrets:?}\n");
     let _ = writeln!(s, "[pool]\nsize = {}\ncheckout_timeout = \"10s\"\n", opts.pool_size);
+    if opts.masking {
+        let _ = writeln!(s, "[policy]\ndir = \"policies\"\ncatalog_refresh = \"30s\"\n\n[policy.pseudonym_keys]");
+        for t in &opts.tenants {
+            let _ = writeln!(s, "{:?} = \"tenants/{}/pseudonym\"", t.id, t.id);
+        }
+        s.push('\n');
+    }
     for t in &opts.tenants {
         let _ = writeln!(s, "[[tenant]]\nid = {:?}\nsecret = \"tenants/{}/db\"", t.id, t.id);
         if t.backend_tls {

@@ -1,6 +1,21 @@
 //! The statement hook: the one place where SQL text from a client (`Query`, `Parse`, and the `SET`s pgveil
-//! issues for startup parameters) is checked before reaching a backend. The masking engine implements
-//! [`StatementPolicy`]; until then [`AllowAll`] forwards everything unchanged.
+//! issues for startup parameters) is checked before reaching a backend. The masking engine
+//! ([`engine::MaskingEngine`]) implements [`StatementPolicy`]; without a `[policy]` section [`AllowAll`]
+//! forwards everything unchanged.
+//!
+//! Modules: [`file`] (policy files), [`functions`] (masking functions), [`catalog`] (tenant catalog
+//! snapshots), [`rewrite`] (parse tree walk and relation substitution), [`firewall`] (denied functions,
+//! relations and settings), [`kinds`] (statement kinds), [`engine`] (snapshots, cache, reload).
+
+pub mod catalog;
+pub mod engine;
+pub mod file;
+pub mod firewall;
+pub mod functions;
+pub mod kinds;
+pub mod pattern;
+pub mod rewrite;
+pub mod tool;
 
 use crate::identity::Identity;
 use crate::proto::PgError;

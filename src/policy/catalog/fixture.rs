@@ -1,0 +1,101 @@
+//! A fixed catalog for unit tests: the demo payments schema plus a partition, an inheritance child, a view,
+//! a generated column, a user function and a user operator.
+
+use std::collections::HashMap;
+
+use super::{Catalog, Column, Relation};
+use crate::policy::functions::TypeFamily;
+
+fn col(name: &str, ty: &str) -> Column {
+    let (family, base) = match ty {
+        "text" | "character(2)" | "character(3)" => (TypeFamily::Text, "text"),
+        "bigint" | "numeric(12,2)" | "integer" => (TypeFamily::Number, "int8"),
+        "date" => (TypeFamily::Date, "date"),
+        "timestamp with time zone" => (TypeFamily::Timestamp, "timestamptz"),
+        "inet" => (TypeFamily::Inet, "inet"),
+        "jsonb" => (TypeFamily::Json, "jsonb"),
+        _ => (TypeFamily::Other, ty),
+    };
+    Column {
+        name: name.into(),
+        sql_type: ty.into(),
+        family,
+        base: base.into(),
+        generated_from: Vec::new(),
+    }
+}
+
+fn rel(schema: &str, name: &str, kind: char, cols: &[(&str, &str)]) -> Relation {
+    Relation {
+        schema: schema.into(),
+        name: name.into(),
+        kind,
+        columns: cols.iter().map(|(n, t)| col(n, t)).collect(),
+        parents: Vec::new(),
+        reads: HashMap::new(),
+        calls: Vec::new(),
+    }
+}
+
+/// The test catalog.
+pub fn catalog() -> Catalog {
+    let mut c = Catalog {
+        version: 7,
+        search_path: vec!["public".into()],
+        ..Catalog::default()
+    };
+    let payers = [
+        ("id", "bigint"),
+        ("full_name", "text"),
+        ("email", "text"),
+        ("phone", "text"),
+        ("date_of_birth", "date"),
+        ("ip_address", "inet"),
+        ("address", "text"),
+        ("card_pan", "text"),
+    ];
+    let mut rels = vec![
+        rel("public", "merchants", 'r', &[("id", "bigint"), ("name", "text"), ("country", "character(2)")]),
+        rel("public", "payers", 'r', &payers),
+        rel(
+            "public",
+            "payments",
+            'r',
+            &[("id", "bigint"), ("payer_id", "bigint"), ("amount", "numeric(12,2)"), ("card_pan", "text")],
+        ),
+        rel("public", "disputes", 'r', &[("id", "bigint"), ("payment_id", "bigint"), ("reason", "text")]),
+        rel("audit", "payers", 'r', &[("id", "bigint"), ("note", "text")]),
+        rel("public", "events", 'p', &[("id", "bigint"), ("email", "text"), ("meta", "jsonb")]),
+        rel("public", "events_2024", 'r', &[("id", "bigint"), ("email", "text"), ("meta", "jsonb")]),
+        rel("public", "old_payers", 'r', &payers),
+        rel("public", "payer_emails", 'v', &[("id", "bigint"), ("contact", "text")]),
+        rel("public", "contacts", 'r', &[("id", "bigint"), ("email", "text"), ("email_upper", "text")]),
+        rel("public", "fn_view", 'v', &[("id", "bigint"), ("x", "text")]),
+    ];
+    for r in &mut rels {
+        match r.name.as_str() {
+            "events_2024" => r.parents.push(("public".into(), "events".into())),
+            "old_payers" if r.schema == "public" => r.parents.push(("public".into(), "payers".into())),
+            "payer_emails" => {
+                r.reads.insert("id".into(), vec![(("public".into(), "payers".into()), "id".into())]);
+                r.reads.insert("contact".into(), vec![(("public".into(), "payers".into()), "email".into())]);
+            }
+            "contacts" => r.columns[2].generated_from.push("email".into()),
+            "fn_view" => r.calls.push(("public".into(), "lookup_email".into())),
+            _ => {}
+        }
+    }
+    // `old_payers` is an inheritance child named so no rule matches it directly.
+    for r in rels {
+        c.relations.insert((r.schema.clone(), r.name.clone()), r);
+    }
+    for n in ["pg_class", "pg_namespace", "pg_attribute", "pg_type", "pg_stats", "pg_stat_activity", "pg_proc"] {
+        c.system_relations.insert(("pg_catalog".into(), n.into()));
+    }
+    c.system_relations.insert(("information_schema".into(), "columns".into()));
+    c.functions.insert(("public".into(), "lookup_email".into()));
+    c.functions.insert(("public".into(), "dblink".into()));
+    c.functions.insert(("public".into(), "lower".into()));
+    c.operators.insert(("public".into(), "===".into()));
+    c
+}

@@ -1,0 +1,362 @@
+//! Loads a tenant's [`Catalog`] from its database with tokio-postgres, using the tenant's credentials from the
+//! secret store and its backend target (host, port, database, TLS) exactly as the pool does.
+
+use std::collections::{HashMap, HashSet};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_postgres::tls::{ChannelBinding, NoTls, TlsConnect};
+
+use super::{Catalog, Column, QualName, Relation, SYSTEM_SCHEMAS};
+use crate::policy::functions::TypeFamily;
+use crate::route::Tenant;
+use crate::secret::{DbCredentials, ExposeSecret, SecretError, SecretStore};
+
+static NEXT_VERSION: AtomicU64 = AtomicU64::new(1);
+
+/// Errors loading a catalog.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// Credentials could not be fetched.
+    #[error("credentials: {0}")]
+    Secret(#[from] SecretError),
+    /// Host or database unknown.
+    #[error("backend host or dbname not configured and not in the secret")]
+    Incomplete,
+    /// Connecting or querying failed.
+    #[error("database: {0}")]
+    Db(#[from] tokio_postgres::Error),
+    /// TCP connect failed.
+    #[error("connect: {0}")]
+    Io(#[from] std::io::Error),
+    /// Timed out.
+    #[error("timed out")]
+    Timeout,
+}
+
+/// Loads the catalog of `tenant`.
+pub async fn load(tenant: &Tenant, secrets: &dyn SecretStore, timeout: Duration) -> Result<Catalog, LoadError> {
+    tokio::time::timeout(timeout, load_inner(tenant, secrets)).await.map_err(|_| LoadError::Timeout)?
+}
+
+async fn load_inner(tenant: &Tenant, secrets: &dyn SecretStore) -> Result<Catalog, LoadError> {
+    let creds = DbCredentials::fetch(secrets, &tenant.secret).await?;
+    let host = tenant.host.clone().or_else(|| creds.host.clone()).ok_or(LoadError::Incomplete)?;
+    let dbname = tenant.dbname.clone().or_else(|| creds.dbname.clone()).ok_or(LoadError::Incomplete)?;
+    let port = tenant.port.or(creds.port).unwrap_or(5432);
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.user(&creds.username)
+        .password(creds.password.expose_secret())
+        .dbname(&dbname)
+        .application_name("pgveil-catalog")
+        .options("-c standard_conforming_strings=on");
+    let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+    let _ = tcp.set_nodelay(true);
+    let client = match &tenant.tls {
+        None => {
+            let (client, conn) = cfg.connect_raw(tcp, NoTls).await?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            client
+        }
+        Some(tls) => {
+            cfg.ssl_mode(tokio_postgres::config::SslMode::Require);
+            let (client, conn) = cfg.connect_raw(tcp, RustlsConnect(tls.clone(), host.clone())).await?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            client
+        }
+    };
+    query_catalog(&client).await
+}
+
+async fn query_catalog(client: &tokio_postgres::Client) -> Result<Catalog, LoadError> {
+    // One repeatable-read transaction: every query sees the same schema.
+    client.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?;
+    let search_path: Vec<String> = client.query_one("SELECT pg_catalog.current_schemas(false)", &[]).await?.get(0);
+    let mut cat = Catalog {
+        version: NEXT_VERSION.fetch_add(1, Ordering::SeqCst),
+        search_path,
+        ..Catalog::default()
+    };
+    let mut by_oid: HashMap<u32, QualName> = HashMap::new();
+    for row in client
+        .query(
+            "SELECT c.oid, n.nspname::text, c.relname::text, c.relkind::text FROM pg_catalog.pg_class c \
+             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind IN ('r','p','v','m','f') AND n.nspname NOT LIKE 'pg\\_toast%' \
+             AND n.nspname NOT LIKE 'pg\\_temp\\_%'",
+            &[],
+        )
+        .await?
+    {
+        let (oid, schema, name, kind): (u32, String, String, String) = (row.get(0), row.get(1), row.get(2), row.get(3));
+        let key = (schema.clone(), name.clone());
+        by_oid.insert(oid, key.clone());
+        if SYSTEM_SCHEMAS.contains(&schema.as_str()) {
+            cat.system_relations.insert(key);
+        } else {
+            cat.relations.insert(
+                key,
+                Relation {
+                    schema,
+                    name,
+                    kind: kind.chars().next().unwrap_or('r'),
+                    columns: Vec::new(),
+                    parents: Vec::new(),
+                    reads: HashMap::new(),
+                    calls: Vec::new(),
+                },
+            );
+        }
+    }
+    let mut attnames: HashMap<(u32, i16), String> = HashMap::new();
+    for row in client
+        .query(
+            "SELECT a.attrelid, a.attnum, a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod), \
+             bt.typcategory::text, bt.typname::text \
+             FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
+             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+             JOIN pg_catalog.pg_type t ON t.oid = a.atttypid \
+             JOIN pg_catalog.pg_type bt ON bt.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END \
+             WHERE a.attnum > 0 AND NOT a.attisdropped AND c.relkind IN ('r','p','v','m','f') \
+             AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_t%' \
+             ORDER BY a.attrelid, a.attnum",
+            &[],
+        )
+        .await?
+    {
+        let (oid, num, name, sql_type, cat_s, base): (u32, i16, String, String, String, String) =
+            (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4), row.get(5));
+        attnames.insert((oid, num), name.clone());
+        if let Some(rel) = by_oid.get(&oid).and_then(|k| cat.relations.get_mut(k)) {
+            rel.columns.push(Column {
+                name,
+                sql_type,
+                family: TypeFamily::of(cat_s.chars().next().unwrap_or('X'), &base),
+                base,
+                generated_from: Vec::new(),
+            });
+        }
+    }
+    for row in client.query("SELECT inhrelid, inhparent FROM pg_catalog.pg_inherits", &[]).await? {
+        let (child, parent): (u32, u32) = (row.get(0), row.get(1));
+        if let (Some(c), Some(p)) = (by_oid.get(&child), by_oid.get(&parent))
+            && let Some(rel) = cat.relations.get_mut(c)
+        {
+            rel.parents.push(p.clone());
+        }
+    }
+    // Generated columns and the columns they are computed from.
+    for row in client
+        .query(
+            "SELECT ad.adrelid, ad.adnum, d.refobjsubid::int2 FROM pg_catalog.pg_attrdef ad \
+             JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_attrdef'::pg_catalog.regclass AND d.objid = ad.oid \
+             WHERE d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.refobjid = ad.adrelid AND d.refobjsubid > 0",
+            &[],
+        )
+        .await?
+    {
+        let (oid, num, src): (u32, i16, i16) = (row.get(0), row.get(1), row.get(2));
+        let (Some(name), Some(src)) = (attnames.get(&(oid, num)).cloned(), attnames.get(&(oid, src)).cloned()) else {
+            continue;
+        };
+        if let Some(col) = by_oid
+            .get(&oid)
+            .and_then(|k| cat.relations.get_mut(k))
+            .and_then(|r| r.columns.iter_mut().find(|c| c.name == name))
+        {
+            col.generated_from.push(src);
+        }
+    }
+    // Views: the columns each depends on, the user functions they call, and their definitions.
+    let mut view_deps: HashMap<u32, Vec<(QualName, String)>> = HashMap::new();
+    for row in client
+        .query(
+            "SELECT DISTINCT r.ev_class, d.refobjid, d.refobjsubid::int2 FROM pg_catalog.pg_rewrite r \
+             JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass AND d.objid = r.oid \
+             WHERE d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.refobjsubid > 0 AND d.refobjid <> r.ev_class",
+            &[],
+        )
+        .await?
+    {
+        let (view, rel, num): (u32, u32, i16) = (row.get(0), row.get(1), row.get(2));
+        if let (Some(r), Some(col)) = (by_oid.get(&rel), attnames.get(&(rel, num))) {
+            view_deps.entry(view).or_default().push((r.clone(), col.clone()));
+        }
+    }
+    for row in client
+        .query(
+            "SELECT DISTINCT r.ev_class, n.nspname::text, p.proname::text FROM pg_catalog.pg_rewrite r \
+             JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass AND d.objid = r.oid \
+             JOIN pg_catalog.pg_proc p ON d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND p.oid = d.refobjid \
+             JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname <> 'pg_catalog'",
+            &[],
+        )
+        .await?
+    {
+        let (view, schema, name): (u32, String, String) = (row.get(0), row.get(1), row.get(2));
+        if let Some(rel) = by_oid.get(&view).and_then(|k| cat.relations.get_mut(k)) {
+            rel.calls.push((schema, name));
+        }
+    }
+    for row in client
+        .query(
+            "SELECT c.oid, pg_catalog.pg_get_viewdef(c.oid) FROM pg_catalog.pg_class c \
+             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind IN ('v','m') AND n.nspname NOT IN ('pg_catalog', 'information_schema')",
+            &[],
+        )
+        .await?
+    {
+        let (oid, def): (u32, Option<String>) = (row.get(0), row.get(1));
+        let deps = view_deps.remove(&oid).unwrap_or_default();
+        if let Some(rel) = by_oid.get(&oid).and_then(|k| cat.relations.get_mut(k)) {
+            let names: Vec<String> = rel.columns.iter().map(|c| c.name.clone()).collect();
+            rel.reads = view_reads(def.as_deref().unwrap_or(""), &names, &deps);
+        }
+    }
+    for row in client
+        .query(
+            "SELECT n.nspname::text, p.proname::text FROM pg_catalog.pg_proc p \
+             JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname <> 'pg_catalog'",
+            &[],
+        )
+        .await?
+    {
+        cat.functions.insert((row.get(0), row.get(1)));
+    }
+    for row in client
+        .query(
+            "SELECT n.nspname::text, o.oprname::text FROM pg_catalog.pg_operator o \
+             JOIN pg_catalog.pg_namespace n ON n.oid = o.oprnamespace WHERE n.nspname <> 'pg_catalog'",
+            &[],
+        )
+        .await?
+    {
+        cat.operators.insert((row.get(0), row.get(1)));
+    }
+    client.batch_execute("COMMIT").await?;
+    Ok(cat)
+}
+
+/// Maps each output column of a view to the dependency columns its expression reads. The definition is
+/// parsed with the PostgreSQL parser; a target entry is matched to dependencies by the column names it
+/// references (anything that is not a known column name, e.g. a whole-row reference, reads every dependency).
+/// When the definition cannot be analysed, every output column reads every dependency (conservative).
+pub fn view_reads(def: &str, columns: &[String], deps: &[(QualName, String)]) -> HashMap<String, Vec<(QualName, String)>> {
+    let all = || columns.iter().map(|c| (c.clone(), deps.to_vec())).collect();
+    let Ok(parsed) = pg_query::parse(def, 0) else { return all() };
+    let Ok(json) = serde_json::to_value(&parsed.protobuf) else { return all() };
+    let Some(stmt) = json.pointer("/stmts/0/stmt/node/SelectStmt") else { return all() };
+    // Set operations: column i of the view reads column i of every branch.
+    let mut branches = Vec::new();
+    collect_branches(stmt, &mut branches);
+    let dep_names: HashSet<&str> = deps.iter().map(|(_, c)| c.as_str()).collect();
+    let mut out: HashMap<String, Vec<(QualName, String)>> = HashMap::new();
+    for branch in branches {
+        let Some(targets) = branch.get("target_list").and_then(|t| t.as_array()) else { return all() };
+        if targets.len() != columns.len() {
+            return all();
+        }
+        for (i, t) in targets.iter().enumerate() {
+            let mut names = Vec::new();
+            let mut opaque = false;
+            column_names(t, &mut names, &mut opaque);
+            let entry = out.entry(columns[i].clone()).or_default();
+            for (rel, col) in deps {
+                let hit = opaque || names.iter().any(|n| n == col) || names.iter().any(|n| !dep_names.contains(n.as_str()));
+                if hit && !entry.contains(&(rel.clone(), col.clone())) {
+                    entry.push((rel.clone(), col.clone()));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn collect_branches<'a>(select: &'a serde_json::Value, out: &mut Vec<&'a serde_json::Value>) {
+    let op = select.get("op").and_then(|o| o.as_i64()).unwrap_or(1);
+    if op > 1 {
+        for side in ["larg", "rarg"] {
+            if let Some(s) = select.get(side) {
+                collect_branches(s, out);
+            }
+        }
+    } else {
+        out.push(select);
+    }
+}
+
+/// Last names of every ColumnRef under `v`; `opaque` when a `*` appears.
+fn column_names(v: &serde_json::Value, names: &mut Vec<String>, opaque: &mut bool) {
+    match v {
+        serde_json::Value::Object(m) => {
+            if let Some(cr) = m.get("ColumnRef") {
+                let fields = cr.get("fields").and_then(|f| f.as_array()).cloned().unwrap_or_default();
+                match fields.last().and_then(|f| f.pointer("/node/String/sval")).and_then(|s| s.as_str()) {
+                    Some(s) => names.push(s.to_owned()),
+                    None => *opaque = true,
+                }
+                if fields.len() >= 2 {
+                    // `alias.col` is fine; `alias` alone (whole row) has one field and is caught below.
+                }
+            }
+            for val in m.values() {
+                column_names(val, names, opaque);
+            }
+        }
+        serde_json::Value::Array(a) => a.iter().for_each(|x| column_names(x, names, opaque)),
+        _ => {}
+    }
+}
+
+/// tokio-postgres TLS via tokio-rustls with the tenant's backend TLS config.
+struct RustlsConnect(Arc<rustls::ClientConfig>, String);
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> TlsConnect<S> for RustlsConnect {
+    type Stream = RustlsStream<S>;
+    type Error = std::io::Error;
+    type Future = Pin<Box<dyn std::future::Future<Output = std::io::Result<RustlsStream<S>>> + Send>>;
+
+    fn connect(self, stream: S) -> Self::Future {
+        Box::pin(async move {
+            let name = rustls::pki_types::ServerName::try_from(self.1)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+            let s = tokio_rustls::TlsConnector::from(self.0).connect(name, stream).await?;
+            Ok(RustlsStream(s))
+        })
+    }
+}
+
+struct RustlsStream<S>(tokio_rustls::client::TlsStream<S>);
+
+impl<S: AsyncRead + AsyncWrite + Unpin> tokio_postgres::tls::TlsStream for RustlsStream<S> {
+    fn channel_binding(&self) -> ChannelBinding {
+        ChannelBinding::none()
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for RustlsStream<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for RustlsStream<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,171 @@
+//! The statement firewall's fixed knowledge: functions, relations and settings a masked role may never use,
+//! whatever its statement kinds. Names are PostgreSQL's (lower case, as stored in the catalog).
+
+/// Functions that execute SQL strings, read files or large objects, signal backends or expose other
+/// sessions' statements (and so PII literals or pgveil's key material). Denied unless allow-listed.
+const DENIED_FUNCTIONS: &[&str] = &[
+    // SQL-string executors and whole-relation dumpers.
+    "query_to_xml",
+    "query_to_xmlschema",
+    "query_to_xml_and_xmlschema",
+    "cursor_to_xml",
+    "cursor_to_xmlschema",
+    "table_to_xml",
+    "table_to_xmlschema",
+    "table_to_xml_and_xmlschema",
+    "schema_to_xml",
+    "schema_to_xmlschema",
+    "schema_to_xml_and_xmlschema",
+    "database_to_xml",
+    "database_to_xmlschema",
+    "database_to_xml_and_xmlschema",
+    "ts_stat",
+    "ts_rewrite",
+    // Files.
+    "pg_read_file",
+    "pg_read_binary_file",
+    "pg_stat_file",
+    "pg_file_write",
+    "pg_file_rename",
+    "pg_file_unlink",
+    "pg_file_sync",
+    "pg_import_system_collations",
+    // Large objects.
+    "lo_import",
+    "lo_export",
+    "lo_open",
+    "lo_close",
+    "lo_get",
+    "lo_put",
+    "lo_from_bytea",
+    "lo_create",
+    "lo_creat",
+    "lo_unlink",
+    "lo_truncate",
+    "lo_truncate64",
+    "lo_lseek",
+    "lo_lseek64",
+    "lo_tell",
+    "lo_tell64",
+    "loread",
+    "lowrite",
+    // Backend signalling and server control.
+    "pg_cancel_backend",
+    "pg_terminate_backend",
+    "pg_signal_backend",
+    "pg_reload_conf",
+    "pg_rotate_logfile",
+    "pg_promote",
+    "pg_log_backend_memory_contexts",
+    "pg_switch_wal",
+    "pg_create_restore_point",
+    "pg_backup_start",
+    "pg_backup_stop",
+    // Other sessions' activity, and this session's own (rewritten) statement text.
+    "pg_stat_get_activity",
+    "pg_stat_get_backend_activity",
+    "pg_stat_get_backend_userid",
+    "current_query",
+    "pg_prepared_statement",
+    "pg_cursor",
+    "pg_get_backend_memory_contexts",
+    "pg_stat_statements",
+    "pg_stat_statements_info",
+    "pg_stat_statements_reset",
+    // Replication and logical decoding.
+    "pg_logical_emit_message",
+    "pg_replication_origin_create",
+];
+
+/// Function name prefixes denied the same way.
+const DENIED_FUNCTION_PREFIXES: &[&str] =
+    &["dblink", "postgres_fdw", "pg_ls_", "pg_logical_slot_", "pg_create_", "pg_drop_replication", "pg_replication_", "lo_"];
+
+/// Relations denied for masked roles in any schema (statistics hold raw sample values; activity views hold
+/// other sessions' SQL text; prepared statements and cursors show this session's rewritten text).
+const DENIED_RELATIONS: &[&str] = &[
+    "pg_stats",
+    "pg_stats_ext",
+    "pg_stats_ext_exprs",
+    "pg_statistic",
+    "pg_statistic_ext",
+    "pg_statistic_ext_data",
+    "pg_stat_activity",
+    "pg_stat_statements",
+    "pg_stat_statements_info",
+    "pg_largeobject",
+    "pg_largeobject_metadata",
+    "pg_prepared_statements",
+    "pg_cursors",
+    "pg_authid",
+    "pg_shadow",
+    "pg_user_mappings",
+    "pg_hba_file_rules",
+    "pg_ident_file_mappings",
+    "pg_file_settings",
+    "pg_stat_replication",
+    "pg_replication_slots",
+    "pg_backend_memory_contexts",
+];
+
+/// Settings a masked role may not change: they change identity, name resolution or how SQL text is lexed
+/// (a lexing differential between pgveil and the server is a masking bypass).
+const PROTECTED_SETTINGS: &[&str] = &[
+    "search_path",
+    "role",
+    "session_authorization",
+    "standard_conforming_strings",
+    "backslash_quote",
+    "session_replication_role",
+    "row_security",
+    "plpgsql.extra_errors",
+];
+
+/// Whether a function is denied (before allow-listing).
+pub fn function_denied(name: &str) -> bool {
+    DENIED_FUNCTIONS.contains(&name) || DENIED_FUNCTION_PREFIXES.iter().any(|p| name.starts_with(p))
+}
+
+/// Whether a relation (by name, any schema) is denied.
+pub fn relation_denied(name: &str) -> bool {
+    DENIED_RELATIONS.contains(&name)
+}
+
+/// Why setting `name` to `value` (when known) is refused, if it is.
+pub fn setting_refusal(name: &str, value: Option<&str>) -> Option<String> {
+    let name = name.to_ascii_lowercase();
+    if PROTECTED_SETTINGS.contains(&name.as_str()) {
+        return Some(format!("setting \"{name}\" is protected"));
+    }
+    if name == "client_encoding" {
+        // pgveil reads SQL as UTF-8; an encoding whose multi-byte characters can contain ASCII bytes
+        // (SJIS, BIG5, GBK, ...) would make the server lex the same bytes differently.
+        let ok = value.is_some_and(|v| {
+            let v = v.trim().trim_matches('\'').to_ascii_uppercase().replace(['-', '_'], "");
+            matches!(v.as_str(), "UTF8" | "UNICODE" | "SQLASCII")
+        });
+        if !ok {
+            return Some("client_encoding may only be UTF8".to_owned());
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists() {
+        assert!(function_denied("query_to_xml"));
+        assert!(function_denied("dblink_exec"));
+        assert!(function_denied("lo_import"));
+        assert!(!function_denied("lower"));
+        assert!(relation_denied("pg_stats"));
+        assert!(!relation_denied("pg_class"));
+        assert!(setting_refusal("Search_Path", None).is_some());
+        assert!(setting_refusal("client_encoding", Some("SJIS")).is_some());
+        assert!(setting_refusal("client_encoding", Some("utf-8")).is_none());
+        assert!(setting_refusal("application_name", Some("x")).is_none());
+    }
+}

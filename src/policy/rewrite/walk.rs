@@ -1,0 +1,661 @@
+//! The exhaustive walk over a statement's parse tree (serde JSON of libpg_query's protobuf): statement kinds,
+//! relation references (with CTE scoping), functions, operators and settings; collects the text edits.
+
+use std::collections::HashSet;
+
+use serde_json::{Map, Value};
+
+use super::spans::{Edit, Tokens};
+use super::{Context, Refusal};
+use crate::policy::catalog::{Catalog, Relation, Resolved};
+use crate::policy::file::Unclassified;
+use crate::policy::firewall::{function_denied, relation_denied, setting_refusal};
+use crate::policy::functions::{MaskFn, describe, quote_ident};
+use crate::policy::kinds::StatementKind;
+
+type R<T = ()> = Result<T, Refusal>;
+
+/// Walk state for one SQL string.
+pub struct Walker<'a> {
+    sql: &'a str,
+    ctx: &'a Context<'a>,
+    tokens: Tokens<'a>,
+    /// CTE names visible at the current point, innermost last.
+    scopes: Vec<HashSet<String>>,
+    edits: Vec<Edit>,
+    masked: Vec<String>,
+    /// A mask embedding key material was emitted in the current top-level statement.
+    uses_key: bool,
+    /// Depth of EXPLAIN nesting.
+    in_explain: bool,
+}
+
+fn obj(v: &Value) -> Option<&Map<String, Value>> {
+    v.as_object()
+}
+
+/// The single `{"node": {"Type": body}}` of a Node, as (type, body).
+fn tagged(v: &Value) -> Option<(&str, &Value)> {
+    let m = v.as_object()?;
+    if m.len() != 1 {
+        return None;
+    }
+    let inner = m.get("node")?.as_object()?;
+    if inner.len() != 1 {
+        return None;
+    }
+    inner.iter().next().map(|(k, v)| (k.as_str(), v))
+}
+
+fn s<'v>(v: &'v Value, key: &str) -> &'v str {
+    v.get(key).and_then(|x| x.as_str()).unwrap_or("")
+}
+
+fn b(v: &Value, key: &str) -> bool {
+    v.get(key).and_then(|x| x.as_bool()).unwrap_or(false)
+}
+
+fn list<'v>(v: &'v Value, key: &str) -> &'v [Value] {
+    v.get(key).and_then(|x| x.as_array()).map(Vec::as_slice).unwrap_or(&[])
+}
+
+/// `String` node values of a name list (`funcname`, `name`, ...).
+fn names(items: &[Value]) -> Option<Vec<String>> {
+    items
+        .iter()
+        .map(|n| tagged(n).filter(|(t, _)| *t == "String").map(|(_, b)| s(b, "sval").to_owned()))
+        .collect()
+}
+
+/// Whether an untagged object is a RangeVar.
+fn is_range_var(m: &Map<String, Value>) -> bool {
+    m.contains_key("relname") && m.contains_key("relpersistence") && m.contains_key("inh")
+}
+
+/// Whether an untagged object is a SelectStmt (set-operation arms are untagged).
+fn is_select(m: &Map<String, Value>) -> bool {
+    m.contains_key("target_list") && m.contains_key("larg") && m.contains_key("values_lists")
+}
+
+impl<'a> Walker<'a> {
+    /// A walker over `sql`.
+    pub fn new(sql: &'a str, ctx: &'a Context<'a>) -> R<Walker<'a>> {
+        let tokens = Tokens::scan(sql).ok_or_else(|| Refusal::new("parse", "statement could not be scanned"))?;
+        Ok(Walker {
+            sql,
+            ctx,
+            tokens,
+            scopes: Vec::new(),
+            edits: Vec::new(),
+            masked: Vec::new(),
+            uses_key: false,
+            in_explain: false,
+        })
+    }
+
+    /// The edits and the masked-column descriptions.
+    pub fn finish(self) -> (Vec<Edit>, Vec<String>) {
+        let _ = self.sql;
+        (self.edits, self.masked)
+    }
+
+    fn catalog(&self) -> R<&'a Catalog> {
+        self.ctx.catalog.ok_or_else(|| {
+            Refusal::new("catalog", "the tenant's catalog is not loaded yet; try again in a moment")
+        })
+    }
+
+    fn require(&self, kind: StatementKind) -> R {
+        if self.ctx.policy.role.statements.contains(&kind) {
+            Ok(())
+        } else {
+            Err(Refusal::new(
+                "statement-kind",
+                format!("role {} may not run {} statements", self.ctx.role, kind.name()),
+            ))
+        }
+    }
+
+    /// Whether the role sees everything raw (then statements that cannot be masked are acceptable).
+    fn sees_all(&self) -> bool {
+        let r = &self.ctx.policy.role;
+        r.raw == crate::policy::file::RawSet::All && r.unclassified == Unclassified::Allow
+    }
+
+    /// A top-level `RawStmt`.
+    pub fn top_statement(&mut self, raw: &Value) -> R {
+        self.uses_key = false;
+        self.in_explain = false;
+        let stmt = raw.get("stmt").ok_or_else(|| Refusal::new("parse", "empty statement"))?;
+        self.statement(stmt)?;
+        if self.uses_key && self.in_explain {
+            return Err(Refusal::new(
+                "explain-pseudonym",
+                "EXPLAIN of a statement reading pseudonymized columns is refused (the plan would show key material)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// A statement node: kind check, then the walk its kind needs.
+    fn statement(&mut self, node: &Value) -> R {
+        let (ty, body) = tagged(node).ok_or_else(|| Refusal::new("parse", "unexpected statement shape"))?;
+        use StatementKind as K;
+        match ty {
+            "SelectStmt" => {
+                if body.get("into_clause").is_some_and(|v| !v.is_null()) {
+                    return self.unmaskable(K::Ddl, "SELECT INTO");
+                }
+                self.require(K::Select)?;
+                self.select(body)
+            }
+            "InsertStmt" | "UpdateStmt" | "DeleteStmt" | "MergeStmt" => self.dml(ty, body),
+            "CopyStmt" => self.copy(body),
+            "ExplainStmt" => {
+                self.require(K::Explain)?;
+                self.in_explain = true;
+                self.walk_fields(body, &["query"])?;
+                self.statement(body.get("query").unwrap_or(&Value::Null))
+            }
+            "DeclareCursorStmt" => {
+                self.require(K::Cursor)?;
+                self.statement(body.get("query").unwrap_or(&Value::Null))
+            }
+            "PrepareStmt" => {
+                self.require(K::Prepare)?;
+                self.walk_fields(body, &["query"])?;
+                self.statement(body.get("query").unwrap_or(&Value::Null))
+            }
+            "ExecuteStmt" | "DeallocateStmt" => {
+                self.require(K::Prepare)?;
+                self.walk(body)
+            }
+            "FetchStmt" | "ClosePortalStmt" => self.require(K::Cursor),
+            "TransactionStmt" | "ConstraintsSetStmt" => self.require(K::Transaction),
+            "VariableShowStmt" => self.require(K::Show),
+            "DiscardStmt" => self.require(K::Discard),
+            "ListenStmt" | "UnlistenStmt" | "NotifyStmt" => self.require(K::Listen),
+            "VariableSetStmt" => self.set(body),
+            "LockStmt" => self.unmaskable(K::Lock, "LOCK"),
+            "VacuumStmt" | "ClusterStmt" | "ReindexStmt" | "CheckPointStmt" | "RefreshMatViewStmt" => {
+                self.unmaskable(K::Maintenance, "maintenance statements")
+            }
+            "DoStmt" => self.unmaskable(K::Do, "DO"),
+            "CallStmt" => self.unmaskable(K::Call, "CALL"),
+            _ => self.unmaskable(K::Ddl, "DDL"),
+        }
+    }
+
+    /// Statements whose effects cannot be masked: allowed only for roles that see everything raw.
+    fn unmaskable(&mut self, kind: StatementKind, what: &str) -> R {
+        self.require(kind)?;
+        if self.sees_all() {
+            Ok(())
+        } else {
+            Err(Refusal::new(
+                "unmaskable-statement",
+                format!("{what} is refused for roles with masked columns (role {})", self.ctx.role),
+            ))
+        }
+    }
+
+    fn set(&mut self, body: &Value) -> R {
+        let name = s(body, "name").to_ascii_lowercase();
+        if name == "role" || name == "session_authorization" {
+            return self.unmaskable(StatementKind::SetRole, "SET ROLE / SET SESSION AUTHORIZATION");
+        }
+        self.require(StatementKind::Set)?;
+        // kind 1 = VAR_SET_VALUE; others (DEFAULT, CURRENT, MULTI, RESET, RESET ALL) restore server defaults.
+        let kind = body.get("kind").and_then(|k| k.as_i64()).unwrap_or(0);
+        let value = list(body, "args").first().and_then(|a| const_string(a));
+        let is_reset = matches!(kind, 5 | 6);
+        if !name.is_empty() && !is_reset && name != "transaction" && name != "session characteristics" {
+            if let Some(why) = setting_refusal(&name, value.as_deref()) {
+                return Err(Refusal::new("protected-setting", why));
+            }
+        }
+        self.walk(body)
+    }
+
+    fn select(&mut self, body: &Value) -> R {
+        let pushed = self.with_clause(body.get("with_clause"))?;
+        let r = self.walk_fields(body, &["with_clause"]);
+        if pushed {
+            self.scopes.pop();
+        }
+        r
+    }
+
+    /// Walks a WITH clause's CTE bodies with PostgreSQL's scoping and pushes its names for the statement
+    /// body. Returns whether a scope was pushed.
+    fn with_clause(&mut self, with: Option<&Value>) -> R<bool> {
+        let Some(with) = with.filter(|w| !w.is_null()) else { return Ok(false) };
+        let recursive = b(with, "recursive");
+        let ctes: Vec<(String, &Value)> = list(with, "ctes")
+            .iter()
+            .filter_map(|c| tagged(c).filter(|(t, _)| *t == "CommonTableExpr").map(|(_, b)| (s(b, "ctename").to_owned(), b)))
+            .collect();
+        if ctes.len() != list(with, "ctes").len() {
+            return Err(Refusal::new("unsupported", "unexpected WITH clause shape"));
+        }
+        let mut scope = HashSet::new();
+        if recursive {
+            scope.extend(ctes.iter().map(|(n, _)| n.clone()));
+        }
+        self.scopes.push(scope);
+        for (name, cte) in &ctes {
+            let query = cte.get("ctequery").unwrap_or(&Value::Null);
+            self.statement(query)?;
+            self.walk_fields(cte, &["ctequery"])?;
+            if let Some(top) = self.scopes.last_mut() {
+                top.insert(name.clone());
+            }
+        }
+        Ok(true)
+    }
+
+    fn cte_visible(&self, name: &str) -> bool {
+        self.scopes.iter().any(|s| s.contains(name))
+    }
+
+    fn dml(&mut self, ty: &str, body: &Value) -> R {
+        use StatementKind as K;
+        self.require(match ty {
+            "InsertStmt" => K::Insert,
+            "UpdateStmt" => K::Update,
+            "DeleteStmt" => K::Delete,
+            _ => K::Merge,
+        })?;
+        let pushed = self.with_clause(body.get("with_clause"))?;
+        let rv = body.get("relation").filter(|r| !r.is_null()).ok_or_else(|| Refusal::new("parse", "DML without target"))?;
+        let r = self.dml_target(ty, rv, body).and_then(|()| self.walk_fields(body, &["with_clause", "relation"]));
+        if pushed {
+            self.scopes.pop();
+        }
+        r
+    }
+
+    /// A write target cannot be replaced by a subquery: writes are allowed, but reading a masked column of
+    /// the target (in WHERE, SET expressions, RETURNING, ON CONFLICT, MERGE conditions) is refused.
+    fn dml_target(&mut self, ty: &str, rv: &Value, body: &Value) -> R {
+        let cat = self.catalog()?;
+        let schema = s(rv, "schemaname");
+        let name = s(rv, "relname");
+        let rel = match cat.resolve((!schema.is_empty()).then_some(schema), name) {
+            Resolved::User(rel) => rel,
+            Resolved::System(_) => return self.unmaskable(StatementKind::Ddl, "writing system catalogs"),
+            Resolved::Unknown => return Err(unknown(schema, name)),
+        };
+        let masked = self.masked_columns(rel)?;
+        if masked.is_empty() {
+            return Ok(());
+        }
+        if ty == "MergeStmt" {
+            return Err(Refusal::new("dml-masked-target", format!("MERGE into {} (it has masked columns) is refused", qual(rel))));
+        }
+        let alias = rv.get("alias").and_then(|a| a.get("aliasname")).and_then(|a| a.as_str()).unwrap_or(name);
+        let mut refs = Vec::new();
+        let keys: &[&str] = if ty == "InsertStmt" {
+            &["on_conflict_clause", "returning_clause", "returning_list"]
+        } else {
+            &["where_clause", "target_list", "returning_clause", "returning_list", "from_clause", "using_clause"]
+        };
+        for k in keys {
+            if let Some(v) = body.get(*k) {
+                column_refs(v, &mut refs);
+            }
+        }
+        for r in refs {
+            let hit = match r.last() {
+                None => true, // `*`
+                Some(last) => masked.iter().any(|(c, _)| c == last) || (r.len() == 1 && last == alias),
+            };
+            if hit {
+                return Err(Refusal::new(
+                    "dml-masked-target",
+                    format!(
+                        "{} reads a masked column of its target {} (in WHERE, SET, RETURNING or ON CONFLICT); refused",
+                        ty.trim_end_matches("Stmt").to_ascii_uppercase(),
+                        qual(rel)
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn copy(&mut self, body: &Value) -> R {
+        if b(body, "is_program") || !s(body, "filename").is_empty() {
+            return Err(Refusal::new("copy-file", "COPY to or from files or programs is refused"));
+        }
+        if b(body, "is_from") {
+            self.require(StatementKind::CopyFrom)?;
+            let rv = body.get("relation").filter(|r| !r.is_null());
+            if let Some(rv) = rv {
+                // Writing is fine; a WHERE clause on COPY FROM filters incoming rows only.
+                self.relation_for_write(rv)?;
+            }
+            return self.walk_fields(body, &["relation"]);
+        }
+        self.require(StatementKind::CopyTo)?;
+        if let Some(q) = body.get("query").filter(|q| !q.is_null()) {
+            return self.statement(q);
+        }
+        let rv = body.get("relation").filter(|r| !r.is_null()).ok_or_else(|| Refusal::new("parse", "COPY without source"))?;
+        let Some(sub) = self.substitute(rv)? else { return Ok(()) };
+        let loc = rv.get("location").and_then(|l| l.as_i64()).unwrap_or(-1);
+        let span = self.span(rv, loc)?;
+        let end = self.tokens.paren_list_after(span.end).unwrap_or(span.end);
+        let cols = match names(list(body, "attlist")) {
+            Some(c) if !c.is_empty() => c.iter().map(|c| quote_ident(c)).collect::<Vec<_>>().join(", "),
+            _ => "*".to_owned(),
+        };
+        self.edits.push(Edit {
+            start: span.start,
+            end,
+            text: format!("(SELECT {cols} FROM {sub} AS {})", quote_ident(s(rv, "relname"))),
+        });
+        Ok(())
+    }
+
+    fn relation_for_write(&mut self, rv: &Value) -> R {
+        let cat = self.catalog()?;
+        let schema = s(rv, "schemaname");
+        let name = s(rv, "relname");
+        match cat.resolve((!schema.is_empty()).then_some(schema), name) {
+            Resolved::User(_) => Ok(()),
+            Resolved::System(_) => self.unmaskable(StatementKind::Ddl, "writing system catalogs"),
+            Resolved::Unknown => Err(unknown(schema, name)),
+        }
+    }
+
+    fn span(&self, rv: &Value, loc: i64) -> R<super::spans::RelSpan> {
+        let parts = 1 + usize::from(!s(rv, "schemaname").is_empty()) + usize::from(!s(rv, "catalogname").is_empty());
+        usize::try_from(loc)
+            .ok()
+            .and_then(|l| self.tokens.relation(l, parts, !b(rv, "inh")))
+            .ok_or_else(|| Refusal::new("unsupported", "relation reference at an unexpected position"))
+    }
+
+    /// A relation read in FROM (or `TABLE name`): substituted when it has masked columns.
+    fn range_var(&mut self, rv: &Value) -> R {
+        let schema = s(rv, "schemaname");
+        let name = s(rv, "relname");
+        if schema.is_empty() && s(rv, "catalogname").is_empty() && self.cte_visible(name) {
+            return Ok(());
+        }
+        let Some(sub) = self.substitute(rv)? else { return Ok(()) };
+        let loc = rv.get("location").and_then(|l| l.as_i64()).unwrap_or(-1);
+        let span = self.span(rv, loc)?;
+        let has_alias = rv.get("alias").is_some_and(|a| !a.is_null());
+        let text = if span.table {
+            format!("SELECT * FROM {sub} AS {}", quote_ident(name))
+        } else if has_alias {
+            sub
+        } else {
+            format!("{sub} AS {}", quote_ident(name))
+        };
+        self.edits.push(Edit {
+            start: span.start,
+            end: span.end,
+            text,
+        });
+        Ok(())
+    }
+
+    /// Resolves a read relation and returns its masking subquery, or `None` when nothing is masked.
+    fn substitute(&mut self, rv: &Value) -> R<Option<String>> {
+        let schema = s(rv, "schemaname");
+        let name = s(rv, "relname");
+        let catalog = s(rv, "catalogname");
+        if relation_denied(name) {
+            return Err(Refusal::new("denied-relation", format!("relation {name} is refused for role {}", self.ctx.role)));
+        }
+        let cat = self.catalog()?;
+        if !catalog.is_empty() {
+            return Err(Refusal::new("unsupported", "three-part relation names are refused"));
+        }
+        if schema == "pg_toast" || schema.starts_with("pg_temp") {
+            return Err(Refusal::new("denied-relation", format!("relations in schema {schema} are refused")));
+        }
+        let rel = match cat.resolve((!schema.is_empty()).then_some(schema), name) {
+            Resolved::System(_) => return Ok(None),
+            Resolved::User(rel) => rel,
+            Resolved::Unknown => return Err(unknown(schema, name)),
+        };
+        for f in &rel.calls {
+            if !self.function_allowed(&f.0, &f.1) {
+                return Err(Refusal::new(
+                    "view-calls-function",
+                    format!("{} calls function {}.{}, which is not allow-listed", qual(rel), f.0, f.1),
+                ));
+            }
+        }
+        if rel.reads.values().flatten().any(|((_, n), _)| relation_denied(n)) {
+            return Err(Refusal::new("denied-relation", format!("{} reads a refused system relation", qual(rel))));
+        }
+        let masked = self.masked_columns(rel)?;
+        if masked.is_empty() {
+            return Ok(None);
+        }
+        let mut cols = Vec::with_capacity(rel.columns.len());
+        for c in &rel.columns {
+            let q = quote_ident(&c.name);
+            match masked.iter().find(|(n, _)| n == &c.name) {
+                None => cols.push(q),
+                Some((_, f)) => {
+                    let e = f.expression(&q, c.ty(), self.ctx.key).map_err(|e| {
+                        Refusal::new("mask", format!("cannot mask {}.{}: {e}", qual(rel), c.name))
+                    })?;
+                    self.uses_key |= f.uses_key();
+                    let d = format!("{}.{} -> {}", qual(rel), c.name, describe(f));
+                    if !self.masked.contains(&d) {
+                        self.masked.push(d);
+                    }
+                    cols.push(format!("{e} AS {q}"));
+                }
+            }
+        }
+        let only = if b(rv, "inh") { "" } else { "ONLY " };
+        Ok(Some(format!(
+            "(SELECT {} FROM {only}{}.{})",
+            cols.join(", "),
+            quote_ident(&rel.schema),
+            quote_ident(&rel.name)
+        )))
+    }
+
+    /// The masked columns of a relation for this role, with their functions.
+    fn masked_columns(&self, rel: &Relation) -> R<Vec<(String, MaskFn)>> {
+        let cat = self.catalog()?;
+        let p = self.ctx.policy;
+        let direct = |s: &str, t: &str, c: &str| p.classify(s, t, c);
+        let mut out = Vec::new();
+        for c in &rel.columns {
+            match cat.classify(rel, &c.name, &direct) {
+                Some(class) if p.role.raw.contains(class) => {}
+                Some(class) => {
+                    let f = p.classes.get(class).cloned().ok_or_else(|| {
+                        Refusal::new("policy", format!("classification {class} has no masking function"))
+                    })?;
+                    out.push((c.name.clone(), f));
+                }
+                None => match p.role.unclassified {
+                    Unclassified::Allow => {}
+                    Unclassified::Mask => out.push((
+                        c.name.clone(),
+                        MaskFn::Redact {
+                            replacement: "[REDACTED]".into(),
+                        },
+                    )),
+                    Unclassified::Deny => {
+                        return Err(Refusal::new(
+                            "unclassified-column",
+                            format!("{}.{} is not classified and the policy denies unclassified columns", qual(rel), c.name),
+                        ));
+                    }
+                },
+            }
+        }
+        Ok(out)
+    }
+
+    fn function_allowed(&self, schema: &str, name: &str) -> bool {
+        let a = &self.ctx.policy.role.allow_functions;
+        a.contains(&format!("{schema}.{name}")) || a.contains(name)
+    }
+
+    fn func_call(&mut self, body: &Value) -> R {
+        let parts = names(list(body, "funcname")).ok_or_else(|| Refusal::new("parse", "unexpected function name"))?;
+        let (schema, name) = match parts.as_slice() {
+            [n] => (None, n.as_str()),
+            [s, n] => (Some(s.as_str()), n.as_str()),
+            _ => return Err(Refusal::new("denied-function", "three-part function names are refused")),
+        };
+        let allowed = self.function_allowed(schema.unwrap_or("pg_catalog"), name);
+        match schema {
+            Some("pg_catalog") => {}
+            Some(other) => {
+                if !allowed {
+                    return Err(Refusal::new(
+                        "denied-function",
+                        format!("function {other}.{name} is outside pg_catalog and not allow-listed"),
+                    ));
+                }
+            }
+            None => {
+                if self.catalog()?.user_function_named(name) && !allowed {
+                    return Err(Refusal::new(
+                        "denied-function",
+                        format!("function {name} could resolve to a user-defined function that is not allow-listed"),
+                    ));
+                }
+            }
+        }
+        if function_denied(name) && !allowed {
+            return Err(Refusal::new("denied-function", format!("function {name} is refused")));
+        }
+        if name == "set_config" {
+            let arg = list(body, "args").first().and_then(const_string);
+            let value = list(body, "args").get(1).and_then(const_string);
+            match arg {
+                None => return Err(Refusal::new("protected-setting", "set_config needs a constant setting name")),
+                Some(n) => {
+                    if let Some(why) = setting_refusal(&n, value.as_deref()) {
+                        return Err(Refusal::new("protected-setting", why));
+                    }
+                }
+            }
+        }
+        self.walk(body)
+    }
+
+    fn operator(&mut self, body: &Value) -> R {
+        let parts = names(list(body, "name")).unwrap_or_default();
+        match parts.as_slice() {
+            [op] => {
+                if self.catalog()?.user_operator_named(op) {
+                    return Err(Refusal::new("denied-operator", format!("operator {op} could resolve to a user-defined operator")));
+                }
+            }
+            [schema, op] if schema != "pg_catalog" => {
+                return Err(Refusal::new("denied-operator", format!("operator {schema}.{op} is outside pg_catalog")));
+            }
+            _ => {}
+        }
+        self.walk(body)
+    }
+
+    /// Walks every field except `skip`.
+    fn walk_fields(&mut self, body: &Value, skip: &[&str]) -> R {
+        if let Some(m) = obj(body) {
+            for (k, v) in m {
+                if !skip.contains(&k.as_str()) {
+                    self.walk(v)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The generic walk: every field of every node.
+    fn walk(&mut self, v: &Value) -> R {
+        match v {
+            Value::Array(a) => a.iter().try_for_each(|x| self.walk(x)),
+            Value::Object(m) => {
+                if let Some((ty, body)) = tagged(v) {
+                    return self.node(ty, body);
+                }
+                if is_range_var(m) {
+                    return Err(Refusal::new("unsupported", "relation reference in an unsupported position"));
+                }
+                if is_select(m) {
+                    return self.select(v);
+                }
+                m.values().try_for_each(|x| self.walk(x))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn node(&mut self, ty: &str, body: &Value) -> R {
+        match ty {
+            "RangeVar" => self.range_var(body),
+            "SelectStmt" => self.select(body),
+            "InsertStmt" | "UpdateStmt" | "DeleteStmt" | "MergeStmt" => self.dml(ty, body),
+            "FuncCall" => self.func_call(body),
+            "AExpr" => self.operator(body),
+            "RangeTableSample" => {
+                let rel = body.get("relation");
+                if let Some((_, rv)) = rel.and_then(tagged).filter(|(t, _)| *t == "RangeVar")
+                    && self.substitute(rv)?.is_some()
+                {
+                    return Err(Refusal::new("unsupported", "TABLESAMPLE on a relation with masked columns is refused"));
+                }
+                self.walk_fields(body, &[])
+            }
+            // `FOR UPDATE OF a, b` names FROM items (aliases), not relations.
+            "LockingClause" => self.walk_fields(body, &["locked_rels"]),
+            "CommonTableExpr" => Err(Refusal::new("unsupported", "WITH clause in an unsupported position")),
+            t if t.ends_with("Stmt") => self.statement(&serde_json::json!({ "node": { t: body } })),
+            _ => self.walk_fields(body, &[]),
+        }
+    }
+}
+
+fn qual(rel: &Relation) -> String {
+    format!("{}.{}", rel.schema, rel.name)
+}
+
+fn unknown(schema: &str, name: &str) -> Refusal {
+    let n = if schema.is_empty() { name.to_owned() } else { format!("{schema}.{name}") };
+    Refusal::new("unknown-relation", format!("relation {n} is not in the tenant's catalog snapshot"))
+}
+
+/// A string constant (`'x'`, or `'x'::type`).
+fn const_string(v: &Value) -> Option<String> {
+    let (ty, body) = tagged(v)?;
+    match ty {
+        "AConst" => body.pointer("/val/Sval/sval").and_then(|s| s.as_str()).map(str::to_owned),
+        "TypeCast" => const_string(body.get("arg")?),
+        _ => None,
+    }
+}
+
+/// Every ColumnRef under `v`, as its name parts (`*` ends a reference as an empty list).
+fn column_refs(v: &Value, out: &mut Vec<Vec<String>>) {
+    match v {
+        Value::Array(a) => a.iter().for_each(|x| column_refs(x, out)),
+        Value::Object(m) => {
+            if let Some(("ColumnRef", body)) = tagged(v) {
+                match names(list(body, "fields")) {
+                    Some(n) => out.push(n),
+                    None => out.push(Vec::new()),
+                }
+                return;
+            }
+            m.values().for_each(|x| column_refs(x, out));
+        }
+        _ => {}
+    }
+}
