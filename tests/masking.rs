@@ -326,11 +326,11 @@ fn canaries(fx: &Fixture) -> Result<()> {
     // The masked role still gets useful, masked data.
     fx.block_on(async {
         let c = fx.connect_to(s.masked.addr, "acme", "analyst").await?;
-        let row = c.query_one("SELECT email, card_pan, date_of_birth, full_name FROM payers WHERE id = 1", &[]).await?;
+        let row = c.query_one("SELECT email, card_pan, date_of_birth, full_name FROM ONLY payers WHERE id = 1", &[]).await?;
         let (email, pan): (String, String) = (row.get(0), row.get(1));
         ensure!(email == "****@example.com", "email masked as {email}");
         ensure!(pan == "************0000", "pan masked as {pan}");
-        let dob: String = c.query_one("SELECT date_of_birth::text FROM payers WHERE id = 1", &[]).await?.get(0);
+        let dob: String = c.query_one("SELECT date_of_birth::text FROM ONLY payers WHERE id = 1", &[]).await?.get(0);
         ensure!(dob == "1911-01-01", "date generalized to {dob}");
         Ok(())
     })
@@ -430,13 +430,13 @@ fn hot_reload(fx: &Fixture) -> Result<()> {
     let v1 = engine.policy().version;
     fx.block_on(async {
         let c = fx.connect_to(proxy.addr, "acme", "analyst").await?;
-        let e: String = c.query_one("SELECT email FROM payers WHERE id = 1", &[]).await?.get(0);
+        let e: String = c.query_one("SELECT email FROM ONLY payers WHERE id = 1", &[]).await?.get(0);
         ensure!(e.starts_with("****"), "{e}");
         // An invalid policy is rejected; the old one stays.
         std::fs::write(dir.join("broken.toml"), "[roles.analyst]\nraw = [\"*\"]\nbogus = 1\n")?;
         wait_for(|| engine.stats.rejected_reloads.load(std::sync::atomic::Ordering::Relaxed) > 0).await?;
         ensure!(engine.policy().version == v1, "invalid policy replaced the good one");
-        let e: String = c.query_one("SELECT email FROM payers WHERE id = 1", &[]).await?.get(0);
+        let e: String = c.query_one("SELECT email FROM ONLY payers WHERE id = 1", &[]).await?.get(0);
         ensure!(e.starts_with("****"), "after invalid reload: {e}");
         // A valid change is picked up at the session's next statement.
         std::fs::remove_file(dir.join("broken.toml"))?;
@@ -447,7 +447,7 @@ fn hot_reload(fx: &Fixture) -> Result<()> {
         ensure!(relaxed != pgveil::demo::env::EXAMPLE_POLICY, "policy text changed shape");
         std::fs::write(dir.join("payments.toml"), relaxed)?;
         wait_for(|| engine.policy().version > v1).await?;
-        let e: String = c.query_one("SELECT email FROM payers WHERE id = 1", &[]).await?.get(0);
+        let e: String = c.query_one("SELECT email FROM ONLY payers WHERE id = 1", &[]).await?.get(0);
         ensure!(e.starts_with("zqxmail"), "after valid reload: {e}");
         Ok(())
     })

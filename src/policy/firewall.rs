@@ -88,7 +88,6 @@ const DENIED_RELATIONS: &[&str] = &[
     "pg_stats_ext",
     "pg_stats_ext_exprs",
     "pg_statistic",
-    "pg_statistic_ext",
     "pg_statistic_ext_data",
     "pg_stat_activity",
     "pg_stat_statements",
@@ -138,14 +137,21 @@ pub fn setting_refusal(name: &str, value: Option<&str>) -> Option<String> {
         return Some(format!("setting \"{name}\" is protected"));
     }
     if name == "client_encoding" {
-        // pgveil reads SQL as UTF-8; an encoding whose multi-byte characters can contain ASCII bytes
-        // (SJIS, BIG5, GBK, ...) would make the server lex the same bytes differently.
-        let ok = value.is_some_and(|v| {
-            let v = v.trim().trim_matches('\'').to_ascii_uppercase().replace(['-', '_'], "");
-            matches!(v.as_str(), "UTF8" | "UNICODE" | "SQLASCII")
+        // pgveil reads SQL as UTF-8; in the client-only encodings below a multi-byte character can end in an
+        // ASCII byte such as a backslash or a quote, so the server would lex the same bytes differently (a masking bypass).
+        // Names are compared the way PostgreSQL does (letters and digits only, case-insensitive).
+        let clean: Option<String> =
+            value.map(|v| v.chars().filter(char::is_ascii_alphanumeric).collect::<String>().to_ascii_lowercase());
+        let unsafe_encoding = clean.as_deref().is_none_or(|v| {
+            v.is_empty()
+                || matches!(
+                    v,
+                    "big5" | "cp932" | "cp936" | "cp949" | "cp950" | "gb18030" | "gbk" | "johab" | "mskanji" | "shiftjis"
+                        | "shiftjis2004" | "sjis" | "uhc" | "win932" | "win936" | "win949" | "win950"
+                )
         });
-        if !ok {
-            return Some("client_encoding may only be UTF8".to_owned());
+        if unsafe_encoding {
+            return Some("client_encoding may not be a client-only multi-byte encoding (SJIS, BIG5, GBK, UHC, GB18030, JOHAB)".to_owned());
         }
     }
     None
@@ -166,6 +172,9 @@ mod tests {
         assert!(setting_refusal("Search_Path", None).is_some());
         assert!(setting_refusal("client_encoding", Some("SJIS")).is_some());
         assert!(setting_refusal("client_encoding", Some("utf-8")).is_none());
+        assert!(setting_refusal("client_encoding", Some("LATIN1")).is_none());
+        assert!(setting_refusal("client_encoding", Some("Shift_JIS")).is_some());
+        assert!(setting_refusal("client_encoding", Some("WIN-950")).is_some());
         assert!(setting_refusal("application_name", Some("x")).is_none());
     }
 }

@@ -25,6 +25,9 @@ const DOT: i32 = b'.' as i32;
 const LPAREN: i32 = b'(' as i32;
 const RPAREN: i32 = b')' as i32;
 const STAR: i32 = b'*' as i32;
+const SEMI: i32 = b';' as i32;
+const SQL_COMMENT: i32 = pg_query::protobuf::Token::SqlComment as i32;
+const C_COMMENT: i32 = pg_query::protobuf::Token::CComment as i32;
 
 impl<'a> Tokens<'a> {
     /// Scans `sql`.
@@ -124,6 +127,33 @@ pub struct RelSpan {
     pub end: usize,
     /// The `TABLE name` shorthand.
     pub table: bool,
+}
+
+/// The number of non-empty top-level statements (`;` outside parentheses), by the PostgreSQL scanner;
+/// `None` when the text does not scan or its parentheses do not balance.
+pub fn top_level_statements(sql: &str) -> Option<usize> {
+    let toks = pg_query::scan_tokens(sql).ok()?;
+    let (mut depth, mut count, mut pending) = (0i32, 0usize, false);
+    for t in toks {
+        match t.token {
+            LPAREN => depth += 1,
+            RPAREN => depth -= 1,
+            SEMI if depth == 0 => {
+                count += usize::from(pending);
+                pending = false;
+                continue;
+            }
+            _ => {}
+        }
+        if depth < 0 {
+            return None;
+        }
+        // Comments are not statements.
+        if !matches!(t.token, SQL_COMMENT | C_COMMENT) {
+            pending = true;
+        }
+    }
+    (depth == 0).then_some(count + usize::from(pending))
 }
 
 /// Applies non-overlapping edits; `None` when two overlap.
