@@ -50,6 +50,14 @@ struct CacheKey {
     role: RoleName,
 }
 
+/// A cached decision with what its audit event needs.
+#[derive(Clone)]
+struct Cached {
+    decision: Decision,
+    fingerprint: Arc<str>,
+    masked: Arc<[String]>,
+}
+
 /// Cache and decision counters.
 #[derive(Debug, Default)]
 pub struct EngineStats {
@@ -66,7 +74,7 @@ pub struct MaskingEngine {
     policy_path: PathBuf,
     policy: ArcSwap<PolicySnapshot>,
     tenants: ArcSwap<HashMap<TenantId, Arc<TenantState>>>,
-    cache: Mutex<HashMap<CacheKey, Decision>>,
+    cache: Mutex<HashMap<CacheKey, Cached>>,
     /// Counters.
     pub stats: EngineStats,
 }
@@ -159,22 +167,32 @@ impl MaskingEngine {
     /// Decides with the cache.
     pub fn check_cached(&self, sql: &str, tenant: &TenantId, role: &RoleName) -> Decision {
         let key = self.cache_key(sql, tenant, role);
-        if let Some(d) = self.cache.lock().expect("cache lock").get(&key) {
+        let hit = self.cache.lock().expect("cache lock").get(&key).cloned();
+        if let Some(c) = hit {
             self.stats.hits.fetch_add(1, Ordering::Relaxed);
-            return d.clone();
+            audit(&c, tenant, role);
+            return c.decision;
         }
         self.stats.misses.fetch_add(1, Ordering::Relaxed);
-        let (d, masked) = self.decide(sql, tenant, role);
-        audit(sql, tenant, role, &d, &masked);
+        let (decision, masked) = self.decide(sql, tenant, role);
+        let fingerprint = pg_query::fingerprint(sql, 0, pg_query::FingerprintOptions::FULL_RELNAME)
+            .map(|f| f.hex)
+            .unwrap_or_else(|_| "unparsable".into());
+        let c = Cached {
+            decision,
+            fingerprint: fingerprint.into(),
+            masked: masked.into(),
+        };
+        audit(&c, tenant, role);
         let mut cache = self.cache.lock().expect("cache lock");
         if cache.len() >= CACHE_CAPACITY {
             cache.clear();
         }
         // Catalog-not-loaded refusals are not cached: the key's catalog version 0 would keep them forever.
         if key.catalog != 0 {
-            cache.insert(key, d.clone());
+            cache.insert(key, c.clone());
         }
-        d
+        c.decision
     }
 
     /// Starts the background work: catalog loads and refreshes for every tenant, policy reload on file
@@ -287,16 +305,15 @@ fn policy_stamp(path: &Path) -> Vec<(PathBuf, Option<SystemTime>, u64)> {
     out
 }
 
-/// One structured audit event per decided statement: the fingerprint of the statement with literals removed
-/// (never the text), the decision and the masked columns.
-fn audit(sql: &str, tenant: &TenantId, role: &RoleName, d: &Decision, masked: &[String]) {
-    let fingerprint = pg_query::fingerprint(sql, 0, pg_query::FingerprintOptions::FULL_RELNAME).map(|f| f.hex).unwrap_or_else(|_| "unparsable".into());
-    let (decision, rule) = match d {
-        Decision::Allow => ("allowed", String::new()),
-        Decision::Rewrite(_) => ("rewritten", String::new()),
-        Decision::Deny(e) => ("refused", e.code.to_owned()),
+/// One structured audit event per decided statement (target `pgveil::audit`): the fingerprint of the statement
+/// with literals removed (never its text), the decision, the refusal's SQLSTATE and the masked columns.
+fn audit(c: &Cached, tenant: &TenantId, role: &RoleName) {
+    let (decision, code) = match &c.decision {
+        Decision::Allow => ("allowed", ""),
+        Decision::Rewrite(_) => ("rewritten", ""),
+        Decision::Deny(e) => ("refused", e.code),
     };
-    tracing::info!(target: "pgveil::audit", %tenant, %role, fingerprint, decision, code = rule, masked = ?masked, "statement");
+    tracing::info!(target: "pgveil::audit", %tenant, %role, fingerprint = %c.fingerprint, decision, code, masked = ?c.masked, "statement");
 }
 
 impl StatementPolicy for MaskingEngine {

@@ -90,7 +90,7 @@ async fn query_catalog(client: &tokio_postgres::Client) -> Result<Catalog, LoadE
         .query(
             "SELECT c.oid, n.nspname::text, c.relname::text, c.relkind::text FROM pg_catalog.pg_class c \
              JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-             WHERE c.relkind IN ('r','p','v','m','f') AND n.nspname NOT LIKE 'pg\\_toast%' \
+             WHERE c.relkind IN ('r','p','v','m','f','S') AND n.nspname NOT LIKE 'pg\\_toast%' \
              AND n.nspname NOT LIKE 'pg\\_temp\\_%'",
             &[],
         )
@@ -125,7 +125,7 @@ async fn query_catalog(client: &tokio_postgres::Client) -> Result<Catalog, LoadE
              JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
              JOIN pg_catalog.pg_type t ON t.oid = a.atttypid \
              JOIN pg_catalog.pg_type bt ON bt.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END \
-             WHERE a.attnum > 0 AND NOT a.attisdropped AND c.relkind IN ('r','p','v','m','f') \
+             WHERE a.attnum > 0 AND NOT a.attisdropped AND c.relkind IN ('r','p','v','m','f','S') \
              AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_t%' \
              ORDER BY a.attrelid, a.attnum",
             &[],
