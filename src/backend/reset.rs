@@ -74,8 +74,8 @@ async fn run_inner(conn: &mut BackendConn, sqls: &[&str]) -> Result<(u8, Option<
                     String::from_utf8_lossy(value).into_owned(),
                 );
             }
-            tag::ERROR_RESPONSE => {
-                if first_error.is_none() {
+            tag::ERROR_RESPONSE
+                if first_error.is_none() => {
                     let mut e = ServerError {
                         code: String::new(),
                         message: String::new(),
@@ -89,7 +89,6 @@ async fn run_inner(conn: &mut BackendConn, sqls: &[&str]) -> Result<(u8, Option<
                     }
                     first_error = Some(e);
                 }
-            }
             // CopyIn/CopyOut/CopyBoth responses cannot come from our statements.
             b'G' | b'H' | b'W' => return Err(InternalError::Protocol("unexpected COPY from internal statement")),
             _ => {} // CommandComplete, NoticeResponse, RowDescription, DataRow, EmptyQueryResponse...
