@@ -28,6 +28,7 @@ fn main() -> std::process::ExitCode {
         ("psql_describe_matches_direct", psql::describe_matches_direct),
         ("psql_copy_out_matches_direct", psql::copy_out_matches_direct),
         ("psql_copy_in_large_values", psql::copy_in_large_values),
+        ("psql_startup_settings_match_direct", psql::startup_settings_match_direct),
         ("psql_cross_tenant_database_refused", psql::cross_tenant_database_refused),
         ("pgbench_all_query_modes", pgbench::all_query_modes),
         ("psycopg_matches_direct", python::psycopg_matches_direct),
@@ -148,7 +149,8 @@ pub fn same(what: &str, proxy: &str, direct: &str) -> Result<()> {
     let d: Vec<&str> = direct.lines().collect();
     let first = p.iter().zip(&d).position(|(a, b)| a != b).unwrap_or(p.len().min(d.len()));
     let mut msg = format!(
-        "{what}: output through pgveil differs from direct ({} vs {} lines, {} vs {} bytes); first difference at line {}:\n",
+        "{what}: output through pgveil differs from direct ({} vs {} lines, {} vs {} bytes); \
+         first difference at line {}:\n",
         p.len(),
         d.len(),
         proxy.len(),

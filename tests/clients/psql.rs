@@ -23,7 +23,8 @@ fn psql_query(target: &Target, sqls: &[&str]) -> Result<String> {
 
 /// psql with its default (aligned) output for each command; returns stdout.
 fn psql_pretty(target: &Target, commands: &[&str]) -> Result<String> {
-    let mut args: Vec<String> = vec!["-X".into(), "-P".into(), "pager=off".into(), "-v".into(), "ON_ERROR_STOP=1".into()];
+    let mut args: Vec<String> =
+        vec!["-X".into(), "-P".into(), "pager=off".into(), "-v".into(), "ON_ERROR_STOP=1".into()];
     for c in commands {
         args.push("-c".into());
         args.push((*c).into());
@@ -38,7 +39,8 @@ const QUERIES: &[&str] = &[
      FROM payments p JOIN merchants m ON m.id = p.merchant_id ORDER BY p.id",
     "SELECT d.id, d.reason, d.amount, d.status, d.opened_at, p.card_pan FROM disputes d \
      JOIN payments p ON p.id = d.payment_id ORDER BY d.id",
-    "SELECT status, count(*), sum(amount), min(created_at), max(created_at) FROM payments GROUP BY status ORDER BY status",
+    "SELECT status, count(*), sum(amount), min(created_at), max(created_at) FROM payments \
+     GROUP BY status ORDER BY status",
     "SELECT count(*) FROM payers; SELECT count(*) FROM disputes",
 ];
 
@@ -204,15 +206,63 @@ pub fn copy_in_large_values(fx: &Fixture) -> Result<()> {
 
     // And back out through pgveil: the 1 MB row arrives as one large CopyData frame from the backend.
     let back = dir.path().join("back.txt");
-    let out = psql_query(
-        &admin,
-        &[&format!("\\copy (SELECT * FROM clients_scratch ORDER BY id) to {}", quoted(&back))],
-    )?;
+    let out =
+        psql_query(&admin, &[&format!("\\copy (SELECT * FROM clients_scratch ORDER BY id) to {}", quoted(&back))])?;
     ensure!(out == format!("COPY {ROWS}\n"), "\\copy to: unexpected psql output {out:?}");
     let back = std::fs::read(&back)?;
-    ensure!(back == text.as_bytes(), "copied back out: {} bytes, sha256 {}; want {} bytes, {want_sha}",
-        back.len(), hex::encode(Sha256::digest(&back)), text.len());
+    ensure!(
+        back == text.as_bytes(),
+        "copied back out: {} bytes, sha256 {}; want {} bytes, {want_sha}",
+        back.len(),
+        hex::encode(Sha256::digest(&back)),
+        text.len()
+    );
     psql_query(&admin, &["DROP TABLE clients_scratch"]).context("dropping the scratch table")?;
+    Ok(())
+}
+
+/// Startup settings sent by libpq (`PGOPTIONS` with escaped spaces and commas, `PGAPPNAME`,
+/// `PGCLIENTENCODING`) take effect through pgveil as directly, and a later session on the same pool sees
+/// none of them.
+pub fn startup_settings_match_direct(fx: &Fixture) -> Result<()> {
+    const OPTIONS: &str = concat!(
+        r"-c statement_timeout=7min -c search_path=public,pg_catalog --work-mem=8MB ",
+        r"-c DateStyle=German,\ DMY -c TimeZone=Asia/Kolkata"
+    );
+    let show = [
+        "SELECT current_setting('application_name'), current_setting('statement_timeout'), \
+         current_setting('search_path'), current_setting('DateStyle'), current_setting('TimeZone'), \
+         current_setting('client_encoding'), current_setting('work_mem')",
+        "SELECT timestamptz '2024-02-29 23:30:00+00', date '2024-02-29'",
+        // Unqualified: needs `public` on the search path.
+        "SELECT count(*) FROM payers",
+    ];
+    let with_settings = |t: &Target| -> Result<String> {
+        let mut args: Vec<String> = vec!["-X".into(), "-A".into(), "-t".into()];
+        for sql in show {
+            args.extend(["-c".to_owned(), sql.to_owned()]);
+        }
+        args.push(t.conninfo.clone());
+        let out = run(client(t, "psql", &args)
+            .env("PGOPTIONS", OPTIONS)
+            .env("PGAPPNAME", "clients app")
+            .env("PGCLIENTENCODING", "LATIN1"))?;
+        Ok(format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    };
+    let direct = Target::direct(fx, "globex");
+    let proxy = Target::proxy(fx, "globex", "tiny", "sslmode=require");
+    let want = with_settings(&direct)?;
+    ensure!(
+        want.starts_with("clients app|7min|public,pg_catalog|German, DMY|Asia/Kolkata|LATIN1|8MB\n"),
+        "settings not applied directly: {want:?}"
+    );
+    ensure!(want.ends_with("\n40\n"), "direct: unqualified query failed: {want:?}");
+    same("startup settings", &with_settings(&proxy)?, &want)?;
+    // Next sessions (same tenant and role, so most likely the same pooled backend) start from the defaults.
+    for _ in 0..3 {
+        let plain = psql_query(&proxy, &show)?;
+        same("settings of a later session", &plain, &psql_query(&direct, &show)?)?;
+    }
     Ok(())
 }
 

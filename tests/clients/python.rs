@@ -36,7 +36,11 @@ pub fn psycopg_matches_direct(fx: &Fixture) -> Result<()> {
     let n = |k: &str| direct[k].as_array().map_or(0, Vec::len);
     ensure!(n("params") == 7, "direct: expected 7 payers, got {}", pretty(&direct["params"]));
     ensure!(n("prepared") == 6 && n("prepared_statements") >= 1, "direct: no prepared statements: {}", pretty(&direct));
-    ensure!(n("cursor_rows") == 80 && n("cursor_batches") == 5, "direct: cursor: {}", pretty(&direct["cursor_batches"]));
+    ensure!(
+        n("cursor_rows") == 80 && n("cursor_batches") == 5,
+        "direct: cursor: {}",
+        pretty(&direct["cursor_batches"])
+    );
     ensure!(direct["copy"].as_str().is_some_and(|c| c.lines().count() == 40), "direct: COPY output");
     ensure!(direct["application_name"] == "psycopg-test", "direct: SET did not stick");
     same("psycopg", &pretty(&proxy), &pretty(&direct))
@@ -51,10 +55,7 @@ pub fn asyncpg_matches_direct(fx: &Fixture) -> Result<()> {
         // key=value pairs from the conninfo, as a URL (asyncpg does not parse libpq conninfo strings).
         let kv: std::collections::HashMap<&str, &str> =
             t.conninfo.split_whitespace().filter_map(|p| p.split_once('=')).collect();
-        format!(
-            "postgresql://{}@{}:{}/{}?sslmode={}",
-            kv["user"], kv["host"], kv["port"], kv["dbname"], kv["sslmode"]
-        )
+        format!("postgresql://{}@{}:{}/{}?sslmode={}", kv["user"], kv["host"], kv["port"], kv["dbname"], kv["sslmode"])
     };
     let p = Target::proxy(fx, tenant, "analyst", "sslmode=disable");
     let proxy = run_script(&p, "asyncpg_client.py", &dsn(&p))?;
