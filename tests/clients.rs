@@ -25,11 +25,23 @@ fn main() -> std::process::ExitCode {
     support::main_with(&[
         ("psql_queries_match_direct", psql::queries_match_direct),
         ("psql_errors_match_direct", psql::errors_match_direct),
-        ("psql_describe_matches_direct", psql::describe_matches_direct),
-        ("psql_copy_out_matches_direct", psql::copy_out_matches_direct),
+        (
+            "psql_describe_matches_direct",
+            psql::describe_matches_direct,
+        ),
+        (
+            "psql_copy_out_matches_direct",
+            psql::copy_out_matches_direct,
+        ),
         ("psql_copy_in_large_values", psql::copy_in_large_values),
-        ("psql_startup_settings_match_direct", psql::startup_settings_match_direct),
-        ("psql_cross_tenant_database_refused", psql::cross_tenant_database_refused),
+        (
+            "psql_startup_settings_match_direct",
+            psql::startup_settings_match_direct,
+        ),
+        (
+            "psql_cross_tenant_database_refused",
+            psql::cross_tenant_database_refused,
+        ),
         ("pgbench_all_query_modes", pgbench::all_query_modes),
         ("psycopg_matches_direct", python::psycopg_matches_direct),
         ("asyncpg_matches_direct", python::asyncpg_matches_direct),
@@ -52,7 +64,11 @@ impl Target {
     pub fn proxy_db(fx: &Fixture, tenant: &str, role: &str, dbname: &str, extra: &str) -> Target {
         let addr = fx.proxy.addr;
         Target {
-            conninfo: format!("host={} port={} dbname={dbname} user=clients {extra}", addr.ip(), addr.port()),
+            conninfo: format!(
+                "host={} port={} dbname={dbname} user=clients {extra}",
+                addr.ip(),
+                addr.port()
+            ),
             password: fx.token(&format!("clients-{role}@{tenant}"), tenant, role),
         }
     }
@@ -65,9 +81,16 @@ impl Target {
     /// Through the default proxy with TLS verified against the dev CA (`verify-full`, host name `localhost`).
     pub fn proxy_verified(fx: &Fixture, tenant: &str, role: &str) -> Target {
         let ca = fx.env.certs.ca_cert.display().to_string();
-        let mut t = Target::proxy(fx, tenant, role, &format!("sslmode=verify-full sslrootcert={ca}"));
+        let mut t = Target::proxy(
+            fx,
+            tenant,
+            role,
+            &format!("sslmode=verify-full sslrootcert={ca}"),
+        );
         // Verify the name `localhost` while connecting to the IPv4 address the proxy listens on.
-        t.conninfo = t.conninfo.replacen("host=127.0.0.1", "host=localhost hostaddr=127.0.0.1", 1);
+        t.conninfo = t
+            .conninfo
+            .replacen("host=127.0.0.1", "host=localhost hostaddr=127.0.0.1", 1);
         t
     }
 
@@ -95,7 +118,10 @@ where
     S: AsRef<OsStr>,
 {
     let mut c = Command::new("timeout");
-    c.arg("--kill-after=10").arg(CLIENT_LIMIT_SECS).arg(program).args(args);
+    c.arg("--kill-after=10")
+        .arg(CLIENT_LIMIT_SECS)
+        .arg(program)
+        .args(args);
     for (k, _) in std::env::vars_os() {
         if k.to_string_lossy().starts_with("PG") {
             c.env_remove(k);
@@ -113,7 +139,11 @@ where
 pub fn run(c: &mut Command) -> Result<Output> {
     let out = c.output().with_context(|| format!("starting {c:?}"))?;
     if out.status.code() == Some(124) {
-        bail!("{} timed out\nstderr:\n{}", describe(c), String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "{} timed out\nstderr:\n{}",
+            describe(c),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(out)
 }
@@ -147,7 +177,11 @@ pub fn same(what: &str, proxy: &str, direct: &str) -> Result<()> {
     }
     let p: Vec<&str> = proxy.lines().collect();
     let d: Vec<&str> = direct.lines().collect();
-    let first = p.iter().zip(&d).position(|(a, b)| a != b).unwrap_or(p.len().min(d.len()));
+    let first = p
+        .iter()
+        .zip(&d)
+        .position(|(a, b)| a != b)
+        .unwrap_or(p.len().min(d.len()));
     let mut msg = format!(
         "{what}: output through pgveil differs from direct ({} vs {} lines, {} vs {} bytes); \
          first difference at line {}:\n",
@@ -158,9 +192,18 @@ pub fn same(what: &str, proxy: &str, direct: &str) -> Result<()> {
         first + 1
     );
     for i in first.saturating_sub(2)..(first + 3).min(p.len().max(d.len())) {
-        let (a, b) = (p.get(i).copied().unwrap_or("<none>"), d.get(i).copied().unwrap_or("<none>"));
+        let (a, b) = (
+            p.get(i).copied().unwrap_or("<none>"),
+            d.get(i).copied().unwrap_or("<none>"),
+        );
         let mark = if a == b { ' ' } else { '!' };
-        msg.push_str(&format!("{mark} {:>5} proxy : {}\n{mark} {:>5} direct: {}\n", i + 1, clip(a), i + 1, clip(b)));
+        msg.push_str(&format!(
+            "{mark} {:>5} proxy : {}\n{mark} {:>5} direct: {}\n",
+            i + 1,
+            clip(a),
+            i + 1,
+            clip(b)
+        ));
     }
     bail!(msg)
 }
@@ -169,7 +212,10 @@ fn clip(s: &str) -> String {
     if s.len() <= 200 {
         s.to_owned()
     } else {
-        let end = (0..=200).rev().find(|&i| s.is_char_boundary(i)).unwrap_or(0);
+        let end = (0..=200)
+            .rev()
+            .find(|&i| s.is_char_boundary(i))
+            .unwrap_or(0);
         format!("{}... ({} bytes)", &s[..end], s.len())
     }
 }

@@ -28,7 +28,11 @@ END;
 /// its row in `pgbench_history`.
 pub fn all_query_modes(fx: &Fixture) -> Result<()> {
     let direct = Target::direct(fx, TENANT);
-    run_ok(&mut client(&direct, "pgbench", ["-i", "-s", "1", "-q", &direct.conninfo]))?;
+    run_ok(&mut client(
+        &direct,
+        "pgbench",
+        ["-i", "-s", "1", "-q", &direct.conninfo],
+    ))?;
 
     let proxy = Target::proxy(fx, TENANT, "admin", "sslmode=require");
     let total = CLIENTS * TXNS_PER_CLIENT;
@@ -40,17 +44,36 @@ pub fn all_query_modes(fx: &Fixture) -> Result<()> {
     ];
     for (mode, script) in runs {
         let (c, t) = (CLIENTS.to_string(), TXNS_PER_CLIENT.to_string());
-        let args = ["-n", "-c", &c, "-j", "2", "-t", &t, "-M", mode, "-b", script, &proxy.conninfo];
+        let args = [
+            "-n",
+            "-c",
+            &c,
+            "-j",
+            "2",
+            "-t",
+            &t,
+            "-M",
+            mode,
+            "-b",
+            script,
+            &proxy.conninfo,
+        ];
         let out = run_ok(&mut client(&proxy, "pgbench", args))?;
         let what = format!("pgbench -M {mode} -b {script}");
-        ensure!(out.contains(&format!("query mode: {mode}")), "{what}: unexpected report:\n{out}");
         ensure!(
-            out.contains(&format!("number of transactions actually processed: {total}/{total}")),
+            out.contains(&format!("query mode: {mode}")),
+            "{what}: unexpected report:\n{out}"
+        );
+        ensure!(
+            out.contains(&format!(
+                "number of transactions actually processed: {total}/{total}"
+            )),
             "{what}: not all transactions processed:\n{out}"
         );
         // pgbench 15 always prints the failure count; older versions print nothing when there are none.
         ensure!(
-            !out.contains("number of failed transactions") || out.contains("number of failed transactions: 0 "),
+            !out.contains("number of failed transactions")
+                || out.contains("number of failed transactions: 0 "),
             "{what}: failures:\n{out}"
         );
     }
@@ -61,28 +84,64 @@ pub fn all_query_modes(fx: &Fixture) -> Result<()> {
     std::fs::write(&script, PIPELINE_SCRIPT)?;
     let script = script.display().to_string();
     let extra: [(&str, Vec<&str>, usize); 2] = [
-        ("pipeline", vec!["-c", "4", "-j", "2", "-t", "200", "-M", "prepared", "-f", &script], total),
-        ("-C", vec!["-C", "-c", "4", "-j", "2", "-t", "50", "-M", "extended", "-b", "select-only"], 200),
+        (
+            "pipeline",
+            vec![
+                "-c", "4", "-j", "2", "-t", "200", "-M", "prepared", "-f", &script,
+            ],
+            total,
+        ),
+        (
+            "-C",
+            vec![
+                "-C",
+                "-c",
+                "4",
+                "-j",
+                "2",
+                "-t",
+                "50",
+                "-M",
+                "extended",
+                "-b",
+                "select-only",
+            ],
+            200,
+        ),
     ];
     for (what, mut args, n) in extra {
         args.insert(0, "-n");
         args.push(&proxy.conninfo);
         let out = run_ok(&mut client(&proxy, "pgbench", &args))?;
         ensure!(
-            out.contains(&format!("number of transactions actually processed: {n}/{n}")),
+            out.contains(&format!(
+                "number of transactions actually processed: {n}/{n}"
+            )),
             "pgbench {what}: not all transactions processed:\n{out}"
         );
         ensure!(
-            !out.contains("number of failed transactions") || out.contains("number of failed transactions: 0 "),
+            !out.contains("number of failed transactions")
+                || out.contains("number of failed transactions: 0 "),
             "pgbench {what}: failures:\n{out}"
         );
     }
     let history = run_ok(&mut client(
         &direct,
         "psql",
-        ["-X", "-A", "-t", "-c", "SELECT count(*) FROM pgbench_history", &direct.conninfo],
+        [
+            "-X",
+            "-A",
+            "-t",
+            "-c",
+            "SELECT count(*) FROM pgbench_history",
+            &direct.conninfo,
+        ],
     ))?;
     let want = total * (runs.len() + 1);
-    ensure!(history.trim() == want.to_string(), "pgbench_history has {} rows, want {want}", history.trim());
+    ensure!(
+        history.trim() == want.to_string(),
+        "pgbench_history has {} rows, want {want}",
+        history.trim()
+    );
     Ok(())
 }

@@ -12,7 +12,9 @@ fn script(name: &str) -> String {
 }
 
 fn run_script(target: &Target, name: &str, arg: &str) -> Result<Value> {
-    let out = run_ok(client(target, "python3", [script(name).as_str(), arg]).env("PYTHONDONTWRITEBYTECODE", "1"))?;
+    let out = run_ok(
+        client(target, "python3", [script(name).as_str(), arg]).env("PYTHONDONTWRITEBYTECODE", "1"),
+    )?;
     serde_json::from_str(&out).with_context(|| format!("{name} printed no JSON:\n{out}"))
 }
 
@@ -29,20 +31,39 @@ pub fn psycopg_matches_direct(fx: &Fixture) -> Result<()> {
     let d = Target::direct(fx, tenant);
     let mut direct = run_script(&d, "psycopg_client.py", &d.conninfo)?;
 
-    ensure!(proxy["ssl"] == Value::Bool(true), "psycopg through pgveil did not use TLS");
+    ensure!(
+        proxy["ssl"] == Value::Bool(true),
+        "psycopg through pgveil did not use TLS"
+    );
     proxy.as_object_mut().expect("object").remove("ssl");
     direct.as_object_mut().expect("object").remove("ssl");
 
     let n = |k: &str| direct[k].as_array().map_or(0, Vec::len);
-    ensure!(n("params") == 7, "direct: expected 7 payers, got {}", pretty(&direct["params"]));
-    ensure!(n("prepared") == 6 && n("prepared_statements") >= 1, "direct: no prepared statements: {}", pretty(&direct));
+    ensure!(
+        n("params") == 7,
+        "direct: expected 7 payers, got {}",
+        pretty(&direct["params"])
+    );
+    ensure!(
+        n("prepared") == 6 && n("prepared_statements") >= 1,
+        "direct: no prepared statements: {}",
+        pretty(&direct)
+    );
     ensure!(
         n("cursor_rows") == 80 && n("cursor_batches") == 5,
         "direct: cursor: {}",
         pretty(&direct["cursor_batches"])
     );
-    ensure!(direct["copy"].as_str().is_some_and(|c| c.lines().count() == 40), "direct: COPY output");
-    ensure!(direct["application_name"] == "psycopg-test", "direct: SET did not stick");
+    ensure!(
+        direct["copy"]
+            .as_str()
+            .is_some_and(|c| c.lines().count() == 40),
+        "direct: COPY output"
+    );
+    ensure!(
+        direct["application_name"] == "psycopg-test",
+        "direct: SET did not stick"
+    );
     same("psycopg", &pretty(&proxy), &pretty(&direct))
 }
 
@@ -53,9 +74,15 @@ pub fn asyncpg_matches_direct(fx: &Fixture) -> Result<()> {
     let tenant = "globex";
     let dsn = |t: &Target| {
         // key=value pairs from the conninfo, as a URL (asyncpg does not parse libpq conninfo strings).
-        let kv: std::collections::HashMap<&str, &str> =
-            t.conninfo.split_whitespace().filter_map(|p| p.split_once('=')).collect();
-        format!("postgresql://{}@{}:{}/{}?sslmode={}", kv["user"], kv["host"], kv["port"], kv["dbname"], kv["sslmode"])
+        let kv: std::collections::HashMap<&str, &str> = t
+            .conninfo
+            .split_whitespace()
+            .filter_map(|p| p.split_once('='))
+            .collect();
+        format!(
+            "postgresql://{}@{}:{}/{}?sslmode={}",
+            kv["user"], kv["host"], kv["port"], kv["dbname"], kv["sslmode"]
+        )
     };
     let p = Target::proxy(fx, tenant, "analyst", "sslmode=disable");
     let proxy = run_script(&p, "asyncpg_client.py", &dsn(&p))?;
@@ -63,13 +90,38 @@ pub fn asyncpg_matches_direct(fx: &Fixture) -> Result<()> {
     let direct = run_script(&d, "asyncpg_client.py", &dsn(&d))?;
 
     let n = |k: &str| direct[k].as_array().map_or(0, Vec::len);
-    ensure!(n("fetch") == 4 && n("prepared") == 7, "direct: unexpected rows: {}", pretty(&direct));
-    ensure!(direct["copy_in_status"] == "COPY 2000", "direct: copy in: {}", direct["copy_in_status"]);
-    ensure!(direct["copy_out_status"] == "COPY 25", "direct: copy out: {}", direct["copy_out_status"]);
+    ensure!(
+        n("fetch") == 4 && n("prepared") == 7,
+        "direct: unexpected rows: {}",
+        pretty(&direct)
+    );
+    ensure!(
+        direct["copy_in_status"] == "COPY 2000",
+        "direct: copy in: {}",
+        direct["copy_in_status"]
+    );
+    ensure!(
+        direct["copy_out_status"] == "COPY 25",
+        "direct: copy out: {}",
+        direct["copy_out_status"]
+    );
     let types = pretty(&direct["types"]);
-    for t in ["Decimal(", "datetime.datetime(", "IPv4Interface(", "UUID(", "datetime.timedelta("] {
-        ensure!(types.contains(t), "direct: no {t} among decoded types: {types}");
+    for t in [
+        "Decimal(",
+        "datetime.datetime(",
+        "IPv4Interface(",
+        "UUID(",
+        "datetime.timedelta(",
+    ] {
+        ensure!(
+            types.contains(t),
+            "direct: no {t} among decoded types: {types}"
+        );
     }
-    ensure!(pretty(&direct["composite"]).contains("globex-payer"), "direct: composite rows: {}", direct["composite"]);
+    ensure!(
+        pretty(&direct["composite"]).contains("globex-payer"),
+        "direct: composite rows: {}",
+        direct["composite"]
+    );
     same("asyncpg", &pretty(&proxy), &pretty(&direct))
 }
