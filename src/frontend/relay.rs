@@ -212,6 +212,17 @@ impl<'a> Relay<'a> {
         to_c: &mut BytesMut,
     ) -> Step {
         loop {
+            // Refuse an unknown message type on its tag byte, as PostgreSQL does, instead of waiting for the
+            // body its length announces (an SSLRequest or StartupMessage sent mid-session would otherwise
+            // leave the session hanging).
+            if !split.mid_frame()
+                && let Some(&t) = cin.first()
+                && !frontend_tag(t)
+            {
+                let err = invalid_frontend_tag(t);
+                err.encode(to_c);
+                return Step::End(RelayEnd::ClientProtocol(err));
+            }
             let item = match split.next(cin, client_inspects) {
                 Ok(Some(item)) => item,
                 Ok(None) => return Step::Continue,
@@ -280,16 +291,7 @@ impl<'a> Relay<'a> {
                 to_b.extend_from_slice(frame);
             }
             tag::TERMINATE => return Ok(Step::End(RelayEnd::Terminate)),
-            t => {
-                return Err(PgError::protocol_violation(format!(
-                    "invalid frontend message type {}",
-                    if t.is_ascii_graphic() {
-                        (t as char).to_string()
-                    } else {
-                        format!("0x{t:02x}")
-                    }
-                )));
-            }
+            t => return Err(invalid_frontend_tag(t)),
         }
         Ok(Step::Continue)
     }
@@ -383,6 +385,18 @@ impl<'a> Relay<'a> {
             .position(|(marker, _)| message.contains(&format!("\"{marker}\"")))?;
         Some(self.denials.remove(idx).1)
     }
+}
+
+/// Message types a client may send once the session has started (PostgreSQL's `SocketBackend` list).
+fn frontend_tag(t: u8) -> bool {
+    matches!(t, b'Q' | b'P' | b'B' | b'E' | b'D' | b'C' | b'S' | b'H' | b'F' | b'X' | b'd' | b'c' | b'f')
+}
+
+fn invalid_frontend_tag(t: u8) -> PgError {
+    PgError::protocol_violation(format!(
+        "invalid frontend message type {}",
+        if t.is_ascii_graphic() { (t as char).to_string() } else { format!("0x{t:02x}") }
+    ))
 }
 
 /// Frontend tags handed over whole: everything except the high-volume pass-through ones. Unknown tags are

@@ -131,6 +131,16 @@ async fn run_session(
             return;
         }
     };
+    // The database name is checked before a backend is taken whenever the config names the tenant's database;
+    // when only the secret does, after checkout (against the target it resolved).
+    let requested_db = startup.get("database").filter(|db| !db.is_empty() && *db != who.tenant.as_str());
+    if let (Some(db), Some(own)) = (requested_db, tenant.dbname.as_deref())
+        && db != own
+    {
+        tracing::info!(database = db, "startup database is not the tenant's");
+        refuse(stream, PgError::unknown_database(db)).await;
+        return;
+    }
     let mut conn: PooledConn = match shared.pools.checkout(&tenant, &who.role).await {
         Ok(c) => c,
         Err(e) => {
@@ -138,10 +148,8 @@ async fn run_session(
             return;
         }
     };
-    if let Some(db) = startup.get("database")
-        && !db.is_empty()
+    if let Some(db) = requested_db
         && db != conn.target.dbname
-        && db != who.tenant.as_str()
     {
         tracing::info!(database = db, "startup database is not the tenant's");
         refuse(stream, PgError::unknown_database(db)).await;

@@ -130,15 +130,6 @@ impl PgError {
             "terminating connection: pgveil is shutting down",
         )
     }
-    /// 57P05: the client did not finish startup in time.
-    pub fn startup_timeout() -> Self {
-        Self::new(
-            Severity::Fatal,
-            "08P01",
-            "timed out waiting for startup and authentication",
-        )
-    }
-
     /// Is this FATAL?
     pub fn is_fatal(&self) -> bool {
         self.severity == Severity::Fatal

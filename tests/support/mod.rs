@@ -3,6 +3,8 @@
 //! A custom harness (libtest-mimic) owns it, so the cluster is always stopped and removed at the end.
 #![allow(dead_code)]
 
+pub mod raw;
+
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
