@@ -265,8 +265,8 @@ fn render_config(
     for t in &opts.tenants {
         let _ = writeln!(
             s,
-            "[[tenant]]\nid = {:?}\nsecret = \"tenants/{}/db\"",
-            t.id, t.id
+            "[[tenant]]\nid = {:?}\nsecret = \"tenants/{}/db\"\ndbname = {:?}",
+            t.id, t.id, t.id
         );
         if t.backend_tls {
             let _ = writeln!(
