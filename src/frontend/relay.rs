@@ -389,13 +389,20 @@ impl<'a> Relay<'a> {
 
 /// Message types a client may send once the session has started (PostgreSQL's `SocketBackend` list).
 fn frontend_tag(t: u8) -> bool {
-    matches!(t, b'Q' | b'P' | b'B' | b'E' | b'D' | b'C' | b'S' | b'H' | b'F' | b'X' | b'd' | b'c' | b'f')
+    matches!(
+        t,
+        b'Q' | b'P' | b'B' | b'E' | b'D' | b'C' | b'S' | b'H' | b'F' | b'X' | b'd' | b'c' | b'f'
+    )
 }
 
 fn invalid_frontend_tag(t: u8) -> PgError {
     PgError::protocol_violation(format!(
         "invalid frontend message type {}",
-        if t.is_ascii_graphic() { (t as char).to_string() } else { format!("0x{t:02x}") }
+        if t.is_ascii_graphic() {
+            (t as char).to_string()
+        } else {
+            format!("0x{t:02x}")
+        }
     ))
 }
 

@@ -133,7 +133,9 @@ async fn run_session(
     };
     // The database name is checked before a backend is taken whenever the config names the tenant's database;
     // when only the secret does, after checkout (against the target it resolved).
-    let requested_db = startup.get("database").filter(|db| !db.is_empty() && *db != who.tenant.as_str());
+    let requested_db = startup
+        .get("database")
+        .filter(|db| !db.is_empty() && *db != who.tenant.as_str());
     if let (Some(db), Some(own)) = (requested_db, tenant.dbname.as_deref())
         && db != own
     {

@@ -24,7 +24,10 @@ pub struct Refusal {
 pub async fn refused(conn_str: &str) -> Result<Refusal> {
     let e = match support::connect(conn_str).await {
         Ok(c) => {
-            let db = c.query_one("SELECT current_database()", &[]).await.map(|r| r.get::<_, String>(0));
+            let db = c
+                .query_one("SELECT current_database()", &[])
+                .await
+                .map(|r| r.get::<_, String>(0));
             bail!("connection unexpectedly succeeded (current_database = {db:?})");
         }
         Err(e) => e,
@@ -33,7 +36,11 @@ pub async fn refused(conn_str: &str) -> Result<Refusal> {
         .downcast_ref::<tokio_postgres::Error>()
         .and_then(|e| e.as_db_error())
         .ok_or_else(|| anyhow!("refused without a server error: {e:#}"))?;
-    let text = [Some(db.message()), db.detail(), db.hint()].into_iter().flatten().collect::<Vec<_>>().join("\n");
+    let text = [Some(db.message()), db.detail(), db.hint()]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join("\n");
     Ok(Refusal {
         code: db.code().code().to_owned(),
         severity: db.severity().to_owned(),
@@ -47,7 +54,10 @@ pub async fn expect_refused(conn_str: &str, code: &str, secrets: &[&str]) -> Res
     ensure!(r.code == code, "expected SQLSTATE {code}, got {r:?}");
     ensure!(r.severity == "FATAL", "expected FATAL, got {r:?}");
     for s in secrets {
-        ensure!(!s.is_empty() && !r.text.contains(s), "client error reveals {s:?}: {r:?}");
+        ensure!(
+            !s.is_empty() && !r.text.contains(s),
+            "client error reveals {s:?}: {r:?}"
+        );
     }
     Ok(r)
 }
@@ -77,7 +87,9 @@ where
     loop {
         match f().await {
             Ok(v) => return Ok(v),
-            Err(e) if tokio::time::Instant::now() >= deadline => return Err(e.context("still failing after 10 s")),
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                return Err(e.context("still failing after 10 s"));
+            }
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
@@ -105,7 +117,10 @@ pub async fn login_expect_fatal(
     all.extend_from_slice(params);
     s.write_all(&raw::startup(&all)).await?;
     let m = raw::next_msg(&mut s).await?;
-    ensure!(m.auth_code() == Some(3), "expected a password request, got {m}");
+    ensure!(
+        m.auth_code() == Some(3),
+        "expected a password request, got {m}"
+    );
     s.write_all(&raw::password(token)).await?;
     raw::expect_fatal(&mut s, code).await
 }

@@ -8,7 +8,9 @@ use std::time::Duration;
 use anyhow::{Context, Result, ensure};
 use pgveil::backend::{BackendTarget, connect::connect};
 use pgveil::ids::SecretId;
-use pgveil::secret::{BoxFuture, DbCredentials, ExposeSecret, FileSecretStore, SecretError, SecretStore, SecretString};
+use pgveil::secret::{
+    BoxFuture, DbCredentials, ExposeSecret, FileSecretStore, SecretError, SecretStore, SecretString,
+};
 use pgveil::server::{Server, ServerOptions};
 use pgveil::token::{TokenSigner, TokenVerifier};
 
@@ -20,25 +22,52 @@ const TENANTS: &[&str] = &["acme", "globex", "tlsco", "clearco"];
 /// Every secret of the environment: backend passwords and the signing key's PEM body lines.
 fn secrets(fx: &Fixture) -> Result<Vec<String>> {
     let mut out: Vec<String> = TENANTS.iter().map(|t| fx.creds(t).1).collect();
-    let path = fx.env.config.auth.signing_key.as_ref().context("signing key path")?;
+    let path = fx
+        .env
+        .config
+        .auth
+        .signing_key
+        .as_ref()
+        .context("signing key path")?;
     let pem = std::fs::read_to_string(path)?;
-    out.extend(pem.lines().filter(|l| !l.starts_with("-----") && l.len() >= 16).map(str::to_owned));
+    out.extend(
+        pem.lines()
+            .filter(|l| !l.starts_with("-----") && l.len() >= 16)
+            .map(str::to_owned),
+    );
     ensure!(out.len() > TENANTS.len(), "signing key has no body");
     Ok(out)
 }
 
 fn assert_clean(what: &str, text: &str, secrets: &[String]) -> Result<()> {
     for s in secrets {
-        ensure!(!text.contains(s.as_str()), "{what} reveals a secret: {text}");
+        ensure!(
+            !text.contains(s.as_str()),
+            "{what} reveals a secret: {text}"
+        );
     }
     Ok(())
 }
 
 pub fn debug_and_errors_hide_secrets(fx: &Fixture) -> Result<()> {
     let secrets = secrets(fx)?;
-    assert_clean("Config Debug", &format!("{:?} {:#?}", fx.env.config, fx.env.config), &secrets)?;
-    assert_clean("TokenSigner Debug", &format!("{:?} {:#?}", fx.env.signer, fx.env.signer), &secrets)?;
-    let path = fx.env.config.auth.signing_key.as_ref().context("signing key path")?;
+    assert_clean(
+        "Config Debug",
+        &format!("{:?} {:#?}", fx.env.config, fx.env.config),
+        &secrets,
+    )?;
+    assert_clean(
+        "TokenSigner Debug",
+        &format!("{:?} {:#?}", fx.env.signer, fx.env.signer),
+        &secrets,
+    )?;
+    let path = fx
+        .env
+        .config
+        .auth
+        .signing_key
+        .as_ref()
+        .context("signing key path")?;
     let signing = SecretString::from(std::fs::read_to_string(path)?);
     assert_clean("SecretString Debug", &format!("{signing:?}"), &secrets)?;
     let signer = TokenSigner::from_pem(&signing, "x")?;
@@ -47,7 +76,9 @@ pub fn debug_and_errors_hide_secrets(fx: &Fixture) -> Result<()> {
     let verifier = TokenVerifier::from_pems(&[public], "pgveil")?;
     assert_clean("TokenVerifier Debug", &format!("{verifier:?}"), &secrets)?;
     // Using the private key where a public key is expected: the error must not quote it.
-    let err = TokenVerifier::from_pems(&[signing.expose_secret().to_owned()], "pgveil").err().context("accepted")?;
+    let err = TokenVerifier::from_pems(&[signing.expose_secret().to_owned()], "pgveil")
+        .err()
+        .context("accepted")?;
     assert_clean("TokenError", &format!("{err} {err:?}"), &secrets)?;
 
     let text = std::fs::read_to_string(fx.env.secrets_path())?;
@@ -56,10 +87,16 @@ pub fn debug_and_errors_hide_secrets(fx: &Fixture) -> Result<()> {
         let id = SecretId::new(format!("tenants/{t}/db"));
         let value = SecretString::from(all[id.as_str()].to_string());
         let creds = DbCredentials::from_secret(&id, &value)?;
-        assert_clean("DbCredentials Debug", &format!("{creds:?} {creds:#?} {value:?}"), &secrets)?;
+        assert_clean(
+            "DbCredentials Debug",
+            &format!("{creds:?} {creds:#?} {value:?}"),
+            &secrets,
+        )?;
         // A malformed secret: the error names the id, never the value.
         let broken = SecretString::from(value.expose_secret().replace("\"username\"", "\"user\""));
-        let err = DbCredentials::from_secret(&id, &broken).err().context("malformed secret accepted")?;
+        let err = DbCredentials::from_secret(&id, &broken)
+            .err()
+            .context("malformed secret accepted")?;
         assert_clean("SecretError", &format!("{err} {err:?}"), &secrets)?;
     }
 
@@ -67,10 +104,19 @@ pub fn debug_and_errors_hide_secrets(fx: &Fixture) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let bad = dir.path().join("secrets.json");
     let canary = "pw-CANARY-0b9d27";
-    std::fs::write(&bad, format!("{{\"tenants/acme/db\": {{\"password\": \"{canary}\", }}"))?;
+    std::fs::write(
+        &bad,
+        format!("{{\"tenants/acme/db\": {{\"password\": \"{canary}\", }}"),
+    )?;
     let store = FileSecretStore::new(bad);
-    let err = fx.block_on(store.fetch(&SecretId::new("tenants/acme/db"))).err().context("accepted")?;
-    ensure!(!format!("{err} {err:?}").contains(canary), "secret store error quotes the file: {err}");
+    let err = fx
+        .block_on(store.fetch(&SecretId::new("tenants/acme/db")))
+        .err()
+        .context("accepted")?;
+    ensure!(
+        !format!("{err} {err:?}").contains(canary),
+        "secret store error quotes the file: {err}"
+    );
 
     // Backend connection errors: wrong password, closed port, unknown database.
     let (user, password) = fx.creds("acme");
@@ -89,7 +135,11 @@ pub fn debug_and_errors_hide_secrets(fx: &Fixture) -> Result<()> {
     let mut with_canary = secrets.clone();
     with_canary.push(canary.to_owned());
     let pg = fx.env.cluster.port();
-    for (t, pw) in [(target(pg, "acme"), canary), (target(free_port()?, "acme"), &password), (target(pg, "nope"), &password)] {
+    for (t, pw) in [
+        (target(pg, "acme"), canary),
+        (target(free_port()?, "acme"), &password),
+        (target(pg, "nope"), &password),
+    ] {
         let err = fx
             .block_on(connect(t, &creds(pw)?, &[], Duration::from_secs(10)))
             .err()
@@ -113,7 +163,8 @@ impl SecretStore for WrongPassword {
             if id != &self.target {
                 return Ok(value);
             }
-            let mut v: serde_json::Value = serde_json::from_str(value.expose_secret()).expect("json");
+            let mut v: serde_json::Value =
+                serde_json::from_str(value.expose_secret()).expect("json");
             v["password"] = self.password.clone().into();
             Ok(SecretString::from(v.to_string()))
         })
@@ -142,7 +193,12 @@ pub fn logs_and_client_errors_hide_secrets(fx: &Fixture) -> Result<()> {
     let globex_secret = SecretId::new("tenants/globex/db");
     let mut cfg = fx.env.config.clone();
     cfg.listen.addr = "127.0.0.1:0".parse()?;
-    let mut down = cfg.tenants.iter().find(|t| t.id.as_str() == "acme").context("acme")?.clone();
+    let mut down = cfg
+        .tenants
+        .iter()
+        .find(|t| t.id.as_str() == "acme")
+        .context("acme")?
+        .clone();
     down.id = pgveil::ids::TenantId::new("downco");
     down.host = Some("127.0.0.1".into());
     down.port = Some(free_port()?);
@@ -165,7 +221,9 @@ pub fn logs_and_client_errors_hide_secrets(fx: &Fixture) -> Result<()> {
         .with_ansi(false)
         .with_writer(move || writer.clone())
         .finish();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let mut tokens: Vec<String> = Vec::new();
     tracing::subscriber::with_default(subscriber, || {
         rt.block_on(async {
@@ -188,22 +246,47 @@ pub fn logs_and_client_errors_hide_secrets(fx: &Fixture) -> Result<()> {
                 }
                 // Refusals: garbage token, forged tenant, unknown tenant, wrong backend password, backend down.
                 let garbage = "tok-CANARY-9d8c7b6a5f4e".to_owned();
-                expect_refused(&fx.conn_str(addr, "acme", "tester", &garbage), "28P01", &[&garbage]).await?;
+                expect_refused(
+                    &fx.conn_str(addr, "acme", "tester", &garbage),
+                    "28P01",
+                    &[&garbage],
+                )
+                .await?;
                 tokens.push(garbage);
                 let good = fx.token("leak@test", "acme", "admin2");
                 let (head, sig) = good.rsplit_once('.').unwrap();
                 let tampered = format!("{head}.{}{}", &sig[..sig.len() - 4], "AAAA");
-                expect_refused(&fx.conn_str(addr, "acme", "tester", &tampered), "28P01", &[&tampered]).await?;
+                expect_refused(
+                    &fx.conn_str(addr, "acme", "tester", &tampered),
+                    "28P01",
+                    &[&tampered],
+                )
+                .await?;
                 tokens.push(tampered);
                 let nope = fx.token("leak@test", "nope", "admin");
-                expect_refused(&fx.conn_str(addr, "nope", "tester", &nope), "28000", &[&nope]).await?;
+                expect_refused(
+                    &fx.conn_str(addr, "nope", "tester", &nope),
+                    "28000",
+                    &[&nope],
+                )
+                .await?;
                 tokens.push(nope);
                 let globex = fx.token("leak@test", "globex", "admin");
-                let r = expect_refused(&fx.conn_str(addr, "globex", "tester", &globex), "08006", &[&wrong]).await?;
+                let r = expect_refused(
+                    &fx.conn_str(addr, "globex", "tester", &globex),
+                    "08006",
+                    &[&wrong],
+                )
+                .await?;
                 assert_clean("client error", &r.text, &secrets)?;
                 tokens.push(globex);
                 let downco = fx.token("leak@test", "downco", "admin");
-                let r = expect_refused(&fx.conn_str(addr, "downco", "tester", &downco), "08006", &[&downco]).await?;
+                let r = expect_refused(
+                    &fx.conn_str(addr, "downco", "tester", &downco),
+                    "08006",
+                    &[&downco],
+                )
+                .await?;
                 assert_clean("client error", &r.text, &secrets)?;
                 tokens.push(downco);
                 Ok(())
@@ -216,13 +299,22 @@ pub fn logs_and_client_errors_hide_secrets(fx: &Fixture) -> Result<()> {
     })?;
 
     let text = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
-    ensure!(text.contains("token refused"), "the log capture saw nothing; got:\n{text}");
-    ensure!(text.contains("backend"), "backend failures were not logged:\n{text}");
+    ensure!(
+        text.contains("token refused"),
+        "the log capture saw nothing; got:\n{text}"
+    );
+    ensure!(
+        text.contains("backend"),
+        "backend failures were not logged:\n{text}"
+    );
     assert_clean("pgveil logs", &text, &secrets)?;
     for t in &tokens {
         let sig = t.rsplit('.').next().unwrap_or(t);
         ensure!(!text.contains(t.as_str()), "pgveil logs contain a token");
-        ensure!(sig.len() < 16 || !text.contains(sig), "pgveil logs contain a token signature");
+        ensure!(
+            sig.len() < 16 || !text.contains(sig),
+            "pgveil logs contain a token signature"
+        );
     }
     Ok(())
 }

@@ -18,7 +18,12 @@ pub fn too_many_clients(fx: &Fixture) -> Result<()> {
         a.simple_query("SELECT 1").await?;
         b.simple_query("SELECT 1").await?;
         for _ in 0..3 {
-            expect_refused(&fx.conn_str(srv.addr, "acme", "tester", &token), "53300", &[&token]).await?;
+            expect_refused(
+                &fx.conn_str(srv.addr, "acme", "tester", &token),
+                "53300",
+                &[&token],
+            )
+            .await?;
         }
         drop(a);
         // Once a slot is free again, a new client gets in.
@@ -42,8 +47,17 @@ pub fn pool_exhaustion(fx: &Fixture) -> Result<()> {
         held.simple_query("SELECT 1").await?;
         // The conn string's connect_timeout (10 s) is the safety net: a hang would fail without a SQLSTATE.
         let started = Instant::now();
-        let r = expect_refused(&fx.conn_str(srv.addr, "acme", "tester", &token), "53300", &[&token]).await?;
-        ensure!(started.elapsed() < Duration::from_secs(9), "pool exhaustion took {:?}", started.elapsed());
+        let r = expect_refused(
+            &fx.conn_str(srv.addr, "acme", "tester", &token),
+            "53300",
+            &[&token],
+        )
+        .await?;
+        ensure!(
+            started.elapsed() < Duration::from_secs(9),
+            "pool exhaustion took {:?}",
+            started.elapsed()
+        );
         ensure!(!r.text.contains("acme_app"), "{r:?}");
         // Other pools (another role class, another tenant) are unaffected.
         let other = fx.connect_to(srv.addr, "acme", "analyst").await?;
@@ -61,7 +75,11 @@ pub fn backend_down(fx: &Fixture) -> Result<()> {
     let port = super::common::free_port()?;
     let srv = fx.start_server(
         |c| {
-            let acme = c.tenants.iter_mut().find(|t| t.id.as_str() == "acme").expect("acme");
+            let acme = c
+                .tenants
+                .iter_mut()
+                .find(|t| t.id.as_str() == "acme")
+                .expect("acme");
             acme.host = Some("127.0.0.1".into());
             acme.port = Some(port);
         },
@@ -70,16 +88,36 @@ pub fn backend_down(fx: &Fixture) -> Result<()> {
     let (user, password) = fx.creds("acme");
     let token = fx.token("carol", "acme", "admin");
     let port_text = port.to_string();
-    let secret_id = fx.env.config.tenants.iter().find(|t| t.id.as_str() == "acme").unwrap().secret.as_str().to_owned();
+    let secret_id = fx
+        .env
+        .config
+        .tenants
+        .iter()
+        .find(|t| t.id.as_str() == "acme")
+        .unwrap()
+        .secret
+        .as_str()
+        .to_owned();
     fx.block_on(async {
         for _ in 0..2 {
             let r = expect_refused(
                 &fx.conn_str(srv.addr, "acme", "tester", &token),
                 "08006",
-                &["127.0.0.1", "localhost", &port_text, &secret_id, &user, &password, &token],
+                &[
+                    "127.0.0.1",
+                    "localhost",
+                    &port_text,
+                    &secret_id,
+                    &user,
+                    &password,
+                    &token,
+                ],
             )
             .await?;
-            ensure!(!r.text.contains("refused"), "OS error text reaches the client: {r:?}");
+            ensure!(
+                !r.text.contains("refused"),
+                "OS error text reaches the client: {r:?}"
+            );
         }
         // Other tenants on the same proxy are served.
         healthy(fx, srv.addr, "globex").await?;

@@ -105,7 +105,9 @@ impl Msg {
             if t == 0 {
                 break;
             }
-            let Some(end) = tail.iter().position(|&b| b == 0) else { break };
+            let Some(end) = tail.iter().position(|&b| b == 0) else {
+                break;
+            };
             out.push((t, String::from_utf8_lossy(&tail[..end]).into_owned()));
             rest = &tail[end + 1..];
         }
@@ -114,7 +116,10 @@ impl Msg {
 
     /// One field of an ErrorResponse.
     pub fn field(&self, t: u8) -> Option<String> {
-        self.fields().into_iter().find(|(k, _)| *k == t).map(|(_, v)| v)
+        self.fields()
+            .into_iter()
+            .find(|(k, _)| *k == t)
+            .map(|(_, v)| v)
     }
 
     /// The SQLSTATE of an ErrorResponse.
@@ -124,12 +129,17 @@ impl Msg {
 
     /// The request code of an Authentication ('R') message.
     pub fn auth_code(&self) -> Option<i32> {
-        (self.tag == b'R' && self.body.len() >= 4).then(|| i32::from_be_bytes(self.body[..4].try_into().unwrap()))
+        (self.tag == b'R' && self.body.len() >= 4)
+            .then(|| i32::from_be_bytes(self.body[..4].try_into().unwrap()))
     }
 
     /// All text fields of an ErrorResponse joined (to search for leaked values).
     pub fn text(&self) -> String {
-        self.fields().into_iter().map(|(_, v)| v).collect::<Vec<_>>().join("\n")
+        self.fields()
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 }
 
@@ -145,7 +155,9 @@ impl std::fmt::Display for Msg {
 
 /// Reads one message; `None` on a clean EOF before its first byte. Fails after [`SAFETY`].
 pub async fn read_msg<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Msg>> {
-    tokio::time::timeout(SAFETY, read_msg_inner(r)).await.map_err(|_| anyhow!("no message within {SAFETY:?}"))?
+    tokio::time::timeout(SAFETY, read_msg_inner(r))
+        .await
+        .map_err(|_| anyhow!("no message within {SAFETY:?}"))?
 }
 
 async fn read_msg_inner<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Msg>> {
@@ -157,7 +169,11 @@ async fn read_msg_inner<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Msg>> 
         Err(e) => return Err(e.into()),
     }
     let len = r.read_i32().await.context("message length")?;
-    ensure!((4..=MAX_MSG as i32).contains(&len), "bad message length {len} for tag {:?}", tag[0] as char);
+    ensure!(
+        (4..=MAX_MSG as i32).contains(&len),
+        "bad message length {len} for tag {:?}",
+        tag[0] as char
+    );
     let mut body = vec![0u8; len as usize - 4];
     r.read_exact(&mut body).await.context("message body")?;
     Ok(Some(Msg { tag: tag[0], body }))
@@ -165,18 +181,25 @@ async fn read_msg_inner<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Msg>> 
 
 /// Reads the next message, which must exist.
 pub async fn next_msg<R: AsyncRead + Unpin>(r: &mut R) -> Result<Msg> {
-    read_msg(r).await?.ok_or_else(|| anyhow!("connection closed unexpectedly"))
+    read_msg(r)
+        .await?
+        .ok_or_else(|| anyhow!("connection closed unexpectedly"))
 }
 
 /// Reads a single byte (the answer to SSLRequest/GSSENCRequest).
 pub async fn read_byte<R: AsyncRead + Unpin>(r: &mut R) -> Result<u8> {
-    Ok(tokio::time::timeout(SAFETY, r.read_u8()).await.map_err(|_| anyhow!("no answer byte"))??)
+    Ok(tokio::time::timeout(SAFETY, r.read_u8())
+        .await
+        .map_err(|_| anyhow!("no answer byte"))??)
 }
 
 /// Asserts the peer closes the connection: expects EOF next.
 /// Any message that still arrives is an error.
 pub async fn expect_closed<R: AsyncRead + Unpin>(r: &mut R) -> Result<()> {
-    match read_msg(r).await.context("waiting for the proxy to close the connection")? {
+    match read_msg(r)
+        .await
+        .context("waiting for the proxy to close the connection")?
+    {
         None => Ok(()),
         Some(m) => bail!("expected the connection to be closed, got {m}"),
     }
@@ -200,20 +223,35 @@ pub async fn expect_error_no_password<R: AsyncRead + Unpin>(r: &mut R) -> Result
 pub async fn expect_fatal<R: AsyncRead + Unpin>(r: &mut R, code: &str) -> Result<Msg> {
     let m = next_msg(r).await?;
     ensure!(m.tag == b'E', "expected ErrorResponse {code}, got {m}");
-    ensure!(m.sqlstate().as_deref() == Some(code), "expected SQLSTATE {code}, got {m}");
-    ensure!(m.field(b'S').as_deref() == Some("FATAL"), "expected FATAL, got {m}");
+    ensure!(
+        m.sqlstate().as_deref() == Some(code),
+        "expected SQLSTATE {code}, got {m}"
+    );
+    ensure!(
+        m.field(b'S').as_deref() == Some("FATAL"),
+        "expected FATAL, got {m}"
+    );
     expect_closed(r).await?;
     Ok(m)
 }
 
 /// After the StartupMessage: expects AuthenticationCleartextPassword, sends `token`, and reads up to
 /// ReadyForQuery. Returns every message after AuthenticationOk (ParameterStatus, BackendKeyData, ...).
-pub async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, token: &str) -> Result<Vec<Msg>> {
+pub async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    token: &str,
+) -> Result<Vec<Msg>> {
     let m = next_msg(s).await?;
-    ensure!(m.auth_code() == Some(3), "expected AuthenticationCleartextPassword, got {m}");
+    ensure!(
+        m.auth_code() == Some(3),
+        "expected AuthenticationCleartextPassword, got {m}"
+    );
     s.write_all(&password(token)).await?;
     let ok = next_msg(s).await?;
-    ensure!(ok.auth_code() == Some(0), "expected AuthenticationOk, got {ok}");
+    ensure!(
+        ok.auth_code() == Some(0),
+        "expected AuthenticationOk, got {ok}"
+    );
     let mut seen = Vec::new();
     loop {
         let m = next_msg(s).await?;
@@ -243,7 +281,10 @@ pub async fn login<S: AsyncRead + AsyncWrite + Unpin>(
 pub type QueryResult = std::result::Result<Vec<Vec<Option<String>>>, Msg>;
 
 /// Runs one simple query and reads up to ReadyForQuery.
-pub async fn simple_query<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, sql: &str) -> Result<QueryResult> {
+pub async fn simple_query<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    sql: &str,
+) -> Result<QueryResult> {
     s.write_all(&query(sql)).await?;
     let mut rows = Vec::new();
     let mut err = None;
@@ -263,8 +304,13 @@ pub async fn simple_query<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, sql: &st
 }
 
 /// The single text value of a one-row, one-column query.
-pub async fn query_value<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, sql: &str) -> Result<String> {
-    let rows = simple_query(s, sql).await?.map_err(|e| anyhow!("{sql}: {e}"))?;
+pub async fn query_value<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    sql: &str,
+) -> Result<String> {
+    let rows = simple_query(s, sql)
+        .await?
+        .map_err(|e| anyhow!("{sql}: {e}"))?;
     rows.first()
         .and_then(|r| r.first().cloned().flatten())
         .ok_or_else(|| anyhow!("{sql}: no value"))
@@ -280,7 +326,9 @@ fn parse_data_row(body: &[u8]) -> Vec<Option<String>> {
         if len < 0 {
             out.push(None);
         } else {
-            out.push(Some(String::from_utf8_lossy(&rest[..len as usize]).into_owned()));
+            out.push(Some(
+                String::from_utf8_lossy(&rest[..len as usize]).into_owned(),
+            ));
             rest = &rest[len as usize..];
         }
     }
