@@ -15,7 +15,11 @@ use pgveil::server::{Server, ServerOptions};
 use pgveil::token::TokenSigner;
 
 #[derive(Parser)]
-#[command(name = "pgveil", version, about = "PostgreSQL proxy: MFA-token sessions, tenant routing, PII masking")]
+#[command(
+    name = "pgveil",
+    version,
+    about = "PostgreSQL proxy: MFA-token sessions, tenant routing, PII masking"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -129,7 +133,8 @@ enum CertsCommand {
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("PGVEIL_LOG").unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("PGVEIL_LOG")
+                .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -153,7 +158,11 @@ fn main() -> Result<()> {
         Command::Token(TokenCommand::Keygen { out }) => {
             std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
             let (signing, verifying) = pgveil::token::write_keypair(&out)?;
-            println!("signing key (keep secret): {}\nverifying key: {}", signing.display(), verifying.display());
+            println!(
+                "signing key (keep secret): {}\nverifying key: {}",
+                signing.display(),
+                verifying.display()
+            );
             Ok(())
         }
         Command::Policy(cmd) => policy(cmd),
@@ -185,7 +194,15 @@ fn policy(cmd: PolicyCommand) -> Result<()> {
             sql,
         } => {
             let cfg = Config::load(&config)?;
-            print!("{}", rt.block_on(tool::explain(&cfg, &TenantId::new(tenant), &RoleName::new(role), &sql))?);
+            print!(
+                "{}",
+                rt.block_on(tool::explain(
+                    &cfg,
+                    &TenantId::new(tenant),
+                    &RoleName::new(role),
+                    &sql
+                ))?
+            );
         }
         PolicyCommand::Test { config } => {
             let cfg = Config::load(&config)?;
@@ -200,7 +217,9 @@ fn policy(cmd: PolicyCommand) -> Result<()> {
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
 }
 
 fn serve(path: &Path) -> Result<()> {
@@ -214,14 +233,22 @@ fn serve(path: &Path) -> Result<()> {
 
 /// Resolves on SIGINT or SIGTERM.
 async fn stop_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
 }
 
-fn mint(config: &Path, user: &str, tenant: &str, role: &str, ttl: Duration, mfa: bool) -> Result<()> {
+fn mint(
+    config: &Path,
+    user: &str,
+    tenant: &str,
+    role: &str,
+    ttl: Duration,
+    mfa: bool,
+) -> Result<()> {
     let cfg = Config::load(config)?;
     let Some(key_path) = &cfg.auth.signing_key else {
         bail!("{}: auth.signing_key is not set", config.display());
@@ -232,9 +259,14 @@ fn mint(config: &Path, user: &str, tenant: &str, role: &str, ttl: Duration, mfa:
     if !cfg.roles.contains(&RoleName::new(role)) {
         bail!("role {role:?} is not in {}", config.display());
     }
-    let pem = std::fs::read_to_string(key_path).with_context(|| format!("reading {}", key_path.display()))?;
+    let pem = std::fs::read_to_string(key_path)
+        .with_context(|| format!("reading {}", key_path.display()))?;
     let signer = TokenSigner::from_pem(&SecretString::from(pem), &cfg.auth.issuer)?;
-    let amr = if mfa { vec!["pwd".into(), "otp".into()] } else { vec!["pwd".into()] };
+    let amr = if mfa {
+        vec!["pwd".into(), "otp".into()]
+    } else {
+        vec!["pwd".into()]
+    };
     let token = signer.mint(
         &UserId::new(user),
         &TenantId::new(tenant),

@@ -25,7 +25,10 @@ fn main() -> std::process::ExitCode {
     support::main_with(&[
         ("canaries_never_reach_the_masked_role", canaries),
         ("admin_sees_what_analyst_does_not", admin_sees_raw),
-        ("startup_options_cannot_change_search_path", startup_search_path),
+        (
+            "startup_options_cannot_change_search_path",
+            startup_search_path,
+        ),
         ("psql_describe_is_transparent", psql_transparent),
         ("pseudonyms_are_deterministic_and_joinable", pseudonyms),
         ("policy_hot_reload_keeps_invalid_policy_out", hot_reload),
@@ -34,7 +37,15 @@ fn main() -> std::process::ExitCode {
 }
 
 /// Canary tokens placed in PII columns.
-const CANARIES: &[&str] = &["zqxmail", "Zqxname", "ZQXPHONE", "ZQXADDR", "49993817", "1911-11-11", "203.0.113.77"];
+const CANARIES: &[&str] = &[
+    "zqxmail",
+    "Zqxname",
+    "ZQXPHONE",
+    "ZQXADDR",
+    "49993817",
+    "1911-11-11",
+    "203.0.113.77",
+];
 
 const SETUP: &str = r#"
 SET ROLE acme_app;
@@ -55,7 +66,10 @@ ANALYZE payers;
 /// Attack queries: (SQL, admin sees a canary with it).
 const ATTACKS: &[(&str, bool)] = &[
     ("SELECT * FROM payers", true),
-    ("SELECT full_name, email, phone, address, card_pan, date_of_birth::text, ip_address::text FROM payers", true),
+    (
+        "SELECT full_name, email, phone, address, card_pan, date_of_birth::text, ip_address::text FROM payers",
+        true,
+    ),
     ("SELECT p FROM payers p", true),
     ("SELECT row_to_json(p) FROM payers p", true),
     ("SELECT p::text FROM payers p", true),
@@ -64,15 +78,39 @@ const ATTACKS: &[(&str, bool)] = &[
     ("SELECT * FROM ONLY payers", true),
     ("SELECT jsonb_agg(p) FROM payers p", true),
     ("SELECT to_jsonb(p)->>'email' FROM payers p", true),
-    ("SELECT upper(email), lower(full_name), reverse(phone), encode(convert_to(address, 'UTF8'), 'hex') FROM payers", true),
-    ("SELECT encode(convert_to(email, 'UTF8'), 'base64'), md5(email) FROM payers", true),
-    ("SELECT string_agg(email, ','), array_agg(full_name)::text, max(card_pan) FROM payers", true),
-    ("SELECT substr(card_pan, 1, 8), left(email, 7) FROM payers", true),
+    (
+        "SELECT upper(email), lower(full_name), reverse(phone), encode(convert_to(address, 'UTF8'), 'hex') FROM payers",
+        true,
+    ),
+    (
+        "SELECT encode(convert_to(email, 'UTF8'), 'base64'), md5(email) FROM payers",
+        true,
+    ),
+    (
+        "SELECT string_agg(email, ','), array_agg(full_name)::text, max(card_pan) FROM payers",
+        true,
+    ),
+    (
+        "SELECT substr(card_pan, 1, 8), left(email, 7) FROM payers",
+        true,
+    ),
     ("WITH x AS (SELECT * FROM payers) SELECT * FROM x", true),
-    ("WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r WHERE n < 2) SELECT r.n, p.email FROM r, payers p", true),
-    ("SELECT m.name, l.email FROM merchants m, LATERAL (SELECT email FROM payers WHERE id = m.id) l", true),
-    ("SELECT email FROM payers UNION ALL SELECT card_pan FROM payments", true),
-    ("SELECT (SELECT email FROM payers ORDER BY id LIMIT 1)", true),
+    (
+        "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r WHERE n < 2) SELECT r.n, p.email FROM r, payers p",
+        true,
+    ),
+    (
+        "SELECT m.name, l.email FROM merchants m, LATERAL (SELECT email FROM payers WHERE id = m.id) l",
+        true,
+    ),
+    (
+        "SELECT email FROM payers UNION ALL SELECT card_pan FROM payments",
+        true,
+    ),
+    (
+        "SELECT (SELECT email FROM payers ORDER BY id LIMIT 1)",
+        true,
+    ),
     ("SELECT * FROM payments", true),
     ("SELECT * FROM \"payers\"", true),
     ("SELECT * FROM PUBLIC.\"payers\"", true),
@@ -80,29 +118,56 @@ const ATTACKS: &[(&str, bool)] = &[
     ("SELECT email/**/FROM/**/payers", true),
     ("SELECT $x$ ' $x$, email FROM payers", true),
     ("SELECT 'a\\', (SELECT email FROM payers LIMIT 1) --'", true),
-    ("SELECT 'a\\'', (SELECT email FROM payers LIMIT 1) --'", false),
+    (
+        "SELECT 'a\\'', (SELECT email FROM payers LIMIT 1) --'",
+        false,
+    ),
     ("SELECT 1; SELECT email FROM payers", true),
     ("SELECT * FROM payer_archive", true),
     ("SELECT * FROM payer_contacts", true),
     ("SELECT * FROM payer_mv", true),
     ("SELECT email_lower FROM payers", true),
     ("PREPARE q AS SELECT email FROM payers; EXECUTE q", true),
-    ("BEGIN; DECLARE c CURSOR FOR SELECT * FROM payers; FETCH ALL FROM c; COMMIT", true),
+    (
+        "BEGIN; DECLARE c CURSOR FOR SELECT * FROM payers; FETCH ALL FROM c; COMMIT",
+        true,
+    ),
     ("EXPLAIN ANALYZE SELECT email FROM payers", false),
     ("SELECT CAST(email AS int) FROM payers", true),
     ("SELECT CAST(full_name AS date) FROM payers", true),
-    ("SELECT query_to_xml('SELECT email FROM payers', true, true, '')", true),
+    (
+        "SELECT query_to_xml('SELECT email FROM payers', true, true, '')",
+        true,
+    ),
     ("SELECT table_to_xml('payers', true, true, '')", true),
-    ("SELECT ts_stat('SELECT to_tsvector(''simple'', email) FROM payers')", true),
+    (
+        "SELECT ts_stat('SELECT to_tsvector(''simple'', email) FROM payers')",
+        true,
+    ),
     ("SELECT leak()", true),
     ("SELECT * FROM leak()", true),
-    ("SELECT histogram_bounds::text FROM pg_stats WHERE tablename = 'payers'", true),
+    (
+        "SELECT histogram_bounds::text FROM pg_stats WHERE tablename = 'payers'",
+        true,
+    ),
     ("SELECT query FROM pg_stat_activity", false),
-    ("DO $$ BEGIN RAISE NOTICE '%', (SELECT string_agg(email, ',') FROM payers); END $$", true),
-    ("UPDATE payers SET phone = phone WHERE id = 1 RETURNING email", true),
-    ("WITH d AS (UPDATE payers SET phone = phone WHERE id = 1 RETURNING *) SELECT * FROM d", true),
+    (
+        "DO $$ BEGIN RAISE NOTICE '%', (SELECT string_agg(email, ',') FROM payers); END $$",
+        true,
+    ),
+    (
+        "UPDATE payers SET phone = phone WHERE id = 1 RETURNING email",
+        true,
+    ),
+    (
+        "WITH d AS (UPDATE payers SET phone = phone WHERE id = 1 RETURNING *) SELECT * FROM d",
+        true,
+    ),
     ("SET search_path = pg_temp, public", false),
-    ("SELECT set_config('search_path', 'pg_temp,public', false)", false),
+    (
+        "SELECT set_config('search_path', 'pg_temp,public', false)",
+        false,
+    ),
     ("CREATE TEMP VIEW v AS SELECT * FROM payers", false),
     ("SELECT * INTO TEMP tmp_payers FROM payers", false),
     ("SET ROLE postgres", false),
@@ -137,17 +202,27 @@ fn masking_proxy(fx: &Fixture, dir: PathBuf) -> Result<Running> {
         |cfg| {
             cfg.policy = Some(PolicyConfig {
                 dir,
-                pseudonym_keys: [("acme", "tenants/acme/pseudonym"), ("globex", "tenants/globex/pseudonym")]
-                    .into_iter()
-                    .map(|(t, s)| (TenantId::new(t), SecretId::new(s)))
-                    .collect(),
+                pseudonym_keys: [
+                    ("acme", "tenants/acme/pseudonym"),
+                    ("globex", "tenants/globex/pseudonym"),
+                ]
+                .into_iter()
+                .map(|(t, s)| (TenantId::new(t), SecretId::new(s)))
+                .collect(),
                 catalog_refresh: Duration::from_secs(3600),
             })
         },
         ServerOptions::default(),
     )?;
-    let engine = running.shared.masking.clone().ok_or_else(|| anyhow!("no masking engine"))?;
-    let ready = fx.block_on(engine.wait_ready(&[TenantId::new("acme"), TenantId::new("globex")], Duration::from_secs(30)));
+    let engine = running
+        .shared
+        .masking
+        .clone()
+        .ok_or_else(|| anyhow!("no masking engine"))?;
+    let ready = fx.block_on(engine.wait_ready(
+        &[TenantId::new("acme"), TenantId::new("globex")],
+        Duration::from_secs(30),
+    ));
     ensure!(ready, "tenant catalogs did not load");
     Ok(running)
 }
@@ -208,11 +283,20 @@ fn needles() -> Vec<(String, String)> {
 
 /// Canary hits in `haystack` (case-sensitive spellings; upper/lower variants are listed separately).
 fn hits(haystack: &str, needles: &[(String, String)]) -> Vec<String> {
-    needles.iter().filter(|(_, f)| haystack.contains(f.as_str())).map(|(c, f)| format!("{c} as {f}")).collect()
+    needles
+        .iter()
+        .filter(|(_, f)| haystack.contains(f.as_str()))
+        .map(|(c, f)| format!("{c} as {f}"))
+        .collect()
 }
 
 /// Collected output of one attack: rows, errors, notices.
-async fn run_attack(client: &tokio_postgres::Client, notices: &Arc<std::sync::Mutex<String>>, sql: &str, extended: bool) -> String {
+async fn run_attack(
+    client: &tokio_postgres::Client,
+    notices: &Arc<std::sync::Mutex<String>>,
+    sql: &str,
+    extended: bool,
+) -> String {
     let mut out = String::new();
     if extended {
         // The extended protocol takes one statement; multi-statement strings are refused by the server.
@@ -264,7 +348,9 @@ fn error_text(e: &tokio_postgres::Error) -> String {
     }
 }
 
-async fn connect_collecting(conn_str: &str) -> Result<(tokio_postgres::Client, Arc<std::sync::Mutex<String>>)> {
+async fn connect_collecting(
+    conn_str: &str,
+) -> Result<(tokio_postgres::Client, Arc<std::sync::Mutex<String>>)> {
     let (client, mut conn) = tokio_postgres::connect(conn_str, tokio_postgres::NoTls).await?;
     let notices = Arc::new(std::sync::Mutex::new(String::new()));
     let sink = notices.clone();
@@ -273,7 +359,12 @@ async fn connect_collecting(conn_str: &str) -> Result<(tokio_postgres::Client, A
         while let Some(Ok(m)) = stream.next().await {
             if let AsyncMessage::Notice(n) = m {
                 let mut s = sink.lock().expect("lock");
-                s.push_str(&format!("NOTICE {} {} {}|", n.message(), n.detail().unwrap_or(""), n.where_().unwrap_or("")));
+                s.push_str(&format!(
+                    "NOTICE {} {} {}|",
+                    n.message(),
+                    n.detail().unwrap_or(""),
+                    n.where_().unwrap_or("")
+                ));
             }
         }
     });
@@ -283,7 +374,10 @@ async fn connect_collecting(conn_str: &str) -> Result<(tokio_postgres::Client, A
 async fn copy_text(client: &tokio_postgres::Client, sql: &str) -> String {
     match client.copy_out(sql).await {
         Ok(stream) => match stream.try_collect::<Vec<_>>().await {
-            Ok(chunks) => chunks.iter().map(|c| String::from_utf8_lossy(c).into_owned()).collect(),
+            Ok(chunks) => chunks
+                .iter()
+                .map(|c| String::from_utf8_lossy(c).into_owned())
+                .collect(),
             Err(e) => error_text(&e),
         },
         Err(e) => error_text(&e),
@@ -291,10 +385,15 @@ async fn copy_text(client: &tokio_postgres::Client, sql: &str) -> String {
 }
 
 /// Runs the whole corpus as `role`; returns (statements run, hits per statement).
-async fn corpus(fx: &Fixture, addr: std::net::SocketAddr, role: &str) -> Result<(usize, Vec<(String, Vec<String>)>)> {
+async fn corpus(
+    fx: &Fixture,
+    addr: std::net::SocketAddr,
+    role: &str,
+) -> Result<(usize, Vec<(String, Vec<String>)>)> {
     let needles = needles();
     let token = fx.token(&format!("{role}@acme"), "acme", role);
-    let (client, notices) = connect_collecting(&fx.conn_str(addr, "acme", "canary", &token)).await?;
+    let (client, notices) =
+        connect_collecting(&fx.conn_str(addr, "acme", "canary", &token)).await?;
     let mut n = 0;
     let mut found = Vec::new();
     for (sql, _) in ATTACKS {
@@ -305,7 +404,10 @@ async fn corpus(fx: &Fixture, addr: std::net::SocketAddr, role: &str) -> Result<
             n += 1;
             let out = run_attack(&client, &notices, sql, extended).await;
             let h = hits(&out, &needles);
-            found.push((format!("{}{sql}", if extended { "[extended] " } else { "" }), h));
+            found.push((
+                format!("{}{sql}", if extended { "[extended] " } else { "" }),
+                h,
+            ));
         }
     }
     for sql in COPIES {
@@ -313,7 +415,10 @@ async fn corpus(fx: &Fixture, addr: std::net::SocketAddr, role: &str) -> Result<
         let out = copy_text(&client, sql).await;
         found.push((format!("[copy] {sql}"), hits(&out, &needles)));
     }
-    client.simple_query("SELECT 1").await.context("session still usable after the corpus")?;
+    client
+        .simple_query("SELECT 1")
+        .await
+        .context("session still usable after the corpus")?;
     Ok((n, found))
 }
 
@@ -321,16 +426,33 @@ fn canaries(fx: &Fixture) -> Result<()> {
     let s = setup(fx)?;
     let (n, found) = fx.block_on(corpus(fx, s.masked.addr, "analyst"))?;
     let leaks: Vec<_> = found.iter().filter(|(_, h)| !h.is_empty()).collect();
-    println!("masking canary corpus: {n} attack statements as analyst, {} canary hits", leaks.len());
-    ensure!(leaks.is_empty(), "canaries leaked to the masked role: {leaks:#?}");
+    println!(
+        "masking canary corpus: {n} attack statements as analyst, {} canary hits",
+        leaks.len()
+    );
+    ensure!(
+        leaks.is_empty(),
+        "canaries leaked to the masked role: {leaks:#?}"
+    );
     // The masked role still gets useful, masked data.
     fx.block_on(async {
         let c = fx.connect_to(s.masked.addr, "acme", "analyst").await?;
-        let row = c.query_one("SELECT email, card_pan, date_of_birth, full_name FROM ONLY payers WHERE id = 1", &[]).await?;
+        let row = c
+            .query_one(
+                "SELECT email, card_pan, date_of_birth, full_name FROM ONLY payers WHERE id = 1",
+                &[],
+            )
+            .await?;
         let (email, pan): (String, String) = (row.get(0), row.get(1));
         ensure!(email == "****@example.com", "email masked as {email}");
         ensure!(pan == "************0000", "pan masked as {pan}");
-        let dob: String = c.query_one("SELECT date_of_birth::text FROM ONLY payers WHERE id = 1", &[]).await?.get(0);
+        let dob: String = c
+            .query_one(
+                "SELECT date_of_birth::text FROM ONLY payers WHERE id = 1",
+                &[],
+            )
+            .await?
+            .get(0);
         ensure!(dob == "1911-01-01", "date generalized to {dob}");
         Ok(())
     })
@@ -349,11 +471,17 @@ fn admin_sees_raw(fx: &Fixture) -> Result<()> {
         }
     }
     for sql in COPIES {
-        if !found.iter().any(|(q, h)| q == &format!("[copy] {sql}") && !h.is_empty()) {
+        if !found
+            .iter()
+            .any(|(q, h)| q == &format!("[copy] {sql}") && !h.is_empty())
+        {
             blind.push(sql);
         }
     }
-    ensure!(blind.is_empty(), "admin should see canaries (else the search is broken) for: {blind:#?}");
+    ensure!(
+        blind.is_empty(),
+        "admin should see canaries (else the search is broken) for: {blind:#?}"
+    );
     Ok(())
 }
 
@@ -361,10 +489,19 @@ fn startup_search_path(fx: &Fixture) -> Result<()> {
     let s = setup(fx)?;
     fx.block_on(async {
         let token = fx.token("a@acme", "acme", "analyst");
-        let cs = format!("{} options='-c search_path=pg_temp,public'", fx.conn_str(s.masked.addr, "acme", "a", &token));
+        let cs = format!(
+            "{} options='-c search_path=pg_temp,public'",
+            fx.conn_str(s.masked.addr, "acme", "a", &token)
+        );
         match support::connect(&cs).await {
-            Ok(c) => bail!("connected with a search_path override: {:?}", c.simple_query("SHOW search_path").await?.len()),
-            Err(e) => ensure!(support::sqlstate(&e).as_deref() == Some("42501"), "got {e:#}"),
+            Ok(c) => bail!(
+                "connected with a search_path override: {:?}",
+                c.simple_query("SHOW search_path").await?.len()
+            ),
+            Err(e) => ensure!(
+                support::sqlstate(&e).as_deref() == Some("42501"),
+                "got {e:#}"
+            ),
         }
         Ok(())
     })
@@ -376,18 +513,42 @@ fn psql(conn: &str, commands: &[&str]) -> Result<String> {
     for c in commands {
         cmd.arg("-c").arg(c);
     }
-    let out = cmd.env("PGCONNECT_TIMEOUT", "10").output().context("running psql")?;
-    Ok(format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    let out = cmd
+        .env("PGCONNECT_TIMEOUT", "10")
+        .output()
+        .context("running psql")?;
+    Ok(format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    ))
 }
 
 fn psql_transparent(fx: &Fixture) -> Result<()> {
     let s = setup(fx)?;
-    let cmds = ["\\d payers", "\\dt", "\\dv", "\\dm", "\\di", "\\dn", "\\df", "\\d+ merchants", "\\dT", "\\l"];
+    let cmds = [
+        "\\d payers",
+        "\\dt",
+        "\\dv",
+        "\\dm",
+        "\\di",
+        "\\dn",
+        "\\df",
+        "\\d+ merchants",
+        "\\dT",
+        "\\l",
+    ];
     let token = fx.token("p@acme", "acme", "analyst");
     let masked = psql(&fx.conn_str(s.masked.addr, "acme", "p", &token), &cmds)?;
     let direct = psql(&fx.direct_str("acme"), &cmds)?;
-    ensure!(!masked.contains("ERROR"), "psql through the masking proxy failed:\n{masked}");
-    ensure!(masked == direct, "psql output differs:\n--- masked\n{masked}\n--- direct\n{direct}");
+    ensure!(
+        !masked.contains("ERROR"),
+        "psql through the masking proxy failed:\n{masked}"
+    );
+    ensure!(
+        masked == direct,
+        "psql output differs:\n--- masked\n{masked}\n--- direct\n{direct}"
+    );
     Ok(())
 }
 
@@ -426,17 +587,40 @@ fn hot_reload(fx: &Fixture) -> Result<()> {
     setup(fx)?;
     let dir = write_policy_dir(fx, "policies-reload")?;
     let proxy = masking_proxy(fx, dir.clone())?;
-    let engine = proxy.shared.masking.clone().ok_or_else(|| anyhow!("no engine"))?;
+    let engine = proxy
+        .shared
+        .masking
+        .clone()
+        .ok_or_else(|| anyhow!("no engine"))?;
     let v1 = engine.policy().version;
     fx.block_on(async {
         let c = fx.connect_to(proxy.addr, "acme", "analyst").await?;
-        let e: String = c.query_one("SELECT email FROM ONLY payers WHERE id = 1", &[]).await?.get(0);
+        let e: String = c
+            .query_one("SELECT email FROM ONLY payers WHERE id = 1", &[])
+            .await?
+            .get(0);
         ensure!(e.starts_with("****"), "{e}");
         // An invalid policy is rejected; the old one stays.
-        std::fs::write(dir.join("broken.toml"), "[roles.analyst]\nraw = [\"*\"]\nbogus = 1\n")?;
-        wait_for(|| engine.stats.rejected_reloads.load(std::sync::atomic::Ordering::Relaxed) > 0).await?;
-        ensure!(engine.policy().version == v1, "invalid policy replaced the good one");
-        let e: String = c.query_one("SELECT email FROM ONLY payers WHERE id = 1", &[]).await?.get(0);
+        std::fs::write(
+            dir.join("broken.toml"),
+            "[roles.analyst]\nraw = [\"*\"]\nbogus = 1\n",
+        )?;
+        wait_for(|| {
+            engine
+                .stats
+                .rejected_reloads
+                .load(std::sync::atomic::Ordering::Relaxed)
+                > 0
+        })
+        .await?;
+        ensure!(
+            engine.policy().version == v1,
+            "invalid policy replaced the good one"
+        );
+        let e: String = c
+            .query_one("SELECT email FROM ONLY payers WHERE id = 1", &[])
+            .await?
+            .get(0);
         ensure!(e.starts_with("****"), "after invalid reload: {e}");
         // A valid change is picked up at the session's next statement.
         std::fs::remove_file(dir.join("broken.toml"))?;
@@ -444,10 +628,16 @@ fn hot_reload(fx: &Fixture) -> Result<()> {
             "[roles.analyst]\nraw = []",
             "[roles.analyst]\nraw = [\"pii.email\"]",
         );
-        ensure!(relaxed != pgveil::demo::env::EXAMPLE_POLICY, "policy text changed shape");
+        ensure!(
+            relaxed != pgveil::demo::env::EXAMPLE_POLICY,
+            "policy text changed shape"
+        );
         std::fs::write(dir.join("payments.toml"), relaxed)?;
         wait_for(|| engine.policy().version > v1).await?;
-        let e: String = c.query_one("SELECT email FROM ONLY payers WHERE id = 1", &[]).await?.get(0);
+        let e: String = c
+            .query_one("SELECT email FROM ONLY payers WHERE id = 1", &[])
+            .await?
+            .get(0);
         ensure!(e.starts_with("zqxmail"), "after valid reload: {e}");
         Ok(())
     })
@@ -466,14 +656,24 @@ async fn wait_for(f: impl Fn() -> bool) -> Result<()> {
 
 fn rewrite_cost(fx: &Fixture) -> Result<()> {
     let s = setup(fx)?;
-    let engine = s.masked.shared.masking.clone().ok_or_else(|| anyhow!("no engine"))?;
+    let engine = s
+        .masked
+        .shared
+        .masking
+        .clone()
+        .ok_or_else(|| anyhow!("no engine"))?;
     let _ = &s.policy_dir;
     let (tenant, role) = (TenantId::new("acme"), pgveil::ids::RoleName::new("analyst"));
     let n = 300;
     let t = Instant::now();
     for i in 0..n {
-        let sql = format!("SELECT p.full_name, p.email, sum(x.amount) FROM payers p JOIN payments x ON x.payer_id = p.id WHERE p.id > {i} GROUP BY 1, 2");
-        ensure!(matches!(engine.check_cached(&sql, &tenant, &role), pgveil::policy::Decision::Rewrite(_)));
+        let sql = format!(
+            "SELECT p.full_name, p.email, sum(x.amount) FROM payers p JOIN payments x ON x.payer_id = p.id WHERE p.id > {i} GROUP BY 1, 2"
+        );
+        ensure!(matches!(
+            engine.check_cached(&sql, &tenant, &role),
+            pgveil::policy::Decision::Rewrite(_)
+        ));
     }
     let cold = t.elapsed().as_secs_f64() * 1e6 / f64::from(n);
     let sql = "SELECT p.full_name, p.email, sum(x.amount) FROM payers p JOIN payments x ON x.payer_id = p.id GROUP BY 1, 2";

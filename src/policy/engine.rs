@@ -102,7 +102,8 @@ impl MaskingEngine {
         match Policy::load(&self.policy_path) {
             Ok(policy) => {
                 let version = self.policy.load().version + 1;
-                self.policy.store(Arc::new(PolicySnapshot { version, policy }));
+                self.policy
+                    .store(Arc::new(PolicySnapshot { version, policy }));
                 tracing::info!(version, "policy reloaded");
                 Ok(version)
             }
@@ -158,7 +159,12 @@ impl MaskingEngine {
         CacheKey {
             sql: sql.into(),
             policy: self.policy.load().version,
-            catalog: self.tenants.load().get(tenant).map(|t| t.catalog.version).unwrap_or(0),
+            catalog: self
+                .tenants
+                .load()
+                .get(tenant)
+                .map(|t| t.catalog.version)
+                .unwrap_or(0),
             tenant: tenant.clone(),
             role: role.clone(),
         }
@@ -208,7 +214,9 @@ impl MaskingEngine {
         tokio::spawn(async move {
             loop {
                 for tenant in router.tenants() {
-                    engine.refresh_tenant(tenant, &*secrets, keys.get(&tenant.id)).await;
+                    engine
+                        .refresh_tenant(tenant, &*secrets, keys.get(&tenant.id))
+                        .await;
                 }
                 tokio::time::sleep(refresh).await;
             }
@@ -216,7 +224,8 @@ impl MaskingEngine {
         let engine = self.clone();
         tokio::spawn(async move {
             let mut last = policy_stamp(&engine.policy_path);
-            let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+            let mut hup =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
             loop {
                 let sighup = async {
                     match hup.as_mut() {
@@ -240,14 +249,20 @@ impl MaskingEngine {
     }
 
     /// Loads one tenant's catalog and key; on failure the previous snapshot (if any) stays.
-    pub async fn refresh_tenant(&self, tenant: &crate::route::Tenant, secrets: &dyn SecretStore, key: Option<&SecretId>) {
-        let catalog = match super::catalog::load::load(tenant, secrets, Duration::from_secs(30)).await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(tenant = %tenant.id, error = %e, "catalog load failed");
-                return;
-            }
-        };
+    pub async fn refresh_tenant(
+        &self,
+        tenant: &crate::route::Tenant,
+        secrets: &dyn SecretStore,
+        key: Option<&SecretId>,
+    ) {
+        let catalog =
+            match super::catalog::load::load(tenant, secrets, Duration::from_secs(30)).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(tenant = %tenant.id, error = %e, "catalog load failed");
+                    return;
+                }
+            };
         let key = match key {
             None => None,
             Some(id) => match secrets.fetch(id).await {
@@ -258,7 +273,9 @@ impl MaskingEngine {
                 }
             },
         };
-        let same = self.tenant(&tenant.id).is_some_and(|old| same_catalog(&old.catalog, &catalog) && old.key.is_some() == key.is_some());
+        let same = self.tenant(&tenant.id).is_some_and(|old| {
+            same_catalog(&old.catalog, &catalog) && old.key.is_some() == key.is_some()
+        });
         if !same {
             tracing::info!(tenant = %tenant.id, version = catalog.version, relations = catalog.relations.len(), "catalog loaded");
             self.set_tenant(tenant.id.clone(), TenantState { catalog, key });
@@ -293,13 +310,19 @@ fn same_catalog(a: &Catalog, b: &Catalog) -> bool {
 fn policy_stamp(path: &Path) -> Vec<(PathBuf, Option<SystemTime>, u64)> {
     let mut out = Vec::new();
     let entries: Vec<PathBuf> = if path.is_dir() {
-        std::fs::read_dir(path).map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect()).unwrap_or_default()
+        std::fs::read_dir(path)
+            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default()
     } else {
         vec![path.to_owned()]
     };
     for p in entries {
         let meta = std::fs::metadata(&p).ok();
-        out.push((p, meta.as_ref().and_then(|m| m.modified().ok()), meta.map(|m| m.len()).unwrap_or(0)));
+        out.push((
+            p,
+            meta.as_ref().and_then(|m| m.modified().ok()),
+            meta.map(|m| m.len()).unwrap_or(0),
+        ));
     }
     out.sort();
     out
@@ -318,7 +341,11 @@ fn audit(c: &Cached, tenant: &TenantId, role: &RoleName) {
 
 impl StatementPolicy for MaskingEngine {
     fn inspects(&self, who: &Identity) -> bool {
-        self.policy.load().policy.effective(&who.tenant, &who.role).is_none_or(|e| !e.role.unrestricted)
+        self.policy
+            .load()
+            .policy
+            .effective(&who.tenant, &who.role)
+            .is_none_or(|e| !e.role.unrestricted)
     }
 
     fn check(&self, sql: &str, who: &Identity) -> Decision {

@@ -201,7 +201,10 @@ impl Clone for TenantRoleDoc {
 
 impl std::fmt::Debug for TenantRoleDoc {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TenantRole").field("raw", &self.raw).field("statements", &self.statements).finish()
+        f.debug_struct("TenantRole")
+            .field("raw", &self.raw)
+            .field("statements", &self.statements)
+            .finish()
     }
 }
 
@@ -278,7 +281,9 @@ impl Policy {
         let mut class_at: HashMap<String, String> = HashMap::new();
         let mut pending_rules = Vec::new();
         for (file, text) in texts {
-            let at = |span: std::ops::Range<usize>| format!("{}:{}", file.display(), line_of(text, span.start));
+            let at = |span: std::ops::Range<usize>| {
+                format!("{}:{}", file.display(), line_of(text, span.start))
+            };
             let doc: FileDoc = match toml::from_str(text) {
                 Ok(d) => d,
                 Err(e) => {
@@ -289,7 +294,10 @@ impl Policy {
             };
             if let Some(u) = doc.unclassified {
                 if unclassified_set {
-                    p.push(format!("{}: `unclassified` is set in more than one file", file.display()));
+                    p.push(format!(
+                        "{}: `unclassified` is set in more than one file",
+                        file.display()
+                    ));
                 }
                 unclassified_set = true;
                 policy.unclassified = u;
@@ -297,7 +305,9 @@ impl Policy {
             for (name, class) in doc.classes {
                 let loc = at(class.span());
                 if !valid_class_name(&name) {
-                    p.push(format!("{loc}: class name {name:?} must be 1-63 chars of [a-z0-9_.-]"));
+                    p.push(format!(
+                        "{loc}: class name {name:?} must be 1-63 chars of [a-z0-9_.-]"
+                    ));
                 }
                 if let Some(prev) = class_at.get(&name) {
                     p.push(format!("{loc}: class {name:?} already defined at {prev}"));
@@ -316,7 +326,12 @@ impl Policy {
                 class_at.insert(name, loc);
             }
             for rule in &doc.column {
-                pending_rules.push((at(rule.span()), None, rule.get_ref().pattern.clone(), rule.get_ref().class.clone()));
+                pending_rules.push((
+                    at(rule.span()),
+                    None,
+                    rule.get_ref().pattern.clone(),
+                    rule.get_ref().class.clone(),
+                ));
             }
             for (name, role) in doc.roles {
                 let loc = at(role.span());
@@ -330,7 +345,11 @@ impl Policy {
                     Some(s) => kinds(s, &loc, &mut p),
                     None => StatementKind::masked_default(),
                 };
-                if r.unrestricted && (!r.raw.is_empty() || r.statements.is_some() || !r.allow_functions.is_empty()) {
+                if r.unrestricted
+                    && (!r.raw.is_empty()
+                        || r.statements.is_some()
+                        || !r.allow_functions.is_empty())
+                {
                     p.push(format!("{loc}: role {name:?}: `unrestricted = true` cannot be combined with raw/statements/allow_functions"));
                 }
                 let raw = raw_set(&r.raw);
@@ -368,7 +387,12 @@ impl Policy {
                         }),
                         Err(e) => p.push(format!("{rloc}: {e}")),
                     }
-                    pending_rules.push((rloc, Some("class"), String::new(), rule.get_ref().class.clone()));
+                    pending_rules.push((
+                        rloc,
+                        Some("class"),
+                        String::new(),
+                        rule.get_ref().class.clone(),
+                    ));
                 }
                 for (role, r) in t.roles {
                     let rloc = at(r.span());
@@ -380,7 +404,12 @@ impl Policy {
                         functions(f, &rloc, &mut p);
                     }
                     if let Some(raw) = &r.raw {
-                        pending_rules.push((rloc.clone(), Some("raw"), raw.join(","), role.clone()));
+                        pending_rules.push((
+                            rloc.clone(),
+                            Some("raw"),
+                            raw.join(","),
+                            role.clone(),
+                        ));
                     }
                     pending_rules.push((rloc, Some("role"), String::new(), role.clone()));
                     tp.roles.insert(RoleName::new(role), r);
@@ -396,7 +425,10 @@ impl Policy {
                         if !policy.classes.contains_key(&name) && !class_at.contains_key(&name) {
                             p.push(format!("{loc}: unknown class {name:?}"));
                         }
-                        policy.rules.push(ColumnRule { pattern, class: name });
+                        policy.rules.push(ColumnRule {
+                            pattern,
+                            class: name,
+                        });
                     }
                     Err(e) => p.push(format!("{loc}: {e}")),
                 },
@@ -408,21 +440,31 @@ impl Policy {
                 Some("raw") => {
                     for c in text.split(',').filter(|c| !c.is_empty() && *c != "*") {
                         if !class_at.contains_key(c) {
-                            p.push(format!("{loc}: role {name:?}: raw lists unknown class {c:?}"));
+                            p.push(format!(
+                                "{loc}: role {name:?}: raw lists unknown class {c:?}"
+                            ));
                         }
                     }
                 }
                 Some(_) => {
                     if !policy.roles.contains_key(&RoleName::new(name.clone())) {
-                        p.push(format!("{loc}: tenant override for undefined role {name:?}"));
+                        p.push(format!(
+                            "{loc}: tenant override for undefined role {name:?}"
+                        ));
                     }
                 }
             }
         }
         if policy.roles.is_empty() && p.0.is_empty() {
-            p.push("no roles are defined: every statement of every role would be refused".to_owned());
+            p.push(
+                "no roles are defined: every statement of every role would be refused".to_owned(),
+            );
         }
-        if p.0.is_empty() { Ok(policy) } else { Err(PolicyError { problems: p.0 }) }
+        if p.0.is_empty() {
+            Ok(policy)
+        } else {
+            Err(PolicyError { problems: p.0 })
+        }
     }
 
     /// The roles the policy defines.
@@ -470,13 +512,15 @@ impl Policy {
             classes: &self.classes,
         })
     }
-
 }
 
 impl Effective<'_> {
     /// The classification of a column, if any rule matches (first match wins).
     pub fn classify(&self, schema: &str, table: &str, column: &str) -> Option<&str> {
-        self.rules.iter().find(|r| r.pattern.matches(schema, table, column)).map(|r| r.class.as_str())
+        self.rules
+            .iter()
+            .find(|r| r.pattern.matches(schema, table, column))
+            .map(|r| r.class.as_str())
     }
 }
 
@@ -506,13 +550,19 @@ fn policy_files(path: &Path) -> std::io::Result<Vec<PathBuf>> {
 
 /// 1-based line of a byte offset.
 fn line_of(text: &str, offset: usize) -> usize {
-    text.as_bytes()[..offset.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
 }
 
 fn valid_class_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-'))
+        && s.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-')
+        })
 }
 
 fn raw_set(raw: &[String]) -> RawSet {
@@ -542,11 +592,14 @@ fn functions(list: &[String], loc: &str, p: &mut Problems) -> HashSet<String> {
     for f in list {
         let ok = !f.is_empty()
             && f.split('.').count() <= 2
-            && f.split('.').all(|part| !part.is_empty() && part.len() <= 63 && !part.contains('\0'));
+            && f.split('.')
+                .all(|part| !part.is_empty() && part.len() <= 63 && !part.contains('\0'));
         if ok {
             out.insert(f.clone());
         } else {
-            p.push(format!("{loc}: allow_functions entry {f:?} must be `name` or `schema.name`"));
+            p.push(format!(
+                "{loc}: allow_functions entry {f:?} must be `name` or `schema.name`"
+            ));
         }
     }
     out
@@ -554,7 +607,9 @@ fn functions(list: &[String], loc: &str, p: &mut Problems) -> HashSet<String> {
 
 fn check_text(s: &str, what: &str, errs: &mut Vec<String>) {
     if s.len() > 200 || s.chars().any(|c| c.is_control()) {
-        errs.push(format!("`{what}` must be at most 200 characters without control characters"));
+        errs.push(format!(
+            "`{what}` must be at most 200 characters without control characters"
+        ));
     }
 }
 
@@ -577,7 +632,9 @@ fn mask_fn(c: &ClassDoc) -> Result<MaskFn, Vec<String>> {
                 errs.push("keep_first and keep_last must be at most 64".into());
             }
             if first + last == 0 {
-                errs.push("partial needs keep_first and/or keep_last (otherwise use redact)".into());
+                errs.push(
+                    "partial needs keep_first and/or keep_last (otherwise use redact)".into(),
+                );
             }
             let fill = c.replacement.clone().unwrap_or_else(|| "****".into());
             check_text(&fill, "replacement", &mut errs);
@@ -591,7 +648,9 @@ fn mask_fn(c: &ClassDoc) -> Result<MaskFn, Vec<String>> {
             if !(8..=64).contains(&length) {
                 errs.push("length must be between 8 and 64 hex characters".into());
             }
-            Some(MaskFn::Pseudonym { length: length.min(64) as u8 })
+            Some(MaskFn::Pseudonym {
+                length: length.min(64) as u8,
+            })
         }
         "generalize" => {
             allowed = &["to", "step", "prefix_v4", "prefix_v6"];
@@ -608,7 +667,7 @@ fn mask_fn(c: &ClassDoc) -> Result<MaskFn, Vec<String>> {
                         v6: v6.min(128) as u8,
                     }))
                 }
-                (None, Some(step)) if step >= 1 && step <= 1_000_000_000_000 => {
+                (None, Some(step)) if (1..=1_000_000_000_000).contains(&step) => {
                     Some(MaskFn::Generalize(Generalize::Step(step)))
                 }
                 _ => {
@@ -633,7 +692,10 @@ fn mask_fn(c: &ClassDoc) -> Result<MaskFn, Vec<String>> {
             }
             let r = c.replacement.clone().unwrap_or_else(|| "****".into());
             check_text(&r, "replacement", &mut errs);
-            Some(MaskFn::JsonKeys { paths, replacement: r })
+            Some(MaskFn::JsonKeys {
+                paths,
+                replacement: r,
+            })
         }
         other => {
             errs.push(format!(
@@ -656,7 +718,9 @@ fn mask_fn(c: &ClassDoc) -> Result<MaskFn, Vec<String>> {
     if f.is_some() {
         for (param, set) in given {
             if set && !allowed.contains(&param) {
-                errs.push(format!("`{param}` does not apply to masking function {name:?}"));
+                errs.push(format!(
+                    "`{param}` does not apply to masking function {name:?}"
+                ));
             }
         }
     }

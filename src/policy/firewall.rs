@@ -78,8 +78,16 @@ const DENIED_FUNCTIONS: &[&str] = &[
 ];
 
 /// Function name prefixes denied the same way.
-const DENIED_FUNCTION_PREFIXES: &[&str] =
-    &["dblink", "postgres_fdw", "pg_ls_", "pg_logical_slot_", "pg_create_", "pg_drop_replication", "pg_replication_", "lo_"];
+const DENIED_FUNCTION_PREFIXES: &[&str] = &[
+    "dblink",
+    "postgres_fdw",
+    "pg_ls_",
+    "pg_logical_slot_",
+    "pg_create_",
+    "pg_drop_replication",
+    "pg_replication_",
+    "lo_",
+];
 
 /// Relations denied for masked roles in any schema (statistics hold raw sample values; activity views hold
 /// other sessions' SQL text; prepared statements and cursors show this session's rewritten text).
@@ -140,14 +148,33 @@ pub fn setting_refusal(name: &str, value: Option<&str>) -> Option<String> {
         // pgveil reads SQL as UTF-8; in the client-only encodings below a multi-byte character can end in an
         // ASCII byte such as a backslash or a quote, so the server would lex the same bytes differently (a masking bypass).
         // Names are compared the way PostgreSQL does (letters and digits only, case-insensitive).
-        let clean: Option<String> =
-            value.map(|v| v.chars().filter(char::is_ascii_alphanumeric).collect::<String>().to_ascii_lowercase());
+        let clean: Option<String> = value.map(|v| {
+            v.chars()
+                .filter(char::is_ascii_alphanumeric)
+                .collect::<String>()
+                .to_ascii_lowercase()
+        });
         let unsafe_encoding = clean.as_deref().is_none_or(|v| {
             v.is_empty()
                 || matches!(
                     v,
-                    "big5" | "cp932" | "cp936" | "cp949" | "cp950" | "gb18030" | "gbk" | "johab" | "mskanji" | "shiftjis"
-                        | "shiftjis2004" | "sjis" | "uhc" | "win932" | "win936" | "win949" | "win950"
+                    "big5"
+                        | "cp932"
+                        | "cp936"
+                        | "cp949"
+                        | "cp950"
+                        | "gb18030"
+                        | "gbk"
+                        | "johab"
+                        | "mskanji"
+                        | "shiftjis"
+                        | "shiftjis2004"
+                        | "sjis"
+                        | "uhc"
+                        | "win932"
+                        | "win936"
+                        | "win949"
+                        | "win950"
                 )
         });
         if unsafe_encoding {

@@ -186,7 +186,12 @@ impl MaskFn {
     }
 
     /// The SQL expression masking column `col` (an already quoted identifier) of type `ty`.
-    pub fn expression(&self, col: &str, ty: ColumnType<'_>, key: Option<&PseudonymKey>) -> Result<String, MaskError> {
+    pub fn expression(
+        &self,
+        col: &str,
+        ty: ColumnType<'_>,
+        key: Option<&PseudonymKey>,
+    ) -> Result<String, MaskError> {
         let wrong = || MaskError::WrongType {
             function: self.name(),
             type_name: ty.sql_type.to_owned(),
@@ -204,7 +209,11 @@ impl MaskFn {
             MaskFn::Null => format!("CAST(NULL AS {})", ty.sql_type),
             MaskFn::Redact { replacement } => {
                 if ty.family == TypeFamily::Text {
-                    format!("CASE WHEN {col} IS NULL THEN NULL ELSE CAST({} AS {}) END", quote_literal(replacement), ty.sql_type)
+                    format!(
+                        "CASE WHEN {col} IS NULL THEN NULL ELSE CAST({} AS {}) END",
+                        quote_literal(replacement),
+                        ty.sql_type
+                    )
                 } else {
                     format!("CAST(NULL AS {})", ty.sql_type)
                 }
@@ -239,16 +248,33 @@ impl MaskFn {
                     "pg_catalog.encode(pg_catalog.sha256('\\x{}'::bytea || {inner}), 'hex')",
                     hex::encode(&key.opad)
                 );
-                let mac = if *length < 64 { format!("pg_catalog.left({mac}, {length})") } else { mac };
+                let mac = if *length < 64 {
+                    format!("pg_catalog.left({mac}, {length})")
+                } else {
+                    mac
+                };
                 back(mac)
             }
             MaskFn::Generalize(g) => match (g, ty.family) {
-                (Generalize::Month | Generalize::Year, TypeFamily::Date | TypeFamily::Timestamp) => {
-                    let unit = if *g == Generalize::Month { "month" } else { "year" };
-                    format!("CAST(pg_catalog.date_trunc('{unit}', {col}) AS {})", ty.sql_type)
+                (
+                    Generalize::Month | Generalize::Year,
+                    TypeFamily::Date | TypeFamily::Timestamp,
+                ) => {
+                    let unit = if *g == Generalize::Month {
+                        "month"
+                    } else {
+                        "year"
+                    };
+                    format!(
+                        "CAST(pg_catalog.date_trunc('{unit}', {col}) AS {})",
+                        ty.sql_type
+                    )
                 }
                 (Generalize::Step(step), TypeFamily::Number) => {
-                    format!("CAST(pg_catalog.floor({col}::numeric / {step}) * {step} AS {})", ty.sql_type)
+                    format!(
+                        "CAST(pg_catalog.floor({col}::numeric / {step}) * {step} AS {})",
+                        ty.sql_type
+                    )
                 }
                 (Generalize::Network { v4, v6 }, TypeFamily::Inet) => format!(
                     "CAST(CASE WHEN pg_catalog.family({col}) = 4 THEN pg_catalog.network(pg_catalog.set_masklen({col}::inet, {v4})) \
@@ -261,11 +287,19 @@ impl MaskFn {
                 if ty.family != TypeFamily::Json {
                     return Err(wrong());
                 }
-                let value = quote_literal(&serde_json::Value::String(replacement.clone()).to_string());
+                let value =
+                    quote_literal(&serde_json::Value::String(replacement.clone()).to_string());
                 let mut e = format!("{col}::jsonb");
                 for path in paths {
-                    let array = path.iter().map(|k| format!("\"{k}\"")).collect::<Vec<_>>().join(",");
-                    e = format!("pg_catalog.jsonb_set({e}, {}::text[], {value}::jsonb, false)", quote_literal(&format!("{{{array}}}")));
+                    let array = path
+                        .iter()
+                        .map(|k| format!("\"{k}\""))
+                        .collect::<Vec<_>>()
+                        .join(",");
+                    e = format!(
+                        "pg_catalog.jsonb_set({e}, {}::text[], {value}::jsonb, false)",
+                        quote_literal(&format!("{{{array}}}"))
+                    );
                 }
                 format!("CAST({e} AS {})", ty.sql_type)
             }
@@ -305,7 +339,10 @@ pub fn quote_ident(s: &str) -> String {
 
 /// A JSON key as allowed in `jsonb` masking paths: letters, digits, `_`, `-`, 1-63 characters.
 pub fn valid_json_key(k: &str) -> bool {
-    !k.is_empty() && k.len() <= 63 && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    !k.is_empty()
+        && k.len() <= 63
+        && k.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// Renders `name(params)` for explain output.
@@ -367,8 +404,19 @@ mod tests {
             family: TypeFamily::Date,
             base: "date",
         };
-        assert!(MaskFn::Generalize(Generalize::Step(10)).expression("\"d\"", date, None).is_err());
-        assert!(MaskFn::Generalize(Generalize::Year).expression("\"d\"", date, None).is_ok());
-        assert_eq!(MaskFn::Pseudonym { length: 16 }.expression("\"d\"", date, None), Err(MaskError::NoKey));
+        assert!(
+            MaskFn::Generalize(Generalize::Step(10))
+                .expression("\"d\"", date, None)
+                .is_err()
+        );
+        assert!(
+            MaskFn::Generalize(Generalize::Year)
+                .expression("\"d\"", date, None)
+                .is_ok()
+        );
+        assert_eq!(
+            MaskFn::Pseudonym { length: 16 }.expression("\"d\"", date, None),
+            Err(MaskError::NoKey)
+        );
     }
 }

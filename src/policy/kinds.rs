@@ -52,9 +52,30 @@ pub enum StatementKind {
 impl StatementKind {
     /// Names accepted in policy files (plus `read` = the masked default and `all`).
     pub const ALL_NAMES: &'static [&'static str] = &[
-        "select", "insert", "update", "delete", "merge", "copy_to", "copy_from", "explain", "set", "show",
-        "transaction", "cursor", "prepare", "listen", "discard", "lock", "maintenance", "ddl", "do", "call",
-        "set_role", "read", "write", "all",
+        "select",
+        "insert",
+        "update",
+        "delete",
+        "merge",
+        "copy_to",
+        "copy_from",
+        "explain",
+        "set",
+        "show",
+        "transaction",
+        "cursor",
+        "prepare",
+        "listen",
+        "discard",
+        "lock",
+        "maintenance",
+        "ddl",
+        "do",
+        "call",
+        "set_role",
+        "read",
+        "write",
+        "all",
     ];
 
     /// Parses a policy name into the kinds it stands for.
@@ -85,8 +106,27 @@ impl StatementKind {
             "read" => StatementKind::masked_default().into_iter().collect(),
             "write" => vec![Insert, Update, Delete, Merge, CopyFrom],
             "all" => vec![
-                Select, Insert, Update, Delete, Merge, CopyTo, CopyFrom, Explain, Set, Show, Transaction, Cursor,
-                Prepare, Listen, Discard, Lock, Maintenance, Ddl, Do, Call, SetRole,
+                Select,
+                Insert,
+                Update,
+                Delete,
+                Merge,
+                CopyTo,
+                CopyFrom,
+                Explain,
+                Set,
+                Show,
+                Transaction,
+                Cursor,
+                Prepare,
+                Listen,
+                Discard,
+                Lock,
+                Maintenance,
+                Ddl,
+                Do,
+                Call,
+                SetRole,
             ],
             _ => return None,
         })
@@ -96,7 +136,19 @@ impl StatementKind {
     /// PREPARE/EXECUTE, COPY TO STDOUT, EXPLAIN, DISCARD.
     pub fn masked_default() -> HashSet<StatementKind> {
         use StatementKind::*;
-        [Select, CopyTo, Explain, Set, Show, Transaction, Cursor, Prepare, Discard].into_iter().collect()
+        [
+            Select,
+            CopyTo,
+            Explain,
+            Set,
+            Show,
+            Transaction,
+            Cursor,
+            Prepare,
+            Discard,
+        ]
+        .into_iter()
+        .collect()
     }
 
     /// The policy name of this kind.

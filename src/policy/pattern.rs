@@ -15,7 +15,12 @@ impl ColumnPattern {
     /// Parses a pattern; errors say what is wrong.
     pub fn parse(text: &str) -> Result<ColumnPattern, String> {
         let parts: Vec<&str> = text.split('.').collect();
-        if text.is_empty() || parts.len() > 3 || parts.iter().any(|p| p.is_empty() || p.len() > 63 || p.contains('\0')) {
+        if text.is_empty()
+            || parts.len() > 3
+            || parts
+                .iter()
+                .any(|p| p.is_empty() || p.len() > 63 || p.contains('\0'))
+        {
             return Err(format!(
                 "column pattern {text:?} must be `schema.table.column`, `table.column` or `column` (`*` matches any characters)"
             ));
@@ -84,7 +89,11 @@ mod tests {
         let p = ColumnPattern::parse("public.pay*.e*l").unwrap();
         assert!(p.matches("public", "payers", "email"));
         assert!(!p.matches("other", "payers", "email"));
-        assert!(ColumnPattern::parse("email").unwrap().matches("x", "y", "email"));
+        assert!(
+            ColumnPattern::parse("email")
+                .unwrap()
+                .matches("x", "y", "email")
+        );
         assert!(ColumnPattern::parse("a.b.c.d").is_err());
         assert!(ColumnPattern::parse("a..c").is_err());
     }

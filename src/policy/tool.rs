@@ -46,8 +46,14 @@ fn secrets(cfg: &Config) -> Arc<dyn SecretStore> {
     }
 }
 
-async fn live_catalog(cfg: &Config, router: &Router, tenant: &TenantId) -> Result<Catalog, ToolError> {
-    let t = router.tenant(tenant).ok_or_else(|| ToolError::UnknownTenant(tenant.clone()))?;
+async fn live_catalog(
+    cfg: &Config,
+    router: &Router,
+    tenant: &TenantId,
+) -> Result<Catalog, ToolError> {
+    let t = router
+        .tenant(tenant)
+        .ok_or_else(|| ToolError::UnknownTenant(tenant.clone()))?;
     super::catalog::load::load(t, &*secrets(cfg), Duration::from_secs(15))
         .await
         .map_err(|e| ToolError::Catalog(tenant.clone(), e))
@@ -63,16 +69,32 @@ pub async fn check(cfg: &Config) -> Result<String, ToolError> {
     let pc = cfg.policy.as_ref().ok_or(ToolError::NoPolicy)?;
     let engine = MaskingEngine::new(&pc.dir)?;
     let snap = engine.policy();
-    let mut out = format!("{}: policy ok ({} file(s))\n", pc.dir.display(), snap.policy.sources.len());
+    let mut out = format!(
+        "{}: policy ok ({} file(s))\n",
+        pc.dir.display(),
+        snap.policy.sources.len()
+    );
     let router = Router::from_config(cfg)?;
     for t in &cfg.tenants {
         match live_catalog(cfg, &router, &t.id).await {
             Err(e) => {
-                let _ = writeln!(out, "tenant {}: not reachable ({e}); unclassified columns not listed", t.id);
+                let _ = writeln!(
+                    out,
+                    "tenant {}: not reachable ({e}); unclassified columns not listed",
+                    t.id
+                );
             }
             Ok(cat) => {
-                let role = snap.policy.roles().next().cloned().unwrap_or_else(|| RoleName::new("-"));
-                let eff = snap.policy.effective(&t.id, &role).expect("role from the policy");
+                let role = snap
+                    .policy
+                    .roles()
+                    .next()
+                    .cloned()
+                    .unwrap_or_else(|| RoleName::new("-"));
+                let eff = snap
+                    .policy
+                    .effective(&t.id, &role)
+                    .expect("role from the policy");
                 let direct = |s: &str, tb: &str, c: &str| eff.classify(s, tb, c);
                 let mut rels: Vec<_> = cat.relations.values().collect();
                 rels.sort_by(|a, b| (&a.schema, &a.name).cmp(&(&b.schema, &b.name)));
@@ -85,10 +107,20 @@ pub async fn check(cfg: &Config) -> Result<String, ToolError> {
                         .map(|c| c.name.as_str())
                         .collect();
                     if !unclassified.is_empty() {
-                        lines.push(format!("  {}.{}: {}", r.schema, r.name, unclassified.join(", ")));
+                        lines.push(format!(
+                            "  {}.{}: {}",
+                            r.schema,
+                            r.name,
+                            unclassified.join(", ")
+                        ));
                     }
                 }
-                let _ = writeln!(out, "tenant {}: {} unclassified relation(s)", t.id, lines.len());
+                let _ = writeln!(
+                    out,
+                    "tenant {}: {} unclassified relation(s)",
+                    t.id,
+                    lines.len()
+                );
                 for l in lines {
                     let _ = writeln!(out, "{l}");
                 }
@@ -99,7 +131,12 @@ pub async fn check(cfg: &Config) -> Result<String, ToolError> {
 }
 
 /// The decision, rewritten SQL and masked columns for one statement.
-pub async fn explain(cfg: &Config, tenant: &TenantId, role: &RoleName, sql: &str) -> Result<String, ToolError> {
+pub async fn explain(
+    cfg: &Config,
+    tenant: &TenantId,
+    role: &RoleName,
+    sql: &str,
+) -> Result<String, ToolError> {
     let pc = cfg.policy.as_ref().ok_or(ToolError::NoPolicy)?;
     let engine = MaskingEngine::new(&pc.dir)?;
     let router = Router::from_config(cfg)?;
@@ -113,7 +150,10 @@ pub async fn explain(cfg: &Config, tenant: &TenantId, role: &RoleName, sql: &str
         },
     );
     let (d, masked) = engine.decide(sql, tenant, role);
-    let mut out = format!("tenant {tenant}, role {role}, policy version {}, catalog version {version}\n", engine.policy().version);
+    let mut out = format!(
+        "tenant {tenant}, role {role}, policy version {}, catalog version {version}\n",
+        engine.policy().version
+    );
     match d {
         Decision::Allow => out.push_str("decision: allow (forwarded unchanged)\n"),
         Decision::Rewrite(s) => {
@@ -121,7 +161,10 @@ pub async fn explain(cfg: &Config, tenant: &TenantId, role: &RoleName, sql: &str
             for m in &masked {
                 let _ = writeln!(out, "  {m}");
             }
-            let _ = writeln!(out, "rewritten SQL (pseudonym keys shown as a placeholder key):\n{s}");
+            let _ = writeln!(
+                out,
+                "rewritten SQL (pseudonym keys shown as a placeholder key):\n{s}"
+            );
         }
         Decision::Deny(e) => {
             let _ = writeln!(out, "decision: refuse\n{} {}", e.code, e.message);
@@ -156,7 +199,11 @@ pub async fn test(cfg: &Config) -> Result<(String, bool), ToolError> {
     let pc = cfg.policy.as_ref().ok_or(ToolError::NoPolicy)?;
     let engine = MaskingEngine::new(&pc.dir)?;
     let router = Router::from_config(cfg)?;
-    let dir = if pc.dir.is_dir() { pc.dir.clone() } else { pc.dir.parent().unwrap_or(Path::new(".")).to_owned() };
+    let dir = if pc.dir.is_dir() {
+        pc.dir.clone()
+    } else {
+        pc.dir.parent().unwrap_or(Path::new(".")).to_owned()
+    };
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .map_err(|e| ToolError::Cases(format!("{}: {e}", dir.display())))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -166,8 +213,10 @@ pub async fn test(cfg: &Config) -> Result<(String, bool), ToolError> {
     let mut loaded: HashMap<TenantId, bool> = HashMap::new();
     let (mut out, mut ok, mut n) = (String::new(), true, 0);
     for f in files {
-        let text = std::fs::read_to_string(&f).map_err(|e| ToolError::Cases(format!("{}: {e}", f.display())))?;
-        let cases: CaseFile = toml::from_str(&text).map_err(|e| ToolError::Cases(format!("{}: {e}", f.display())))?;
+        let text = std::fs::read_to_string(&f)
+            .map_err(|e| ToolError::Cases(format!("{}: {e}", f.display())))?;
+        let cases: CaseFile =
+            toml::from_str(&text).map_err(|e| ToolError::Cases(format!("{}: {e}", f.display())))?;
         for c in cases.cases {
             if !loaded.contains_key(&c.tenant) {
                 let cat = live_catalog(cfg, &router, &c.tenant).await?;
@@ -187,8 +236,11 @@ pub async fn test(cfg: &Config) -> Result<(String, bool), ToolError> {
                 Decision::Rewrite(_) => "rewrite",
                 Decision::Deny(_) => "refuse",
             };
-            let missing: Vec<&String> =
-                c.masked.iter().filter(|m| !masked.iter().any(|x| x.starts_with(&format!("{m} ")))).collect();
+            let missing: Vec<&String> = c
+                .masked
+                .iter()
+                .filter(|m| !masked.iter().any(|x| x.starts_with(&format!("{m} "))))
+                .collect();
             let pass = got == c.decision && missing.is_empty();
             ok &= pass;
             let _ = writeln!(
@@ -196,13 +248,23 @@ pub async fn test(cfg: &Config) -> Result<(String, bool), ToolError> {
                 "{} {} ({}): expected {}, got {}{}",
                 if pass { "ok  " } else { "FAIL" },
                 c.name,
-                f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+                f.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
                 c.decision,
                 got,
-                if missing.is_empty() { String::new() } else { format!("; not masked: {missing:?}") }
+                if missing.is_empty() {
+                    String::new()
+                } else {
+                    format!("; not masked: {missing:?}")
+                }
             );
         }
     }
-    let _ = writeln!(out, "{n} case(s), {}", if ok { "all passed" } else { "FAILURES" });
+    let _ = writeln!(
+        out,
+        "{n} case(s), {}",
+        if ok { "all passed" } else { "FAILURES" }
+    );
     Ok((out, ok))
 }

@@ -55,30 +55,86 @@ pub fn catalog() -> Catalog {
         ("card_pan", "text"),
     ];
     let mut rels = vec![
-        rel("public", "merchants", 'r', &[("id", "bigint"), ("name", "text"), ("country", "character(2)")]),
+        rel(
+            "public",
+            "merchants",
+            'r',
+            &[
+                ("id", "bigint"),
+                ("name", "text"),
+                ("country", "character(2)"),
+            ],
+        ),
         rel("public", "payers", 'r', &payers),
         rel(
             "public",
             "payments",
             'r',
-            &[("id", "bigint"), ("payer_id", "bigint"), ("amount", "numeric(12,2)"), ("card_pan", "text")],
+            &[
+                ("id", "bigint"),
+                ("payer_id", "bigint"),
+                ("amount", "numeric(12,2)"),
+                ("card_pan", "text"),
+            ],
         ),
-        rel("public", "disputes", 'r', &[("id", "bigint"), ("payment_id", "bigint"), ("reason", "text")]),
-        rel("audit", "payers", 'r', &[("id", "bigint"), ("note", "text")]),
-        rel("public", "events", 'p', &[("id", "bigint"), ("email", "text"), ("meta", "jsonb")]),
-        rel("public", "events_2024", 'r', &[("id", "bigint"), ("email", "text"), ("meta", "jsonb")]),
+        rel(
+            "public",
+            "disputes",
+            'r',
+            &[
+                ("id", "bigint"),
+                ("payment_id", "bigint"),
+                ("reason", "text"),
+            ],
+        ),
+        rel(
+            "audit",
+            "payers",
+            'r',
+            &[("id", "bigint"), ("note", "text")],
+        ),
+        rel(
+            "public",
+            "events",
+            'p',
+            &[("id", "bigint"), ("email", "text"), ("meta", "jsonb")],
+        ),
+        rel(
+            "public",
+            "events_2024",
+            'r',
+            &[("id", "bigint"), ("email", "text"), ("meta", "jsonb")],
+        ),
         rel("public", "old_payers", 'r', &payers),
-        rel("public", "payer_emails", 'v', &[("id", "bigint"), ("contact", "text")]),
-        rel("public", "contacts", 'r', &[("id", "bigint"), ("email", "text"), ("email_upper", "text")]),
+        rel(
+            "public",
+            "payer_emails",
+            'v',
+            &[("id", "bigint"), ("contact", "text")],
+        ),
+        rel(
+            "public",
+            "contacts",
+            'r',
+            &[("id", "bigint"), ("email", "text"), ("email_upper", "text")],
+        ),
         rel("public", "fn_view", 'v', &[("id", "bigint"), ("x", "text")]),
     ];
     for r in &mut rels {
         match r.name.as_str() {
             "events_2024" => r.parents.push(("public".into(), "events".into())),
-            "old_payers" if r.schema == "public" => r.parents.push(("public".into(), "payers".into())),
+            "old_payers" if r.schema == "public" => {
+                r.parents.push(("public".into(), "payers".into()))
+            }
             "payer_emails" => {
-                r.reads.insert("id".into(), vec![(("public".into(), "payers".into()), "id".into())]);
-                r.reads.insert("contact".into(), vec![(("public".into(), "payers".into()), "email".into())]);
+                r.reads.insert(
+                    "id".into(),
+                    vec![(("public".into(), "payers".into()), "id".into())],
+                );
+                r.reads.insert(
+                    "contact".into(),
+                    vec![(("public".into(), "payers".into()), "email".into())],
+                );
             }
             "contacts" => r.columns[2].generated_from.push("email".into()),
             "fn_view" => r.calls.push(("public".into(), "lookup_email".into())),
@@ -89,10 +145,19 @@ pub fn catalog() -> Catalog {
     for r in rels {
         c.relations.insert((r.schema.clone(), r.name.clone()), r);
     }
-    for n in ["pg_class", "pg_namespace", "pg_attribute", "pg_type", "pg_stats", "pg_stat_activity", "pg_proc"] {
+    for n in [
+        "pg_class",
+        "pg_namespace",
+        "pg_attribute",
+        "pg_type",
+        "pg_stats",
+        "pg_stat_activity",
+        "pg_proc",
+    ] {
         c.system_relations.insert(("pg_catalog".into(), n.into()));
     }
-    c.system_relations.insert(("information_schema".into(), "columns".into()));
+    c.system_relations
+        .insert(("information_schema".into(), "columns".into()));
     c.functions.insert(("public".into(), "lookup_email".into()));
     c.functions.insert(("public".into(), "dblink".into()));
     c.functions.insert(("public".into(), "lower".into()));

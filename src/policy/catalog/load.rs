@@ -39,14 +39,28 @@ pub enum LoadError {
 }
 
 /// Loads the catalog of `tenant`.
-pub async fn load(tenant: &Tenant, secrets: &dyn SecretStore, timeout: Duration) -> Result<Catalog, LoadError> {
-    tokio::time::timeout(timeout, load_inner(tenant, secrets)).await.map_err(|_| LoadError::Timeout)?
+pub async fn load(
+    tenant: &Tenant,
+    secrets: &dyn SecretStore,
+    timeout: Duration,
+) -> Result<Catalog, LoadError> {
+    tokio::time::timeout(timeout, load_inner(tenant, secrets))
+        .await
+        .map_err(|_| LoadError::Timeout)?
 }
 
 async fn load_inner(tenant: &Tenant, secrets: &dyn SecretStore) -> Result<Catalog, LoadError> {
     let creds = DbCredentials::fetch(secrets, &tenant.secret).await?;
-    let host = tenant.host.clone().or_else(|| creds.host.clone()).ok_or(LoadError::Incomplete)?;
-    let dbname = tenant.dbname.clone().or_else(|| creds.dbname.clone()).ok_or(LoadError::Incomplete)?;
+    let host = tenant
+        .host
+        .clone()
+        .or_else(|| creds.host.clone())
+        .ok_or(LoadError::Incomplete)?;
+    let dbname = tenant
+        .dbname
+        .clone()
+        .or_else(|| creds.dbname.clone())
+        .ok_or(LoadError::Incomplete)?;
     let port = tenant.port.or(creds.port).unwrap_or(5432);
     let mut cfg = tokio_postgres::Config::new();
     cfg.user(&creds.username)
@@ -66,7 +80,9 @@ async fn load_inner(tenant: &Tenant, secrets: &dyn SecretStore) -> Result<Catalo
         }
         Some(tls) => {
             cfg.ssl_mode(tokio_postgres::config::SslMode::Require);
-            let (client, conn) = cfg.connect_raw(tcp, RustlsConnect(tls.clone(), host.clone())).await?;
+            let (client, conn) = cfg
+                .connect_raw(tcp, RustlsConnect(tls.clone(), host.clone()))
+                .await?;
             tokio::spawn(async move {
                 let _ = conn.await;
             });
@@ -78,8 +94,13 @@ async fn load_inner(tenant: &Tenant, secrets: &dyn SecretStore) -> Result<Catalo
 
 async fn query_catalog(client: &tokio_postgres::Client) -> Result<Catalog, LoadError> {
     // One repeatable-read transaction: every query sees the same schema.
-    client.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?;
-    let search_path: Vec<String> = client.query_one("SELECT pg_catalog.current_schemas(false)", &[]).await?.get(0);
+    client
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .await?;
+    let search_path: Vec<String> = client
+        .query_one("SELECT pg_catalog.current_schemas(false)", &[])
+        .await?
+        .get(0);
     let mut cat = Catalog {
         version: NEXT_VERSION.fetch_add(1, Ordering::SeqCst),
         search_path,
@@ -145,7 +166,13 @@ async fn query_catalog(client: &tokio_postgres::Client) -> Result<Catalog, LoadE
             });
         }
     }
-    for row in client.query("SELECT inhrelid, inhparent FROM pg_catalog.pg_inherits", &[]).await? {
+    for row in client
+        .query(
+            "SELECT inhrelid, inhparent FROM pg_catalog.pg_inherits",
+            &[],
+        )
+        .await?
+    {
         let (child, parent): (u32, u32) = (row.get(0), row.get(1));
         if let (Some(c), Some(p)) = (by_oid.get(&child), by_oid.get(&parent))
             && let Some(rel) = cat.relations.get_mut(c)
@@ -250,18 +277,30 @@ async fn query_catalog(client: &tokio_postgres::Client) -> Result<Catalog, LoadE
 /// parsed with the PostgreSQL parser; a target entry is matched to dependencies by the column names it
 /// references (anything that is not a known column name, e.g. a whole-row reference, reads every dependency).
 /// When the definition cannot be analysed, every output column reads every dependency (conservative).
-pub fn view_reads(def: &str, columns: &[String], deps: &[(QualName, String)]) -> HashMap<String, Vec<(QualName, String)>> {
+pub fn view_reads(
+    def: &str,
+    columns: &[String],
+    deps: &[(QualName, String)],
+) -> HashMap<String, Vec<(QualName, String)>> {
     let all = || columns.iter().map(|c| (c.clone(), deps.to_vec())).collect();
-    let Ok(parsed) = pg_query::parse(def, 0) else { return all() };
-    let Ok(json) = serde_json::to_value(&parsed.protobuf) else { return all() };
-    let Some(stmt) = json.pointer("/stmts/0/stmt/node/SelectStmt") else { return all() };
+    let Ok(parsed) = pg_query::parse(def, 0) else {
+        return all();
+    };
+    let Ok(json) = serde_json::to_value(&parsed.protobuf) else {
+        return all();
+    };
+    let Some(stmt) = json.pointer("/stmts/0/stmt/node/SelectStmt") else {
+        return all();
+    };
     // Set operations: column i of the view reads column i of every branch.
     let mut branches = Vec::new();
     collect_branches(stmt, &mut branches);
     let dep_names: HashSet<&str> = deps.iter().map(|(_, c)| c.as_str()).collect();
     let mut out: HashMap<String, Vec<(QualName, String)>> = HashMap::new();
     for branch in branches {
-        let Some(targets) = branch.get("target_list").and_then(|t| t.as_array()) else { return all() };
+        let Some(targets) = branch.get("target_list").and_then(|t| t.as_array()) else {
+            return all();
+        };
         if targets.len() != columns.len() {
             return all();
         }
@@ -271,7 +310,9 @@ pub fn view_reads(def: &str, columns: &[String], deps: &[(QualName, String)]) ->
             column_names(t, &mut names, &mut opaque);
             let entry = out.entry(columns[i].clone()).or_default();
             for (rel, col) in deps {
-                let hit = opaque || names.iter().any(|n| n == col) || names.iter().any(|n| !dep_names.contains(n.as_str()));
+                let hit = opaque
+                    || names.iter().any(|n| n == col)
+                    || names.iter().any(|n| !dep_names.contains(n.as_str()));
                 if hit && !entry.contains(&(rel.clone(), col.clone())) {
                     entry.push((rel.clone(), col.clone()));
                 }
@@ -299,8 +340,16 @@ fn column_names(v: &serde_json::Value, names: &mut Vec<String>, opaque: &mut boo
     match v {
         serde_json::Value::Object(m) => {
             if let Some(cr) = m.get("ColumnRef") {
-                let fields = cr.get("fields").and_then(|f| f.as_array()).cloned().unwrap_or_default();
-                match fields.last().and_then(|f| f.pointer("/node/String/sval")).and_then(|s| s.as_str()) {
+                let fields = cr
+                    .get("fields")
+                    .and_then(|f| f.as_array())
+                    .cloned()
+                    .unwrap_or_default();
+                match fields
+                    .last()
+                    .and_then(|f| f.pointer("/node/String/sval"))
+                    .and_then(|s| s.as_str())
+                {
                     Some(s) => names.push(s.to_owned()),
                     None => *opaque = true,
                 }
@@ -323,13 +372,16 @@ struct RustlsConnect(Arc<rustls::ClientConfig>, String);
 impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> TlsConnect<S> for RustlsConnect {
     type Stream = RustlsStream<S>;
     type Error = std::io::Error;
-    type Future = Pin<Box<dyn std::future::Future<Output = std::io::Result<RustlsStream<S>>> + Send>>;
+    type Future =
+        Pin<Box<dyn std::future::Future<Output = std::io::Result<RustlsStream<S>>> + Send>>;
 
     fn connect(self, stream: S) -> Self::Future {
         Box::pin(async move {
             let name = rustls::pki_types::ServerName::try_from(self.1)
                 .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-            let s = tokio_rustls::TlsConnector::from(self.0).connect(name, stream).await?;
+            let s = tokio_rustls::TlsConnector::from(self.0)
+                .connect(name, stream)
+                .await?;
             Ok(RustlsStream(s))
         })
     }
@@ -344,13 +396,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> tokio_postgres::tls::TlsStream for Rustl
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for RustlsStream<S> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.0).poll_read(cx, buf)
     }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for RustlsStream<S> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.0).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {

@@ -8,13 +8,25 @@ fn load(text: &str) -> Result<Policy, PolicyError> {
 
 #[test]
 fn example_policy_is_valid() {
-    let p = Policy::load(&PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/policies"))).unwrap();
+    let p = Policy::load(&PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/policies"
+    )))
+    .unwrap();
     assert!(p.roles().any(|r| r.as_str() == "analyst"));
-    let eff = p.effective(&TenantId::new("acme"), &RoleName::new("analyst")).unwrap();
-    assert_eq!(eff.classify("public", "payments", "card_pan"), Some("pii.pan"));
+    let eff = p
+        .effective(&TenantId::new("acme"), &RoleName::new("analyst"))
+        .unwrap();
+    assert_eq!(
+        eff.classify("public", "payments", "card_pan"),
+        Some("pii.pan")
+    );
     assert_eq!(eff.classify("public", "payers", "email"), Some("pii.email"));
     assert_eq!(eff.classify("public", "merchants", "name"), None);
-    assert!(p.effective(&TenantId::new("acme"), &RoleName::new("nobody")).is_none());
+    assert!(
+        p.effective(&TenantId::new("acme"), &RoleName::new("nobody"))
+            .is_none()
+    );
 }
 
 #[test]
@@ -72,10 +84,20 @@ fn unknown_fields_and_syntax_errors_have_lines() {
 
 #[test]
 fn injection_in_policy_text_is_rejected_or_quoted() {
-    let err = load("[classes.\"a\"]\nmask = \"redact\"\nreplacement = \"x\\u0000y\"\n[roles.r]\n").unwrap_err();
-    assert!(err.problems.iter().any(|p| p.contains("control characters")), "{err}");
-    let err = load("[classes.\"a\"]\nmask = \"jsonb\"\nkeys = [\"a}',(select 1)\"]\n[roles.r]\n").unwrap_err();
-    assert!(err.problems.iter().any(|p| p.contains("jsonb key path")), "{err}");
+    let err = load("[classes.\"a\"]\nmask = \"redact\"\nreplacement = \"x\\u0000y\"\n[roles.r]\n")
+        .unwrap_err();
+    assert!(
+        err.problems
+            .iter()
+            .any(|p| p.contains("control characters")),
+        "{err}"
+    );
+    let err = load("[classes.\"a\"]\nmask = \"jsonb\"\nkeys = [\"a}',(select 1)\"]\n[roles.r]\n")
+        .unwrap_err();
+    assert!(
+        err.problems.iter().any(|p| p.contains("jsonb key path")),
+        "{err}"
+    );
     let err = load("[classes.\"a\"]\nmask = \"generalize\"\nstep = -1\n[roles.r]\n").unwrap_err();
     assert!(!err.problems.is_empty());
 }

@@ -90,13 +90,22 @@ pub fn rewrite(sql: &str, ctx: &Context<'_>) -> Outcome {
     };
     let tree = match serde_json::to_value(&parsed.protobuf) {
         Ok(t) => t,
-        Err(_) => return Outcome::Refuse(Refusal::new("parse", "statement tree could not be inspected")),
+        Err(_) => {
+            return Outcome::Refuse(Refusal::new(
+                "parse",
+                "statement tree could not be inspected",
+            ));
+        }
     };
     let mut w = match walk::Walker::new(sql, ctx) {
         Ok(w) => w,
         Err(r) => return Outcome::Refuse(r),
     };
-    let stmts = tree.get("stmts").and_then(|s| s.as_array()).cloned().unwrap_or_default();
+    let stmts = tree
+        .get("stmts")
+        .and_then(|s| s.as_array())
+        .cloned()
+        .unwrap_or_default();
     for raw in &stmts {
         if let Err(r) = w.top_statement(raw) {
             return Outcome::Refuse(r);
@@ -112,9 +121,15 @@ pub fn rewrite(sql: &str, ctx: &Context<'_>) -> Outcome {
     };
     // Defence in depth: the rewritten text must scan cleanly into as many top-level statements as the
     // original. (A full re-parse would cost about 0.5 µs per byte of the much longer rewritten text.)
-    match (spans::top_level_statements(sql), spans::top_level_statements(&out)) {
+    match (
+        spans::top_level_statements(sql),
+        spans::top_level_statements(&out),
+    ) {
         (Some(a), Some(b)) if a == b => Outcome::Rewrite { sql: out, masked },
-        _ => Outcome::Refuse(Refusal::new("rewrite", "the rewritten statement did not verify")),
+        _ => Outcome::Refuse(Refusal::new(
+            "rewrite",
+            "the rewritten statement did not verify",
+        )),
     }
 }
 

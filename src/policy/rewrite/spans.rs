@@ -50,7 +50,8 @@ impl<'a> Tokens<'a> {
     }
 
     fn is_keyword(&self, i: usize, kw: &str) -> bool {
-        self.toks.get(i).is_some_and(|t| t.keyword_kind != 0) && self.text(i).eq_ignore_ascii_case(kw)
+        self.toks.get(i).is_some_and(|t| t.keyword_kind != 0)
+            && self.text(i).eq_ignore_ascii_case(kw)
     }
 
     /// The span of a relation reference at `location` with `parts` dot-separated name parts, widened to
@@ -72,7 +73,8 @@ impl<'a> Tokens<'a> {
         if only {
             if first >= 1 && self.is_keyword(first - 1, "only") {
                 start_i = first - 1;
-            } else if first >= 2 && self.is(first - 1, LPAREN) && self.is_keyword(first - 2, "only") {
+            } else if first >= 2 && self.is(first - 1, LPAREN) && self.is_keyword(first - 2, "only")
+            {
                 if !self.is(last + 1, RPAREN) {
                     return None;
                 }
@@ -159,7 +161,8 @@ pub fn top_level_statements(sql: &str) -> Option<usize> {
 /// Applies non-overlapping edits; `None` when two overlap.
 pub fn apply(sql: &str, mut edits: Vec<Edit>) -> Option<String> {
     edits.sort_by_key(|e| e.start);
-    let mut out = String::with_capacity(sql.len() + edits.iter().map(|e| e.text.len()).sum::<usize>());
+    let mut out =
+        String::with_capacity(sql.len() + edits.iter().map(|e| e.text.len()).sum::<usize>());
     let mut at = 0;
     for e in edits {
         if e.start < at || e.end < e.start || e.end > sql.len() {

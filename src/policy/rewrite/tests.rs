@@ -10,7 +10,10 @@ use crate::policy::catalog::fixture;
 use crate::policy::file::Policy;
 
 fn policy() -> Policy {
-    let mut texts = vec![(PathBuf::from("payments.toml"), include_str!("../../../policies/payments.toml").to_owned())];
+    let mut texts = vec![(
+        PathBuf::from("payments.toml"),
+        include_str!("../../../policies/payments.toml").to_owned(),
+    )];
     texts.push((
         PathBuf::from("test-extra.toml"),
         r#"
@@ -43,7 +46,9 @@ fn run_as(role: &str, sql: &str) -> Outcome {
     let cat = fixture::catalog();
     let key = PseudonymKey::new(b"unit-test-key");
     let role = RoleName::new(role);
-    let eff = p.effective(&TenantId::new("acme"), &role).expect("role defined");
+    let eff = p
+        .effective(&TenantId::new("acme"), &role)
+        .expect("role defined");
     let ctx = Context {
         policy: &eff,
         catalog: Some(&cat),
@@ -61,7 +66,10 @@ fn run(sql: &str) -> Outcome {
 fn rewritten(sql: &str) -> String {
     match run(sql) {
         Outcome::Rewrite { sql: out, .. } => {
-            assert!(!out.contains("FROM payers") || out.contains("FROM \"public\".\"payers\""), "{out}");
+            assert!(
+                !out.contains("FROM payers") || out.contains("FROM \"public\".\"payers\""),
+                "{out}"
+            );
             out
         }
         other => panic!("expected a rewrite of {sql:?}, got {other:?}"),
@@ -91,9 +99,15 @@ const MASKED_PAYERS: &str = "(SELECT \"id\", ";
 #[test]
 fn star_and_projection_are_substituted() {
     let out = rewritten("SELECT * FROM payers");
-    assert!(out.starts_with(&format!("SELECT * FROM {MASKED_PAYERS}")), "{out}");
+    assert!(
+        out.starts_with(&format!("SELECT * FROM {MASKED_PAYERS}")),
+        "{out}"
+    );
     assert!(out.ends_with(") AS \"payers\""), "{out}");
-    assert!(out.contains("pg_catalog.regexp_replace(\"card_pan\"::text"), "{out}");
+    assert!(
+        out.contains("pg_catalog.regexp_replace(\"card_pan\"::text"),
+        "{out}"
+    );
     assert!(out.contains("AS \"email\""), "{out}");
     // Unmasked columns are passed through by name.
     let out = rewritten("select p.email, p.id from public.payers p where p.email like '%x%'");
@@ -160,21 +174,38 @@ fn expressions_casts_aggregates() {
 
 #[test]
 fn subqueries_ctes_lateral_setops() {
-    let out = rewritten("SELECT (SELECT email FROM payers LIMIT 1), x.* FROM (SELECT * FROM payers) x");
+    let out =
+        rewritten("SELECT (SELECT email FROM payers LIMIT 1), x.* FROM (SELECT * FROM payers) x");
     assert_eq!(out.matches(MASKED_PAYERS).count(), 2, "{out}");
     let out = rewritten("WITH c AS (SELECT email FROM payers) SELECT * FROM c");
     assert_eq!(out.matches(MASKED_PAYERS).count(), 1, "{out}");
     // A CTE named like the table shadows it only where it is in scope.
     allowed("WITH payers AS (SELECT 1 AS email) SELECT * FROM payers");
-    let out = rewritten("SELECT * FROM (WITH payers AS (SELECT 1 AS email) SELECT * FROM payers) a, payers");
+    let out = rewritten(
+        "SELECT * FROM (WITH payers AS (SELECT 1 AS email) SELECT * FROM payers) a, payers",
+    );
     assert_eq!(out.matches(MASKED_PAYERS).count(), 1, "{out}");
     let out = rewritten("WITH a AS (SELECT * FROM payers), payers AS (SELECT 1) SELECT * FROM a");
-    assert_eq!(out.matches(MASKED_PAYERS).count(), 1, "non-recursive CTE sees only earlier names: {out}");
-    rewritten("WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r WHERE n < 3) SELECT * FROM r, payers");
-    let out = rewritten("SELECT m.name, l.email FROM merchants m, LATERAL (SELECT email FROM payers WHERE id = m.id) l");
+    assert_eq!(
+        out.matches(MASKED_PAYERS).count(),
+        1,
+        "non-recursive CTE sees only earlier names: {out}"
+    );
+    rewritten(
+        "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r WHERE n < 3) SELECT * FROM r, payers",
+    );
+    let out = rewritten(
+        "SELECT m.name, l.email FROM merchants m, LATERAL (SELECT email FROM payers WHERE id = m.id) l",
+    );
     assert_eq!(out.matches(MASKED_PAYERS).count(), 1, "{out}");
-    let out = rewritten("SELECT email FROM payers UNION SELECT card_pan FROM payments EXCEPT TABLE payers");
-    assert_eq!(out.matches("FROM \"public\".\"payers\")").count(), 2, "{out}");
+    let out = rewritten(
+        "SELECT email FROM payers UNION SELECT card_pan FROM payments EXCEPT TABLE payers",
+    );
+    assert_eq!(
+        out.matches("FROM \"public\".\"payers\")").count(),
+        2,
+        "{out}"
+    );
     assert!(out.contains("\"payments\""), "{out}");
     rewritten("SELECT * FROM payers JOIN payments ON payments.payer_id = payers.id");
     rewritten("VALUES ((SELECT max(email) FROM payers))");
@@ -186,7 +217,10 @@ fn copy_cursor_prepare_explain_multi() {
     assert!(out.starts_with("COPY (SELECT * FROM (SELECT"), "{out}");
     assert!(out.ends_with(") TO STDOUT"), "{out}");
     let out = rewritten("COPY public.payers (email, id) TO STDOUT WITH (FORMAT csv)");
-    assert!(out.starts_with("COPY (SELECT \"email\", \"id\" FROM (SELECT"), "{out}");
+    assert!(
+        out.starts_with("COPY (SELECT \"email\", \"id\" FROM (SELECT"),
+        "{out}"
+    );
     assert!(out.ends_with(" TO STDOUT WITH (FORMAT csv)"), "{out}");
     rewritten("COPY (SELECT email FROM payers) TO STDOUT");
     rewritten("DECLARE c CURSOR WITH HOLD FOR SELECT * FROM payers");
@@ -201,20 +235,32 @@ fn copy_cursor_prepare_explain_multi() {
 
 #[test]
 fn explain_never_shows_key_material() {
-    refused("EXPLAIN VERBOSE SELECT full_name FROM payers", "explain-pseudonym");
+    refused(
+        "EXPLAIN VERBOSE SELECT full_name FROM payers",
+        "explain-pseudonym",
+    );
 }
 
 #[test]
 fn partitions_children_views_generated_columns() {
     let out = rewritten("SELECT * FROM events_2024");
-    assert!(out.contains("'****' || COALESCE"), "partition inherits the parent's class: {out}");
+    assert!(
+        out.contains("'****' || COALESCE"),
+        "partition inherits the parent's class: {out}"
+    );
     assert!(out.contains("jsonb_set"), "{out}");
     let out = rewritten("SELECT * FROM old_payers");
     assert!(out.contains("AS \"email\""), "inheritance child: {out}");
     let out = rewritten("SELECT contact FROM payer_emails");
-    assert!(out.contains("AS \"contact\""), "view column reading payers.email: {out}");
+    assert!(
+        out.contains("AS \"contact\""),
+        "view column reading payers.email: {out}"
+    );
     let out = rewritten("SELECT email_upper FROM contacts");
-    assert!(out.contains("AS \"email_upper\""), "generated column: {out}");
+    assert!(
+        out.contains("AS \"email_upper\""),
+        "generated column: {out}"
+    );
     refused("SELECT * FROM fn_view", "view-calls-function");
     match run_as("fnuser", "SELECT * FROM fn_view") {
         Outcome::Allow => {}
@@ -240,11 +286,17 @@ fn dml_targets() {
     ] {
         refused_as("writer", sql, "dml-masked-target");
     }
-    match run_as("writer", "WITH d AS (DELETE FROM disputes RETURNING *) SELECT * FROM d, payers") {
+    match run_as(
+        "writer",
+        "WITH d AS (DELETE FROM disputes RETURNING *) SELECT * FROM d, payers",
+    ) {
         Outcome::Rewrite { .. } => {}
         other => panic!("{other:?}"),
     }
-    refused("WITH d AS (DELETE FROM disputes RETURNING *) SELECT * FROM d", "statement-kind");
+    refused(
+        "WITH d AS (DELETE FROM disputes RETURNING *) SELECT * FROM d",
+        "statement-kind",
+    );
 }
 
 #[test]
@@ -260,7 +312,10 @@ fn firewall_statement_kinds() {
     ] {
         refused(sql, "statement-kind");
     }
-    refused("DO $$ BEGIN RAISE NOTICE '%', (SELECT email FROM payers LIMIT 1); END $$", "statement-kind");
+    refused(
+        "DO $$ BEGIN RAISE NOTICE '%', (SELECT email FROM payers LIMIT 1); END $$",
+        "statement-kind",
+    );
     refused("CALL p()", "statement-kind");
     refused("SET ROLE postgres", "statement-kind");
     refused("SET SESSION AUTHORIZATION postgres", "statement-kind");
@@ -286,7 +341,10 @@ fn firewall_functions_relations_settings() {
     ] {
         refused(sql, "denied-function");
     }
-    refused("SELECT * FROM dblink('dbname=globex', 'SELECT email FROM payers') AS t(e text)", "denied-function");
+    refused(
+        "SELECT * FROM dblink('dbname=globex', 'SELECT email FROM payers') AS t(e text)",
+        "denied-function",
+    );
     refused("SELECT public.dblink_exec('x')", "denied-function");
     refused("SELECT lookup_email(1)", "denied-function");
     refused("SELECT lower('X')", "denied-function");
@@ -303,15 +361,29 @@ fn firewall_functions_relations_settings() {
     }
     refused("SET search_path = evil, public", "protected-setting");
     refused("SET LOCAL search_path TO evil", "protected-setting");
-    refused("SELECT set_config('search_path', 'evil', false)", "protected-setting");
-    refused("SELECT pg_catalog.set_config(E'standard_conforming_strings', E'off', false)", "protected-setting");
+    refused(
+        "SELECT set_config('search_path', 'evil', false)",
+        "protected-setting",
+    );
+    refused(
+        "SELECT pg_catalog.set_config(E'standard_conforming_strings', E'off', false)",
+        "protected-setting",
+    );
     refused("SET client_encoding = 'SJIS'", "protected-setting");
-    refused("SELECT set_config(current_user, 'x', false)", "protected-setting");
-    allowed("SELECT pg_catalog.set_config(E'application_name', E'psql', false), pg_catalog.set_config(E'client_encoding', E'UTF8', false)");
+    refused(
+        "SELECT set_config(current_user, 'x', false)",
+        "protected-setting",
+    );
+    allowed(
+        "SELECT pg_catalog.set_config(E'application_name', E'psql', false), pg_catalog.set_config(E'client_encoding', E'UTF8', false)",
+    );
     refused("SELECT * FROM nosuchtable", "unknown-relation");
     refused("SELECT * FROM pg_toast.pg_toast_1234", "denied-relation");
     refused("SELECT * FROM other_db.public.payers", "unsupported");
-    refused("SELECT * FROM payers TABLESAMPLE SYSTEM (50)", "unsupported");
+    refused(
+        "SELECT * FROM payers TABLESAMPLE SYSTEM (50)",
+        "unsupported",
+    );
     refused("SELECT 'unterminated", "parse");
     refused_as("strict", "SELECT * FROM merchants", "unclassified-column");
 }
@@ -341,8 +413,16 @@ fn no_catalog_means_refusal() {
         key: None,
         role: &role,
     };
-    assert!(matches!(rewrite("SELECT * FROM merchants", &ctx), Outcome::Refuse(r) if r.rule == "catalog"));
-    assert_eq!(rewrite("SELECT pg_catalog.set_config(E'DateStyle', E'ISO', false)", &ctx), Outcome::Allow);
+    assert!(
+        matches!(rewrite("SELECT * FROM merchants", &ctx), Outcome::Refuse(r) if r.rule == "catalog")
+    );
+    assert_eq!(
+        rewrite(
+            "SELECT pg_catalog.set_config(E'DateStyle', E'ISO', false)",
+            &ctx
+        ),
+        Outcome::Allow
+    );
 }
 
 #[test]
@@ -357,7 +437,9 @@ fn pseudonym_without_key_is_refused() {
         key: None,
         role: &role,
     };
-    assert!(matches!(rewrite("SELECT * FROM payers", &ctx), Outcome::Refuse(r) if r.rule == "mask"));
+    assert!(
+        matches!(rewrite("SELECT * FROM payers", &ctx), Outcome::Refuse(r) if r.rule == "mask")
+    );
 }
 
 #[test]
@@ -370,7 +452,12 @@ fn raw_classes_and_tenant_overrides() {
     assert!(!globex.role.raw.contains("pii.phone") && globex.role.raw.contains("pii.email"));
     match run_as("support", "SELECT email, phone FROM payers") {
         Outcome::Rewrite { masked, .. } => {
-            assert!(!masked.iter().any(|m| m.contains(".email ") || m.contains(".phone ")), "{masked:?}")
+            assert!(
+                !masked
+                    .iter()
+                    .any(|m| m.contains(".email ") || m.contains(".phone ")),
+                "{masked:?}"
+            )
         }
         other => panic!("{other:?}"),
     }
@@ -389,4 +476,3 @@ fn rewrite_cost() {
     let per = t.elapsed().as_micros() / n;
     println!("rewrite cost (cold, incl. policy setup): {per} µs per statement");
 }
-

@@ -56,14 +56,21 @@ fn b(v: &Value, key: &str) -> bool {
 }
 
 fn list<'v>(v: &'v Value, key: &str) -> &'v [Value] {
-    v.get(key).and_then(|x| x.as_array()).map(Vec::as_slice).unwrap_or(&[])
+    v.get(key)
+        .and_then(|x| x.as_array())
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
 }
 
 /// `String` node values of a name list (`funcname`, `name`, ...).
 fn names(items: &[Value]) -> Option<Vec<String>> {
     items
         .iter()
-        .map(|n| tagged(n).filter(|(t, _)| *t == "String").map(|(_, b)| s(b, "sval").to_owned()))
+        .map(|n| {
+            tagged(n)
+                .filter(|(t, _)| *t == "String")
+                .map(|(_, b)| s(b, "sval").to_owned())
+        })
         .collect()
 }
 
@@ -80,7 +87,8 @@ fn is_select(m: &Map<String, Value>) -> bool {
 impl<'a> Walker<'a> {
     /// A walker over `sql`.
     pub fn new(sql: &'a str, ctx: &'a Context<'a>) -> R<Walker<'a>> {
-        let tokens = Tokens::scan(sql).ok_or_else(|| Refusal::new("parse", "statement could not be scanned"))?;
+        let tokens = Tokens::scan(sql)
+            .ok_or_else(|| Refusal::new("parse", "statement could not be scanned"))?;
         Ok(Walker {
             sql,
             ctx,
@@ -101,7 +109,10 @@ impl<'a> Walker<'a> {
 
     fn catalog(&self) -> R<&'a Catalog> {
         self.ctx.catalog.ok_or_else(|| {
-            Refusal::new("catalog", "the tenant's catalog is not loaded yet; try again in a moment")
+            Refusal::new(
+                "catalog",
+                "the tenant's catalog is not loaded yet; try again in a moment",
+            )
         })
     }
 
@@ -111,7 +122,11 @@ impl<'a> Walker<'a> {
         } else {
             Err(Refusal::new(
                 "statement-kind",
-                format!("role {} may not run {} statements", self.ctx.role, kind.name()),
+                format!(
+                    "role {} may not run {} statements",
+                    self.ctx.role,
+                    kind.name()
+                ),
             ))
         }
     }
@@ -126,7 +141,9 @@ impl<'a> Walker<'a> {
     pub fn top_statement(&mut self, raw: &Value) -> R {
         self.uses_key = false;
         self.in_explain = false;
-        let stmt = raw.get("stmt").ok_or_else(|| Refusal::new("parse", "empty statement"))?;
+        let stmt = raw
+            .get("stmt")
+            .ok_or_else(|| Refusal::new("parse", "empty statement"))?;
         self.statement(stmt)?;
         if self.uses_key && self.in_explain {
             return Err(Refusal::new(
@@ -139,7 +156,8 @@ impl<'a> Walker<'a> {
 
     /// A statement node: kind check, then the walk its kind needs.
     fn statement(&mut self, node: &Value) -> R {
-        let (ty, body) = tagged(node).ok_or_else(|| Refusal::new("parse", "unexpected statement shape"))?;
+        let (ty, body) =
+            tagged(node).ok_or_else(|| Refusal::new("parse", "unexpected statement shape"))?;
         use StatementKind as K;
         match ty {
             "SelectStmt" => {
@@ -177,9 +195,8 @@ impl<'a> Walker<'a> {
             "ListenStmt" | "UnlistenStmt" | "NotifyStmt" => self.require(K::Listen),
             "VariableSetStmt" => self.set(body),
             "LockStmt" => self.unmaskable(K::Lock, "LOCK"),
-            "VacuumStmt" | "ClusterStmt" | "ReindexStmt" | "CheckPointStmt" | "RefreshMatViewStmt" => {
-                self.unmaskable(K::Maintenance, "maintenance statements")
-            }
+            "VacuumStmt" | "ClusterStmt" | "ReindexStmt" | "CheckPointStmt"
+            | "RefreshMatViewStmt" => self.unmaskable(K::Maintenance, "maintenance statements"),
             "DoStmt" => self.unmaskable(K::Do, "DO"),
             "CallStmt" => self.unmaskable(K::Call, "CALL"),
             _ => self.unmaskable(K::Ddl, "DDL"),
@@ -194,7 +211,10 @@ impl<'a> Walker<'a> {
         } else {
             Err(Refusal::new(
                 "unmaskable-statement",
-                format!("{what} is refused for roles with masked columns (role {})", self.ctx.role),
+                format!(
+                    "{what} is refused for roles with masked columns (role {})",
+                    self.ctx.role
+                ),
             ))
         }
     }
@@ -202,17 +222,23 @@ impl<'a> Walker<'a> {
     fn set(&mut self, body: &Value) -> R {
         let name = s(body, "name").to_ascii_lowercase();
         if name == "role" || name == "session_authorization" {
-            return self.unmaskable(StatementKind::SetRole, "SET ROLE / SET SESSION AUTHORIZATION");
+            return self.unmaskable(
+                StatementKind::SetRole,
+                "SET ROLE / SET SESSION AUTHORIZATION",
+            );
         }
         self.require(StatementKind::Set)?;
         // kind 1 = VAR_SET_VALUE; others (DEFAULT, CURRENT, MULTI, RESET, RESET ALL) restore server defaults.
         let kind = body.get("kind").and_then(|k| k.as_i64()).unwrap_or(0);
-        let value = list(body, "args").first().and_then(|a| const_string(a));
+        let value = list(body, "args").first().and_then(const_string);
         let is_reset = matches!(kind, 5 | 6);
-        if !name.is_empty() && !is_reset && name != "transaction" && name != "session characteristics" {
-            if let Some(why) = setting_refusal(&name, value.as_deref()) {
-                return Err(Refusal::new("protected-setting", why));
-            }
+        if !name.is_empty()
+            && !is_reset
+            && name != "transaction"
+            && name != "session characteristics"
+            && let Some(why) = setting_refusal(&name, value.as_deref())
+        {
+            return Err(Refusal::new("protected-setting", why));
         }
         self.walk(body)
     }
@@ -229,11 +255,17 @@ impl<'a> Walker<'a> {
     /// Walks a WITH clause's CTE bodies with PostgreSQL's scoping and pushes its names for the statement
     /// body. Returns whether a scope was pushed.
     fn with_clause(&mut self, with: Option<&Value>) -> R<bool> {
-        let Some(with) = with.filter(|w| !w.is_null()) else { return Ok(false) };
+        let Some(with) = with.filter(|w| !w.is_null()) else {
+            return Ok(false);
+        };
         let recursive = b(with, "recursive");
         let ctes: Vec<(String, &Value)> = list(with, "ctes")
             .iter()
-            .filter_map(|c| tagged(c).filter(|(t, _)| *t == "CommonTableExpr").map(|(_, b)| (s(b, "ctename").to_owned(), b)))
+            .filter_map(|c| {
+                tagged(c)
+                    .filter(|(t, _)| *t == "CommonTableExpr")
+                    .map(|(_, b)| (s(b, "ctename").to_owned(), b))
+            })
             .collect();
         if ctes.len() != list(with, "ctes").len() {
             return Err(Refusal::new("unsupported", "unexpected WITH clause shape"));
@@ -267,8 +299,13 @@ impl<'a> Walker<'a> {
             _ => K::Merge,
         })?;
         let pushed = self.with_clause(body.get("with_clause"))?;
-        let rv = body.get("relation").filter(|r| !r.is_null()).ok_or_else(|| Refusal::new("parse", "DML without target"))?;
-        let r = self.dml_target(ty, rv, body).and_then(|()| self.walk_fields(body, &["with_clause", "relation"]));
+        let rv = body
+            .get("relation")
+            .filter(|r| !r.is_null())
+            .ok_or_else(|| Refusal::new("parse", "DML without target"))?;
+        let r = self
+            .dml_target(ty, rv, body)
+            .and_then(|()| self.walk_fields(body, &["with_clause", "relation"]));
         if pushed {
             self.scopes.pop();
         }
@@ -283,7 +320,9 @@ impl<'a> Walker<'a> {
         let name = s(rv, "relname");
         let rel = match cat.resolve((!schema.is_empty()).then_some(schema), name) {
             Resolved::User(rel) => rel,
-            Resolved::System(_) => return self.unmaskable(StatementKind::Ddl, "writing system catalogs"),
+            Resolved::System(_) => {
+                return self.unmaskable(StatementKind::Ddl, "writing system catalogs");
+            }
             Resolved::Unknown => return Err(unknown(schema, name)),
         };
         let masked = self.masked_columns(rel)?;
@@ -291,14 +330,31 @@ impl<'a> Walker<'a> {
             return Ok(());
         }
         if ty == "MergeStmt" {
-            return Err(Refusal::new("dml-masked-target", format!("MERGE into {} (it has masked columns) is refused", qual(rel))));
+            return Err(Refusal::new(
+                "dml-masked-target",
+                format!(
+                    "MERGE into {} (it has masked columns) is refused",
+                    qual(rel)
+                ),
+            ));
         }
-        let alias = rv.get("alias").and_then(|a| a.get("aliasname")).and_then(|a| a.as_str()).unwrap_or(name);
+        let alias = rv
+            .get("alias")
+            .and_then(|a| a.get("aliasname"))
+            .and_then(|a| a.as_str())
+            .unwrap_or(name);
         let mut refs = Vec::new();
         let keys: &[&str] = if ty == "InsertStmt" {
             &["on_conflict_clause", "returning_clause", "returning_list"]
         } else {
-            &["where_clause", "target_list", "returning_clause", "returning_list", "from_clause", "using_clause"]
+            &[
+                "where_clause",
+                "target_list",
+                "returning_clause",
+                "returning_list",
+                "from_clause",
+                "using_clause",
+            ]
         };
         for k in keys {
             if let Some(v) = body.get(*k) {
@@ -308,7 +364,9 @@ impl<'a> Walker<'a> {
         for r in refs {
             let hit = match r.last() {
                 None => true, // `*`
-                Some(last) => masked.iter().any(|(c, _)| c == last) || (r.len() == 1 && last == alias),
+                Some(last) => {
+                    masked.iter().any(|(c, _)| c == last) || (r.len() == 1 && last == alias)
+                }
             };
             if hit {
                 return Err(Refusal::new(
@@ -326,7 +384,10 @@ impl<'a> Walker<'a> {
 
     fn copy(&mut self, body: &Value) -> R {
         if b(body, "is_program") || !s(body, "filename").is_empty() {
-            return Err(Refusal::new("copy-file", "COPY to or from files or programs is refused"));
+            return Err(Refusal::new(
+                "copy-file",
+                "COPY to or from files or programs is refused",
+            ));
         }
         if b(body, "is_from") {
             self.require(StatementKind::CopyFrom)?;
@@ -341,19 +402,31 @@ impl<'a> Walker<'a> {
         if let Some(q) = body.get("query").filter(|q| !q.is_null()) {
             return self.statement(q);
         }
-        let rv = body.get("relation").filter(|r| !r.is_null()).ok_or_else(|| Refusal::new("parse", "COPY without source"))?;
-        let Some(sub) = self.substitute(rv)? else { return Ok(()) };
+        let rv = body
+            .get("relation")
+            .filter(|r| !r.is_null())
+            .ok_or_else(|| Refusal::new("parse", "COPY without source"))?;
+        let Some(sub) = self.substitute(rv)? else {
+            return Ok(());
+        };
         let loc = rv.get("location").and_then(|l| l.as_i64()).unwrap_or(-1);
         let span = self.span(rv, loc)?;
         let end = self.tokens.paren_list_after(span.end).unwrap_or(span.end);
         let cols = match names(list(body, "attlist")) {
-            Some(c) if !c.is_empty() => c.iter().map(|c| quote_ident(c)).collect::<Vec<_>>().join(", "),
+            Some(c) if !c.is_empty() => c
+                .iter()
+                .map(|c| quote_ident(c))
+                .collect::<Vec<_>>()
+                .join(", "),
             _ => "*".to_owned(),
         };
         self.edits.push(Edit {
             start: span.start,
             end,
-            text: format!("(SELECT {cols} FROM {sub} AS {})", quote_ident(s(rv, "relname"))),
+            text: format!(
+                "(SELECT {cols} FROM {sub} AS {})",
+                quote_ident(s(rv, "relname"))
+            ),
         });
         Ok(())
     }
@@ -370,11 +443,18 @@ impl<'a> Walker<'a> {
     }
 
     fn span(&self, rv: &Value, loc: i64) -> R<super::spans::RelSpan> {
-        let parts = 1 + usize::from(!s(rv, "schemaname").is_empty()) + usize::from(!s(rv, "catalogname").is_empty());
+        let parts = 1
+            + usize::from(!s(rv, "schemaname").is_empty())
+            + usize::from(!s(rv, "catalogname").is_empty());
         usize::try_from(loc)
             .ok()
             .and_then(|l| self.tokens.relation(l, parts, !b(rv, "inh")))
-            .ok_or_else(|| Refusal::new("unsupported", "relation reference at an unexpected position"))
+            .ok_or_else(|| {
+                Refusal::new(
+                    "unsupported",
+                    "relation reference at an unexpected position",
+                )
+            })
     }
 
     /// A relation read in FROM (or `TABLE name`): substituted when it has masked columns.
@@ -384,7 +464,9 @@ impl<'a> Walker<'a> {
         if schema.is_empty() && s(rv, "catalogname").is_empty() && self.cte_visible(name) {
             return Ok(());
         }
-        let Some(sub) = self.substitute(rv)? else { return Ok(()) };
+        let Some(sub) = self.substitute(rv)? else {
+            return Ok(());
+        };
         let loc = rv.get("location").and_then(|l| l.as_i64()).unwrap_or(-1);
         let span = self.span(rv, loc)?;
         let has_alias = rv.get("alias").is_some_and(|a| !a.is_null());
@@ -409,14 +491,23 @@ impl<'a> Walker<'a> {
         let name = s(rv, "relname");
         let catalog = s(rv, "catalogname");
         if relation_denied(name) {
-            return Err(Refusal::new("denied-relation", format!("relation {name} is refused for role {}", self.ctx.role)));
+            return Err(Refusal::new(
+                "denied-relation",
+                format!("relation {name} is refused for role {}", self.ctx.role),
+            ));
         }
         let cat = self.catalog()?;
         if !catalog.is_empty() {
-            return Err(Refusal::new("unsupported", "three-part relation names are refused"));
+            return Err(Refusal::new(
+                "unsupported",
+                "three-part relation names are refused",
+            ));
         }
         if schema == "pg_toast" || schema.starts_with("pg_temp") {
-            return Err(Refusal::new("denied-relation", format!("relations in schema {schema} are refused")));
+            return Err(Refusal::new(
+                "denied-relation",
+                format!("relations in schema {schema} are refused"),
+            ));
         }
         let rel = match cat.resolve((!schema.is_empty()).then_some(schema), name) {
             Resolved::System(_) => return Ok(None),
@@ -427,12 +518,25 @@ impl<'a> Walker<'a> {
             if !self.function_allowed(&f.0, &f.1) {
                 return Err(Refusal::new(
                     "view-calls-function",
-                    format!("{} calls function {}.{}, which is not allow-listed", qual(rel), f.0, f.1),
+                    format!(
+                        "{} calls function {}.{}, which is not allow-listed",
+                        qual(rel),
+                        f.0,
+                        f.1
+                    ),
                 ));
             }
         }
-        if rel.reads.values().flatten().any(|((_, n), _)| relation_denied(n)) {
-            return Err(Refusal::new("denied-relation", format!("{} reads a refused system relation", qual(rel))));
+        if rel
+            .reads
+            .values()
+            .flatten()
+            .any(|((_, n), _)| relation_denied(n))
+        {
+            return Err(Refusal::new(
+                "denied-relation",
+                format!("{} reads a refused system relation", qual(rel)),
+            ));
         }
         let masked = self.masked_columns(rel)?;
         if masked.is_empty() {
@@ -476,7 +580,10 @@ impl<'a> Walker<'a> {
                 Some(class) if p.role.raw.contains(class) => {}
                 Some(class) => {
                     let f = p.classes.get(class).cloned().ok_or_else(|| {
-                        Refusal::new("policy", format!("classification {class} has no masking function"))
+                        Refusal::new(
+                            "policy",
+                            format!("classification {class} has no masking function"),
+                        )
                     })?;
                     out.push((c.name.clone(), f));
                 }
@@ -491,7 +598,11 @@ impl<'a> Walker<'a> {
                     Unclassified::Deny => {
                         return Err(Refusal::new(
                             "unclassified-column",
-                            format!("{}.{} is not classified and the policy denies unclassified columns", qual(rel), c.name),
+                            format!(
+                                "{}.{} is not classified and the policy denies unclassified columns",
+                                qual(rel),
+                                c.name
+                            ),
                         ));
                     }
                 },
@@ -506,11 +617,17 @@ impl<'a> Walker<'a> {
     }
 
     fn func_call(&mut self, body: &Value) -> R {
-        let parts = names(list(body, "funcname")).ok_or_else(|| Refusal::new("parse", "unexpected function name"))?;
+        let parts = names(list(body, "funcname"))
+            .ok_or_else(|| Refusal::new("parse", "unexpected function name"))?;
         let (schema, name) = match parts.as_slice() {
             [n] => (None, n.as_str()),
             [s, n] => (Some(s.as_str()), n.as_str()),
-            _ => return Err(Refusal::new("denied-function", "three-part function names are refused")),
+            _ => {
+                return Err(Refusal::new(
+                    "denied-function",
+                    "three-part function names are refused",
+                ));
+            }
         };
         let allowed = self.function_allowed(schema.unwrap_or("pg_catalog"), name);
         match schema {
@@ -519,7 +636,9 @@ impl<'a> Walker<'a> {
                 if !allowed {
                     return Err(Refusal::new(
                         "denied-function",
-                        format!("function {other}.{name} is outside pg_catalog and not allow-listed"),
+                        format!(
+                            "function {other}.{name} is outside pg_catalog and not allow-listed"
+                        ),
                     ));
                 }
             }
@@ -527,19 +646,29 @@ impl<'a> Walker<'a> {
                 if self.catalog()?.user_function_named(name) && !allowed {
                     return Err(Refusal::new(
                         "denied-function",
-                        format!("function {name} could resolve to a user-defined function that is not allow-listed"),
+                        format!(
+                            "function {name} could resolve to a user-defined function that is not allow-listed"
+                        ),
                     ));
                 }
             }
         }
         if function_denied(name) && !allowed {
-            return Err(Refusal::new("denied-function", format!("function {name} is refused")));
+            return Err(Refusal::new(
+                "denied-function",
+                format!("function {name} is refused"),
+            ));
         }
         if name == "set_config" {
             let arg = list(body, "args").first().and_then(const_string);
             let value = list(body, "args").get(1).and_then(const_string);
             match arg {
-                None => return Err(Refusal::new("protected-setting", "set_config needs a constant setting name")),
+                None => {
+                    return Err(Refusal::new(
+                        "protected-setting",
+                        "set_config needs a constant setting name",
+                    ));
+                }
                 Some(n) => {
                     if let Some(why) = setting_refusal(&n, value.as_deref()) {
                         return Err(Refusal::new("protected-setting", why));
@@ -553,13 +682,17 @@ impl<'a> Walker<'a> {
     fn operator(&mut self, body: &Value) -> R {
         let parts = names(list(body, "name")).unwrap_or_default();
         match parts.as_slice() {
-            [op] => {
-                if self.catalog()?.user_operator_named(op) {
-                    return Err(Refusal::new("denied-operator", format!("operator {op} could resolve to a user-defined operator")));
-                }
+            [op] if self.catalog()?.user_operator_named(op) => {
+                return Err(Refusal::new(
+                    "denied-operator",
+                    format!("operator {op} could resolve to a user-defined operator"),
+                ));
             }
             [schema, op] if schema != "pg_catalog" => {
-                return Err(Refusal::new("denied-operator", format!("operator {schema}.{op} is outside pg_catalog")));
+                return Err(Refusal::new(
+                    "denied-operator",
+                    format!("operator {schema}.{op} is outside pg_catalog"),
+                ));
             }
             _ => {}
         }
@@ -587,7 +720,10 @@ impl<'a> Walker<'a> {
                     return self.node(ty, body);
                 }
                 if is_range_var(m) {
-                    return Err(Refusal::new("unsupported", "relation reference in an unsupported position"));
+                    return Err(Refusal::new(
+                        "unsupported",
+                        "relation reference in an unsupported position",
+                    ));
                 }
                 if is_select(m) {
                     return self.select(v);
@@ -610,13 +746,19 @@ impl<'a> Walker<'a> {
                 if let Some((_, rv)) = rel.and_then(tagged).filter(|(t, _)| *t == "RangeVar")
                     && self.substitute(rv)?.is_some()
                 {
-                    return Err(Refusal::new("unsupported", "TABLESAMPLE on a relation with masked columns is refused"));
+                    return Err(Refusal::new(
+                        "unsupported",
+                        "TABLESAMPLE on a relation with masked columns is refused",
+                    ));
                 }
                 self.walk_fields(body, &[])
             }
             // `FOR UPDATE OF a, b` names FROM items (aliases), not relations.
             "LockingClause" => self.walk_fields(body, &["locked_rels"]),
-            "CommonTableExpr" => Err(Refusal::new("unsupported", "WITH clause in an unsupported position")),
+            "CommonTableExpr" => Err(Refusal::new(
+                "unsupported",
+                "WITH clause in an unsupported position",
+            )),
             t if t.ends_with("Stmt") => self.statement(&serde_json::json!({ "node": { t: body } })),
             _ => self.walk_fields(body, &[]),
         }
@@ -628,15 +770,25 @@ fn qual(rel: &Relation) -> String {
 }
 
 fn unknown(schema: &str, name: &str) -> Refusal {
-    let n = if schema.is_empty() { name.to_owned() } else { format!("{schema}.{name}") };
-    Refusal::new("unknown-relation", format!("relation {n} is not in the tenant's catalog snapshot"))
+    let n = if schema.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{schema}.{name}")
+    };
+    Refusal::new(
+        "unknown-relation",
+        format!("relation {n} is not in the tenant's catalog snapshot"),
+    )
 }
 
 /// A string constant (`'x'`, or `'x'::type`).
 fn const_string(v: &Value) -> Option<String> {
     let (ty, body) = tagged(v)?;
     match ty {
-        "AConst" => body.pointer("/val/Sval/sval").and_then(|s| s.as_str()).map(str::to_owned),
+        "AConst" => body
+            .pointer("/val/Sval/sval")
+            .and_then(|s| s.as_str())
+            .map(str::to_owned),
         "TypeCast" => const_string(body.get("arg")?),
         _ => None,
     }
