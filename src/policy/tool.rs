@@ -99,7 +99,7 @@ pub async fn check(cfg: &Config) -> Result<String, ToolError> {
                 let mut rels: Vec<_> = cat.relations.values().collect();
                 rels.sort_by(|a, b| (&a.schema, &a.name).cmp(&(&b.schema, &b.name)));
                 let mut lines = Vec::new();
-                for r in rels {
+                for r in rels.into_iter().filter(|r| r.kind != 'S') {
                     let unclassified: Vec<&str> = r
                         .columns
                         .iter()
