@@ -14,6 +14,7 @@ pub mod demo;
 pub mod frontend;
 pub mod identity;
 pub mod ids;
+pub mod logging;
 pub mod net;
 pub mod policy;
 pub mod proto;

@@ -10,7 +10,6 @@ use clap::{Parser, Subcommand};
 use pgveil::config::Config;
 use pgveil::demo::env::{DemoEnv, EnvOptions};
 use pgveil::ids::{RoleName, TenantId, UserId};
-use pgveil::secret::SecretString;
 use pgveil::server::{Server, ServerOptions};
 use pgveil::token::TokenSigner;
 
@@ -72,7 +71,8 @@ enum TokenCommand {
         #[arg(long)]
         mfa: bool,
     },
-    /// Generate an Ed25519 key pair (token_signing.pem, token_verifying.pem) into a folder.
+    /// Generate an Ed25519 key pair (token_signing.pem, token_verifying.pem) into a folder, to be stored in the
+    /// secret store under the ids named by auth.signing_key_secret / auth.verifying_key_secrets.
     Keygen {
         /// Output folder.
         #[arg(long)]
@@ -95,9 +95,7 @@ enum CertsCommand {
 
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("PGVEIL_LOG").unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(pgveil::logging::filter(&std::env::var("PGVEIL_LOG").unwrap_or_else(|_| "info".into())))
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
@@ -160,8 +158,8 @@ async fn stop_signal() {
 
 fn mint(config: &Path, user: &str, tenant: &str, role: &str, ttl: Duration, mfa: bool) -> Result<()> {
     let cfg = Config::load(config)?;
-    let Some(key_path) = &cfg.auth.signing_key else {
-        bail!("{}: auth.signing_key is not set", config.display());
+    let Some(key_id) = &cfg.auth.signing_key_secret else {
+        bail!("{}: auth.signing_key_secret is not set", config.display());
     };
     if cfg.tenant(&TenantId::new(tenant)).is_none() {
         bail!("tenant {tenant:?} is not in {}", config.display());
@@ -169,8 +167,12 @@ fn mint(config: &Path, user: &str, tenant: &str, role: &str, ttl: Duration, mfa:
     if !cfg.roles.contains(&RoleName::new(role)) {
         bail!("role {role:?} is not in {}", config.display());
     }
-    let pem = std::fs::read_to_string(key_path).with_context(|| format!("reading {}", key_path.display()))?;
-    let signer = TokenSigner::from_pem(&SecretString::from(pem), &cfg.auth.issuer)?;
+    let pem = runtime()?.block_on(async {
+        let store = pgveil::secret::store_from_config(&cfg.secrets, true).await;
+        pgveil::secret::fetch_text(&*store, key_id).await
+    });
+    let pem = pem.with_context(|| format!("fetching the signing key (secret {key_id})"))?;
+    let signer = TokenSigner::from_pem(&pem, &cfg.auth.issuer)?;
     let amr = if mfa { vec!["pwd".into(), "otp".into()] } else { vec!["pwd".into()] };
     let token = signer.mint(
         &UserId::new(user),
@@ -189,7 +191,11 @@ fn demo(listen: SocketAddr) -> Result<()> {
     let env = DemoEnv::create(&EnvOptions::demo(listen)).context("building the demo environment")?;
     let rt = runtime()?;
     rt.block_on(async {
-        let server = Server::bind(env.config.clone(), ServerOptions::default())
+        let opts = ServerOptions {
+            demo: true,
+            ..ServerOptions::default()
+        };
+        let server = Server::bind(env.config.clone(), opts)
             .await
             .with_context(|| format!("starting the proxy on {listen} (is the port free? try --listen 127.0.0.1:0)"))?;
         let addr = server.local_addr();

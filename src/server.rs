@@ -13,11 +13,11 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::backend::Pools;
 use crate::cancel::CancelRegistry;
-use crate::config::{Config, SecretsConfig};
+use crate::config::Config;
 use crate::policy::{AllowAll, StatementPolicy};
 use crate::proto::PgError;
 use crate::route::Router;
-use crate::secret::{FileSecretStore, SecretStore};
+use crate::secret::{CachedSecretStore, SecretStore};
 use crate::token::TokenVerifier;
 
 /// Errors starting the server.
@@ -29,14 +29,9 @@ pub enum ServerError {
     /// Token keys could not be loaded.
     #[error("token keys: {0}")]
     Token(#[from] crate::token::TokenError),
-    /// A verifying key file could not be read.
-    #[error("cannot read {path}: {source}")]
-    KeyFile {
-        /// Path.
-        path: std::path::PathBuf,
-        /// Underlying error.
-        source: std::io::Error,
-    },
+    /// A verifying key could not be fetched from the secret store.
+    #[error("token verifying key: {0}")]
+    KeySecret(#[from] crate::secret::SecretError),
     /// Routing table could not be built.
     #[error(transparent)]
     Route(#[from] crate::route::RouteError),
@@ -65,6 +60,10 @@ pub struct Shared {
     pub verifier: TokenVerifier,
     /// TLS acceptor for clients.
     pub tls: Option<TlsAcceptor>,
+    /// Secret store (cached) the pools and key loaders use.
+    pub secrets: Arc<dyn SecretStore>,
+    /// The cache, when the store came from the config (for stats).
+    pub secret_cache: Option<Arc<CachedSecretStore>>,
     /// Statement hook.
     pub policy: Arc<dyn StatementPolicy>,
     /// Cancel keys.
@@ -88,8 +87,10 @@ pub struct Server {
 pub struct ServerOptions {
     /// Statement hook; default [`AllowAll`].
     pub policy: Arc<dyn StatementPolicy>,
-    /// Secret store; default from the config.
+    /// Secret store, used as given (no cache added); default the config's store behind the cache.
     pub secrets: Option<Arc<dyn SecretStore>>,
+    /// Running as `pgveil demo` (no warning about the `file` secret store).
+    pub demo: bool,
     /// Clock; default the system clock.
     pub clock: Clock,
 }
@@ -99,6 +100,7 @@ impl Default for ServerOptions {
         Self {
             policy: Arc::new(AllowAll),
             secrets: None,
+            demo: false,
             clock: Arc::new(SystemTime::now),
         }
     }
@@ -111,22 +113,21 @@ impl Server {
             Some(t) => Some(TlsAcceptor::from(crate::tls::server_config(&t.cert, &t.key)?)),
             None => None,
         };
+        let (secrets, secret_cache): (Arc<dyn SecretStore>, _) = match opts.secrets {
+            Some(s) => (s, None),
+            None => {
+                let cache = crate::secret::store_from_config(&cfg.secrets, opts.demo).await;
+                (cache.clone(), Some(cache))
+            }
+        };
         let mut pems = Vec::new();
-        for path in &cfg.auth.verifying_keys {
-            pems.push(std::fs::read_to_string(path).map_err(|source| ServerError::KeyFile {
-                path: path.clone(),
-                source,
-            })?);
+        for id in &cfg.auth.verifying_key_secrets {
+            let pem = crate::secret::fetch_text(&*secrets, id).await?;
+            pems.push(crate::secret::ExposeSecret::expose_secret(&pem).to_owned());
         }
         let verifier = TokenVerifier::from_pems(&pems, &cfg.auth.issuer)?;
-        let secrets: Arc<dyn SecretStore> = match opts.secrets {
-            Some(s) => s,
-            None => match &cfg.secrets {
-                SecretsConfig::File { path } => Arc::new(FileSecretStore::new(path.clone())),
-            },
-        };
         let router = Router::from_config(&cfg)?;
-        let pools = Pools::new(secrets, cfg.pool.checkout_timeout, cfg.pool.connect_timeout);
+        let pools = Pools::new(secrets.clone(), cfg.pool.checkout_timeout, cfg.pool.connect_timeout);
         let listener = TcpListener::bind(cfg.listen.addr).await.map_err(|source| ServerError::Bind {
             addr: cfg.listen.addr,
             source,
@@ -138,6 +139,8 @@ impl Server {
             pools,
             verifier,
             tls,
+            secrets,
+            secret_cache,
             policy: opts.policy,
             cancel: Arc::new(CancelRegistry::default()),
             shutdown,

@@ -5,7 +5,7 @@
 # quietly and idempotently (apt-get update only when an apt package is missing):
 #   apt:  postgresql (server binaries under /usr/lib/postgresql/*/bin), postgresql-client, clang,
 #         libclang-dev, pgbouncer, and the basics to build Rust code and install Python packages;
-#   pip:  psycopg[binary] and asyncpg (only when `import psycopg, asyncpg` fails);
+#   pip:  psycopg[binary], asyncpg and moto[server] (each only when its import fails);
 #   Rust: rustup's stable toolchain, only when no cargo is found.
 # then runs `cargo test --locked --release "$@"` and exits with its status.
 #
@@ -77,17 +77,22 @@ if [ "${#missing[@]}" -gt 0 ]; then
     rm -f "$apt_log"
 fi
 
-# ---- Python client libraries (used by the end-to-end tests) --------------------------------------
-if ! python3 -c 'import psycopg, asyncpg' >/dev/null 2>&1; then
-    log "installing psycopg[binary] and asyncpg with pip"
+# ---- Python packages: client libraries and the local AWS Secrets Manager endpoint (moto) ------------
+pip_missing=()
+python3 -c 'import psycopg' >/dev/null 2>&1 || pip_missing+=('psycopg[binary]')
+python3 -c 'import asyncpg' >/dev/null 2>&1 || pip_missing+=(asyncpg)
+# tests/secrets.rs starts `moto_server` (or `python3 -m moto.server`) on a free loopback port.
+python3 -c 'import moto.server, flask, werkzeug' >/dev/null 2>&1 || pip_missing+=('moto[server]')
+if [ "${#pip_missing[@]}" -gt 0 ]; then
+    log "installing ${pip_missing[*]} with pip"
     pip_args=(install --quiet --disable-pip-version-check)
     # Debian 12 marks the system Python as externally managed (PEP 668).
     pip_help=$(python3 -m pip install --help 2>/dev/null || true)
     if grep -q -- '--break-system-packages' <<<"$pip_help"; then pip_args+=(--break-system-packages); fi
     if grep -q -- '--root-user-action' <<<"$pip_help"; then pip_args+=(--root-user-action=ignore); fi
     if [ "$(id -u)" -ne 0 ]; then pip_args+=(--user); fi
-    python3 -m pip "${pip_args[@]}" 'psycopg[binary]' asyncpg
-    python3 -c 'import psycopg, asyncpg'
+    python3 -m pip "${pip_args[@]}" "${pip_missing[@]}"
+    python3 -c 'import psycopg, asyncpg, moto.server'
 fi
 
 # ---- Rust toolchain -------------------------------------------------------------------------------

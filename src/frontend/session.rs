@@ -201,7 +201,8 @@ fn checkout_error(e: &CheckoutError, who: &Identity) -> PgError {
         CheckoutError::Backend(b) => {
             tracing::warn!(error = %b, "backend unavailable");
             match b {
-                BackendError::Secret { .. } | BackendError::Incomplete(_) => PgError::backend_unavailable(),
+                BackendError::Secret { .. } => PgError::credentials_unavailable(),
+                BackendError::Incomplete(_) => PgError::backend_unavailable(),
                 BackendError::Connect(_) => PgError::backend_unavailable(),
             }
         }

@@ -74,6 +74,12 @@ impl PgError {
         Self::new(Severity::Fatal, "08006", "could not connect to the tenant database")
             .with_hint("The database may be down or restarting; try again shortly.")
     }
+    /// 08006: the tenant database's credentials could not be obtained (secret store unreachable past the
+    /// staleness bound, or the secret missing or malformed). Which secret, and why, goes to the log only.
+    pub fn credentials_unavailable() -> Self {
+        Self::new(Severity::Fatal, "08006", "could not connect to the tenant database: its credentials are unavailable")
+            .with_hint("pgveil cannot read the tenant's credentials from its secret store; try again later.")
+    }
     /// 08006: the backend connection was lost in the middle of the session.
     pub fn backend_lost() -> Self {
         Self::new(Severity::Fatal, "08006", "lost connection to the tenant database")
