@@ -613,7 +613,7 @@ mod tests {
             (r#"verifying_key_secrets = ["-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEA\n-----END PUBLIC KEY-----"]"#, "t/db"),
             (r#"verifying_key_secrets = ["k"]"#, r#"{"username":"u","password":"p4ssw0rd"}"#),
             (r#"verifying_key_secrets = ["k"]"#, "Xk9fQ2LmZ8pR4tW7vB1nC6yH3jD5sAe"),
-            (r#"verifying_key_secrets = ["k"]\nsigning_key_secret = "secret value with spaces""#, "t/db"),
+            ("verifying_key_secrets = [\"k\"]\nsigning_key_secret = \"secret value with spaces\"", "t/db"),
         ] {
             let cfg = minimal(auth, aws, tenant);
             let all = cfg.validate().unwrap_err().join("\n");

@@ -94,6 +94,9 @@ struct SlotState {
     refreshing: bool,
     /// A stale value has been served since the last successful fetch.
     stale: bool,
+    /// Completed fetches (successful or not): a caller that saw generation `g` and finds a larger one after
+    /// queueing takes that outcome instead of fetching again.
+    generation: u64,
 }
 
 impl CachedSecretStore {
@@ -138,8 +141,10 @@ impl Inner {
         let s = &self.settings;
         let start = Instant::now();
         let slot = self.slot(id);
+        let generation;
         {
             let mut st = slot.state.lock().expect("secret slot lock");
+            generation = st.generation;
             if let Some((value, at)) = &st.value {
                 let age = start.saturating_duration_since(*at);
                 if age < s.ttl {
@@ -161,29 +166,30 @@ impl Inner {
                 return self.fallback(id, &mut st, err, start);
             }
         }
-        self.fetch_once(id, &slot, start, None).await
+        self.fetch_once(id, &slot, generation, None).await
     }
 
-    /// Fetches unless a fetch that started after `since` already finished (single-flight). With `rejected`,
-    /// the outcome never falls back to that value.
+    /// Fetches unless a fetch completed since the caller saw `seen` (single-flight): then its outcome is
+    /// taken. With `rejected`, the outcome never falls back to that value.
     async fn fetch_once(
         &self,
         id: &SecretId,
         slot: &Slot,
-        since: Instant,
+        seen: u64,
         rejected: Option<&SecretString>,
     ) -> Result<SecretString, SecretError> {
         let _flight = slot.fetching.lock().await;
         {
             let mut st = slot.state.lock().expect("secret slot lock");
-            if let Some((value, at)) = &st.value
-                && *at >= since
+            if st.generation != seen
+                && st.failed.is_none()
+                && let Some((value, _)) = &st.value
             {
                 self.hits.fetch_add(1, Ordering::Relaxed);
                 return Ok(value.clone());
             }
-            if let Some((t, err)) = &st.failed
-                && *t >= since
+            if st.generation != seen
+                && let Some((_, err)) = &st.failed
             {
                 let err = err.clone();
                 return match rejected {
@@ -195,6 +201,7 @@ impl Inner {
         let result = self.call_store(id).await;
         let now = Instant::now();
         let mut st = slot.state.lock().expect("secret slot lock");
+        st.generation += 1;
         match result {
             Ok(value) => {
                 self.store_value(id, &mut st, value.clone(), now);
@@ -287,6 +294,7 @@ impl Inner {
                 let result = this.call_store(&id).await;
                 let now = Instant::now();
                 let mut st = slot.state.lock().expect("secret slot lock");
+                st.generation += 1;
                 match result {
                     Ok(value) => this.store_value(&id, &mut st, value, now),
                     Err(err) => {
@@ -302,10 +310,11 @@ impl Inner {
     }
 
     async fn refetch(&self, id: &SecretId, rejected: &SecretString) -> Result<SecretString, SecretError> {
-        let start = Instant::now();
         let slot = self.slot(id);
+        let generation;
         {
             let st = slot.state.lock().expect("secret slot lock");
+            generation = st.generation;
             if let Some((value, _)) = &st.value
                 && value.expose_secret() != rejected.expose_secret()
             {
@@ -314,7 +323,7 @@ impl Inner {
                 return Ok(value.clone());
             }
         }
-        self.fetch_once(id, &slot, start, Some(rejected)).await
+        self.fetch_once(id, &slot, generation, Some(rejected)).await
     }
 }
 
