@@ -52,7 +52,7 @@ enum Command {
 enum TokenCommand {
     /// Mint a session token with the signing key (admin/dev tool).
     Mint {
-        /// Path of pgveil.toml (its auth.signing_key is used).
+        /// Path of pgveil.toml (the key named by its auth.signing_key_secret is fetched from the secret store).
         #[arg(long, short)]
         config: PathBuf,
         /// Token subject (user id).
