@@ -216,7 +216,9 @@ impl SecretsConfig {
         match self.backend {
             SecretBackend::File => match &self.path {
                 None => problems.push("secrets: backend = \"file\" needs path".to_owned()),
-                Some(p) if !p.exists() => problems.push(format!("secrets: file {} does not exist", p.display())),
+                Some(p) if !p.exists() => {
+                    problems.push(format!("secrets: file {} does not exist", p.display()))
+                }
                 Some(_) => {}
             },
             SecretBackend::Aws => {
@@ -226,14 +228,19 @@ impl SecretsConfig {
             }
         }
         if self.backend != SecretBackend::Aws
-            && (self.region.is_some() || self.endpoint.is_some() || self.version_stage.is_some() || self.try_pending)
+            && (self.region.is_some()
+                || self.endpoint.is_some()
+                || self.version_stage.is_some()
+                || self.try_pending)
         {
             problems.push("secrets: region, endpoint, version_stage and try_pending are only for backend = \"aws\"".into());
         }
         if let Some(e) = &self.endpoint
             && !(e.starts_with("https://") || e.starts_with("http://"))
         {
-            problems.push(format!("secrets: endpoint {e:?} must be an http:// or https:// URL"));
+            problems.push(format!(
+                "secrets: endpoint {e:?} must be an http:// or https:// URL"
+            ));
         }
         if self.cache_ttl.is_zero() {
             problems.push("secrets: cache_ttl must be more than 0".to_owned());
@@ -449,9 +456,15 @@ impl Config {
             problems.push("listen.max_clients must be at least 1".to_owned());
         }
         if self.auth.verifying_key_secrets.is_empty() {
-            problems.push("auth.verifying_key_secrets is empty: no token could be verified".to_owned());
+            problems
+                .push("auth.verifying_key_secrets is empty: no token could be verified".to_owned());
         }
-        for id in self.auth.verifying_key_secrets.iter().chain(&self.auth.signing_key_secret) {
+        for id in self
+            .auth
+            .verifying_key_secrets
+            .iter()
+            .chain(&self.auth.signing_key_secret)
+        {
             check_secret_id("auth", id, &mut problems);
         }
         if self.auth.issuer.is_empty() {
@@ -464,7 +477,10 @@ impl Config {
         let mut seen_roles = HashSet::new();
         for r in &self.roles {
             if !valid_name(r.as_str()) {
-                problems.push(format!("roles: {:?} is not a valid role name ([A-Za-z0-9_.-], 1-63 chars)", r.as_str()));
+                problems.push(format!(
+                    "roles: {:?} is not a valid role name ([A-Za-z0-9_.-], 1-63 chars)",
+                    r.as_str()
+                ));
             }
             if !seen_roles.insert(r) {
                 problems.push(format!("roles: {:?} listed twice", r.as_str()));
@@ -501,7 +517,11 @@ impl Config {
                 problems.push(format!("{at}: dbname must be 1-63 bytes"));
             }
         }
-        if problems.is_empty() { Ok(()) } else { Err(problems) }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
     }
 
     /// The tenant with this id.
@@ -518,7 +538,9 @@ fn check_secret_id(at: &str, id: &SecretId, problems: &mut Vec<String>) {
         problems.push(format!("{at}: secret id is empty"));
         return;
     }
-    let name_chars = s.bytes().all(|b| b.is_ascii_alphanumeric() || b"/_+=.@-:".contains(&b));
+    let name_chars = s
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"/_+=.@-:".contains(&b));
     let arn = s.starts_with("arn:");
     // A long run of mixed-case letters and digits without any separator reads like a password or a key.
     let random_looking = s.len() >= 24
@@ -540,7 +562,8 @@ fn check_secret_id(at: &str, id: &SecretId, problems: &mut Vec<String>) {
 fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
 }
 
 #[cfg(test)]
@@ -588,7 +611,8 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_rejected_with_location() {
-        let err = Config::parse("roles=[\"a\"]\n[auth]\nverifying_key_secrets=[]\npasword=\"x\"\n").unwrap_err();
+        let err = Config::parse("roles=[\"a\"]\n[auth]\nverifying_key_secrets=[]\npasword=\"x\"\n")
+            .unwrap_err();
         assert!(err.contains("pasword"), "{err}");
         assert!(err.contains("line 4"), "{err}");
     }
@@ -604,16 +628,36 @@ mod tests {
     #[test]
     fn inline_secret_values_are_rejected_without_echoing_them() {
         let aws = "backend = \"aws\"\nregion = \"eu-west-1\"";
-        let ok = minimal("verifying_key_secrets = [\"pgveil/token-verifying\"]", aws, "tenants/acme/db");
+        let ok = minimal(
+            "verifying_key_secrets = [\"pgveil/token-verifying\"]",
+            aws,
+            "tenants/acme/db",
+        );
         assert_eq!(ok.validate(), Ok(()));
         let arn = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:tenants/acme/db-AbCdEf";
-        let ok = minimal("verifying_key_secrets = [\"pgveil/token-verifying\"]", aws, arn);
+        let ok = minimal(
+            "verifying_key_secrets = [\"pgveil/token-verifying\"]",
+            aws,
+            arn,
+        );
         assert_eq!(ok.validate(), Ok(()));
         for (auth, tenant) in [
-            (r#"verifying_key_secrets = ["-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEA\n-----END PUBLIC KEY-----"]"#, "t/db"),
-            (r#"verifying_key_secrets = ["k"]"#, r#"{"username":"u","password":"p4ssw0rd"}"#),
-            (r#"verifying_key_secrets = ["k"]"#, "Xk9fQ2LmZ8pR4tW7vB1nC6yH3jD5sAe"),
-            ("verifying_key_secrets = [\"k\"]\nsigning_key_secret = \"secret value with spaces\"", "t/db"),
+            (
+                r#"verifying_key_secrets = ["-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEA\n-----END PUBLIC KEY-----"]"#,
+                "t/db",
+            ),
+            (
+                r#"verifying_key_secrets = ["k"]"#,
+                r#"{"username":"u","password":"p4ssw0rd"}"#,
+            ),
+            (
+                r#"verifying_key_secrets = ["k"]"#,
+                "Xk9fQ2LmZ8pR4tW7vB1nC6yH3jD5sAe",
+            ),
+            (
+                "verifying_key_secrets = [\"k\"]\nsigning_key_secret = \"secret value with spaces\"",
+                "t/db",
+            ),
         ] {
             let cfg = minimal(auth, aws, tenant);
             let all = cfg.validate().unwrap_err().join("\n");
@@ -632,10 +676,19 @@ mod tests {
             "t/db",
         );
         let all = cfg.validate().unwrap_err().join("\n");
-        for needle in ["needs path", "only for backend = \"aws\"", "refresh_ahead", "max_stale"] {
+        for needle in [
+            "needs path",
+            "only for backend = \"aws\"",
+            "refresh_ahead",
+            "max_stale",
+        ] {
             assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
         }
-        let cfg = minimal("verifying_key_secrets = [\"k\"]", "backend = \"aws\"\nendpoint = \"localhost:5000\"", "t/db");
+        let cfg = minimal(
+            "verifying_key_secrets = [\"k\"]",
+            "backend = \"aws\"\nendpoint = \"localhost:5000\"",
+            "t/db",
+        );
         assert!(cfg.validate().unwrap_err().join("\n").contains("http://"));
     }
 }

@@ -14,7 +14,11 @@ use pgveil::server::{Server, ServerOptions};
 use pgveil::token::TokenSigner;
 
 #[derive(Parser)]
-#[command(name = "pgveil", version, about = "PostgreSQL proxy: MFA-token sessions, tenant routing, PII masking")]
+#[command(
+    name = "pgveil",
+    version,
+    about = "PostgreSQL proxy: MFA-token sessions, tenant routing, PII masking"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -95,7 +99,9 @@ enum CertsCommand {
 
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(pgveil::logging::filter(&std::env::var("PGVEIL_LOG").unwrap_or_else(|_| "info".into())))
+        .with_env_filter(pgveil::logging::filter(
+            &std::env::var("PGVEIL_LOG").unwrap_or_else(|_| "info".into()),
+        ))
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
@@ -118,7 +124,11 @@ fn main() -> Result<()> {
         Command::Token(TokenCommand::Keygen { out }) => {
             std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
             let (signing, verifying) = pgveil::token::write_keypair(&out)?;
-            println!("signing key (keep secret): {}\nverifying key: {}", signing.display(), verifying.display());
+            println!(
+                "signing key (keep secret): {}\nverifying key: {}",
+                signing.display(),
+                verifying.display()
+            );
             Ok(())
         }
         Command::Certs(CertsCommand::Dev { out, names }) => {
@@ -135,7 +145,9 @@ fn main() -> Result<()> {
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
 }
 
 fn serve(path: &Path) -> Result<()> {
@@ -149,14 +161,22 @@ fn serve(path: &Path) -> Result<()> {
 
 /// Resolves on SIGINT or SIGTERM.
 async fn stop_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
 }
 
-fn mint(config: &Path, user: &str, tenant: &str, role: &str, ttl: Duration, mfa: bool) -> Result<()> {
+fn mint(
+    config: &Path,
+    user: &str,
+    tenant: &str,
+    role: &str,
+    ttl: Duration,
+    mfa: bool,
+) -> Result<()> {
     let cfg = Config::load(config)?;
     let Some(key_id) = &cfg.auth.signing_key_secret else {
         bail!("{}: auth.signing_key_secret is not set", config.display());
@@ -173,7 +193,11 @@ fn mint(config: &Path, user: &str, tenant: &str, role: &str, ttl: Duration, mfa:
     });
     let pem = pem.with_context(|| format!("fetching the signing key (secret {key_id})"))?;
     let signer = TokenSigner::from_pem(&pem, &cfg.auth.issuer)?;
-    let amr = if mfa { vec!["pwd".into(), "otp".into()] } else { vec!["pwd".into()] };
+    let amr = if mfa {
+        vec!["pwd".into(), "otp".into()]
+    } else {
+        vec!["pwd".into()]
+    };
     let token = signer.mint(
         &UserId::new(user),
         &TenantId::new(tenant),
@@ -188,7 +212,8 @@ fn mint(config: &Path, user: &str, tenant: &str, role: &str, ttl: Duration, mfa:
 
 fn demo(listen: SocketAddr) -> Result<()> {
     eprintln!("pgveil demo: starting a throwaway PostgreSQL and sample tenants...");
-    let env = DemoEnv::create(&EnvOptions::demo(listen)).context("building the demo environment")?;
+    let env =
+        DemoEnv::create(&EnvOptions::demo(listen)).context("building the demo environment")?;
     let rt = runtime()?;
     rt.block_on(async {
         let opts = ServerOptions {

@@ -110,7 +110,9 @@ impl Server {
     /// Loads keys and TLS material and binds the listener.
     pub async fn bind(cfg: Config, opts: ServerOptions) -> Result<Server, ServerError> {
         let tls = match &cfg.tls {
-            Some(t) => Some(TlsAcceptor::from(crate::tls::server_config(&t.cert, &t.key)?)),
+            Some(t) => Some(TlsAcceptor::from(crate::tls::server_config(
+                &t.cert, &t.key,
+            )?)),
             None => None,
         };
         let (secrets, secret_cache): (Arc<dyn SecretStore>, _) = match opts.secrets {
@@ -127,11 +129,18 @@ impl Server {
         }
         let verifier = TokenVerifier::from_pems(&pems, &cfg.auth.issuer)?;
         let router = Router::from_config(&cfg)?;
-        let pools = Pools::new(secrets.clone(), cfg.pool.checkout_timeout, cfg.pool.connect_timeout);
-        let listener = TcpListener::bind(cfg.listen.addr).await.map_err(|source| ServerError::Bind {
-            addr: cfg.listen.addr,
-            source,
-        })?;
+        let pools = Pools::new(
+            secrets.clone(),
+            cfg.pool.checkout_timeout,
+            cfg.pool.connect_timeout,
+        );
+        let listener =
+            TcpListener::bind(cfg.listen.addr)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    addr: cfg.listen.addr,
+                    source,
+                })?;
         let (shutdown_tx, shutdown) = watch::channel(false);
         let shared = Arc::new(Shared {
             cfg,
@@ -156,7 +165,9 @@ impl Server {
 
     /// The bound address (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("bound listener has an address")
+        self.listener
+            .local_addr()
+            .expect("bound listener has an address")
     }
 
     /// Shared state (for tests and metrics).
@@ -204,9 +215,15 @@ impl Server {
         drop(listener);
         tracing::info!(clients = shared.clients.load(Ordering::SeqCst), "draining");
         let _ = shutdown_tx.send(true);
-        let drained = tokio::time::timeout(drain_timeout, async { while tasks.join_next().await.is_some() {} }).await;
+        let drained = tokio::time::timeout(drain_timeout, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
         if drained.is_err() {
-            tracing::warn!(remaining = tasks.len(), "drain timeout: closing remaining sessions");
+            tracing::warn!(
+                remaining = tasks.len(),
+                "drain timeout: closing remaining sessions"
+            );
             tasks.shutdown().await;
         }
         shared.pools.close_all();

@@ -34,13 +34,19 @@ fn main() -> std::process::ExitCode {
     }
     secrets_env::capture_logs();
     let code = support::main_with(&[
-        ("single_flight_and_steady_state_fetch_count", single_flight_and_steady_state),
+        (
+            "single_flight_and_steady_state_fetch_count",
+            single_flight_and_steady_state,
+        ),
         ("cold_connect_latency_miss_vs_hit", cold_connect_latency),
         ("rotation_same_user_new_password", rotation_same_user),
         ("rotation_with_awspending", rotation_pending),
         ("rotation_alternating_users", rotation_alternating_users),
         ("store_outage_bounded_staleness_and_recovery", store_outage),
-        ("no_secret_value_in_logs_errors_or_debug", no_secret_anywhere),
+        (
+            "no_secret_value_in_logs_errors_or_debug",
+            no_secret_anywhere,
+        ),
     ]);
     // Stop moto (statics are never dropped) and scan everything logged during the whole run.
     if let Some(st) = STATE.get() {
@@ -89,7 +95,11 @@ fn state(fx: &Fixture) -> Result<&'static State> {
         };
         if k.contains("signing") {
             // The private key's base64 body.
-            values.extend(s.lines().filter(|l| !l.starts_with("-----")).map(str::to_owned));
+            values.extend(
+                s.lines()
+                    .filter(|l| !l.starts_with("-----"))
+                    .map(str::to_owned),
+            );
         }
         secrets.insert(k, s);
     }
@@ -118,17 +128,29 @@ impl State {
     }
 
     /// Puts a new version (AWSCURRENT unless `stages` says otherwise); returns its version id.
-    async fn put(&self, name: &str, value: &serde_json::Value, stages: Option<&str>) -> Result<String> {
+    async fn put(
+        &self,
+        name: &str,
+        value: &serde_json::Value,
+        stages: Option<&str>,
+    ) -> Result<String> {
         if let Some(p) = value.get("password").and_then(|p| p.as_str()) {
             self.values.lock().unwrap().push(p.to_owned());
         }
         let token = uuid::Uuid::new_v4().to_string();
-        let mut req = self.client.put_secret_value().secret_id(name).secret_string(value.to_string());
+        let mut req = self
+            .client
+            .put_secret_value()
+            .secret_id(name)
+            .secret_string(value.to_string());
         req = req.client_request_token(token);
         if let Some(stage) = stages {
             req = req.version_stages(stage);
         } else {
-            self.secrets.lock().unwrap().insert(name.to_owned(), value.to_string());
+            self.secrets
+                .lock()
+                .unwrap()
+                .insert(name.to_owned(), value.to_string());
         }
         let out = req.send().await.with_context(|| format!("put {name}"))?;
         Ok(out.version_id().unwrap_or_default().to_owned())
@@ -136,7 +158,10 @@ impl State {
 
     fn check_no_secret(&self, text: &str, what: &str) -> Result<()> {
         for v in self.values.lock().unwrap().iter().filter(|v| v.len() >= 8) {
-            ensure!(!text.contains(v.as_str()), "a secret value appears in {what}");
+            ensure!(
+                !text.contains(v.as_str()),
+                "a secret value appears in {what}"
+            );
         }
         Ok(())
     }
@@ -251,7 +276,10 @@ fn cold_connect_latency(fx: &Fixture) -> Result<()> {
 /// recording when each attempt started and whether it succeeded.
 struct Load {
     stop: tokio::sync::watch::Sender<bool>,
-    task: tokio::task::JoinHandle<(Vec<(Instant, Result<(), String>)>, Vec<tokio_postgres::Client>)>,
+    task: tokio::task::JoinHandle<(
+        Vec<(Instant, Result<(), String>)>,
+        Vec<tokio_postgres::Client>,
+    )>,
 }
 
 impl Load {
@@ -276,7 +304,10 @@ impl Load {
                         clients.push(c);
                         results.push((at, Ok(())));
                     }
-                    Err(e) => results.push((at, Err(format!("{e:#} [{}]", sqlstate(&e).unwrap_or_default())))),
+                    Err(e) => results.push((
+                        at,
+                        Err(format!("{e:#} [{}]", sqlstate(&e).unwrap_or_default())),
+                    )),
                 }
             }
             (results, clients)
@@ -284,22 +315,42 @@ impl Load {
         Load { stop, task }
     }
 
-    async fn finish(self) -> Result<(Vec<(Instant, Result<(), String>)>, Vec<tokio_postgres::Client>)> {
+    async fn finish(
+        self,
+    ) -> Result<(
+        Vec<(Instant, Result<(), String>)>,
+        Vec<tokio_postgres::Client>,
+    )> {
         let _ = self.stop.send(true);
         Ok(self.task.await?)
     }
 }
 
 /// Prints and checks a rotation: no failure among attempts started at or after `updated`.
-fn report(name: &str, st: &State, results: &[(Instant, Result<(), String>)], marks: &[(&str, Instant)]) -> Result<()> {
+fn report(
+    name: &str,
+    st: &State,
+    results: &[(Instant, Result<(), String>)],
+    marks: &[(&str, Instant)],
+) -> Result<()> {
     let mut line = format!("{name}: {} connection attempts;", results.len());
     let mut bounds: Vec<(&str, Instant)> = marks.to_vec();
     bounds.push(("end", Instant::now() + Duration::from_secs(3600)));
-    let mut from = ("start", results.first().map(|r| r.0).unwrap_or_else(Instant::now));
+    let mut from = (
+        "start",
+        results.first().map(|r| r.0).unwrap_or_else(Instant::now),
+    );
     for (label, until) in &bounds {
-        let phase: Vec<_> = results.iter().filter(|(at, _)| *at >= from.1 && at < until).collect();
+        let phase: Vec<_> = results
+            .iter()
+            .filter(|(at, _)| *at >= from.1 && at < until)
+            .collect();
         let failed = phase.iter().filter(|(_, r)| r.is_err()).count();
-        line += &format!(" [{} -> {label}] {failed} failed of {};", from.0, phase.len());
+        line += &format!(
+            " [{} -> {label}] {failed} failed of {};",
+            from.0,
+            phase.len()
+        );
         from = (label, *until);
     }
     println!("{line}");
@@ -312,12 +363,18 @@ fn report(name: &str, st: &State, results: &[(Instant, Result<(), String>)], mar
 }
 
 fn failures_since(results: &[(Instant, Result<(), String>)], since: Instant) -> Vec<String> {
-    results.iter().filter(|(at, r)| *at >= since && r.is_err()).map(|(_, r)| r.clone().unwrap_err()).collect()
+    results
+        .iter()
+        .filter(|(at, r)| *at >= since && r.is_err())
+        .map(|(_, r)| r.clone().unwrap_err())
+        .collect()
 }
 
 async fn all_work(clients: &[tokio_postgres::Client]) -> Result<()> {
     for c in clients {
-        c.simple_query("SELECT count(*) FROM payers").await.context("an existing session broke")?;
+        c.simple_query("SELECT count(*) FROM payers")
+            .await
+            .context("an existing session broke")?;
     }
     Ok(())
 }
@@ -332,7 +389,10 @@ fn rotation_same_user(fx: &Fixture) -> Result<()> {
         for _ in 0..5 {
             held.push(Connector::new(fx, srv.addr, "acme").connect().await?);
         }
-        let load = Load::start(Connector::new(fx, srv.addr, "acme"), Duration::from_millis(40));
+        let load = Load::start(
+            Connector::new(fx, srv.addr, "acme"),
+            Duration::from_millis(40),
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
         let pw = password();
         let mut secret = st.secret_json(name);
@@ -346,10 +406,21 @@ fn rotation_same_user(fx: &Fixture) -> Result<()> {
         let updated = Instant::now();
         tokio::time::sleep(Duration::from_millis(600)).await;
         let (results, clients) = load.finish().await?;
-        report("rotation (same user, DB first then secret)", st, &results, &[("db changed", db_changed), ("secret updated", updated)])?;
+        report(
+            "rotation (same user, DB first then secret)",
+            st,
+            &results,
+            &[("db changed", db_changed), ("secret updated", updated)],
+        )?;
         let after = failures_since(&results, updated);
-        ensure!(after.is_empty(), "connections failed after the secret was updated: {after:?}");
-        ensure!(results.iter().filter(|(at, _)| *at >= updated).count() > 3, "too few attempts after the update");
+        ensure!(
+            after.is_empty(),
+            "connections failed after the secret was updated: {after:?}"
+        );
+        ensure!(
+            results.iter().filter(|(at, _)| *at >= updated).count() > 3,
+            "too few attempts after the update"
+        );
         all_work(&held).await?;
         all_work(&clients).await?;
         Ok(())
@@ -368,7 +439,10 @@ fn rotation_pending(fx: &Fixture) -> Result<()> {
         }
         let old = st.client.get_secret_value().secret_id(name).send().await?;
         let old_version = old.version_id().unwrap_or_default().to_owned();
-        let load = Load::start(Connector::new(fx, srv.addr, "acme"), Duration::from_millis(40));
+        let load = Load::start(
+            Connector::new(fx, srv.addr, "acme"),
+            Duration::from_millis(40),
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
         // The AWS rotation steps: createSecret (AWSPENDING), setSecret (the database), finishSecret (promote).
         let pw = password();
@@ -387,13 +461,24 @@ fn rotation_pending(fx: &Fixture) -> Result<()> {
             .remove_from_version_id(&old_version)
             .send()
             .await?;
-        st.secrets.lock().unwrap().insert(name.to_owned(), secret.to_string());
+        st.secrets
+            .lock()
+            .unwrap()
+            .insert(name.to_owned(), secret.to_string());
         let promoted = Instant::now();
         tokio::time::sleep(Duration::from_millis(400)).await;
         let (results, clients) = load.finish().await?;
-        report("rotation (AWSPENDING flow)", st, &results, &[("db changed", db_changed), ("promoted", promoted)])?;
+        report(
+            "rotation (AWSPENDING flow)",
+            st,
+            &results,
+            &[("db changed", db_changed), ("promoted", promoted)],
+        )?;
         let failed = failures_since(&results, Instant::now() - Duration::from_secs(3600));
-        ensure!(failed.is_empty(), "connections failed during an AWSPENDING rotation: {failed:?}");
+        ensure!(
+            failed.is_empty(),
+            "connections failed during an AWSPENDING rotation: {failed:?}"
+        );
         all_work(&held).await?;
         all_work(&clients).await?;
         Ok(())
@@ -513,8 +598,17 @@ fn no_secret_anywhere(fx: &Fixture) -> Result<()> {
     let canary = format!("canary-{}", uuid::Uuid::new_v4().simple());
     st.values.lock().unwrap().push(canary.clone());
     let broken = serde_json::json!({"username": "u", "passwd": canary, "host": "127.0.0.1"});
-    fx.block_on(st.client.create_secret().name("tenants/broken/db").secret_string(broken.to_string()).send())?;
-    st.secrets.lock().unwrap().insert("tenants/broken/db".into(), broken.to_string());
+    fx.block_on(
+        st.client
+            .create_secret()
+            .name("tenants/broken/db")
+            .secret_string(broken.to_string())
+            .send(),
+    )?;
+    st.secrets
+        .lock()
+        .unwrap()
+        .insert("tenants/broken/db".into(), broken.to_string());
     let srv = aws_server(fx, st, |cfg| {
         let mut t = cfg.tenants[0].clone();
         t.id = pgveil::ids::TenantId::new("broken");
@@ -522,7 +616,11 @@ fn no_secret_anywhere(fx: &Fixture) -> Result<()> {
         cfg.tenants.push(t);
     })?;
     fx.block_on(async {
-        let e = Connector::new(fx, srv.addr, "broken").connect().await.err().ok_or_else(|| anyhow!("malformed secret accepted"))?;
+        let e = Connector::new(fx, srv.addr, "broken")
+            .connect()
+            .await
+            .err()
+            .ok_or_else(|| anyhow!("malformed secret accepted"))?;
         let shown = format!("{e:#} {e:?}");
         ensure!(sqlstate(&e).as_deref() == Some("08006"), "{shown}");
         st.check_no_secret(&shown, "the client error")?;
@@ -532,16 +630,31 @@ fn no_secret_anywhere(fx: &Fixture) -> Result<()> {
         let creds = DbCredentials::from_secret(&acme, &value)?;
         let dbg = format!("{value:?} {creds:?} {:?}", srv.shared.cfg);
         ensure!(creds.password.expose_secret().len() > 8);
-        ensure!(!dbg.contains(creds.password.expose_secret()), "password in Debug output: {dbg}");
+        ensure!(
+            !dbg.contains(creds.password.expose_secret()),
+            "password in Debug output: {dbg}"
+        );
         st.check_no_secret(&dbg, "Debug output")?;
-        let err = DbCredentials::fetch(&*srv.shared.secrets, &SecretId::new("tenants/broken/db")).await.unwrap_err();
+        let err = DbCredentials::fetch(&*srv.shared.secrets, &SecretId::new("tenants/broken/db"))
+            .await
+            .unwrap_err();
         st.check_no_secret(&format!("{err} {err:?}"), "the secret error")?;
         anyhow::Ok(())
     })?;
     let logs = captured_logs();
-    ensure!(logs.contains("malformed"), "the malformed secret was not logged");
-    ensure!(logs.len() > 10_000, "log capture looks empty ({} bytes)", logs.len());
+    ensure!(
+        logs.contains("malformed"),
+        "the malformed secret was not logged"
+    );
+    ensure!(
+        logs.len() > 10_000,
+        "log capture looks empty ({} bytes)",
+        logs.len()
+    );
     st.check_no_secret(&logs, "the logs")?;
-    println!("log scan: {} bytes of trace-level logs, no secret value", logs.len());
+    println!(
+        "log scan: {} bytes of trace-level logs, no secret value",
+        logs.len()
+    );
     Ok(())
 }

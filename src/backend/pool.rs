@@ -81,7 +81,8 @@ impl Manager {
     /// Decodes a secret value and connects with it (the target may come from the secret, so a rotation that
     /// moves the database is followed too).
     async fn connect_with(&self, value: &SecretString) -> Result<BackendConn, BackendError> {
-        let creds = DbCredentials::from_secret(&self.tenant.secret, value).map_err(|e| self.secret_error(e))?;
+        let creds = DbCredentials::from_secret(&self.tenant.secret, value)
+            .map_err(|e| self.secret_error(e))?;
         let target = self.target(&creds)?;
         Ok(connect::connect(target, &creds, BACKEND_STARTUP, self.connect_timeout).await?)
     }
@@ -92,14 +93,22 @@ impl Manager {
     async fn connect_rotating(&self) -> Result<BackendConn, BackendError> {
         let id = &self.tenant.secret;
         let tenant = &self.tenant.id;
-        let current = self.secrets.fetch(id).await.map_err(|e| self.secret_error(e))?;
+        let current = self
+            .secrets
+            .fetch(id)
+            .await
+            .map_err(|e| self.secret_error(e))?;
         let first = match self.connect_with(&current).await {
             Err(BackendError::Connect(e)) if e.is_auth_failure() => e,
             other => return other,
         };
         tracing::warn!(%tenant, error = %first, "backend rejected the cached credentials; re-fetching the secret");
         metrics::counter!("pgveil_backend_auth_rejected_total").increment(1);
-        let fresh = self.secrets.refetch(id, &current).await.map_err(|e| self.secret_error(e))?;
+        let fresh = self
+            .secrets
+            .refetch(id, &current)
+            .await
+            .map_err(|e| self.secret_error(e))?;
         let second = match self.connect_with(&fresh).await {
             Err(BackendError::Connect(e)) if e.is_auth_failure() => e,
             Ok(conn) => {
@@ -170,7 +179,11 @@ pub struct Pools {
 
 impl Pools {
     /// An empty set of pools.
-    pub fn new(secrets: Arc<dyn SecretStore>, checkout_timeout: Duration, connect_timeout: Duration) -> Self {
+    pub fn new(
+        secrets: Arc<dyn SecretStore>,
+        checkout_timeout: Duration,
+        connect_timeout: Duration,
+    ) -> Self {
         Self {
             secrets,
             checkout_timeout,
@@ -203,7 +216,11 @@ impl Pools {
     }
 
     /// Checks out a backend for (tenant, role class), waiting at most the configured checkout timeout.
-    pub async fn checkout(&self, tenant: &Arc<Tenant>, role_class: &RoleName) -> Result<PooledConn, CheckoutError> {
+    pub async fn checkout(
+        &self,
+        tenant: &Arc<Tenant>,
+        role_class: &RoleName,
+    ) -> Result<PooledConn, CheckoutError> {
         let pool = self.pool(tenant, role_class);
         let timeouts = Timeouts {
             wait: Some(self.checkout_timeout),

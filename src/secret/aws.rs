@@ -83,7 +83,11 @@ impl AwsSecretStore {
     }
 
     /// Builds the store from an existing SDK client (tests, embedding).
-    pub fn from_client(client: Client, version_stage: Option<String>, try_pending: bool) -> AwsSecretStore {
+    pub fn from_client(
+        client: Client,
+        version_stage: Option<String>,
+        try_pending: bool,
+    ) -> AwsSecretStore {
         AwsSecretStore {
             client,
             version_stage,
@@ -105,7 +109,9 @@ impl AwsSecretStore {
             return Ok(SecretString::from(s.to_owned()));
         }
         if let Some(b) = out.secret_binary() {
-            return Ok(SecretString::from(base64::engine::general_purpose::STANDARD.encode(b.as_ref())));
+            return Ok(SecretString::from(
+                base64::engine::general_purpose::STANDARD.encode(b.as_ref()),
+            ));
         }
         Err(SecretError::Malformed {
             id: id.clone(),
@@ -121,20 +127,29 @@ fn map_error(id: &SecretId, e: SdkError<GetSecretValueError, HttpResponse>) -> S
             let code = err.code().unwrap_or_default();
             let message = err.message().unwrap_or_default().to_owned();
             match err {
-                GetSecretValueError::ResourceNotFoundException(_) => SecretError::NotFound(id.clone()),
+                GetSecretValueError::ResourceNotFoundException(_) => {
+                    SecretError::NotFound(id.clone())
+                }
                 GetSecretValueError::DecryptionFailure(_) => SecretError::AccessDenied {
                     id: id.clone(),
                     reason: format!("KMS decryption failed: {message}"),
                 },
-                _ if code == "AccessDeniedException" || code.contains("NotAuthorized") => SecretError::AccessDenied {
-                    id: id.clone(),
-                    reason: message,
-                },
-                _ if code.contains("Throttl") || code == "TooManyRequestsException" => SecretError::Throttled(id.clone()),
+                _ if code == "AccessDeniedException" || code.contains("NotAuthorized") => {
+                    SecretError::AccessDenied {
+                        id: id.clone(),
+                        reason: message,
+                    }
+                }
+                _ if code.contains("Throttl") || code == "TooManyRequestsException" => {
+                    SecretError::Throttled(id.clone())
+                }
                 GetSecretValueError::InternalServiceError(_) => {
                     SecretError::Unavailable(format!("AWS Secrets Manager internal error for {id}"))
                 }
-                _ if code.contains("Credentials") || code.contains("Token") || code.contains("Signature") => {
+                _ if code.contains("Credentials")
+                    || code.contains("Token")
+                    || code.contains("Signature") =>
+                {
                     SecretError::AccessDenied {
                         id: id.clone(),
                         reason: format!("{code}: {message}"),
@@ -143,10 +158,13 @@ fn map_error(id: &SecretId, e: SdkError<GetSecretValueError, HttpResponse>) -> S
                 _ => SecretError::Unavailable(format!("GetSecretValue {id}: {code}: {message}")),
             }
         }
-        SdkError::TimeoutError(_) => SecretError::Unavailable(format!("GetSecretValue {id}: timed out")),
-        SdkError::DispatchFailure(_) => {
-            SecretError::Unavailable(format!("GetSecretValue {id}: endpoint unreachable ({})", DisplayErrorContext(&e)))
+        SdkError::TimeoutError(_) => {
+            SecretError::Unavailable(format!("GetSecretValue {id}: timed out"))
         }
+        SdkError::DispatchFailure(_) => SecretError::Unavailable(format!(
+            "GetSecretValue {id}: endpoint unreachable ({})",
+            DisplayErrorContext(&e)
+        )),
         // Construction failures are local (e.g. no credentials or region found): an answer, not an outage.
         SdkError::ConstructionFailure(_) => SecretError::AccessDenied {
             id: id.clone(),
@@ -161,7 +179,10 @@ impl SecretStore for AwsSecretStore {
         Box::pin(self.get(id, self.version_stage.as_deref()))
     }
 
-    fn fetch_pending<'a>(&'a self, id: &'a SecretId) -> BoxFuture<'a, Result<Option<SecretString>, SecretError>> {
+    fn fetch_pending<'a>(
+        &'a self,
+        id: &'a SecretId,
+    ) -> BoxFuture<'a, Result<Option<SecretString>, SecretError>> {
         Box::pin(async move {
             if !self.try_pending {
                 return Ok(None);

@@ -134,7 +134,12 @@ impl CachedSecretStore {
 
 impl Inner {
     fn slot(&self, id: &SecretId) -> Arc<Slot> {
-        self.slots.lock().expect("secret cache lock").entry(id.clone()).or_default().clone()
+        self.slots
+            .lock()
+            .expect("secret cache lock")
+            .entry(id.clone())
+            .or_default()
+            .clone()
     }
 
     async fn get(self: &Arc<Self>, id: &SecretId) -> Result<SecretString, SecretError> {
@@ -150,7 +155,10 @@ impl Inner {
                 if age < s.ttl {
                     let value = value.clone();
                     let due = age >= s.ttl.saturating_sub(s.refresh_ahead);
-                    let backing_off = st.failed.as_ref().is_some_and(|(t, _)| start.saturating_duration_since(*t) < s.retry_after);
+                    let backing_off = st
+                        .failed
+                        .as_ref()
+                        .is_some_and(|(t, _)| start.saturating_duration_since(*t) < s.retry_after);
                     if due && !st.refreshing && !backing_off {
                         st.refreshing = true;
                         self.spawn_refresh(id.clone(), slot.clone());
@@ -211,7 +219,11 @@ impl Inner {
                 st.failed = Some((now, err.clone()));
                 if let Some(r) = rejected {
                     // The rejected value must not come back as a fallback.
-                    if st.value.as_ref().is_some_and(|(v, _)| v.expose_secret() == r.expose_secret()) {
+                    if st
+                        .value
+                        .as_ref()
+                        .is_some_and(|(v, _)| v.expose_secret() == r.expose_secret())
+                    {
                         st.value = None;
                     }
                     return self.fail(err);
@@ -309,7 +321,11 @@ impl Inner {
         });
     }
 
-    async fn refetch(&self, id: &SecretId, rejected: &SecretString) -> Result<SecretString, SecretError> {
+    async fn refetch(
+        &self,
+        id: &SecretId,
+        rejected: &SecretString,
+    ) -> Result<SecretString, SecretError> {
         let slot = self.slot(id);
         let generation;
         {
@@ -332,7 +348,10 @@ impl SecretStore for CachedSecretStore {
         Box::pin(self.inner.get(id))
     }
 
-    fn fetch_pending<'a>(&'a self, id: &'a SecretId) -> BoxFuture<'a, Result<Option<SecretString>, SecretError>> {
+    fn fetch_pending<'a>(
+        &'a self,
+        id: &'a SecretId,
+    ) -> BoxFuture<'a, Result<Option<SecretString>, SecretError>> {
         // Pending versions exist only for the minutes of a rotation: never cached.
         self.inner.store.fetch_pending(id)
     }

@@ -39,7 +39,10 @@ impl SecretStore for FakeStore {
             self.answer.lock().unwrap().clone().map(SecretString::from)
         })
     }
-    fn fetch_pending<'a>(&'a self, _id: &'a SecretId) -> BoxFuture<'a, Result<Option<SecretString>, SecretError>> {
+    fn fetch_pending<'a>(
+        &'a self,
+        _id: &'a SecretId,
+    ) -> BoxFuture<'a, Result<Option<SecretString>, SecretError>> {
         Box::pin(async move { Ok(self.pending.lock().unwrap().clone().map(SecretString::from)) })
     }
 }
@@ -103,7 +106,11 @@ async fn refresh_ahead_does_not_make_requests_wait() {
     // Inside the refresh-ahead window: answered at once with the cached value, refresh in the background.
     let before = tokio::time::Instant::now();
     assert_eq!(get(&cache).await.unwrap(), "v1");
-    assert_eq!(before.elapsed(), Duration::ZERO, "a request waited on the refresh");
+    assert_eq!(
+        before.elapsed(),
+        Duration::ZERO,
+        "a request waited on the refresh"
+    );
     assert_eq!(get(&cache).await.unwrap(), "v1");
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert_eq!(get(&cache).await.unwrap(), "v2");
@@ -128,7 +135,11 @@ async fn store_down_serves_stale_until_max_stale_then_fails_then_recovers() {
     get(&cache).await.unwrap();
     store.set(Err(down()));
     tokio::time::advance(Duration::from_secs(61)).await;
-    assert_eq!(get(&cache).await.unwrap(), "v1", "stale value within max_stale");
+    assert_eq!(
+        get(&cache).await.unwrap(),
+        "v1",
+        "stale value within max_stale"
+    );
     let calls = store.calls();
     // Within retry_after the store is not asked again.
     for _ in 0..20 {
@@ -155,7 +166,10 @@ async fn final_errors_are_not_papered_over() {
         reason: "not authorized".into(),
     }));
     tokio::time::advance(Duration::from_secs(61)).await;
-    assert!(matches!(get(&cache).await.unwrap_err(), SecretError::AccessDenied { .. }));
+    assert!(matches!(
+        get(&cache).await.unwrap_err(),
+        SecretError::AccessDenied { .. }
+    ));
 }
 
 #[tokio::test(start_paused = true)]
@@ -163,7 +177,10 @@ async fn first_fetch_error_is_reported_and_retried_after_backoff() {
     let store = FakeStore::new("v1", Duration::from_millis(5));
     store.set(Err(down()));
     let cache = CachedSecretStore::new(store.clone(), settings());
-    assert!(matches!(get(&cache).await.unwrap_err(), SecretError::Unavailable(_)));
+    assert!(matches!(
+        get(&cache).await.unwrap_err(),
+        SecretError::Unavailable(_)
+    ));
     assert!(get(&cache).await.is_err());
     assert_eq!(store.calls(), 1, "backed off");
     store.set(Ok("v1"));
@@ -180,15 +197,26 @@ async fn refetch_after_rejection_is_single_flight() {
     let mut tasks = Vec::new();
     for _ in 0..20 {
         let (c, old) = (cache.clone(), old.clone());
-        tasks.push(tokio::spawn(async move { c.refetch(&id(), &old).await.map(|v| v.expose_secret().to_owned()) }));
+        tasks.push(tokio::spawn(async move {
+            c.refetch(&id(), &old)
+                .await
+                .map(|v| v.expose_secret().to_owned())
+        }));
     }
     for t in tasks {
         assert_eq!(t.await.unwrap().unwrap(), "new");
     }
-    assert_eq!(store.calls(), 2, "one fetch for the rejection, however many callers");
+    assert_eq!(
+        store.calls(),
+        2,
+        "one fetch for the rejection, however many callers"
+    );
     assert_eq!(get(&cache).await.unwrap(), "new");
     // A late report of the old value gets the new one without a fetch.
-    assert_eq!(cache.refetch(&id(), &old).await.unwrap().expose_secret(), "new");
+    assert_eq!(
+        cache.refetch(&id(), &old).await.unwrap().expose_secret(),
+        "new"
+    );
     assert_eq!(store.calls(), 2);
 }
 
@@ -207,5 +235,13 @@ async fn pending_passes_through_uncached() {
     let cache = CachedSecretStore::new(store.clone(), settings());
     assert!(cache.fetch_pending(&id()).await.unwrap().is_none());
     *store.pending.lock().unwrap() = Some("next".into());
-    assert_eq!(cache.fetch_pending(&id()).await.unwrap().unwrap().expose_secret(), "next");
+    assert_eq!(
+        cache
+            .fetch_pending(&id())
+            .await
+            .unwrap()
+            .unwrap()
+            .expose_secret(),
+        "next"
+    );
 }

@@ -39,7 +39,10 @@ fn port<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u16>, D::Error>
     match Option::<Port>::deserialize(d)? {
         None => Ok(None),
         Some(Port::Num(n)) => Ok(Some(n)),
-        Some(Port::Text(s)) => s.parse().map(Some).map_err(|_| serde::de::Error::custom("port is not a number")),
+        Some(Port::Text(s)) => s
+            .parse()
+            .map(Some)
+            .map_err(|_| serde::de::Error::custom("port is not a number")),
     }
 }
 
@@ -58,15 +61,23 @@ impl fmt::Debug for DbCredentials {
 impl DbCredentials {
     /// Decodes credentials from a secret value (RDS JSON).
     pub fn from_secret(id: &SecretId, value: &SecretString) -> Result<DbCredentials, SecretError> {
-        serde_json::from_str::<DbCredentials>(value.expose_secret()).map_err(|e| SecretError::Malformed {
-            id: id.clone(),
-            // serde_json's messages may quote the input; only its category is reported.
-            reason: format!("expected RDS JSON with username and password ({})", classify(&e)),
+        serde_json::from_str::<DbCredentials>(value.expose_secret()).map_err(|e| {
+            SecretError::Malformed {
+                id: id.clone(),
+                // serde_json's messages may quote the input; only its category is reported.
+                reason: format!(
+                    "expected RDS JSON with username and password ({})",
+                    classify(&e)
+                ),
+            }
         })
     }
 
     /// Fetches and decodes credentials.
-    pub async fn fetch(store: &dyn SecretStore, id: &SecretId) -> Result<DbCredentials, SecretError> {
+    pub async fn fetch(
+        store: &dyn SecretStore,
+        id: &SecretId,
+    ) -> Result<DbCredentials, SecretError> {
         let value = store.fetch(id).await?;
         DbCredentials::from_secret(id, &value)
     }

@@ -21,8 +21,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use base64::Engine as _;
 pub use aws::{AwsSecretStore, AwsSettings};
+use base64::Engine as _;
 pub use cache::{CacheSettings, CacheStats, CachedSecretStore};
 pub use creds::DbCredentials;
 pub use file::FileSecretStore;
@@ -98,7 +98,10 @@ impl SecretError {
     /// True for errors that say the store is down or overloaded (a cached value may then be served), as
     /// opposed to answers from the store (not found, access denied) that are final.
     pub fn is_transient(&self) -> bool {
-        matches!(self, SecretError::Throttled(_) | SecretError::Unavailable(_))
+        matches!(
+            self,
+            SecretError::Throttled(_) | SecretError::Unavailable(_)
+        )
     }
 }
 
@@ -109,7 +112,10 @@ pub trait SecretStore: Send + Sync {
 
     /// Fetches the value of the version being rotated in (`AWSPENDING`), when the store is configured to
     /// look there during rotations. `Ok(None)`: not configured, not supported, or no such version.
-    fn fetch_pending<'a>(&'a self, _id: &'a SecretId) -> BoxFuture<'a, Result<Option<SecretString>, SecretError>> {
+    fn fetch_pending<'a>(
+        &'a self,
+        _id: &'a SecretId,
+    ) -> BoxFuture<'a, Result<Option<SecretString>, SecretError>> {
         Box::pin(async { Ok(None) })
     }
 
@@ -126,13 +132,19 @@ pub trait SecretStore: Send + Sync {
 }
 
 /// Fetches a secret as text (e.g. a PEM key).
-pub async fn fetch_text(store: &dyn SecretStore, id: &SecretId) -> Result<SecretString, SecretError> {
+pub async fn fetch_text(
+    store: &dyn SecretStore,
+    id: &SecretId,
+) -> Result<SecretString, SecretError> {
     store.fetch(id).await
 }
 
 /// Fetches a key as bytes: the secret's text is standard base64 (which is also how the `aws` store returns a
 /// binary secret), surrounding whitespace ignored.
-pub async fn fetch_bytes(store: &dyn SecretStore, id: &SecretId) -> Result<SecretBytes, SecretError> {
+pub async fn fetch_bytes(
+    store: &dyn SecretStore,
+    id: &SecretId,
+) -> Result<SecretBytes, SecretError> {
     let text = store.fetch(id).await?;
     decode_key_bytes(id, &text)
 }
@@ -149,7 +161,10 @@ pub fn decode_key_bytes(id: &SecretId, text: &SecretString) -> Result<SecretByte
 }
 
 /// Builds the configured store wrapped in the cache. `demo` silences the warning about the `file` backend.
-pub async fn store_from_config(cfg: &crate::config::SecretsConfig, demo: bool) -> Arc<CachedSecretStore> {
+pub async fn store_from_config(
+    cfg: &crate::config::SecretsConfig,
+    demo: bool,
+) -> Arc<CachedSecretStore> {
     use crate::config::SecretBackend;
     let store: Arc<dyn SecretStore> = match cfg.backend {
         SecretBackend::File => {

@@ -7,7 +7,9 @@ const CANARY: &str = "hunter2-canary-7f3a";
 #[test]
 fn debug_never_shows_password() {
     let id = SecretId::new("t/acme");
-    let v = SecretString::from(format!(r#"{{"username":"u","password":"{CANARY}","host":"h","port":"6543"}}"#));
+    let v = SecretString::from(format!(
+        r#"{{"username":"u","password":"{CANARY}","host":"h","port":"6543"}}"#
+    ));
     let c = DbCredentials::from_secret(&id, &v).unwrap();
     let dbg = format!("{c:?} {v:?}");
     assert!(!dbg.contains(CANARY), "{dbg}");
@@ -45,13 +47,22 @@ fn key_bytes_are_base64_and_redacted() {
 async fn file_store_reads_strings_and_objects() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("s.json");
-    std::fs::write(&path, format!(r#"{{"k":"AAEC","db":{{"username":"u","password":"{CANARY}"}},"n":1}}"#)).unwrap();
+    std::fs::write(
+        &path,
+        format!(r#"{{"k":"AAEC","db":{{"username":"u","password":"{CANARY}"}},"n":1}}"#),
+    )
+    .unwrap();
     let store = FileSecretStore::new(path);
     let k = fetch_bytes(&store, &SecretId::new("k")).await.unwrap();
     assert_eq!(k.expose_secret().as_slice(), &[0, 1, 2]);
-    let c = DbCredentials::fetch(&store, &SecretId::new("db")).await.unwrap();
+    let c = DbCredentials::fetch(&store, &SecretId::new("db"))
+        .await
+        .unwrap();
     assert_eq!(c.username, "u");
-    assert!(matches!(store.fetch(&SecretId::new("nope")).await, Err(SecretError::NotFound(_))));
+    assert!(matches!(
+        store.fetch(&SecretId::new("nope")).await,
+        Err(SecretError::NotFound(_))
+    ));
     let err = store.fetch(&SecretId::new("n")).await.unwrap_err();
     assert!(!err.to_string().contains(CANARY));
 }

@@ -32,14 +32,22 @@ impl Moto {
     pub fn start(port: u16) -> Result<Moto> {
         let port = if port == 0 { free_port()? } else { port };
         let log = std::env::temp_dir().join(format!("pgveil-moto-{port}.log"));
-        let log = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let log =
+            std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let mut cmd = if which("moto_server") {
             let mut c = Command::new("moto_server");
             c.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
             c
         } else {
             let mut c = Command::new("python3");
-            c.args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()]);
+            c.args([
+                "-m",
+                "moto.server",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ]);
             c
         };
         let child = cmd
@@ -78,7 +86,8 @@ impl Drop for Moto {
 }
 
 fn which(bin: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
 }
 
 /// A free TCP port on 127.0.0.1.
@@ -87,12 +96,16 @@ pub fn free_port() -> Result<u16> {
 }
 
 fn http_answers(port: u16) -> bool {
-    let Ok(mut s) = StdStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_millis(200))
-    else {
+    let Ok(mut s) = StdStream::connect_timeout(
+        &SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_millis(200),
+    ) else {
         return false;
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    if s.write_all(b"GET /moto-api/ HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").is_err() {
+    if s.write_all(b"GET /moto-api/ HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .is_err()
+    {
         return false;
     }
     let mut buf = [0u8; 12];
@@ -118,7 +131,9 @@ impl CountingProxy {
                 let c = c.clone();
                 tokio::spawn(async move {
                     // Moto down: the client sees its connection closed, like an unreachable endpoint.
-                    let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)).await else { return };
+                    let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)).await else {
+                        return;
+                    };
                     let (mut cr, mut cw) = client.into_split();
                     let (mut sr, mut sw) = server.into_split();
                     let up = async move {
@@ -162,7 +177,9 @@ impl CountingProxy {
 }
 
 fn count_needle(hay: &[u8]) -> usize {
-    hay.windows(GET_SECRET_VALUE.len()).filter(|w| w.eq_ignore_ascii_case(GET_SECRET_VALUE)).count()
+    hay.windows(GET_SECRET_VALUE.len())
+        .filter(|w| w.eq_ignore_ascii_case(GET_SECRET_VALUE))
+        .count()
 }
 
 /// An SDK client for the test's own calls (create, put, stage moves), straight to moto.
@@ -180,7 +197,13 @@ pub async fn sdk_client(endpoint: &str) -> Client {
 /// Creates every secret of `secrets` (string values).
 pub async fn seed(client: &Client, secrets: &BTreeMap<String, String>) -> Result<()> {
     for (name, value) in secrets {
-        client.create_secret().name(name).secret_string(value).send().await.with_context(|| format!("create {name}"))?;
+        client
+            .create_secret()
+            .name(name)
+            .secret_string(value)
+            .send()
+            .await
+            .with_context(|| format!("create {name}"))?;
     }
     Ok(())
 }
@@ -199,7 +222,10 @@ struct Capture;
 
 impl std::io::Write for Capture {
     fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        log_buffer().lock().unwrap_or_else(|e| e.into_inner()).extend_from_slice(b);
+        log_buffer()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(b);
         if std::env::var_os("PGVEIL_TEST_LOG").is_some() {
             let _ = std::io::stderr().write_all(b);
         }
