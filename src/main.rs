@@ -14,6 +14,8 @@ use pgveil::secret::SecretString;
 use pgveil::server::{Server, ServerOptions};
 use pgveil::token::TokenSigner;
 
+mod cli;
+
 #[derive(Parser)]
 #[command(name = "pgveil", version, about = "PostgreSQL proxy: MFA-token sessions, tenant routing, PII masking")]
 struct Cli {
@@ -47,6 +49,11 @@ enum Command {
     /// Certificate helpers.
     #[command(subcommand)]
     Certs(CertsCommand),
+    /// Log in through the pgveil API (first factor + TOTP code) and print a ready connection string.
+    Login(cli::LoginArgs),
+    /// User administration through the pgveil API (admin key in PGVEIL_ADMIN_KEY).
+    #[command(subcommand)]
+    User(cli::UserCommand),
 }
 
 #[derive(Subcommand)]
@@ -123,6 +130,8 @@ fn main() -> Result<()> {
             println!("signing key (keep secret): {}\nverifying key: {}", signing.display(), verifying.display());
             Ok(())
         }
+        Command::Login(args) => runtime()?.block_on(cli::login(args)),
+        Command::User(cmd) => runtime()?.block_on(cli::user(cmd)),
         Command::Certs(CertsCommand::Dev { out, names }) => {
             let c = pgveil::tls::generate_dev_certs(&out, &names)?;
             println!(
@@ -143,8 +152,31 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 fn serve(path: &Path) -> Result<()> {
     let cfg = Config::load(path)?;
     runtime()?.block_on(async {
-        let server = Server::bind(cfg, ServerOptions::default()).await?;
-        server.run(stop_signal(), Duration::from_secs(30)).await;
+        let server = Server::bind(cfg.clone(), ServerOptions::default()).await?;
+        let api = if cfg.api.is_some() {
+            let shared = server.shared();
+            let secrets: std::sync::Arc<dyn pgveil::secret::SecretStore> = match &cfg.secrets {
+                pgveil::config::SecretsConfig::File { path } => {
+                    std::sync::Arc::new(pgveil::secret::FileSecretStore::new(path.clone()))
+                }
+            };
+            let opts = pgveil::api::ApiOptions {
+                secrets,
+                clock: shared.clock.clone(),
+                local_proxy: shared.revocations.clone().map(|r| (r, shared.sessions.clone())),
+                proxy_port: server.local_addr().port(),
+            };
+            Some(pgveil::api::ApiServer::bind(cfg.clone(), opts).await?)
+        } else {
+            None
+        };
+        let proxy = server.run(stop_signal(), Duration::from_secs(30));
+        match api {
+            Some(api) => {
+                tokio::join!(proxy, api.run(stop_signal()));
+            }
+            None => proxy.await,
+        }
         Ok(())
     })
 }

@@ -18,6 +18,8 @@ use crate::policy::{AllowAll, StatementPolicy};
 use crate::proto::PgError;
 use crate::route::Router;
 use crate::secret::{FileSecretStore, SecretStore};
+use crate::control::ControlDb;
+use crate::revoke::{RevocationCache, SessionRegistry};
 use crate::token::TokenVerifier;
 
 /// Errors starting the server.
@@ -40,6 +42,9 @@ pub enum ServerError {
     /// Routing table could not be built.
     #[error(transparent)]
     Route(#[from] crate::route::RouteError),
+    /// The control database could not be opened.
+    #[error("control database: {0}")]
+    Control(#[from] crate::control::ControlError),
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -75,6 +80,10 @@ pub struct Shared {
     pub clock: Clock,
     /// Connected clients.
     pub clients: AtomicUsize,
+    /// Revoked tokens and disabled users (when a control database is configured).
+    pub revocations: Option<Arc<RevocationCache>>,
+    /// Live sessions, so revocations can end them.
+    pub sessions: Arc<SessionRegistry>,
 }
 
 /// A bound, not yet running server.
@@ -126,12 +135,23 @@ impl Server {
             },
         };
         let router = Router::from_config(&cfg)?;
+        let revocations = match &cfg.control {
+            Some(c) => {
+                let db = ControlDb::open(c, &*secrets).await?;
+                Some(RevocationCache::load(db, c.revocation_max_stale, opts.clock.clone()).await?)
+            }
+            None => None,
+        };
         let pools = Pools::new(secrets, cfg.pool.checkout_timeout, cfg.pool.connect_timeout);
         let listener = TcpListener::bind(cfg.listen.addr).await.map_err(|source| ServerError::Bind {
             addr: cfg.listen.addr,
             source,
         })?;
         let (shutdown_tx, shutdown) = watch::channel(false);
+        let sessions = Arc::new(SessionRegistry::default());
+        if let (Some(cache), Some(c)) = (&revocations, &cfg.control) {
+            cache.spawn_refresh(sessions.clone(), c.revocation_refresh, shutdown.clone());
+        }
         let shared = Arc::new(Shared {
             cfg,
             router,
@@ -143,6 +163,8 @@ impl Server {
             shutdown,
             clock: opts.clock,
             clients: AtomicUsize::new(0),
+            revocations,
+            sessions,
         });
         Ok(Server {
             shared,
