@@ -105,7 +105,9 @@ pub async fn authenticate(
         if !req.allows_without_mfa() {
             tracing::info!(client = %peer, user = %claims.sub, "token without MFA refused: tenant requires MFA");
             return Err(AuthError::Refused(
-                PgError::invalid_authorization("two-factor authentication is required for this tenant")
+                PgError::invalid_authorization(
+                    "two-factor authentication is required for this tenant: enrol an authenticator app first",
+                )
                     .with_hint("Enrol an authenticator app on the pgveil security page, then obtain a new token with `pgveil login`."),
             ));
         }

@@ -148,7 +148,8 @@ impl ThrottleConfig {
         }
         c.execute(
             "UPDATE auth_throttle SET next_allowed = $2, locked_until = coalesce($3, locked_until) WHERE scope = $1",
-            &[&key, &(now + wait), &locked_until],
+            // No wait (client IPs): 0, so a clock that moves backwards can never block a scope.
+            &[&key, &(if wait > 0 { now + wait } else { 0 }), &locked_until],
         )
         .await?;
         Ok(())

@@ -1,8 +1,9 @@
 // Drives pgveil's security page in headless Debian Chromium (playwright-core, no downloaded browser):
 // enrol, read the secret, confirm with a TOTP code computed here, see the recovery codes, get a connection
 // string. Usage: node security_page.mjs <security page URL> <screenshot.png>
-// Env: PGVEIL_CLOCK = the API's (injected) clock in Unix seconds. Prints one JSON line: {token, recovery_codes}.
-import { createHmac } from 'node:crypto';
+// Env: PGVEIL_SERVER_CERT = the API's certificate (its key is pinned); PGVEIL_CLOCK = the API's (injected) clock in Unix seconds. Prints one JSON line: {token, recovery_codes}.
+import { createHash, createHmac, X509Certificate } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { chromium } from 'playwright-core';
 
 function base32Decode(s) {
@@ -27,10 +28,16 @@ function totp(secret, t) {
 
 const [url, shot] = process.argv.slice(2);
 const now = Number(process.env.PGVEIL_CLOCK || Math.floor(Date.now() / 1000));
+// Trust exactly the dev server's key (Chromium has no way to take a CA file; pinning the key is stricter).
+const extra = [];
+if (process.env.PGVEIL_SERVER_CERT) {
+  const spki = new X509Certificate(readFileSync(process.env.PGVEIL_SERVER_CERT)).publicKey.export({ type: 'spki', format: 'der' });
+  extra.push(`--ignore-certificate-errors-spki-list=${createHash('sha256').update(spki).digest('base64')}`);
+}
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
   args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-    '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+    '--disable-background-networking', '--disable-component-update', '--disable-sync', ...extra],
 });
 try {
   const page = await browser.newPage({ ignoreHTTPSErrors: false, viewport: { width: 900, height: 900 } });

@@ -247,6 +247,7 @@ pub fn grace_period(fx: &Fixture) -> Result<()> {
             clock.time(),
         )?)
     };
+    clock.set(live - 2 * 86_400);
     let no_mfa = mint("acme", false)?;
     let with_mfa = mint("acme", true)?;
     fx.block_on(async {
@@ -273,9 +274,12 @@ pub fn grace_period(fx: &Fixture) -> Result<()> {
         let (c, _) = connect_collect(fx, proxy.addr, "acme", &with_mfa).await?;
         c.simple_query("SELECT 1").await?;
         // A test-mode tenant that requires MFA anyway.
-        let r = connect_collect(fx, proxy.addr, "globex", &mint("globex", false)?).await.map(|_| ());
+        clock.set(live - 2 * 86_400);
+        let (globex_plain, globex_mfa) = (mint("globex", false)?, mint("globex", true)?);
+        clock.set(live);
+        let r = connect_collect(fx, proxy.addr, "globex", &globex_plain).await.map(|_| ());
         expect_refused(r, "28000", "enrol")?;
-        let (c, _) = connect_collect(fx, proxy.addr, "globex", &mint("globex", true)?).await?;
+        let (c, _) = connect_collect(fx, proxy.addr, "globex", &globex_mfa).await?;
         c.simple_query("SELECT 1").await?;
         Ok(())
     })
@@ -454,12 +458,17 @@ pub fn browser(fx: &Fixture) -> Result<()> {
         urlencoding_encode(&api.assertion(&e))
     );
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let shot = root.join("docs").join("security-page.png");
+    // PGVEIL_UPDATE_SCREENSHOT=1 refreshes the README's screenshot; otherwise it goes to the test folder.
+    let shot = if std::env::var_os("PGVEIL_UPDATE_SCREENSHOT").is_some() {
+        root.join("docs").join("security-page.png")
+    } else {
+        fx.env.dir().join("security-page.png")
+    };
     let out = std::process::Command::new("node")
         .arg(root.join("tests/browser/security_page.mjs"))
         .arg(&url)
         .arg(&shot)
-        .env("NODE_EXTRA_CA_CERTS", &api.ca)
+        .env("PGVEIL_SERVER_CERT", &fx.env.certs.server_cert)
         .env("PGVEIL_CLOCK", clock.secs().to_string())
         .current_dir(root.join("tests/browser"))
         .output()
