@@ -14,8 +14,14 @@ fn main() {
     let verifier = TokenVerifier::from_pems(&[verifying], "pgveil").unwrap();
     let now = SystemTime::now();
     let token = signer
-        .mint(&UserId::new("alice@acme.example"), &TenantId::new("acme"), &RoleName::new("analyst"),
-              vec!["pwd".into(), "otp".into()], Duration::from_secs(3600), now)
+        .mint(
+            &UserId::new("alice@acme.example"),
+            &TenantId::new("acme"),
+            &RoleName::new("analyst"),
+            vec!["pwd".into(), "otp".into()],
+            Duration::from_secs(3600),
+            now,
+        )
         .unwrap();
     let revoked: HashSet<String> = (0..10_000).map(|i| format!("jti-{i}")).collect();
     let n = 20_000;

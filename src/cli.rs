@@ -85,7 +85,14 @@ fn admin_key() -> Result<String> {
     std::env::var("PGVEIL_ADMIN_KEY").context("set PGVEIL_ADMIN_KEY to the admin API key")
 }
 
-async fn call(api: &str, ca: &Option<PathBuf>, method: &str, path: &str, body: Option<Value>, bearer: Option<&str>) -> Result<Value> {
+async fn call(
+    api: &str,
+    ca: &Option<PathBuf>,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+    bearer: Option<&str>,
+) -> Result<Value> {
     let url = format!("{}{path}", api.trim_end_matches('/'));
     let (status, text) = send(Request {
         method,
@@ -110,7 +117,15 @@ pub async fn login(a: LoginArgs) -> Result<()> {
     let code = match a.code.clone() {
         Some(c) => Some(c),
         None => {
-            eprint!("{} for {}: ", if a.recovery { "Recovery code" } else { "Authenticator code" }, a.email);
+            eprint!(
+                "{} for {}: ",
+                if a.recovery {
+                    "Recovery code"
+                } else {
+                    "Authenticator code"
+                },
+                a.email
+            );
             std::io::stderr().flush().ok();
             let mut line = String::new();
             std::io::stdin().lock().read_line(&mut line)?;
@@ -127,20 +142,39 @@ pub async fn login(a: LoginArgs) -> Result<()> {
     let (token, host, db, user) = (s("token"), s("host"), s("dbname"), s("user"));
     let port = v["port"].as_u64().unwrap_or(6432);
     if let Some(days) = v["mfa_deadline_days"].as_u64() {
-        eprintln!("warning: two-factor authentication becomes mandatory in {days} day(s); enrol on the security page");
+        eprintln!(
+            "warning: two-factor authentication becomes mandatory in {days} day(s); enrol on the security page"
+        );
     }
     println!("{}", s("url"));
-    println!("export PGHOST='{host}' PGPORT='{port}' PGDATABASE='{db}' PGUSER='{user}' PGSSLMODE=require PGPASSWORD='{token}'");
+    println!(
+        "export PGHOST='{host}' PGPORT='{port}' PGDATABASE='{db}' PGUSER='{user}' PGSSLMODE=require PGPASSWORD='{token}'"
+    );
     if a.pgpass {
         let home = std::env::var_os("HOME").context("HOME is not set")?;
         let path = PathBuf::from(home).join(".pgpass");
         let esc = |x: &str| x.replace('\\', "\\\\").replace(':', "\\:");
-        let entry = format!("{}:{port}:{}:{}:{}\n", esc(&host), esc(&db), esc(&user), esc(&token));
+        let entry = format!(
+            "{}:{port}:{}:{}:{}\n",
+            esc(&host),
+            esc(&db),
+            esc(&user),
+            esc(&token)
+        );
         let prefix = format!("{}:{port}:{}:{}:", esc(&host), esc(&db), esc(&user));
         let old = std::fs::read_to_string(&path).unwrap_or_default();
-        let kept: String = old.lines().filter(|l| !l.starts_with(&prefix)).map(|l| format!("{l}\n")).collect();
+        let kept: String = old
+            .lines()
+            .filter(|l| !l.starts_with(&prefix))
+            .map(|l| format!("{l}\n"))
+            .collect();
         use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&path)?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)?;
         f.write_all(format!("{entry}{kept}").as_bytes())?;
         eprintln!("wrote {} (entry for {host}:{port}/{db})", path.display());
     }
@@ -151,9 +185,27 @@ pub async fn login(a: LoginArgs) -> Result<()> {
 pub async fn user(cmd: UserCommand) -> Result<()> {
     let key = admin_key()?;
     match cmd {
-        UserCommand::Add { email, tenant, role, admin } => {
-            let v = call(&admin.api, &admin.ca, "POST", "/v1/admin/users", Some(json!({"email": email, "tenant": tenant, "role": role})), Some(&key)).await?;
-            println!("created {} (tenant {}, role {})", v["email"].as_str().unwrap_or(""), v["tenant"].as_str().unwrap_or(""), v["role"].as_str().unwrap_or(""));
+        UserCommand::Add {
+            email,
+            tenant,
+            role,
+            admin,
+        } => {
+            let v = call(
+                &admin.api,
+                &admin.ca,
+                "POST",
+                "/v1/admin/users",
+                Some(json!({"email": email, "tenant": tenant, "role": role})),
+                Some(&key),
+            )
+            .await?;
+            println!(
+                "created {} (tenant {}, role {})",
+                v["email"].as_str().unwrap_or(""),
+                v["tenant"].as_str().unwrap_or(""),
+                v["role"].as_str().unwrap_or("")
+            );
         }
         UserCommand::List { tenant, admin } => {
             let path = match &tenant {
@@ -161,20 +213,39 @@ pub async fn user(cmd: UserCommand) -> Result<()> {
                 None => "/v1/admin/users".into(),
             };
             let v = call(&admin.api, &admin.ca, "GET", &path, None, Some(&key)).await?;
-            println!("{:<40} {:<16} {:<12} {:<5} DISABLED", "EMAIL", "TENANT", "ROLE", "MFA");
+            println!(
+                "{:<40} {:<16} {:<12} {:<5} DISABLED",
+                "EMAIL", "TENANT", "ROLE", "MFA"
+            );
             for u in v.as_array().into_iter().flatten() {
                 println!(
                     "{:<40} {:<16} {:<12} {:<5} {}",
                     u["email"].as_str().unwrap_or(""),
                     u["tenant"].as_str().unwrap_or(""),
                     u["role"].as_str().unwrap_or(""),
-                    if u["mfa_enrolled"].as_bool() == Some(true) { "yes" } else { "no" },
-                    if u["disabled"].as_bool() == Some(true) { "yes" } else { "no" },
+                    if u["mfa_enrolled"].as_bool() == Some(true) {
+                        "yes"
+                    } else {
+                        "no"
+                    },
+                    if u["disabled"].as_bool() == Some(true) {
+                        "yes"
+                    } else {
+                        "no"
+                    },
                 );
             }
         }
         UserCommand::Disable { email, admin } => {
-            call(&admin.api, &admin.ca, "POST", &format!("/v1/admin/users/{}/disable", urlencoding::encode(&email)), None, Some(&key)).await?;
+            call(
+                &admin.api,
+                &admin.ca,
+                "POST",
+                &format!("/v1/admin/users/{}/disable", urlencoding::encode(&email)),
+                None,
+                Some(&key),
+            )
+            .await?;
             println!("disabled {email}: new connections refused, open sessions terminated");
         }
     }

@@ -14,12 +14,12 @@ use tokio_rustls::TlsAcceptor;
 use crate::backend::Pools;
 use crate::cancel::CancelRegistry;
 use crate::config::{Config, SecretsConfig};
+use crate::control::ControlDb;
 use crate::policy::{AllowAll, StatementPolicy};
 use crate::proto::PgError;
+use crate::revoke::{RevocationCache, SessionRegistry};
 use crate::route::Router;
 use crate::secret::{FileSecretStore, SecretStore};
-use crate::control::ControlDb;
-use crate::revoke::{RevocationCache, SessionRegistry};
 use crate::token::TokenVerifier;
 
 /// Errors starting the server.
@@ -117,15 +117,19 @@ impl Server {
     /// Loads keys and TLS material and binds the listener.
     pub async fn bind(cfg: Config, opts: ServerOptions) -> Result<Server, ServerError> {
         let tls = match &cfg.tls {
-            Some(t) => Some(TlsAcceptor::from(crate::tls::server_config(&t.cert, &t.key)?)),
+            Some(t) => Some(TlsAcceptor::from(crate::tls::server_config(
+                &t.cert, &t.key,
+            )?)),
             None => None,
         };
         let mut pems = Vec::new();
         for path in &cfg.auth.verifying_keys {
-            pems.push(std::fs::read_to_string(path).map_err(|source| ServerError::KeyFile {
-                path: path.clone(),
-                source,
-            })?);
+            pems.push(
+                std::fs::read_to_string(path).map_err(|source| ServerError::KeyFile {
+                    path: path.clone(),
+                    source,
+                })?,
+            );
         }
         let verifier = TokenVerifier::from_pems(&pems, &cfg.auth.issuer)?;
         let secrets: Arc<dyn SecretStore> = match opts.secrets {
@@ -143,10 +147,13 @@ impl Server {
             None => None,
         };
         let pools = Pools::new(secrets, cfg.pool.checkout_timeout, cfg.pool.connect_timeout);
-        let listener = TcpListener::bind(cfg.listen.addr).await.map_err(|source| ServerError::Bind {
-            addr: cfg.listen.addr,
-            source,
-        })?;
+        let listener =
+            TcpListener::bind(cfg.listen.addr)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    addr: cfg.listen.addr,
+                    source,
+                })?;
         let (shutdown_tx, shutdown) = watch::channel(false);
         let sessions = Arc::new(SessionRegistry::default());
         if let (Some(cache), Some(c)) = (&revocations, &cfg.control) {
@@ -175,7 +182,9 @@ impl Server {
 
     /// The bound address (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("bound listener has an address")
+        self.listener
+            .local_addr()
+            .expect("bound listener has an address")
     }
 
     /// Shared state (for tests and metrics).
@@ -223,9 +232,15 @@ impl Server {
         drop(listener);
         tracing::info!(clients = shared.clients.load(Ordering::SeqCst), "draining");
         let _ = shutdown_tx.send(true);
-        let drained = tokio::time::timeout(drain_timeout, async { while tasks.join_next().await.is_some() {} }).await;
+        let drained = tokio::time::timeout(drain_timeout, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
         if drained.is_err() {
-            tracing::warn!(remaining = tasks.len(), "drain timeout: closing remaining sessions");
+            tracing::warn!(
+                remaining = tasks.len(),
+                "drain timeout: closing remaining sessions"
+            );
             tasks.shutdown().await;
         }
         shared.pools.close_all();

@@ -30,7 +30,12 @@ pub struct Request<'a> {
 
 /// GETs `url` (must be `https://`) and returns the body as text.
 pub async fn https_get(url: &str) -> Result<String, String> {
-    let (status, body) = send(Request { method: "GET", url, ..Default::default() }).await?;
+    let (status, body) = send(Request {
+        method: "GET",
+        url,
+        ..Default::default()
+    })
+    .await?;
     if !(200..300).contains(&status) {
         return Err(format!("HTTP {status}"));
     }
@@ -39,7 +44,9 @@ pub async fn https_get(url: &str) -> Result<String, String> {
 
 /// Sends a request; returns the status and the body text.
 pub async fn send(req: Request<'_>) -> Result<(u16, String), String> {
-    tokio::time::timeout(Duration::from_secs(10), send_inner(req)).await.map_err(|_| "timed out".to_owned())?
+    tokio::time::timeout(Duration::from_secs(10), send_inner(req))
+        .await
+        .map_err(|_| "timed out".to_owned())?
 }
 
 async fn send_inner(r: Request<'_>) -> Result<(u16, String), String> {
@@ -47,22 +54,32 @@ async fn send_inner(r: Request<'_>) -> Result<(u16, String), String> {
     if uri.scheme_str() != Some("https") {
         return Err("URL must be https".into());
     }
-    let host = uri.host().ok_or("URL without host")?.trim_matches(['[', ']']).to_owned();
+    let host = uri
+        .host()
+        .ok_or("URL without host")?
+        .trim_matches(['[', ']'])
+        .to_owned();
     let port = uri.port_u16().unwrap_or(443);
     let ca: PathBuf = match r.ca {
         Some(p) => p.to_owned(),
-        None => std::env::var_os("PGVEIL_CA_BUNDLE").map(PathBuf::from).unwrap_or_else(|| SYSTEM_CA.into()),
+        None => std::env::var_os("PGVEIL_CA_BUNDLE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| SYSTEM_CA.into()),
     };
     let base = crate::tls::backend_client_config(Some(&ca), true).map_err(|e| e.to_string())?;
     let mut cfg = (*base).clone();
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await.map_err(|e| e.to_string())?;
+    let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
+        .await
+        .map_err(|e| e.to_string())?;
     let name = ServerName::try_from(host.clone()).map_err(|_| "invalid host name".to_owned())?;
     let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
         .connect(name, tcp)
         .await
         .map_err(|e| format!("TLS: {e}"))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.map_err(|e| e.to_string())?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .map_err(|e| e.to_string())?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -70,7 +87,10 @@ async fn send_inner(r: Request<'_>) -> Result<(u16, String), String> {
     let mut b = hyper::Request::builder()
         .method(r.method)
         .uri(path)
-        .header(hyper::header::HOST, uri.authority().map(|a| a.as_str()).unwrap_or(&host))
+        .header(
+            hyper::header::HOST,
+            uri.authority().map(|a| a.as_str()).unwrap_or(&host),
+        )
         .header(hyper::header::ACCEPT, "application/json");
     if let Some(t) = r.bearer {
         b = b.header(hyper::header::AUTHORIZATION, format!("Bearer {t}"));
@@ -78,9 +98,18 @@ async fn send_inner(r: Request<'_>) -> Result<(u16, String), String> {
     if r.json.is_some() {
         b = b.header(hyper::header::CONTENT_TYPE, "application/json");
     }
-    let req = b.body(Full::new(Bytes::from(r.json.unwrap_or_default()))).map_err(|e| e.to_string())?;
+    let req = b
+        .body(Full::new(Bytes::from(r.json.unwrap_or_default())))
+        .map_err(|e| e.to_string())?;
     let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
     let status = resp.status().as_u16();
-    let body = Limited::new(resp.into_body(), 1 << 20).collect().await.map_err(|e| e.to_string())?.to_bytes();
-    Ok((status, String::from_utf8(body.to_vec()).map_err(|_| "body is not UTF-8".to_owned())?))
+    let body = Limited::new(resp.into_body(), 1 << 20)
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((
+        status,
+        String::from_utf8(body.to_vec()).map_err(|_| "body is not UTF-8".to_owned())?,
+    ))
 }

@@ -64,8 +64,17 @@ struct AssertionPayload {
 
 /// Signs a web-app assertion for `email`, valid until `exp` (what the web-app does for each user).
 pub fn sign_assertion(key: &SecretString, email: &str, exp: SystemTime) -> String {
-    let exp = exp.duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
-    let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&AssertionPayload { email: email.into(), exp }).unwrap_or_default());
+    let exp = exp
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let payload = URL_SAFE_NO_PAD.encode(
+        serde_json::to_vec(&AssertionPayload {
+            email: email.into(),
+            exp,
+        })
+        .unwrap_or_default(),
+    );
     let signed = format!("v1.{payload}");
     let k = hmac::Key::new(hmac::HMAC_SHA256, key.expose_secret().as_bytes());
     let tag = hmac::sign(&k, signed.as_bytes());
@@ -86,9 +95,16 @@ pub fn verify_assertion(
     let tag = URL_SAFE_NO_PAD.decode(tag).map_err(|_| bad("malformed"))?;
     let k = hmac::Key::new(hmac::HMAC_SHA256, key.expose_secret().as_bytes());
     hmac::verify(&k, signed.as_bytes(), &tag).map_err(|_| bad("bad signature"))?;
-    let p: AssertionPayload = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).map_err(|_| bad("malformed"))?)
-        .map_err(|_| bad("malformed"))?;
-    let now = now.duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+    let p: AssertionPayload = serde_json::from_slice(
+        &URL_SAFE_NO_PAD
+            .decode(payload)
+            .map_err(|_| bad("malformed"))?,
+    )
+    .map_err(|_| bad("malformed"))?;
+    let now = now
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
     if p.exp < now {
         return Err(bad("expired"));
     }
@@ -120,11 +136,17 @@ impl FirstFactor {
         email: &str,
         now: SystemTime,
     ) -> Result<Option<&'static str>, FirstFactorError> {
-        if let (Some(v), Some(t)) = (&self.oidc, input.id_token.as_deref().filter(|t| !t.is_empty())) {
+        if let (Some(v), Some(t)) = (
+            &self.oidc,
+            input.id_token.as_deref().filter(|t| !t.is_empty()),
+        ) {
             v.verify(t, email, now).await?;
             return Ok(Some("fed"));
         }
-        if let (Some((key, max_age)), Some(a)) = (&self.webapp, input.assertion.as_deref().filter(|a| !a.is_empty())) {
+        if let (Some((key, max_age)), Some(a)) = (
+            &self.webapp,
+            input.assertion.as_deref().filter(|a| !a.is_empty()),
+        ) {
             verify_assertion(key, *max_age, a, email, now)?;
             return Ok(Some("pwd"));
         }
@@ -147,8 +169,26 @@ mod tests {
         let max = Duration::from_secs(600);
         assert!(verify_assertion(&key, max, &a, "Alice@acme.example", now).is_ok());
         assert!(verify_assertion(&key, max, &a, "bob@acme.example", now).is_err());
-        assert!(verify_assertion(&key, max, &a, "alice@acme.example", now + Duration::from_secs(61)).is_err());
-        assert!(verify_assertion(&SecretString::from("other"), max, &a, "alice@acme.example", now).is_err());
+        assert!(
+            verify_assertion(
+                &key,
+                max,
+                &a,
+                "alice@acme.example",
+                now + Duration::from_secs(61)
+            )
+            .is_err()
+        );
+        assert!(
+            verify_assertion(
+                &SecretString::from("other"),
+                max,
+                &a,
+                "alice@acme.example",
+                now
+            )
+            .is_err()
+        );
         let long = sign_assertion(&key, "alice@acme.example", now + Duration::from_secs(3600));
         assert!(verify_assertion(&key, max, &long, "alice@acme.example", now).is_err());
         let mut t = a.clone();

@@ -104,7 +104,9 @@ impl ApiConfig {
                 problems.push("api.oidc: issuer and audience must be set".into());
             }
         }
-        if self.token_ttl < Duration::from_secs(60) || self.token_ttl > Duration::from_secs(7 * 24 * 3600) {
+        if self.token_ttl < Duration::from_secs(60)
+            || self.token_ttl > Duration::from_secs(7 * 24 * 3600)
+        {
             problems.push("api.token_ttl must be between 1m and 7d".into());
         }
         if self.throttle.user_max_failures == 0 || self.throttle.ip_max_failures == 0 {
@@ -177,15 +179,29 @@ pub struct ApiServer {
 impl ApiServer {
     /// Opens the control database, loads keys and binds the listener.
     pub async fn bind(cfg: Config, opts: ApiOptions) -> Result<ApiServer, ApiError> {
-        let api = cfg.api.clone().ok_or(ApiError::Config("no [api] section"))?;
-        let control = cfg.control.clone().ok_or(ApiError::Config("[api] needs [control]"))?;
-        let tls_cfg = cfg.tls.clone().ok_or(ApiError::Config("the API needs a [tls] certificate"))?;
+        let api = cfg
+            .api
+            .clone()
+            .ok_or(ApiError::Config("no [api] section"))?;
+        let control = cfg
+            .control
+            .clone()
+            .ok_or(ApiError::Config("[api] needs [control]"))?;
+        let tls_cfg = cfg
+            .tls
+            .clone()
+            .ok_or(ApiError::Config("the API needs a [tls] certificate"))?;
         let secrets = opts.secrets;
         let db = ControlDb::open(&control, &*secrets).await?;
         let secret_box = SecretBox::from_secret(&secrets.fetch(&control.totp_key_secret).await?)?;
         let admin_key = secrets.fetch(&api.admin_key_secret).await?;
-        let key_path = cfg.auth.signing_key.clone().ok_or(ApiError::Config("[api] needs auth.signing_key"))?;
-        let pem = std::fs::read_to_string(&key_path).map_err(|e| ApiError::Io(format!("{}: {e}", key_path.display())))?;
+        let key_path = cfg
+            .auth
+            .signing_key
+            .clone()
+            .ok_or(ApiError::Config("[api] needs auth.signing_key"))?;
+        let pem = std::fs::read_to_string(&key_path)
+            .map_err(|e| ApiError::Io(format!("{}: {e}", key_path.display())))?;
         let signer = TokenSigner::from_pem(&SecretString::from(pem), &cfg.auth.issuer)?;
         let oidc = match &api.oidc {
             Some(o) => Some(OidcVerifier::new(o.clone()).await?),
@@ -201,11 +217,15 @@ impl ApiServer {
                     "api.insecure_no_first_factor is for demos only (set PGVEIL_DEMO=1 to accept it)",
                 ));
             }
-            tracing::warn!("!!! DEMO MODE: the API issues tokens WITHOUT any first factor: anyone who knows an email and its TOTP code gets a token. Never use this with real data. !!!");
+            tracing::warn!(
+                "!!! DEMO MODE: the API issues tokens WITHOUT any first factor: anyone who knows an email and its TOTP code gets a token. Never use this with real data. !!!"
+            );
         }
         let mut server_tls = (*crate::tls::server_config(&tls_cfg.cert, &tls_cfg.key)?).clone();
         server_tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let listener = TcpListener::bind(api.addr).await.map_err(|e| ApiError::Io(format!("cannot listen on {}: {e}", api.addr)))?;
+        let listener = TcpListener::bind(api.addr)
+            .await
+            .map_err(|e| ApiError::Io(format!("cannot listen on {}: {e}", api.addr)))?;
         let state = Arc::new(ApiState {
             mfa: MfaService::new(db, secret_box, api.throttle.clone()),
             signer,
@@ -230,7 +250,9 @@ impl ApiServer {
 
     /// The bound address.
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("bound listener has an address")
+        self.listener
+            .local_addr()
+            .expect("bound listener has an address")
     }
 
     /// Serves until `stop` resolves.
@@ -253,7 +275,9 @@ impl ApiServer {
             let tls = self.tls.clone();
             let app = app.clone();
             tokio::spawn(async move {
-                let Ok(Ok(stream)) = tokio::time::timeout(Duration::from_secs(10), tls.accept(tcp)).await else {
+                let Ok(Ok(stream)) =
+                    tokio::time::timeout(Duration::from_secs(10), tls.accept(tcp)).await
+                else {
                     return;
                 };
                 let svc = app.map_request(move |mut req: hyper::Request<hyper::body::Incoming>| {

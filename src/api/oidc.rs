@@ -103,20 +103,24 @@ impl OidcVerifier {
         v.validate_nbf = false;
         v.validate_aud = false;
         v.required_spec_claims.clear();
-        let data = jsonwebtoken::decode::<serde_json::Map<String, Value>>(token, &key, &v).map_err(|e| {
-            match e.kind() {
+        let data = jsonwebtoken::decode::<serde_json::Map<String, Value>>(token, &key, &v)
+            .map_err(|e| match e.kind() {
                 jsonwebtoken::errors::ErrorKind::InvalidSignature => OidcError::BadSignature,
                 _ => OidcError::Malformed,
-            }
-        })?;
+            })?;
         let c = data.claims;
-        let now = now.duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+        let now = now
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
         if c.get("iss").and_then(Value::as_str) != Some(self.cfg.issuer.as_str()) {
             return Err(OidcError::WrongIssuer);
         }
         let aud_ok = match c.get("aud") {
             Some(Value::String(a)) => a == &self.cfg.audience,
-            Some(Value::Array(a)) => a.iter().any(|x| x.as_str() == Some(self.cfg.audience.as_str())),
+            Some(Value::Array(a)) => a
+                .iter()
+                .any(|x| x.as_str() == Some(self.cfg.audience.as_str())),
             _ => false,
         };
         if !aud_ok {
@@ -126,12 +130,18 @@ impl OidcVerifier {
             Some(exp) if now <= exp + LEEWAY_SECS => {}
             _ => return Err(OidcError::Expired),
         }
-        if c.get("nbf").and_then(Value::as_i64).is_some_and(|nbf| nbf > now + LEEWAY_SECS)
-            || c.get("iat").and_then(Value::as_i64).is_some_and(|iat| iat > now + LEEWAY_SECS)
+        if c.get("nbf")
+            .and_then(Value::as_i64)
+            .is_some_and(|nbf| nbf > now + LEEWAY_SECS)
+            || c.get("iat")
+                .and_then(Value::as_i64)
+                .is_some_and(|iat| iat > now + LEEWAY_SECS)
         {
             return Err(OidcError::Expired);
         }
-        if c.get("email_verified").is_some_and(|v| v != &Value::Bool(true)) {
+        if c.get("email_verified")
+            .is_some_and(|v| v != &Value::Bool(true))
+        {
             return Err(OidcError::WrongEmail);
         }
         match c.get(&self.cfg.email_claim).and_then(Value::as_str) {
@@ -155,7 +165,11 @@ impl OidcVerifier {
             None if g.0.keys.len() == 1 => &g.0.keys[0],
             None => return None,
         };
-        if jwk.common.key_algorithm.is_some_and(|a| a.to_string() != format!("{alg:?}")) {
+        if jwk
+            .common
+            .key_algorithm
+            .is_some_and(|a| a.to_string() != format!("{alg:?}"))
+        {
             return None;
         }
         DecodingKey::from_jwk(jwk).ok()
@@ -167,8 +181,14 @@ async fn load_jwks(cfg: &OidcConfig) -> Result<JwkSet, OidcError> {
         (Some(path), _) => tokio::fs::read_to_string(path)
             .await
             .map_err(|e| OidcError::Jwks(format!("{}: {e}", path.display())))?,
-        (None, Some(url)) => super::fetch::https_get(url).await.map_err(OidcError::Jwks)?,
-        (None, None) => return Err(OidcError::Jwks("neither jwks_file nor jwks_url is set".into())),
+        (None, Some(url)) => super::fetch::https_get(url)
+            .await
+            .map_err(OidcError::Jwks)?,
+        (None, None) => {
+            return Err(OidcError::Jwks(
+                "neither jwks_file nor jwks_url is set".into(),
+            ));
+        }
     };
     serde_json::from_str(&text).map_err(|e| OidcError::Jwks(format!("not a JWKS document: {e}")))
 }

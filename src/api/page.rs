@@ -6,11 +6,11 @@
 
 use std::sync::Arc;
 
+use axum::Router;
 use axum::extract::{Extension, Form, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::Router;
 use serde::Deserialize;
 
 use super::ApiState;
@@ -38,7 +38,11 @@ struct PageForm {
 }
 
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&#39;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;")
 }
 
 fn hidden(f: &PageForm) -> String {
@@ -65,7 +69,10 @@ ol.codes{{columns:2;font-family:monospace;font-size:1.05rem}} .qr svg,.qr img{{w
     let mut r = (status, Html(html)).into_response();
     let h = r.headers_mut();
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     h.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static("default-src 'none'; img-src data:; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'"),
@@ -75,7 +82,10 @@ ol.codes{{columns:2;font-family:monospace;font-size:1.05rem}} .qr svg,.qr img{{w
 }
 
 fn error_page(f: &PageForm, e: ApiError) -> Response {
-    let retry = e.retry_after.map(|s| format!(" Try again in {s} seconds.")).unwrap_or_default();
+    let retry = e
+        .retry_after
+        .map(|s| format!(" Try again in {s} seconds."))
+        .unwrap_or_default();
     let body = format!(
         r#"<div class="card"><p class="err" id="error" data-code="{code}">{msg}.{retry}</p>
 <form method="post" action="/security/login">{h}<button>Back</button></form></div>"#,
@@ -99,7 +109,11 @@ fn login_form(f: &PageForm, enrolled: bool) -> String {
     )
 }
 
-async fn landing(State(st): State<Arc<ApiState>>, Extension(ip): Extension<ClientIp>, Query(f): Query<PageForm>) -> Response {
+async fn landing(
+    State(st): State<Arc<ApiState>>,
+    Extension(ip): Extension<ClientIp>,
+    Query(f): Query<PageForm>,
+) -> Response {
     let (user, _) = match routes::authenticate_user(&st, &f.email, &f.first, ip.0).await {
         Ok(u) => u,
         Err(e) => return error_page(&f, e),
@@ -130,7 +144,11 @@ async fn landing(State(st): State<Arc<ApiState>>, Extension(ip): Extension<Clien
     page(StatusCode::OK, "Security", &body)
 }
 
-async fn enroll(State(st): State<Arc<ApiState>>, Extension(ip): Extension<ClientIp>, Form(f): Form<PageForm>) -> Response {
+async fn enroll(
+    State(st): State<Arc<ApiState>>,
+    Extension(ip): Extension<ClientIp>,
+    Form(f): Form<PageForm>,
+) -> Response {
     let e = match routes::enroll(&st, &f.email, &f.first, ip.0).await {
         Ok(e) => e,
         Err(e) => return error_page(&f, e),
@@ -148,12 +166,19 @@ async fn enroll(State(st): State<Arc<ApiState>>, Extension(ip): Extension<Client
     page(StatusCode::OK, "Enable 2FA", &body)
 }
 
-async fn confirm(State(st): State<Arc<ApiState>>, Extension(ip): Extension<ClientIp>, Form(f): Form<PageForm>) -> Response {
+async fn confirm(
+    State(st): State<Arc<ApiState>>,
+    Extension(ip): Extension<ClientIp>,
+    Form(f): Form<PageForm>,
+) -> Response {
     let codes = match routes::confirm(&st, &f.email, &f.first, &f.code, ip.0).await {
         Ok(c) => c,
         Err(e) => return error_page(&f, e),
     };
-    let items: String = codes.iter().map(|c| format!("<li><code>{}</code></li>", esc(c))).collect();
+    let items: String = codes
+        .iter()
+        .map(|c| format!("<li><code>{}</code></li>", esc(c)))
+        .collect();
     let body = format!(
         r#"<div class="card"><h2>2FA is on</h2><p><b>Save these recovery codes now.</b> Each works once if you lose your device; they will not be shown again.</p>
 <ol class="codes" id="recovery-codes">{items}</ol></div>{}"#,
@@ -162,7 +187,11 @@ async fn confirm(State(st): State<Arc<ApiState>>, Extension(ip): Extension<Clien
     page(StatusCode::OK, "Recovery codes", &body)
 }
 
-async fn login(State(st): State<Arc<ApiState>>, Extension(ip): Extension<ClientIp>, Form(f): Form<PageForm>) -> Response {
+async fn login(
+    State(st): State<Arc<ApiState>>,
+    Extension(ip): Extension<ClientIp>,
+    Form(f): Form<PageForm>,
+) -> Response {
     let code = f.code.trim();
     let second = match code.len() {
         0 => None,
@@ -183,7 +212,9 @@ async fn login(State(st): State<Arc<ApiState>>, Extension(ip): Extension<ClientI
 <p>Or as separate fields: host <code>{host}</code>, port <code>{port}</code>, database <code>{db}</code>, user <code>{user}</code>, SSL required, password:</p>
 <pre id="token">{token}</pre>
 <p>Shell: <code>export PGPASSWORD='{token}'</code></p></div>"#,
-        exp = humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(out.expires_at.max(0) as u64)),
+        exp = humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(out.expires_at.max(0) as u64)
+        ),
         url = esc(&out.url),
         host = esc(&out.host),
         port = out.port,
@@ -194,7 +225,11 @@ async fn login(State(st): State<Arc<ApiState>>, Extension(ip): Extension<ClientI
     page(StatusCode::OK, "Connection", &body)
 }
 
-async fn recover(State(st): State<Arc<ApiState>>, Extension(ip): Extension<ClientIp>, Form(f): Form<PageForm>) -> Response {
+async fn recover(
+    State(st): State<Arc<ApiState>>,
+    Extension(ip): Extension<ClientIp>,
+    Form(f): Form<PageForm>,
+) -> Response {
     if let Err(e) = routes::recover(&st, &f.email, &f.first, &f.code, ip.0).await {
         return error_page(&f, e);
     }

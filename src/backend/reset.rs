@@ -35,7 +35,10 @@ pub enum InternalError {
 /// Runs each SQL string as its own simple Query (pipelined) and waits for all of them. Returns the first
 /// server error, if any; ParameterStatus updates are recorded in `conn.params`. Returns the final
 /// transaction status.
-pub async fn run_queries(conn: &mut BackendConn, sqls: &[&str]) -> Result<(u8, Option<ServerError>), InternalError> {
+pub async fn run_queries(
+    conn: &mut BackendConn,
+    sqls: &[&str],
+) -> Result<(u8, Option<ServerError>), InternalError> {
     let r = run_inner(conn, sqls).await;
     if r.is_err() {
         conn.broken = true;
@@ -43,7 +46,10 @@ pub async fn run_queries(conn: &mut BackendConn, sqls: &[&str]) -> Result<(u8, O
     r
 }
 
-async fn run_inner(conn: &mut BackendConn, sqls: &[&str]) -> Result<(u8, Option<ServerError>), InternalError> {
+async fn run_inner(
+    conn: &mut BackendConn,
+    sqls: &[&str],
+) -> Result<(u8, Option<ServerError>), InternalError> {
     let mut out = BytesMut::new();
     for sql in sqls {
         messages::query(&mut out, sql);
@@ -63,35 +69,41 @@ async fn run_inner(conn: &mut BackendConn, sqls: &[&str]) -> Result<(u8, Option<
         let payload = &frame[5..];
         match frame[0] {
             tag::READY_FOR_QUERY => {
-                status = *payload.first().ok_or(InternalError::Protocol("empty ReadyForQuery"))?;
+                status = *payload
+                    .first()
+                    .ok_or(InternalError::Protocol("empty ReadyForQuery"))?;
                 pending -= 1;
             }
             tag::PARAMETER_STATUS => {
-                let (name, rest) = messages::read_cstr(payload).ok_or(InternalError::Protocol("bad ParameterStatus"))?;
-                let (value, _) = messages::read_cstr(rest).ok_or(InternalError::Protocol("bad ParameterStatus"))?;
+                let (name, rest) = messages::read_cstr(payload)
+                    .ok_or(InternalError::Protocol("bad ParameterStatus"))?;
+                let (value, _) = messages::read_cstr(rest)
+                    .ok_or(InternalError::Protocol("bad ParameterStatus"))?;
                 conn.params.insert(
                     String::from_utf8_lossy(name).into_owned(),
                     String::from_utf8_lossy(value).into_owned(),
                 );
             }
-            tag::ERROR_RESPONSE => {
-                if first_error.is_none() {
-                    let mut e = ServerError {
-                        code: String::new(),
-                        message: String::new(),
-                    };
-                    for (t, v) in parse_fields(payload) {
-                        match t {
-                            b'C' => e.code = String::from_utf8_lossy(v).into_owned(),
-                            b'M' => e.message = String::from_utf8_lossy(v).into_owned(),
-                            _ => {}
-                        }
+            tag::ERROR_RESPONSE if first_error.is_none() => {
+                let mut e = ServerError {
+                    code: String::new(),
+                    message: String::new(),
+                };
+                for (t, v) in parse_fields(payload) {
+                    match t {
+                        b'C' => e.code = String::from_utf8_lossy(v).into_owned(),
+                        b'M' => e.message = String::from_utf8_lossy(v).into_owned(),
+                        _ => {}
                     }
-                    first_error = Some(e);
                 }
+                first_error = Some(e);
             }
             // CopyIn/CopyOut/CopyBoth responses cannot come from our statements.
-            b'G' | b'H' | b'W' => return Err(InternalError::Protocol("unexpected COPY from internal statement")),
+            b'G' | b'H' | b'W' => {
+                return Err(InternalError::Protocol(
+                    "unexpected COPY from internal statement",
+                ));
+            }
             _ => {} // CommandComplete, NoticeResponse, RowDescription, DataRow, EmptyQueryResponse...
         }
     }

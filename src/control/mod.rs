@@ -62,11 +62,14 @@ impl ControlConfig {
         if self.pool_size == 0 {
             problems.push("control.pool_size must be at least 1".into());
         }
-        if self.revocation_refresh < Duration::from_millis(100) || self.revocation_refresh > Duration::from_secs(60) {
+        if self.revocation_refresh < Duration::from_millis(100)
+            || self.revocation_refresh > Duration::from_secs(60)
+        {
             problems.push("control.revocation_refresh must be between 100ms and 60s".into());
         }
         if self.revocation_max_stale < self.revocation_refresh {
-            problems.push("control.revocation_max_stale must be at least revocation_refresh".into());
+            problems
+                .push("control.revocation_max_stale must be at least revocation_refresh".into());
         }
     }
 }
@@ -102,13 +105,18 @@ pub struct ControlDb {
 
 impl std::fmt::Debug for ControlDb {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ControlDb").field("size", &self.pool.status().max_size).finish()
+        f.debug_struct("ControlDb")
+            .field("size", &self.pool.status().max_size)
+            .finish()
     }
 }
 
 impl ControlDb {
     /// Connects (lazily, through the pool) with credentials from the secret store and runs the migrations.
-    pub async fn open(cfg: &ControlConfig, secrets: &dyn SecretStore) -> Result<ControlDb, ControlError> {
+    pub async fn open(
+        cfg: &ControlConfig,
+        secrets: &dyn SecretStore,
+    ) -> Result<ControlDb, ControlError> {
         let creds = DbCredentials::fetch(secrets, &cfg.secret).await?;
         let mut pg = tokio_postgres::Config::new();
         pg.user(&creds.username)
@@ -147,6 +155,8 @@ impl ControlDb {
 /// Seconds since the Unix epoch (the control database stores times as `bigint` seconds taken from pgveil's
 /// injected clock, never from the database's `now()`, so tests can move time).
 pub fn epoch(t: SystemTime) -> Result<i64, ControlError> {
-    let d = t.duration_since(UNIX_EPOCH).map_err(|_| ControlError::Clock)?;
+    let d = t
+        .duration_since(UNIX_EPOCH)
+        .map_err(|_| ControlError::Clock)?;
     i64::try_from(d.as_secs()).map_err(|_| ControlError::Clock)
 }

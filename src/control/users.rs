@@ -78,7 +78,10 @@ impl ControlDb {
     pub async fn user(&self, email: &str) -> Result<Option<User>, ControlError> {
         let c = self.client().await?;
         let row = c
-            .query_opt(&format!("SELECT {USER_COLUMNS} FROM users u WHERE u.email = $1"), &[&email])
+            .query_opt(
+                &format!("SELECT {USER_COLUMNS} FROM users u WHERE u.email = $1"),
+                &[&email],
+            )
             .await?;
         Ok(row.as_ref().map(user_from))
     }
@@ -99,7 +102,12 @@ impl ControlDb {
 
     /// Disables (or re-enables) a user; disabling also invalidates every token issued so far.
     /// Returns false if there is no such user.
-    pub async fn set_disabled(&self, email: &str, disabled: bool, now: i64) -> Result<bool, ControlError> {
+    pub async fn set_disabled(
+        &self,
+        email: &str,
+        disabled: bool,
+        now: i64,
+    ) -> Result<bool, ControlError> {
         let c = self.client().await?;
         let n = c
             .execute(
@@ -132,7 +140,12 @@ impl ControlDb {
 
     /// Revokes a token id until `expires_at` (after which the token is refused for expiry anyway). Uses the
     /// recorded expiry when the token was issued by the API.
-    pub async fn revoke_token(&self, jti: &str, now: i64, default_expiry: i64) -> Result<(), ControlError> {
+    pub async fn revoke_token(
+        &self,
+        jti: &str,
+        now: i64,
+        default_expiry: i64,
+    ) -> Result<(), ControlError> {
         let c = self.client().await?;
         c.execute(
             "INSERT INTO revoked_tokens (jti, revoked_at, expires_at) \
@@ -148,7 +161,10 @@ impl ControlDb {
     pub async fn revocations(&self, now: i64) -> Result<RevocationRows, ControlError> {
         let c = self.client().await?;
         let jtis = c
-            .query("SELECT jti FROM revoked_tokens WHERE expires_at + 60 > $1", &[&now])
+            .query(
+                "SELECT jti FROM revoked_tokens WHERE expires_at + 60 > $1",
+                &[&now],
+            )
             .await?
             .iter()
             .map(|r| r.get(0))

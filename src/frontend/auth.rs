@@ -13,12 +13,12 @@ use super::relay::{ReadFrameError, read_frame};
 use crate::config::Config;
 use crate::identity::Identity;
 use crate::ids::ClientAddr;
+use crate::mfa::policy::MfaRequirement;
 use crate::net::ClientStream;
 use crate::proto::PgError;
 use crate::proto::messages::{self, tag};
-use crate::route::Router;
-use crate::mfa::policy::MfaRequirement;
 use crate::revoke::{RevocationCache, Revoked};
+use crate::route::Router;
 use crate::token::{MAX_TOKEN_LEN, TokenError, TokenVerifier};
 
 /// A successful authentication.
@@ -53,7 +53,8 @@ pub async fn authenticate(
     revocations: Option<&RevocationCache>,
     now: SystemTime,
 ) -> Result<Authenticated, AuthError> {
-    if !stream.is_tls() && !(cfg.listen.allow_plaintext_loopback && peer.ip().is_loopback()) {
+    let plaintext_ok = cfg.listen.allow_plaintext_loopback && peer.ip().is_loopback();
+    if !stream.is_tls() && !plaintext_ok {
         return Err(AuthError::Refused(
             PgError::invalid_authorization("pgveil requires an encrypted connection")
                 .with_hint("Connect with sslmode=require (or verify-full with the pgveil CA)."),
@@ -66,26 +67,36 @@ pub async fn authenticate(
         Ok(f) => f,
         Err(ReadFrameError::Io(_)) => return Err(AuthError::Gone),
         Err(ReadFrameError::Invalid(_)) => {
-            return Err(AuthError::Refused(PgError::protocol_violation("invalid password message")));
+            return Err(AuthError::Refused(PgError::protocol_violation(
+                "invalid password message",
+            )));
         }
     };
     if t != tag::PASSWORD {
-        return Err(AuthError::Refused(PgError::protocol_violation("expected a password message")));
+        return Err(AuthError::Refused(PgError::protocol_violation(
+            "expected a password message",
+        )));
     }
     let token = messages::decode_query(&body)
         .and_then(|b| std::str::from_utf8(b).ok())
-        .ok_or_else(|| AuthError::Refused(PgError::protocol_violation("invalid password message")))?;
+        .ok_or_else(|| {
+            AuthError::Refused(PgError::protocol_violation("invalid password message"))
+        })?;
     let claims = verifier.verify(token, now).map_err(|e| {
         tracing::info!(client = %peer, reason = e.label(), "token refused");
         AuthError::Refused(token_error(&e))
     })?;
     if router.tenant(&claims.tenant).is_none() {
         tracing::info!(client = %peer, tenant = %claims.tenant, "token for unknown tenant");
-        return Err(AuthError::Refused(PgError::invalid_authorization("token's tenant is not served here")));
+        return Err(AuthError::Refused(PgError::invalid_authorization(
+            "token's tenant is not served here",
+        )));
     }
     if !cfg.roles.contains(&claims.role) {
         tracing::info!(client = %peer, role = %claims.role, "token with unknown role");
-        return Err(AuthError::Refused(PgError::invalid_authorization("token's role is not configured")));
+        return Err(AuthError::Refused(PgError::invalid_authorization(
+            "token's role is not configured",
+        )));
     }
     if let Some(cache) = revocations
         && let Err(r) = cache.check(&claims)
@@ -94,7 +105,9 @@ pub async fn authenticate(
         let msg = match r {
             Revoked::Token => "pgveil token has been revoked",
             Revoked::User => "pgveil user is disabled or their tokens were revoked",
-            Revoked::Unavailable => "pgveil cannot check token revocation right now; try again later",
+            Revoked::Unavailable => {
+                "pgveil cannot check token revocation right now; try again later"
+            }
         };
         return Err(AuthError::Refused(PgError::invalid_authorization(msg)));
     }
@@ -133,5 +146,6 @@ fn token_error(e: &TokenError) -> PgError {
         TokenError::NotYetValid => "pgveil token is not valid yet",
         _ => "invalid pgveil token",
     };
-    PgError::invalid_password(what).with_hint("Obtain a fresh token with `pgveil login` and use it as the password.")
+    PgError::invalid_password(what)
+        .with_hint("Obtain a fresh token with `pgveil login` and use it as the password.")
 }

@@ -24,10 +24,10 @@ use crate::backend::BackendConn;
 use crate::identity::Identity;
 use crate::net::ClientStream;
 use crate::policy::{Decision, StatementPolicy};
+use crate::proto::PgError;
 use crate::proto::error::parse_fields;
 use crate::proto::frame::{FrameError, FrameSplitter, Item, payload};
 use crate::proto::messages::{self, tag};
-use crate::proto::PgError;
 
 /// Stop reading a side while this much is queued for the other.
 const HIGH_WATER: usize = 256 * 1024;
@@ -119,7 +119,10 @@ impl<'a> Relay<'a> {
         shutdown: &mut watch::Receiver<bool>,
     ) -> RelayEnd {
         let BackendConn {
-            stream, params, rbuf, ..
+            stream,
+            params,
+            rbuf,
+            ..
         } = backend;
         let (mut cr, mut cw) = client.split();
         let (mut br, mut bw) = stream.split();
@@ -148,7 +151,11 @@ impl<'a> Relay<'a> {
                 self.state.mid_frame |= !to_b.is_empty() || !bin.is_empty();
                 return end;
             }
-            if *shutdown.borrow() && self.state.backend_idle() && self.state.txn_status == b'I' && to_c.is_empty() {
+            if *shutdown.borrow()
+                && self.state.backend_idle()
+                && self.state.txn_status == b'I'
+                && to_c.is_empty()
+            {
                 PgError::shutting_down().encode(&mut to_c);
                 ending = Some(RelayEnd::Shutdown);
                 continue;
@@ -205,6 +212,17 @@ impl<'a> Relay<'a> {
         to_c: &mut BytesMut,
     ) -> Step {
         loop {
+            // Refuse an unknown message type on its tag byte, as PostgreSQL does, instead of waiting for the
+            // body its length announces (an SSLRequest or StartupMessage sent mid-session would otherwise
+            // leave the session hanging).
+            if !split.mid_frame()
+                && let Some(&t) = cin.first()
+                && !frontend_tag(t)
+            {
+                let err = invalid_frontend_tag(t);
+                err.encode(to_c);
+                return Step::End(RelayEnd::ClientProtocol(err));
+            }
             let item = match split.next(cin, client_inspects) {
                 Ok(Some(item)) => item,
                 Ok(None) => return Step::Continue,
@@ -239,7 +257,8 @@ impl<'a> Relay<'a> {
         let body = payload(frame);
         match frame[0] {
             tag::QUERY => {
-                let sql = messages::decode_query(body).ok_or_else(|| PgError::protocol_violation("invalid Query message"))?;
+                let sql = messages::decode_query(body)
+                    .ok_or_else(|| PgError::protocol_violation("invalid Query message"))?;
                 self.state.in_flight += 1;
                 match self.decide(sql) {
                     Decision::Allow => to_b.extend_from_slice(frame),
@@ -248,7 +267,8 @@ impl<'a> Relay<'a> {
                 }
             }
             tag::PARSE => {
-                let p = messages::decode_parse(body).ok_or_else(|| PgError::protocol_violation("invalid Parse message"))?;
+                let p = messages::decode_parse(body)
+                    .ok_or_else(|| PgError::protocol_violation("invalid Parse message"))?;
                 match self.decide(p.sql) {
                     Decision::Allow => to_b.extend_from_slice(frame),
                     Decision::Rewrite(text) => messages::parse(to_b, p.name, &text, p.param_types),
@@ -258,7 +278,9 @@ impl<'a> Relay<'a> {
             tag::FUNCTION_CALL => {
                 self.state.in_flight += 1;
                 if self.inspect {
-                    let err = PgError::feature_not_supported("fast-path function calls are not allowed through pgveil");
+                    let err = PgError::feature_not_supported(
+                        "fast-path function calls are not allowed through pgveil",
+                    );
                     messages::query(to_b, &self.deny(err));
                 } else {
                     to_b.extend_from_slice(frame);
@@ -269,12 +291,7 @@ impl<'a> Relay<'a> {
                 to_b.extend_from_slice(frame);
             }
             tag::TERMINATE => return Ok(Step::End(RelayEnd::Terminate)),
-            t => {
-                return Err(PgError::protocol_violation(format!(
-                    "invalid frontend message type {}",
-                    if t.is_ascii_graphic() { (t as char).to_string() } else { format!("0x{t:02x}") }
-                )));
-            }
+            t => return Err(invalid_frontend_tag(t)),
         }
         Ok(Step::Continue)
     }
@@ -362,9 +379,31 @@ impl<'a> Relay<'a> {
         }
         let message = fields.iter().find(|(t, _)| *t == b'M').map(|(_, v)| *v)?;
         let message = std::str::from_utf8(message).ok()?;
-        let idx = self.denials.iter().position(|(marker, _)| message.contains(&format!("\"{marker}\"")))?;
+        let idx = self
+            .denials
+            .iter()
+            .position(|(marker, _)| message.contains(&format!("\"{marker}\"")))?;
         Some(self.denials.remove(idx).1)
     }
+}
+
+/// Message types a client may send once the session has started (PostgreSQL's `SocketBackend` list).
+fn frontend_tag(t: u8) -> bool {
+    matches!(
+        t,
+        b'Q' | b'P' | b'B' | b'E' | b'D' | b'C' | b'S' | b'H' | b'F' | b'X' | b'd' | b'c' | b'f'
+    )
+}
+
+fn invalid_frontend_tag(t: u8) -> PgError {
+    PgError::protocol_violation(format!(
+        "invalid frontend message type {}",
+        if t.is_ascii_graphic() {
+            (t as char).to_string()
+        } else {
+            format!("0x{t:02x}")
+        }
+    ))
 }
 
 /// Frontend tags handed over whole: everything except the high-volume pass-through ones. Unknown tags are
@@ -387,7 +426,10 @@ async fn pump<W: AsyncWrite + Unpin>(w: &mut W, buf: &mut BytesMut) -> std::io::
 }
 
 /// Reads exactly one whole frame from a stream (used during startup), refusing lengths above `max`.
-pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, max: usize) -> Result<(u8, BytesMut), ReadFrameError> {
+pub async fn read_frame<R: AsyncRead + Unpin>(
+    r: &mut R,
+    max: usize,
+) -> Result<(u8, BytesMut), ReadFrameError> {
     let tag = r.read_u8().await.map_err(ReadFrameError::Io)?;
     let len = r.read_i32().await.map_err(ReadFrameError::Io)?;
     if len < 4 || len as usize - 4 > max {
@@ -408,4 +450,3 @@ pub enum ReadFrameError {
     #[error("invalid message length {0}")]
     Invalid(i32),
 }
-

@@ -42,13 +42,25 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let _enter = span.enter();
     drop(_enter);
     // Registered before the backend is checked out, so a revocation racing with start-up still ends it.
-    let guard = shared.sessions.register(who.user.as_str(), &who.token_id, auth.issued_at);
+    let guard = shared
+        .sessions
+        .register(who.user.as_str(), &who.token_id, auth.issued_at);
     run_session(&mut stream, &startup, &auth, guard.killed.clone(), &shared).await;
 }
 
 /// Handshake and authentication, under the startup timeout.
-async fn start(tcp: TcpStream, peer: SocketAddr, shared: &Shared) -> Option<(ClientStream, StartupMessage, Authenticated)> {
-    let hello = match negotiate(tcp, shared.tls.as_ref(), shared.cfg.listen.max_startup_packet).await {
+async fn start(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    shared: &Shared,
+) -> Option<(ClientStream, StartupMessage, Authenticated)> {
+    let hello = match negotiate(
+        tcp,
+        shared.tls.as_ref(),
+        shared.cfg.listen.max_startup_packet,
+    )
+    .await
+    {
         Ok(h) => h,
         Err(e) => {
             tracing::debug!(client = %peer, error = %e, "handshake ended");
@@ -64,21 +76,42 @@ async fn start(tcp: TcpStream, peer: SocketAddr, shared: &Shared) -> Option<(Cli
     };
     if startup.minor > 0 || startup.params.iter().any(|(k, _)| k.starts_with("_pq_.")) {
         // We speak 3.0 and no protocol extensions; tell the client so it can fall back.
-        let unsupported: Vec<String> =
-            startup.params.iter().filter(|(k, _)| k.starts_with("_pq_.")).map(|(k, _)| k.clone()).collect();
+        let unsupported: Vec<String> = startup
+            .params
+            .iter()
+            .filter(|(k, _)| k.starts_with("_pq_."))
+            .map(|(k, _)| k.clone())
+            .collect();
         let mut out = BytesMut::new();
         messages::negotiate_protocol_version(&mut out, 0, &unsupported);
         if stream.write_all(&out).await.is_err() {
             return None;
         }
     }
-    if startup.get("replication").is_some_and(|v| v != "false" && v != "0" && v != "off" && v != "no") {
-        refuse(&mut stream, PgError::unsupported_startup("replication connections are not supported by pgveil")).await;
+    if startup
+        .get("replication")
+        .is_some_and(|v| v != "false" && v != "0" && v != "off" && v != "no")
+    {
+        refuse(
+            &mut stream,
+            PgError::unsupported_startup("replication connections are not supported by pgveil"),
+        )
+        .await;
         return None;
     }
     let now = (shared.clock)();
     let revocations = shared.revocations.as_deref();
-    match authenticate(&mut stream, peer, &shared.cfg, &shared.router, &shared.verifier, revocations, now).await {
+    match authenticate(
+        &mut stream,
+        peer,
+        &shared.cfg,
+        &shared.router,
+        &shared.verifier,
+        revocations,
+        now,
+    )
+    .await
+    {
         Ok(who) => Some((stream, startup, who)),
         Err(AuthError::Gone) => None,
         Err(AuthError::Refused(e)) => {
@@ -96,7 +129,11 @@ async fn run_session(
     shared: &Shared,
 ) {
     let who = &auth.identity;
-    let tenant = shared.router.tenant(&who.tenant).expect("authenticate checked the tenant").clone();
+    let tenant = shared
+        .router
+        .tenant(&who.tenant)
+        .expect("authenticate checked the tenant")
+        .clone();
     let settings = match requested_settings(startup) {
         Ok(s) => s,
         Err(e) => {
@@ -104,6 +141,18 @@ async fn run_session(
             return;
         }
     };
+    // The database name is checked before a backend is taken whenever the config names the tenant's database;
+    // when only the secret does, after checkout (against the target it resolved).
+    let requested_db = startup
+        .get("database")
+        .filter(|db| !db.is_empty() && *db != who.tenant.as_str());
+    if let (Some(db), Some(own)) = (requested_db, tenant.dbname.as_deref())
+        && db != own
+    {
+        tracing::info!(database = db, "startup database is not the tenant's");
+        refuse(stream, PgError::unknown_database(db)).await;
+        return;
+    }
     let mut conn: PooledConn = match shared.pools.checkout(&tenant, &who.role).await {
         Ok(c) => c,
         Err(e) => {
@@ -111,10 +160,8 @@ async fn run_session(
             return;
         }
     };
-    if let Some(db) = startup.get("database")
-        && !db.is_empty()
+    if let Some(db) = requested_db
         && db != conn.target.dbname
-        && db != who.tenant.as_str()
     {
         tracing::info!(database = db, "startup database is not the tenant's");
         refuse(stream, PgError::unknown_database(db)).await;
@@ -156,7 +203,8 @@ async fn run_session(
     let Some(end) = end else {
         tracing::info!("session terminated: token revoked or user disabled");
         let mut out = BytesMut::new();
-        PgError::invalid_authorization("session terminated: pgveil token revoked or user disabled").encode(&mut out);
+        PgError::invalid_authorization("session terminated: pgveil token revoked or user disabled")
+            .encode(&mut out);
         let _ = stream.write_all(&out).await;
         crate::cancel::send_cancel_detached(conn.target.clone(), conn.key);
         finish(conn, false, b'I', shared).await;
@@ -182,7 +230,11 @@ async fn apply_settings(
     let pending: Vec<(&str, &str)> = settings
         .iter()
         .filter(|(name, value)| {
-            let current = conn.params.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v);
+            let current = conn
+                .params
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v);
             current != Some(value)
         })
         .map(|(n, v)| (n.as_str(), v.as_str()))
@@ -230,7 +282,9 @@ fn checkout_error(e: &CheckoutError, who: &Identity) -> PgError {
         CheckoutError::Backend(b) => {
             tracing::warn!(error = %b, "backend unavailable");
             match b {
-                BackendError::Secret { .. } | BackendError::Incomplete(_) => PgError::backend_unavailable(),
+                BackendError::Secret { .. } | BackendError::Incomplete(_) => {
+                    PgError::backend_unavailable()
+                }
                 BackendError::Connect(_) => PgError::backend_unavailable(),
             }
         }

@@ -46,7 +46,9 @@ impl SecretBox {
         let bytes = if text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
             hex::decode(text).map_err(|_| CryptoError::BadKey)?
         } else {
-            base64::engine::general_purpose::STANDARD.decode(text).map_err(|_| CryptoError::BadKey)?
+            base64::engine::general_purpose::STANDARD
+                .decode(text)
+                .map_err(|_| CryptoError::BadKey)?
         };
         if bytes.len() != 32 {
             return Err(CryptoError::BadKey);
@@ -66,7 +68,13 @@ impl SecretBox {
         let nonce: [u8; NONCE_LEN] = rand::rng().random();
         let ct = self
             .cipher
-            .encrypt(Nonce::from_slice(&nonce), Payload { msg: plain, aad: context })
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: plain,
+                    aad: context,
+                },
+            )
             .map_err(|_| CryptoError::Seal)?;
         let mut out = Vec::with_capacity(NONCE_LEN + ct.len());
         out.extend_from_slice(&nonce);
@@ -81,7 +89,13 @@ impl SecretBox {
         }
         let (nonce, ct) = sealed.split_at(NONCE_LEN);
         self.cipher
-            .decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad: context })
+            .decrypt(
+                Nonce::from_slice(nonce),
+                Payload {
+                    msg: ct,
+                    aad: context,
+                },
+            )
             .map_err(|_| CryptoError::Open)
     }
 }
@@ -99,7 +113,8 @@ mod tests {
         let mut t = sealed.clone();
         t[20] ^= 1;
         assert!(b.open(&t, b"user-1").is_err(), "tamper detected");
-        let other = SecretBox::from_secret(&SecretString::from(SecretBox::generate_key_hex())).unwrap();
+        let other =
+            SecretBox::from_secret(&SecretString::from(SecretBox::generate_key_hex())).unwrap();
         assert!(other.open(&sealed, b"user-1").is_err(), "wrong key");
         assert!(!format!("{b:?}").contains(|c: char| c.is_ascii_digit()));
     }

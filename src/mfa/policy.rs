@@ -53,7 +53,10 @@ impl MfaRequirement {
     /// The notice text for a session without MFA during the grace period.
     pub fn grace_notice(self) -> Option<String> {
         match self {
-            MfaRequirement::Grace { deadline, days_left } => Some(format!(
+            MfaRequirement::Grace {
+                deadline,
+                days_left,
+            } => Some(format!(
                 "pgveil: two-factor authentication becomes mandatory for your organisation in {days_left} day{} \
                  ({}). Enrol now on the pgveil security page (Security -> Enable 2FA).",
                 if days_left == 1 { "" } else { "s" },
@@ -67,15 +70,22 @@ impl MfaRequirement {
 /// Parses `YYYY-MM-DD` (midnight UTC) or an RFC 3339 time.
 pub fn parse_time(s: &str) -> Result<SystemTime, String> {
     let s = s.trim();
-    let full = if s.len() == 10 { format!("{s}T00:00:00Z") } else { s.to_owned() };
+    let full = if s.len() == 10 {
+        format!("{s}T00:00:00Z")
+    } else {
+        s.to_owned()
+    };
     humantime::parse_rfc3339_weak(full.trim_end_matches('Z'))
         .map_err(|e| format!("{s:?} is not a date (YYYY-MM-DD) or RFC 3339 time: {e}"))
 }
 
 /// serde helper for an optional date/time field.
-pub fn deserialize_opt_time<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SystemTime>, D::Error> {
+pub fn deserialize_opt_time<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<SystemTime>, D::Error> {
     let s: Option<String> = Option::deserialize(d)?;
-    s.map(|s| parse_time(&s).map_err(serde::de::Error::custom)).transpose()
+    s.map(|s| parse_time(&s).map_err(serde::de::Error::custom))
+        .transpose()
 }
 
 #[cfg(test)]
@@ -102,14 +112,31 @@ mod tests {
     #[test]
     fn grace_countdown() {
         let t = tenant(Some("2026-03-01"), false);
-        let day = |d: u64, h: u64| parse_time("2026-03-01").unwrap() + Duration::from_secs(d * 86400 + h * 3600);
-        assert_eq!(MfaRequirement::of(&tenant(None, false), day(100, 0)), MfaRequirement::Optional);
-        assert_eq!(MfaRequirement::of(&tenant(None, true), day(0, 0)), MfaRequirement::Required);
-        let MfaRequirement::Grace { days_left, .. } = MfaRequirement::of(&t, day(0, 0)) else { panic!() };
+        let day = |d: u64, h: u64| {
+            parse_time("2026-03-01").unwrap() + Duration::from_secs(d * 86400 + h * 3600)
+        };
+        assert_eq!(
+            MfaRequirement::of(&tenant(None, false), day(100, 0)),
+            MfaRequirement::Optional
+        );
+        assert_eq!(
+            MfaRequirement::of(&tenant(None, true), day(0, 0)),
+            MfaRequirement::Required
+        );
+        let MfaRequirement::Grace { days_left, .. } = MfaRequirement::of(&t, day(0, 0)) else {
+            panic!()
+        };
         assert_eq!(days_left, 7);
-        let MfaRequirement::Grace { days_left, .. } = MfaRequirement::of(&t, day(6, 1)) else { panic!() };
+        let MfaRequirement::Grace { days_left, .. } = MfaRequirement::of(&t, day(6, 1)) else {
+            panic!()
+        };
         assert_eq!(days_left, 1);
-        assert!(MfaRequirement::of(&t, day(6, 1)).grace_notice().unwrap().contains("in 1 day ("));
+        assert!(
+            MfaRequirement::of(&t, day(6, 1))
+                .grace_notice()
+                .unwrap()
+                .contains("in 1 day (")
+        );
         assert_eq!(MfaRequirement::of(&t, day(7, 0)), MfaRequirement::Required);
         assert_eq!(MfaRequirement::of(&t, day(30, 0)), MfaRequirement::Required);
     }

@@ -1,8 +1,8 @@
 //! One-time recovery codes: 10 per enrolment, shown once, stored only as Argon2id hashes. Hashing and
 //! verifying run on the blocking thread pool (`spawn_blocking`), never on the reactor threads.
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use rand::RngExt;
 
 /// Codes issued per enrolment.
@@ -28,7 +28,10 @@ pub async fn generate() -> Result<(Vec<String>, Vec<String>), RecoveryError> {
     let codes: Vec<String> = (0..CODES_PER_ENROLMENT).map(|_| new_code()).collect();
     let to_hash = codes.clone();
     let hashes = tokio::task::spawn_blocking(move || {
-        to_hash.iter().map(|c| hash(&normalize(c))).collect::<Result<Vec<_>, _>>()
+        to_hash
+            .iter()
+            .map(|c| hash(&normalize(c)))
+            .collect::<Result<Vec<_>, _>>()
     })
     .await
     .map_err(|_| RecoveryError::Task)??;
@@ -44,7 +47,8 @@ pub async fn find_match(code: &str, hashes: Vec<String>) -> Result<Option<usize>
     tokio::task::spawn_blocking(move || {
         let argon = Argon2::default();
         hashes.iter().position(|h| {
-            PasswordHash::new(h).is_ok_and(|parsed| argon.verify_password(code.as_bytes(), &parsed).is_ok())
+            PasswordHash::new(h)
+                .is_ok_and(|parsed| argon.verify_password(code.as_bytes(), &parsed).is_ok())
         })
     })
     .await
@@ -53,13 +57,22 @@ pub async fn find_match(code: &str, hashes: Vec<String>) -> Result<Option<usize>
 
 /// Upper case, without separators or spaces: users may type codes either way.
 fn normalize(code: &str) -> String {
-    code.chars().filter(|c| c.is_ascii_alphanumeric()).map(|c| c.to_ascii_uppercase()).collect()
+    code.chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .map(|c| c.to_ascii_uppercase())
+        .collect()
 }
 
 fn new_code() -> String {
     let mut rng = rand::rng();
-    let raw: String = (0..CODE_CHARS).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect();
-    raw.as_bytes().chunks(4).map(|c| std::str::from_utf8(c).unwrap_or_default()).collect::<Vec<_>>().join("-")
+    let raw: String = (0..CODE_CHARS)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect();
+    raw.as_bytes()
+        .chunks(4)
+        .map(|c| std::str::from_utf8(c).unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join("-")
 }
 
 fn hash(code: &str) -> Result<String, RecoveryError> {
@@ -80,10 +93,16 @@ mod tests {
         let (codes, hashes) = generate().await.unwrap();
         assert_eq!(codes.len(), CODES_PER_ENROLMENT);
         assert!(hashes.iter().all(|h| h.starts_with("$argon2id$")));
-        assert_eq!(find_match(&codes[3], hashes.clone()).await.unwrap(), Some(3));
+        assert_eq!(
+            find_match(&codes[3], hashes.clone()).await.unwrap(),
+            Some(3)
+        );
         let typed = codes[7].replace('-', " ").to_lowercase();
         assert_eq!(find_match(&typed, hashes.clone()).await.unwrap(), Some(7));
-        assert_eq!(find_match("AAAA-AAAA-AAAA-AAA", hashes).await.unwrap(), None);
+        assert_eq!(
+            find_match("AAAA-AAAA-AAAA-AAA", hashes).await.unwrap(),
+            None
+        );
         assert_eq!(codes[0].len(), CODE_CHARS + 3);
     }
 }

@@ -68,7 +68,11 @@ pub struct MfaService {
 impl MfaService {
     /// Builds the service.
     pub fn new(db: ControlDb, secret_box: SecretBox, throttle: ThrottleConfig) -> Self {
-        Self { db, secret_box, throttle }
+        Self {
+            db,
+            secret_box,
+            throttle,
+        }
     }
 
     /// The control database.
@@ -80,7 +84,11 @@ impl MfaService {
     pub async fn enroll(&self, user: &User, now: SystemTime) -> Result<EnrolmentStart, MfaError> {
         let secret = TotpSecret::generate();
         let sealed = self.secret_box.seal(secret.bytes(), user.id.as_bytes())?;
-        if !self.db.begin_enrolment(user.id, &sealed, epoch(now)?).await? {
+        if !self
+            .db
+            .begin_enrolment(user.id, &sealed, epoch(now)?)
+            .await?
+        {
             return Err(MfaError::AlreadyEnrolled);
         }
         let otpauth_uri = secret.otpauth_uri(&user.email);
@@ -94,22 +102,41 @@ impl MfaService {
     }
 
     /// Confirms an enrolment with its first valid code; returns the recovery codes (shown once).
-    pub async fn confirm(&self, user: &User, code: &str, ip: IpAddr, now: SystemTime) -> Result<Vec<String>, MfaError> {
+    pub async fn confirm(
+        &self,
+        user: &User,
+        code: &str,
+        ip: IpAddr,
+        now: SystemTime,
+    ) -> Result<Vec<String>, MfaError> {
         let t = epoch(now)?;
         self.check_throttle(user, ip, t).await?;
-        let enrolment = self.db.enrolment(user.id).await?.ok_or(MfaError::NotEnrolled)?;
+        let enrolment = self
+            .db
+            .enrolment(user.id)
+            .await?
+            .ok_or(MfaError::NotEnrolled)?;
         if enrolment.confirmed_at.is_some() {
             return Err(MfaError::AlreadyEnrolled);
         }
-        let secret = TotpSecret::from_bytes(self.secret_box.open(&enrolment.sealed, user.id.as_bytes())?);
+        let secret = TotpSecret::from_bytes(
+            self.secret_box
+                .open(&enrolment.sealed, user.id.as_bytes())?,
+        );
         let Some(step) = secret.matching_step(code, now) else {
             return Err(self.failed(user, ip, t).await);
         };
         let (codes, hashes) = recovery::generate().await?;
-        if !self.db.confirm_enrolment(user.id, &enrolment.sealed, step as i64, t, &hashes).await? {
+        if !self
+            .db
+            .confirm_enrolment(user.id, &enrolment.sealed, step as i64, t, &hashes)
+            .await?
+        {
             return Err(self.failed(user, ip, t).await);
         }
-        self.throttle.clear(&self.db, &Scope::User(user.email.clone())).await?;
+        self.throttle
+            .clear(&self.db, &Scope::User(user.email.clone()))
+            .await?;
         tracing::info!(user = %user.email, "TOTP enrolment confirmed");
         Ok(codes)
     }
@@ -131,7 +158,8 @@ impl MfaService {
         let ok = match factor {
             SecondFactor::Totp(code) => {
                 let sealed = enrolment.map(|e| e.sealed).unwrap_or_default();
-                let secret = TotpSecret::from_bytes(self.secret_box.open(&sealed, user.id.as_bytes())?);
+                let secret =
+                    TotpSecret::from_bytes(self.secret_box.open(&sealed, user.id.as_bytes())?);
                 match secret.matching_step(code, now) {
                     Some(step) => self.db.accept_step(user.id, step as i64).await?,
                     None => false,
@@ -142,7 +170,9 @@ impl MfaService {
         if !ok {
             return Err(self.failed(user, ip, t).await);
         }
-        self.throttle.clear(&self.db, &Scope::User(user.email.clone())).await?;
+        self.throttle
+            .clear(&self.db, &Scope::User(user.email.clone()))
+            .await?;
         Ok(match factor {
             SecondFactor::Totp(_) => "otp",
             SecondFactor::Recovery(_) => "mfa",
@@ -150,27 +180,41 @@ impl MfaService {
     }
 
     /// Uses a recovery code to remove the enrolment, so the user can enrol a new device.
-    pub async fn recover(&self, user: &User, code: &str, ip: IpAddr, now: SystemTime) -> Result<(), MfaError> {
+    pub async fn recover(
+        &self,
+        user: &User,
+        code: &str,
+        ip: IpAddr,
+        now: SystemTime,
+    ) -> Result<(), MfaError> {
         let t = epoch(now)?;
         self.check_throttle(user, ip, t).await?;
         if !self.use_recovery_code(user, code, t).await? {
             return Err(self.failed(user, ip, t).await);
         }
         self.db.reset_enrolment(user.id).await?;
-        self.throttle.clear(&self.db, &Scope::User(user.email.clone())).await?;
+        self.throttle
+            .clear(&self.db, &Scope::User(user.email.clone()))
+            .await?;
         tracing::info!(user = %user.email, "enrolment reset with a recovery code");
         Ok(())
     }
 
     /// Counts a failed first-factor attempt against the client IP (and is throttled like codes).
     pub async fn first_factor_failed(&self, ip: IpAddr, now: SystemTime) -> Result<(), MfaError> {
-        self.throttle.fail(&self.db, &Scope::Ip(ip), epoch(now)?).await?;
+        self.throttle
+            .fail(&self.db, &Scope::Ip(ip), epoch(now)?)
+            .await?;
         Ok(())
     }
 
     /// Whether the client IP may make an attempt now.
     pub async fn check_ip(&self, ip: IpAddr, now: SystemTime) -> Result<(), MfaError> {
-        if let Some(t) = self.throttle.check(&self.db, &Scope::Ip(ip), epoch(now)?).await? {
+        if let Some(t) = self
+            .throttle
+            .check(&self.db, &Scope::Ip(ip), epoch(now)?)
+            .await?
+        {
             return Err(MfaError::Throttled(t));
         }
         Ok(())

@@ -16,7 +16,12 @@ pub struct Enrolment {
 
 impl ControlDb {
     /// Stores a new unconfirmed enrolment, replacing an unconfirmed one. False if one is already confirmed.
-    pub async fn begin_enrolment(&self, user: Uuid, sealed: &[u8], now: i64) -> Result<bool, ControlError> {
+    pub async fn begin_enrolment(
+        &self,
+        user: Uuid,
+        sealed: &[u8],
+        now: i64,
+    ) -> Result<bool, ControlError> {
         let c = self.client().await?;
         let n = c
             .execute(
@@ -32,12 +37,15 @@ impl ControlDb {
     /// The user's enrolment, if any.
     pub async fn enrolment(&self, user: Uuid) -> Result<Option<Enrolment>, ControlError> {
         let c = self.client().await?;
-        Ok(c.query_opt("SELECT secret_enc, confirmed_at FROM totp_enrolments WHERE user_id = $1", &[&user])
-            .await?
-            .map(|r| Enrolment {
-                sealed: r.get(0),
-                confirmed_at: r.get(1),
-            }))
+        Ok(c.query_opt(
+            "SELECT secret_enc, confirmed_at FROM totp_enrolments WHERE user_id = $1",
+            &[&user],
+        )
+        .await?
+        .map(|r| Enrolment {
+            sealed: r.get(0),
+            confirmed_at: r.get(1),
+        }))
     }
 
     /// Confirms the enrolment whose secret is `sealed` with the code of `step`, and stores the recovery code
@@ -62,9 +70,14 @@ impl ControlDb {
         if n == 0 {
             return Ok(false);
         }
-        tx.execute("DELETE FROM recovery_codes WHERE user_id = $1", &[&user]).await?;
+        tx.execute("DELETE FROM recovery_codes WHERE user_id = $1", &[&user])
+            .await?;
         for h in hashes {
-            tx.execute("INSERT INTO recovery_codes (user_id, hash) VALUES ($1, $2)", &[&user, h]).await?;
+            tx.execute(
+                "INSERT INTO recovery_codes (user_id, hash) VALUES ($1, $2)",
+                &[&user, h],
+            )
+            .await?;
         }
         tx.commit().await?;
         Ok(true)
@@ -85,7 +98,10 @@ impl ControlDb {
     }
 
     /// Unused recovery codes of a user: `(id, Argon2id hash)`.
-    pub async fn unused_recovery_codes(&self, user: Uuid) -> Result<Vec<(i64, String)>, ControlError> {
+    pub async fn unused_recovery_codes(
+        &self,
+        user: Uuid,
+    ) -> Result<Vec<(i64, String)>, ControlError> {
         let c = self.client().await?;
         Ok(c.query("SELECT id, hash FROM recovery_codes WHERE user_id = $1 AND used_at IS NULL ORDER BY id", &[&user])
             .await?
@@ -98,7 +114,10 @@ impl ControlDb {
     pub async fn use_recovery_code(&self, id: i64, now: i64) -> Result<bool, ControlError> {
         let c = self.client().await?;
         let n = c
-            .execute("UPDATE recovery_codes SET used_at = $2 WHERE id = $1 AND used_at IS NULL", &[&id, &now])
+            .execute(
+                "UPDATE recovery_codes SET used_at = $2 WHERE id = $1 AND used_at IS NULL",
+                &[&id, &now],
+            )
             .await?;
         Ok(n == 1)
     }
@@ -107,8 +126,10 @@ impl ControlDb {
     pub async fn reset_enrolment(&self, user: Uuid) -> Result<(), ControlError> {
         let mut c = self.client().await?;
         let tx = c.transaction().await?;
-        tx.execute("DELETE FROM totp_enrolments WHERE user_id = $1", &[&user]).await?;
-        tx.execute("DELETE FROM recovery_codes WHERE user_id = $1", &[&user]).await?;
+        tx.execute("DELETE FROM totp_enrolments WHERE user_id = $1", &[&user])
+            .await?;
+        tx.execute("DELETE FROM recovery_codes WHERE user_id = $1", &[&user])
+            .await?;
         tx.commit().await?;
         Ok(())
     }

@@ -96,10 +96,18 @@ impl ThrottleConfig {
     }
 
     /// Whether an attempt in `scope` is allowed at `now` (epoch seconds).
-    pub async fn check(&self, db: &ControlDb, scope: &Scope, now: i64) -> Result<Option<Throttled>, ControlError> {
+    pub async fn check(
+        &self,
+        db: &ControlDb,
+        scope: &Scope,
+        now: i64,
+    ) -> Result<Option<Throttled>, ControlError> {
         let c = db.client().await?;
         let row = c
-            .query_opt("SELECT next_allowed, locked_until FROM auth_throttle WHERE scope = $1", &[&scope.key()])
+            .query_opt(
+                "SELECT next_allowed, locked_until FROM auth_throttle WHERE scope = $1",
+                &[&scope.key()],
+            )
             .await?;
         let Some(row) = row else { return Ok(None) };
         let next: i64 = row.get(0);
@@ -137,12 +145,16 @@ impl ThrottleConfig {
             .await?
             .get(0);
         let failures = failures.max(1) as u32;
-        let wait = if matches!(scope, Scope::Ip(_)) { 0 } else { self
-            .base_backoff
-            .saturating_mul(1u32 << (failures - 1).min(20))
-            .min(self.max_backoff)
-            .as_secs() as i64 };
-        let locked_until = (failures >= self.max_for(scope)).then(|| now + self.lockout.as_secs() as i64);
+        let wait = if matches!(scope, Scope::Ip(_)) {
+            0
+        } else {
+            self.base_backoff
+                .saturating_mul(1u32 << (failures - 1).min(20))
+                .min(self.max_backoff)
+                .as_secs() as i64
+        };
+        let locked_until =
+            (failures >= self.max_for(scope)).then(|| now + self.lockout.as_secs() as i64);
         if locked_until.is_some() {
             tracing::warn!(scope = %match scope { Scope::User(_) => "user", Scope::Ip(_) => "ip" }, failures, "authentication locked out");
         }
@@ -158,7 +170,11 @@ impl ThrottleConfig {
     /// Clears a scope's counter after a success.
     pub async fn clear(&self, db: &ControlDb, scope: &Scope) -> Result<(), ControlError> {
         let c = db.client().await?;
-        c.execute("DELETE FROM auth_throttle WHERE scope = $1", &[&scope.key()]).await?;
+        c.execute(
+            "DELETE FROM auth_throttle WHERE scope = $1",
+            &[&scope.key()],
+        )
+        .await?;
         Ok(())
     }
 }

@@ -96,18 +96,25 @@ impl TotpSecret {
 
 /// The time step containing `t`.
 pub fn step_at(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0) / STEP_SECS
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+        / STEP_SECS
 }
 
 /// A QR code for `uri`, as an SVG document and as a PNG (base64).
 pub fn qr_codes(uri: &str) -> Option<(String, String)> {
-    let code = qrcode::QrCode::with_error_correction_level(uri.as_bytes(), qrcode::EcLevel::M).ok()?;
+    let code =
+        qrcode::QrCode::with_error_correction_level(uri.as_bytes(), qrcode::EcLevel::M).ok()?;
     let svg = code
         .render::<qrcode::render::svg::Color>()
         .min_dimensions(220, 220)
         .quiet_zone(true)
         .build();
-    let img = code.render::<image::Luma<u8>>().min_dimensions(220, 220).build();
+    let img = code
+        .render::<image::Luma<u8>>()
+        .min_dimensions(220, 220)
+        .build();
     let mut png = Vec::new();
     image::DynamicImage::ImageLuma8(img)
         .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
@@ -140,8 +147,14 @@ mod tests {
         let now = at(1_700_000_015);
         let cur = step_at(now);
         assert_eq!(s.matching_step(&s.code_at_step(cur), now), Some(cur));
-        assert_eq!(s.matching_step(&s.code_at_step(cur - 1), now), Some(cur - 1));
-        assert_eq!(s.matching_step(&s.code_at_step(cur + 1), now), Some(cur + 1));
+        assert_eq!(
+            s.matching_step(&s.code_at_step(cur - 1), now),
+            Some(cur - 1)
+        );
+        assert_eq!(
+            s.matching_step(&s.code_at_step(cur + 1), now),
+            Some(cur + 1)
+        );
         assert_eq!(s.matching_step(&s.code_at_step(cur - 2), now), None);
         assert_eq!(s.matching_step(&s.code_at_step(cur + 2), now), None);
         assert_eq!(s.matching_step("12345", now), None);

@@ -63,7 +63,11 @@ pub struct RevocationCache {
 
 impl RevocationCache {
     /// Loads the first snapshot (fails if the control database is unreachable: fail closed at start-up).
-    pub async fn load(db: ControlDb, max_stale: Duration, clock: Clock) -> Result<Arc<Self>, crate::control::ControlError> {
+    pub async fn load(
+        db: ControlDb,
+        max_stale: Duration,
+        clock: Clock,
+    ) -> Result<Arc<Self>, crate::control::ControlError> {
         let rows = db.revocations(epoch(clock())?).await?;
         Ok(Arc::new(Self {
             db,
@@ -84,12 +88,18 @@ impl RevocationCache {
     }
 
     /// Reloads the snapshot now and ends live sessions it no longer admits.
-    pub async fn refresh(&self, sessions: &SessionRegistry) -> Result<(), crate::control::ControlError> {
+    pub async fn refresh(
+        &self,
+        sessions: &SessionRegistry,
+    ) -> Result<(), crate::control::ControlError> {
         let rows = self.db.revocations(epoch((self.clock)())?).await?;
         let snap = Snapshot::from_rows(rows);
         let killed = sessions.kill_where(|user, jti, iat| snap.check(user, jti, iat).is_err());
         if killed > 0 {
-            tracing::info!(sessions = killed, "terminated sessions of revoked tokens or disabled users");
+            tracing::info!(
+                sessions = killed,
+                "terminated sessions of revoked tokens or disabled users"
+            );
         }
         *self.snapshot.write().unwrap_or_else(|e| e.into_inner()) = snap;
         Ok(())

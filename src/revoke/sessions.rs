@@ -30,7 +30,11 @@ pub struct SessionGuard {
 
 impl Drop for SessionGuard {
     fn drop(&mut self) {
-        self.registry.live.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.id);
+        self.registry
+            .live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.id);
     }
 }
 

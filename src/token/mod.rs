@@ -146,7 +146,8 @@ impl TokenSigner {
         ttl: Duration,
         now: SystemTime,
     ) -> Result<String, TokenError> {
-        self.mint_with_claims(user, tenant, role, amr, ttl, now).map(|(t, _)| t)
+        self.mint_with_claims(user, tenant, role, amr, ttl, now)
+            .map(|(t, _)| t)
     }
 
     /// Like [`mint`](Self::mint), also returning the claims (`jti`, `exp`) for the issuer's records.

@@ -11,7 +11,10 @@ use super::support::Fixture;
 use super::*;
 
 fn email(tag: &str) -> String {
-    format!("{tag}-{}@acme.example", &uuid::Uuid::new_v4().simple().to_string()[..8])
+    format!(
+        "{tag}-{}@acme.example",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    )
 }
 
 pub fn pyotp_codes(fx: &Fixture) -> Result<()> {
@@ -25,27 +28,50 @@ pub fn pyotp_codes(fx: &Fixture) -> Result<()> {
         // The confirming code's step is used up: the next step's code logs in.
         clock.advance(30);
         let code = pyotp(&secret, clock.secs())?;
-        let (s, v) = api.user_call("/v1/login", &e, json!({"code": code})).await?;
+        let (s, v) = api
+            .user_call("/v1/login", &e, json!({"code": code}))
+            .await?;
         ensure!(s == 200, "login: {s} {v}");
         ensure!(v["amr"] == json!(["pwd", "otp"]), "{v}");
-        ensure!(v["url"].as_str().unwrap().starts_with("postgresql://"), "{v}");
+        ensure!(
+            v["url"].as_str().unwrap().starts_with("postgresql://"),
+            "{v}"
+        );
         // Replay of the same code: refused.
         clock.advance(2);
-        let (s, v) = api.user_call("/v1/login", &e, json!({"code": code})).await?;
-        ensure!(s == 401 && v["error"]["code"] == "invalid_code", "replay: {s} {v}");
+        let (s, v) = api
+            .user_call("/v1/login", &e, json!({"code": code}))
+            .await?;
+        ensure!(
+            s == 401 && v["error"]["code"] == "invalid_code",
+            "replay: {s} {v}"
+        );
         // Stale (3 steps old): refused.
         clock.advance(2);
         let stale = pyotp(&secret, clock.secs() - 90)?;
-        let (s, v) = api.user_call("/v1/login", &e, json!({"code": stale})).await?;
-        ensure!(s == 401 && v["error"]["code"] == "invalid_code", "stale: {s} {v}");
+        let (s, v) = api
+            .user_call("/v1/login", &e, json!({"code": stale}))
+            .await?;
+        ensure!(
+            s == 401 && v["error"]["code"] == "invalid_code",
+            "stale: {s} {v}"
+        );
         // Wrong: refused.
         clock.advance(4);
         let wrong = if code == "000000" { "111111" } else { "000000" };
-        let (s, v) = api.user_call("/v1/login", &e, json!({"code": wrong})).await?;
+        let (s, v) = api
+            .user_call("/v1/login", &e, json!({"code": wrong}))
+            .await?;
         ensure!(s == 401, "wrong: {s} {v}");
         // The following step's code works (after the back-off).
         clock.advance(30);
-        let (s, v) = api.user_call("/v1/login", &e, json!({"code": pyotp(&secret, clock.secs())?})).await?;
+        let (s, v) = api
+            .user_call(
+                "/v1/login",
+                &e,
+                json!({"code": pyotp(&secret, clock.secs())?}),
+            )
+            .await?;
         ensure!(s == 200, "next step: {s} {v}");
         // A user without MFA cannot skip the code once enrolled.
         let (s, v) = api.user_call("/v1/login", &e, json!({})).await?;
@@ -62,27 +88,49 @@ pub fn throttling_lockout(fx: &Fixture) -> Result<()> {
         api.add_user(&e, "acme", "analyst").await?;
         let (secret, _) = api.enrol(&e).await?;
         clock.advance(60);
-        let bad = |c: &str| if c == "000000" { "999999".to_owned() } else { "000000".to_owned() };
+        let bad = |c: &str| {
+            if c == "000000" {
+                "999999".to_owned()
+            } else {
+                "000000".to_owned()
+            }
+        };
         // Failure 1 -> wait 1 s; an immediate retry is throttled even with the right code.
         let good = pyotp(&secret, clock.secs())?;
-        let (s, _) = api.user_call("/v1/login", &e, json!({"code": bad(&good)})).await?;
+        let (s, _) = api
+            .user_call("/v1/login", &e, json!({"code": bad(&good)}))
+            .await?;
         ensure!(s == 401);
-        let (s, v) = api.user_call("/v1/login", &e, json!({"code": good})).await?;
-        ensure!(s == 429 && v["error"]["code"] == "throttled", "backoff: {s} {v}");
+        let (s, v) = api
+            .user_call("/v1/login", &e, json!({"code": good}))
+            .await?;
+        ensure!(
+            s == 429 && v["error"]["code"] == "throttled",
+            "backoff: {s} {v}"
+        );
         // Failures 2..5 with exponential waits (2, 4, 8 s): the fifth locks the user out.
         for wait in [1, 2, 4, 8] {
             clock.advance(wait);
-            let (s, v) = api.user_call("/v1/login", &e, json!({"code": bad(&good)})).await?;
+            let (s, v) = api
+                .user_call("/v1/login", &e, json!({"code": bad(&good)}))
+                .await?;
             ensure!(s == 401, "failure after {wait}s: {s} {v}");
         }
         clock.advance(16 + 30);
         let good = pyotp(&secret, clock.secs())?;
-        let (s, v) = api.user_call("/v1/login", &e, json!({"code": good})).await?;
-        ensure!(s == 429 && v["error"]["code"] == "locked_out", "locked: {s} {v}");
+        let (s, v) = api
+            .user_call("/v1/login", &e, json!({"code": good}))
+            .await?;
+        ensure!(
+            s == 429 && v["error"]["code"] == "locked_out",
+            "locked: {s} {v}"
+        );
         // After the 15-minute lockout, the right code is accepted again.
         clock.advance(15 * 60);
         let good = pyotp(&secret, clock.secs())?;
-        let (s, v) = api.user_call("/v1/login", &e, json!({"code": good})).await?;
+        let (s, v) = api
+            .user_call("/v1/login", &e, json!({"code": good}))
+            .await?;
         ensure!(s == 200, "released: {s} {v}");
         Ok(())
     })
@@ -93,19 +141,28 @@ pub fn ip_lockout(fx: &Fixture) -> Result<()> {
     let secrets = pgveil::secret::FileSecretStore::new(fx.env.secrets_path());
     fx.block_on(async {
         let db = pgveil::control::ControlDb::open(cfg.control.as_ref().unwrap(), &secrets).await?;
-        let t = pgveil::mfa::throttle::ThrottleConfig { ip_max_failures: 3, ..Default::default() };
+        let t = pgveil::mfa::throttle::ThrottleConfig {
+            ip_max_failures: 3,
+            ..Default::default()
+        };
         let ip = pgveil::mfa::throttle::Scope::Ip("10.9.8.7".parse()?);
         let now = 1_900_000_000;
         for _ in 0..2 {
             t.fail(&db, &ip, now).await?;
-            ensure!(t.check(&db, &ip, now).await?.is_none(), "no back-off per IP");
+            ensure!(
+                t.check(&db, &ip, now).await?.is_none(),
+                "no back-off per IP"
+            );
         }
         t.fail(&db, &ip, now).await?;
         let th = t.check(&db, &ip, now).await?.context("locked")?;
         ensure!(th.locked && th.retry_after == 900, "{th:?}");
         ensure!(t.check(&db, &ip, now + 901).await?.is_none(), "released");
         t.fail(&db, &ip, now + 902).await?;
-        ensure!(t.check(&db, &ip, now + 902).await?.is_none(), "count restarted after the lockout");
+        ensure!(
+            t.check(&db, &ip, now + 902).await?.is_none(),
+            "count restarted after the lockout"
+        );
         Ok(())
     })
 }
@@ -117,26 +174,51 @@ pub fn recovery_codes(fx: &Fixture) -> Result<()> {
         let e = email("recovery");
         api.add_user(&e, "acme", "analyst").await?;
         let (_, codes) = api.enrol(&e).await?;
-        let (s, v) = api.user_call("/v1/login", &e, json!({"recovery_code": codes[0]})).await?;
-        ensure!(s == 200 && v["amr"] == json!(["pwd", "mfa"]), "recovery login: {s} {v}");
+        let (s, v) = api
+            .user_call("/v1/login", &e, json!({"recovery_code": codes[0]}))
+            .await?;
+        ensure!(
+            s == 200 && v["amr"] == json!(["pwd", "mfa"]),
+            "recovery login: {s} {v}"
+        );
         clock.advance(1);
-        let (s, v) = api.user_call("/v1/login", &e, json!({"recovery_code": codes[0]})).await?;
-        ensure!(s == 401 && v["error"]["code"] == "invalid_code", "reuse: {s} {v}");
+        let (s, v) = api
+            .user_call("/v1/login", &e, json!({"recovery_code": codes[0]}))
+            .await?;
+        ensure!(
+            s == 401 && v["error"]["code"] == "invalid_code",
+            "reuse: {s} {v}"
+        );
         clock.advance(2);
-        let (s, v) = api.user_call("/v1/recover", &e, json!({"recovery_code": codes[1]})).await?;
-        ensure!(s == 200 && v["status"] == "enrolment_reset", "recover: {s} {v}");
+        let (s, v) = api
+            .user_call("/v1/recover", &e, json!({"recovery_code": codes[1]}))
+            .await?;
+        ensure!(
+            s == 200 && v["status"] == "enrolment_reset",
+            "recover: {s} {v}"
+        );
         clock.advance(1);
-        let (s, _) = api.user_call("/v1/recover", &e, json!({"recovery_code": codes[2]})).await?;
+        let (s, _) = api
+            .user_call("/v1/recover", &e, json!({"recovery_code": codes[2]}))
+            .await?;
         ensure!(s == 401, "old codes are gone with the enrolment");
         // A new device: enrol again, new recovery codes, the old ones stay dead.
         clock.advance(4);
         let (secret, new_codes) = api.enrol(&e).await?;
         ensure!(new_codes.iter().all(|c| !codes.contains(c)));
         clock.advance(30);
-        let (s, v) = api.user_call("/v1/login", &e, json!({"code": pyotp(&secret, clock.secs())?})).await?;
+        let (s, v) = api
+            .user_call(
+                "/v1/login",
+                &e,
+                json!({"code": pyotp(&secret, clock.secs())?}),
+            )
+            .await?;
         ensure!(s == 200, "login after re-enrolment: {s} {v}");
         clock.advance(1);
-        let (s, _) = api.user_call("/v1/login", &e, json!({"recovery_code": codes[3]})).await?;
+        let (s, _) = api
+            .user_call("/v1/login", &e, json!({"recovery_code": codes[3]}))
+            .await?;
         ensure!(s == 401, "pre-recovery code refused");
         Ok(())
     })
@@ -158,7 +240,11 @@ pub fn oidc_first_factor(fx: &Fixture) -> Result<()> {
     let sign = |k: &rcgen::KeyPair, claims: Value| -> Result<String> {
         let mut h = Header::new(Algorithm::ES256);
         h.kid = Some("k1".into());
-        Ok(jsonwebtoken::encode(&h, &claims, &EncodingKey::from_ec_pem(k.serialize_pem().as_bytes())?)?)
+        Ok(jsonwebtoken::encode(
+            &h,
+            &claims,
+            &EncodingKey::from_ec_pem(k.serialize_pem().as_bytes())?,
+        )?)
     };
     let base = json!({"iss": "https://idp.example", "aud": "pgveil", "email": "oidc@acme.example",
         "email_verified": true, "iat": now, "exp": now + 300});
@@ -178,21 +264,51 @@ pub fn oidc_first_factor(fx: &Fixture) -> Result<()> {
     fx.block_on(async {
         let v = OidcVerifier::new(cfg.clone()).await?;
         let e = "oidc@acme.example";
-        v.verify(&sign(&key, base.clone())?, e, t).await.context("valid")?;
+        v.verify(&sign(&key, base.clone())?, e, t)
+            .await
+            .context("valid")?;
         let cases = [
-            (sign(&key, with("exp", json!(now - 120)))?, OidcError::Expired, "expired"),
-            (sign(&key, with("aud", json!("other-app")))?, OidcError::WrongAudience, "aud"),
-            (sign(&key, with("iss", json!("https://evil.example")))?, OidcError::WrongIssuer, "iss"),
-            (sign(&key, with("email", json!("mallory@acme.example")))?, OidcError::WrongEmail, "email"),
-            (sign(&key, with("email_verified", json!(false)))?, OidcError::WrongEmail, "unverified"),
-            (sign(&other, base.clone())?, OidcError::BadSignature, "signature"),
+            (
+                sign(&key, with("exp", json!(now - 120)))?,
+                OidcError::Expired,
+                "expired",
+            ),
+            (
+                sign(&key, with("aud", json!("other-app")))?,
+                OidcError::WrongAudience,
+                "aud",
+            ),
+            (
+                sign(&key, with("iss", json!("https://evil.example")))?,
+                OidcError::WrongIssuer,
+                "iss",
+            ),
+            (
+                sign(&key, with("email", json!("mallory@acme.example")))?,
+                OidcError::WrongEmail,
+                "email",
+            ),
+            (
+                sign(&key, with("email_verified", json!(false)))?,
+                OidcError::WrongEmail,
+                "unverified",
+            ),
+            (
+                sign(&other, base.clone())?,
+                OidcError::BadSignature,
+                "signature",
+            ),
         ];
         for (tok, want, what) in cases {
             let got = v.verify(&tok, e, t).await;
             ensure!(got.as_ref().err() == Some(&want), "{what}: {got:?}");
         }
         // HS256 signed with the public JWK as secret, and alg none: refused.
-        let hs = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &base, &EncodingKey::from_secret(jwks.to_string().as_bytes()))?;
+        let hs = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &base,
+            &EncodingKey::from_secret(jwks.to_string().as_bytes()),
+        )?;
         ensure!(v.verify(&hs, e, t).await.is_err(), "HS256 refused");
         Ok::<_, anyhow::Error>(())
     })?;
@@ -202,13 +318,18 @@ pub fn oidc_first_factor(fx: &Fixture) -> Result<()> {
     c.api.as_mut().unwrap().oidc = Some(cfg);
     let api = start_api(fx, c, &clock, 6432)?;
     fx.block_on(async {
-        api.add_user("oidc@acme.example", "acme", "analyst").await.ok();
+        api.add_user("oidc@acme.example", "acme", "analyst")
+            .await
+            .ok();
         let body = json!({"email": "oidc@acme.example", "id_token": sign(&key, base.clone())?});
         let (s, v) = api.call("POST", "/v1/login", Some(body), false).await?;
         ensure!(s == 200 && v["amr"] == json!(["fed"]), "{s} {v}");
         let body = json!({"email": "oidc@acme.example", "id_token": sign(&other, base.clone())?});
         let (s, v) = api.call("POST", "/v1/login", Some(body), false).await?;
-        ensure!(s == 401 && v["error"]["code"] == "first_factor_invalid", "{s} {v}");
+        ensure!(
+            s == 401 && v["error"]["code"] == "first_factor_invalid",
+            "{s} {v}"
+        );
         Ok(())
     })
 }
@@ -221,7 +342,9 @@ fn base64_url(b: &[u8]) -> String {
 pub fn grace_period(fx: &Fixture) -> Result<()> {
     let clock = TestClock::now_real();
     let live = clock.secs() - 3 * 86_400; // went live 3 days ago
-    let live_str = humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(live as u64)).to_string();
+    let live_str =
+        humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(live as u64))
+            .to_string();
     let proxy = start_proxy(
         fx,
         |cfg| {
@@ -237,7 +360,11 @@ pub fn grace_period(fx: &Fixture) -> Result<()> {
         &clock,
     )?;
     let mint = |tenant: &str, mfa: bool| -> Result<String> {
-        let amr = if mfa { vec!["pwd".into(), "otp".into()] } else { vec!["pwd".into()] };
+        let amr = if mfa {
+            vec!["pwd".into(), "otp".into()]
+        } else {
+            vec!["pwd".into()]
+        };
         Ok(fx.env.signer.mint(
             &UserId::new("grace@acme.example"),
             &TenantId::new(tenant),
@@ -262,14 +389,19 @@ pub fn grace_period(fx: &Fixture) -> Result<()> {
         let (c, mut notices) = connect_collect(fx, proxy.addr, "acme", &no_mfa).await?;
         c.simple_query("SELECT 1").await?;
         let n = notices.try_recv().context("notice inside grace")?;
-        ensure!(n.contains("in 1 day (") && n.contains("security page"), "{n}");
+        ensure!(
+            n.contains("in 1 day (") && n.contains("security page"),
+            "{n}"
+        );
         // A token with MFA gets no notice.
         let (c, mut notices) = connect_collect(fx, proxy.addr, "acme", &with_mfa).await?;
         c.simple_query("SELECT 1").await?;
         ensure!(notices.try_recv().is_err(), "no notice with MFA");
         // After: refused with 28000 telling the user to enrol; MFA tokens still work.
         clock.set(live + 7 * 86_400 + 1);
-        let r = connect_collect(fx, proxy.addr, "acme", &no_mfa).await.map(|_| ());
+        let r = connect_collect(fx, proxy.addr, "acme", &no_mfa)
+            .await
+            .map(|_| ());
         expect_refused(r, "28000", "two-factor authentication is required")?;
         let (c, _) = connect_collect(fx, proxy.addr, "acme", &with_mfa).await?;
         c.simple_query("SELECT 1").await?;
@@ -277,7 +409,9 @@ pub fn grace_period(fx: &Fixture) -> Result<()> {
         clock.set(live - 2 * 86_400);
         let (globex_plain, globex_mfa) = (mint("globex", false)?, mint("globex", true)?);
         clock.set(live);
-        let r = connect_collect(fx, proxy.addr, "globex", &globex_plain).await.map(|_| ());
+        let r = connect_collect(fx, proxy.addr, "globex", &globex_plain)
+            .await
+            .map(|_| ());
         expect_refused(r, "28000", "enrol")?;
         let (c, _) = connect_collect(fx, proxy.addr, "globex", &globex_mfa).await?;
         c.simple_query("SELECT 1").await?;
@@ -299,14 +433,26 @@ pub fn api_grace(fx: &Fixture) -> Result<()> {
         let e = email("apigrace");
         api.add_user(&e, "acme", "analyst").await?;
         let (s, v) = api.user_call("/v1/login", &e, json!({})).await?;
-        ensure!(s == 200 && v["amr"] == json!(["pwd"]) && v["mfa_deadline_days"] == 6, "inside grace: {s} {v}");
+        ensure!(
+            s == 200 && v["amr"] == json!(["pwd"]) && v["mfa_deadline_days"] == 6,
+            "inside grace: {s} {v}"
+        );
         clock.advance(7 * 86_400);
         let (s, v) = api.user_call("/v1/login", &e, json!({})).await?;
-        ensure!(s == 403 && v["error"]["code"] == "mfa_enrolment_required", "after grace: {s} {v}");
+        ensure!(
+            s == 403 && v["error"]["code"] == "mfa_enrolment_required",
+            "after grace: {s} {v}"
+        );
         // Enrolling is still possible, and then login works.
         let (secret, _) = api.enrol(&e).await?;
         clock.advance(30);
-        let (s, v) = api.user_call("/v1/login", &e, json!({"code": pyotp(&secret, clock.secs())?})).await?;
+        let (s, v) = api
+            .user_call(
+                "/v1/login",
+                &e,
+                json!({"code": pyotp(&secret, clock.secs())?}),
+            )
+            .await?;
         ensure!(s == 200, "{s} {v}");
         Ok(())
     })
@@ -328,17 +474,36 @@ pub fn revocation(fx: &Fixture) -> Result<()> {
         let (c2, _) = connect_collect(fx, proxy.addr, "acme", &tok(&second)).await?;
         c1.simple_query("SELECT 1").await?;
         // Revoke the first token: its open session ends, new connections with it are refused, the other stays.
-        let (s, v) = api.call("POST", "/v1/admin/tokens/revoke", Some(json!({"jti": first["jti"]})), true).await?;
+        let (s, v) = api
+            .call(
+                "POST",
+                "/v1/admin/tokens/revoke",
+                Some(json!({"jti": first["jti"]})),
+                true,
+            )
+            .await?;
         ensure!(s == 200, "{s} {v}");
-        wait_until_closed(&c1).await.context("revoked token's session")?;
-        let r = connect_collect(fx, proxy.addr, "acme", &tok(&first)).await.map(|_| ());
+        wait_until_closed(&c1)
+            .await
+            .context("revoked token's session")?;
+        let r = connect_collect(fx, proxy.addr, "acme", &tok(&first))
+            .await
+            .map(|_| ());
         expect_refused(r, "28000", "revoked")?;
-        c2.simple_query("SELECT 1").await.context("other token unaffected")?;
+        c2.simple_query("SELECT 1")
+            .await
+            .context("other token unaffected")?;
         // Disable the user: every session ends and no token of theirs works; no new token is issued.
-        let (s, _) = api.call("POST", &format!("/v1/admin/users/{e}/disable"), None, true).await?;
+        let (s, _) = api
+            .call("POST", &format!("/v1/admin/users/{e}/disable"), None, true)
+            .await?;
         ensure!(s == 200);
-        wait_until_closed(&c2).await.context("disabled user's session")?;
-        let r = connect_collect(fx, proxy.addr, "acme", &tok(&second)).await.map(|_| ());
+        wait_until_closed(&c2)
+            .await
+            .context("disabled user's session")?;
+        let r = connect_collect(fx, proxy.addr, "acme", &tok(&second))
+            .await
+            .map(|_| ());
         expect_refused(r, "28000", "disabled")?;
         let (s, v) = api.user_call("/v1/login", &e, json!({})).await?;
         ensure!(s == 403 && v["error"]["code"] == "user_disabled", "{s} {v}");
@@ -369,9 +534,15 @@ pub fn two_instances_race(fx: &Fixture) -> Result<()> {
             clock.advance(30);
             let code = pyotp(&secret, clock.secs())?;
             let body = json!({"code": code});
-            let (ra, rb) = tokio::join!(a.user_call("/v1/login", &e, body.clone()), b.user_call("/v1/login", &e, body));
+            let (ra, rb) = tokio::join!(
+                a.user_call("/v1/login", &e, body.clone()),
+                b.user_call("/v1/login", &e, body)
+            );
             let statuses = [ra?.0, rb?.0];
-            ensure!(statuses.iter().filter(|s| **s == 200).count() == 1, "round {round}: {statuses:?}");
+            ensure!(
+                statuses.iter().filter(|s| **s == 200).count() == 1,
+                "round {round}: {statuses:?}"
+            );
             ensure!(statuses.contains(&401), "round {round}: {statuses:?}");
         }
         Ok(())
@@ -386,7 +557,10 @@ pub fn admin_key_required(fx: &Fixture) -> Result<()> {
         ensure!(s == 200);
         api.admin = "wrong".into();
         let (s, v) = api.call("GET", "/v1/admin/users", None, true).await?;
-        ensure!(s == 401 && v["error"]["code"] == "admin_unauthorized", "{s} {v}");
+        ensure!(
+            s == 401 && v["error"]["code"] == "admin_unauthorized",
+            "{s} {v}"
+        );
         let (s, _) = api.call("GET", "/v1/admin/users", None, false).await?;
         ensure!(s == 401);
         Ok(())
@@ -413,31 +587,71 @@ pub fn cli(fx: &Fixture) -> Result<()> {
             .spawn()?;
         child.stdin.take().unwrap().write_all(stdin.as_bytes())?;
         let out = child.wait_with_output()?;
-        ensure!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        ensure!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         Ok(String::from_utf8(out.stdout)?)
     };
     let base = api.base();
     let ca = api.ca.display().to_string();
-    run(&["user", "add", &e, "--tenant", "acme", "--role", "analyst", "--api", &base, "--ca", &ca], "")?;
+    run(
+        &[
+            "user", "add", &e, "--tenant", "acme", "--role", "analyst", "--api", &base, "--ca", &ca,
+        ],
+        "",
+    )?;
     let (secret, _) = fx.block_on(api.enrol(&e))?;
-    let listed = run(&["user", "list", "--tenant", "acme", "--api", &base, "--ca", &ca], "")?;
-    ensure!(listed.lines().any(|l| l.starts_with(&e) && l.contains(" yes ")), "{listed}");
+    let listed = run(
+        &[
+            "user", "list", "--tenant", "acme", "--api", &base, "--ca", &ca,
+        ],
+        "",
+    )?;
+    ensure!(
+        listed
+            .lines()
+            .any(|l| l.starts_with(&e) && l.contains(" yes ")),
+        "{listed}"
+    );
     // `pgveil login` asks for the code on stdin (the API's clock is real time here).
     clock.advance(30);
     let code = pyotp(&secret, clock.secs())?;
     let assertion = api.assertion(&e);
     let out = run(
-        &["login", "--api", &base, "--ca", &ca, "--email", &e, "--assertion", &assertion, "--pgpass"],
+        &[
+            "login",
+            "--api",
+            &base,
+            "--ca",
+            &ca,
+            "--email",
+            &e,
+            "--assertion",
+            &assertion,
+            "--pgpass",
+        ],
         &format!("{code}\n"),
     )?;
     let url = out.lines().next().context("url")?;
-    ensure!(url.starts_with("postgresql://") && out.contains("export PGHOST="), "{out}");
+    ensure!(
+        url.starts_with("postgresql://") && out.contains("export PGHOST="),
+        "{out}"
+    );
     let pgpass = std::fs::read_to_string(home.join(".pgpass"))?;
     ensure!(pgpass.starts_with("127.0.0.1:"), "{pgpass}");
     fx.block_on(async {
-        let (client, conn) = tokio_postgres::connect(&url.replace("sslmode=require", "sslmode=disable"), tokio_postgres::NoTls).await?;
+        let (client, conn) = tokio_postgres::connect(
+            &url.replace("sslmode=require", "sslmode=disable"),
+            tokio_postgres::NoTls,
+        )
+        .await?;
         tokio::spawn(conn);
-        let n: i64 = client.query_one("SELECT count(*) FROM payers", &[]).await?.get(0);
+        let n: i64 = client
+            .query_one("SELECT count(*) FROM payers", &[])
+            .await?
+            .get(0);
         ensure!(n > 0);
         Ok::<_, anyhow::Error>(())
     })?;
@@ -472,14 +686,29 @@ pub fn browser(fx: &Fixture) -> Result<()> {
         .env("PGVEIL_CLOCK", clock.secs().to_string())
         .current_dir(root.join("tests/browser"))
         .output()
-        .context("running node (install Node.js and `npm install` in tests/browser; tests/run.sh does)")?;
-    ensure!(out.status.success(), "browser script: {}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    let v: Value = serde_json::from_slice(out.stdout.split(|b| *b == b'\n').rfind(|l| !l.is_empty()).unwrap_or(b"{}"))?;
+        .context(
+            "running node (install Node.js and `npm install` in tests/browser; tests/run.sh does)",
+        )?;
+    ensure!(
+        out.status.success(),
+        "browser script: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(
+        out.stdout
+            .split(|b| *b == b'\n')
+            .rfind(|l| !l.is_empty())
+            .unwrap_or(b"{}"),
+    )?;
     ensure!(v["recovery_codes"].as_u64() == Some(10), "{v}");
     let token = v["token"].as_str().context("token from the page")?;
     fx.block_on(async {
         let (c, _) = connect_collect(fx, proxy.addr, "acme", token).await?;
-        let n: i64 = c.query_one("SELECT count(*) FROM payers", &[]).await?.get(0);
+        let n: i64 = c
+            .query_one("SELECT count(*) FROM payers", &[])
+            .await?
+            .get(0);
         ensure!(n > 0);
         Ok(())
     })
@@ -488,7 +717,9 @@ pub fn browser(fx: &Fixture) -> Result<()> {
 fn urlencoding_encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()

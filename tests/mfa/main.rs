@@ -31,15 +31,33 @@ mod mfa_cases;
 
 fn main() -> std::process::ExitCode {
     support::main_with(&[
-        ("pyotp_codes_accepted_replay_stale_wrong_refused", mfa_cases::pyotp_codes),
-        ("throttling_lockout_and_release", mfa_cases::throttling_lockout),
+        (
+            "pyotp_codes_accepted_replay_stale_wrong_refused",
+            mfa_cases::pyotp_codes,
+        ),
+        (
+            "throttling_lockout_and_release",
+            mfa_cases::throttling_lockout,
+        ),
         ("ip_lockout_and_release", mfa_cases::ip_lockout),
-        ("recovery_codes_single_use_and_reenrolment", mfa_cases::recovery_codes),
+        (
+            "recovery_codes_single_use_and_reenrolment",
+            mfa_cases::recovery_codes,
+        ),
         ("oidc_first_factor", mfa_cases::oidc_first_factor),
         ("grace_period_through_real_client", mfa_cases::grace_period),
-        ("api_refuses_tokens_without_mfa_after_grace", mfa_cases::api_grace),
-        ("revocation_stops_new_and_open_sessions", mfa_cases::revocation),
-        ("two_instances_same_code_exactly_one_token", mfa_cases::two_instances_race),
+        (
+            "api_refuses_tokens_without_mfa_after_grace",
+            mfa_cases::api_grace,
+        ),
+        (
+            "revocation_stops_new_and_open_sessions",
+            mfa_cases::revocation,
+        ),
+        (
+            "two_instances_same_code_exactly_one_token",
+            mfa_cases::two_instances_race,
+        ),
         ("admin_api_requires_key", mfa_cases::admin_key_required),
         ("cli_login_and_user_commands", mfa_cases::cli),
         ("security_page_in_headless_chromium", mfa_cases::browser),
@@ -60,9 +78,16 @@ pub fn keys(fx: &Fixture) -> &'static Keys {
         let password = format!("ctl-{}", uuid::Uuid::new_v4().simple());
         fx.env
             .cluster
-            .create_user("pgveil_ctl", &password, pgveil::demo::cluster::PasswordMethod::Scram)
+            .create_user(
+                "pgveil_ctl",
+                &password,
+                pgveil::demo::cluster::PasswordMethod::Scram,
+            )
             .expect("control user");
-        fx.env.cluster.create_database("pgveil_control", "pgveil_ctl").expect("control database");
+        fx.env
+            .cluster
+            .create_database("pgveil_control", "pgveil_ctl")
+            .expect("control database");
         let keys = Keys {
             admin: format!("admin-{}", uuid::Uuid::new_v4().simple()),
             webapp: format!("webapp-{}", uuid::Uuid::new_v4().simple()),
@@ -90,7 +115,12 @@ impl TestClock {
         TestClock(Arc::new(AtomicI64::new(secs)))
     }
     pub fn now_real() -> Self {
-        Self::at(SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64)
+        Self::at(
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_secs() as i64,
+        )
     }
     pub fn secs(&self) -> i64 {
         self.0.load(Ordering::SeqCst)
@@ -185,7 +215,13 @@ impl Api {
     }
 
     /// Sends a request; returns the status and JSON body.
-    pub async fn call(&self, method: &str, path: &str, body: Option<Value>, admin: bool) -> Result<(u16, Value)> {
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+        admin: bool,
+    ) -> Result<(u16, Value)> {
         let url = format!("{}{path}", self.base());
         let (status, text) = pgveil::api::fetch::send(pgveil::api::fetch::Request {
             method,
@@ -196,24 +232,41 @@ impl Api {
         })
         .await
         .map_err(|e| anyhow!("{url}: {e}"))?;
-        Ok((status, serde_json::from_str(&text).unwrap_or(Value::String(text))))
+        Ok((
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        ))
     }
 
     /// A web-app assertion for `email`, valid 5 minutes from the API's clock.
     pub fn assertion(&self, email: &str) -> String {
-        sign_assertion(&self.webapp, email, self.clock.time() + Duration::from_secs(300))
+        sign_assertion(
+            &self.webapp,
+            email,
+            self.clock.time() + Duration::from_secs(300),
+        )
     }
 
     pub async fn add_user(&self, email: &str, tenant: &str, role: &str) -> Result<()> {
         let (s, v) = self
-            .call("POST", "/v1/admin/users", Some(json!({"email": email, "tenant": tenant, "role": role})), true)
+            .call(
+                "POST",
+                "/v1/admin/users",
+                Some(json!({"email": email, "tenant": tenant, "role": role})),
+                true,
+            )
             .await?;
         ensure!(s == 201, "create user: {s} {v}");
         Ok(())
     }
 
     /// POSTs `body` + email + assertion to `path`.
-    pub async fn user_call(&self, path: &str, email: &str, mut body: Value) -> Result<(u16, Value)> {
+    pub async fn user_call(
+        &self,
+        path: &str,
+        email: &str,
+        mut body: Value,
+    ) -> Result<(u16, Value)> {
         body["email"] = json!(email);
         body["assertion"] = json!(self.assertion(email));
         self.call("POST", path, Some(body), false).await
@@ -224,11 +277,24 @@ impl Api {
         let (s, v) = self.user_call("/v1/enroll", email, json!({})).await?;
         ensure!(s == 200, "enroll: {s} {v}");
         let secret = v["secret"].as_str().context("secret")?.to_owned();
-        ensure!(v["otpauth_uri"].as_str().unwrap().starts_with("otpauth://totp/pgveil%3A"), "{v}");
+        ensure!(
+            v["otpauth_uri"]
+                .as_str()
+                .unwrap()
+                .starts_with("otpauth://totp/pgveil%3A"),
+            "{v}"
+        );
         let code = pyotp(&secret, self.clock.secs())?;
-        let (s, v) = self.user_call("/v1/enroll/confirm", email, json!({"code": code})).await?;
+        let (s, v) = self
+            .user_call("/v1/enroll/confirm", email, json!({"code": code}))
+            .await?;
         ensure!(s == 200, "confirm: {s} {v}");
-        let codes = v["recovery_codes"].as_array().context("codes")?.iter().map(|c| c.as_str().unwrap().to_owned()).collect();
+        let codes = v["recovery_codes"]
+            .as_array()
+            .context("codes")?
+            .iter()
+            .map(|c| c.as_str().unwrap().to_owned())
+            .collect();
         Ok((secret, codes))
     }
 }
@@ -236,15 +302,28 @@ impl Api {
 /// The TOTP code for `secret` at `t`, computed by Python's pyotp (an independent implementation).
 pub fn pyotp(secret: &str, t: i64) -> Result<String> {
     let out = std::process::Command::new("python3")
-        .args(["-c", "import pyotp,sys; print(pyotp.TOTP(sys.argv[1]).at(int(sys.argv[2])))", secret, &t.to_string()])
+        .args([
+            "-c",
+            "import pyotp,sys; print(pyotp.TOTP(sys.argv[1]).at(int(sys.argv[2])))",
+            secret,
+            &t.to_string(),
+        ])
         .output()
         .context("running python3 (pyotp)")?;
-    ensure!(out.status.success(), "pyotp: {}", String::from_utf8_lossy(&out.stderr));
+    ensure!(
+        out.status.success(),
+        "pyotp: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     Ok(String::from_utf8(out.stdout)?.trim().to_owned())
 }
 
 /// Starts a proxy with the MFA config and an injected clock.
-pub fn start_proxy(fx: &Fixture, edit: impl FnOnce(&mut Config), clock: &TestClock) -> Result<support::Running> {
+pub fn start_proxy(
+    fx: &Fixture,
+    edit: impl FnOnce(&mut Config),
+    clock: &TestClock,
+) -> Result<support::Running> {
     let base = mfa_config(fx);
     fx.start_server(
         |cfg| {
@@ -265,8 +344,15 @@ pub async fn connect_collect(
     addr: SocketAddr,
     tenant: &str,
     token: &str,
-) -> Result<(tokio_postgres::Client, tokio::sync::mpsc::UnboundedReceiver<String>)> {
-    let (client, mut conn) = tokio_postgres::connect(&fx.conn_str(addr, tenant, "u", token), tokio_postgres::NoTls).await?;
+) -> Result<(
+    tokio_postgres::Client,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+)> {
+    let (client, mut conn) = tokio_postgres::connect(
+        &fx.conn_str(addr, tenant, "u", token),
+        tokio_postgres::NoTls,
+    )
+    .await?;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         let mut stream = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
@@ -286,7 +372,10 @@ pub fn expect_refused<T>(r: Result<T>, code: &str, needle: &str) -> Result<()> {
         Err(e) => {
             let state = sqlstate(&e);
             let msg = format!("{e:#}");
-            ensure!(state.as_deref() == Some(code), "expected {code}, got {state:?}: {msg}");
+            ensure!(
+                state.as_deref() == Some(code),
+                "expected {code}, got {state:?}: {msg}"
+            );
             ensure!(msg.contains(needle), "message {msg:?} lacks {needle:?}");
             Ok(())
         }
