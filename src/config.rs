@@ -67,6 +67,13 @@ pub struct Config {
     /// Defaults for every tenant's pools.
     #[serde(default)]
     pub pool: PoolDefaults,
+    /// Control database (users, MFA enrolment, revocations). Without it, tokens are checked offline only:
+    /// no revocation, no disabled users, and the HTTP API cannot run.
+    #[serde(default)]
+    pub control: Option<crate::control::ControlConfig>,
+    /// HTTP API (enrolment, login, admin) and security page. Needs `[control]`.
+    #[serde(default)]
+    pub api: Option<crate::api::ApiConfig>,
 }
 
 /// Client-facing listener settings.
@@ -336,6 +343,14 @@ pub struct TenantConfig {
     /// Pool mode override.
     #[serde(default)]
     pub pool_mode: Option<PoolMode>,
+    /// When the tenant went live with real data (RFC 3339, or a date `YYYY-MM-DD` meaning midnight UTC).
+    /// From `live_since` + 7 days every user needs MFA; before that, sessions without MFA get a countdown
+    /// notice. Absent: test data only (MFA not required unless `require_mfa`).
+    #[serde(default, deserialize_with = "crate::mfa::policy::deserialize_opt_time")]
+    pub live_since: Option<std::time::SystemTime>,
+    /// Require MFA for this tenant's users at once, whatever `live_since` says (e.g. test-mode tenants).
+    #[serde(default)]
+    pub require_mfa: bool,
 }
 
 fn default_listen_addr() -> SocketAddr {
@@ -422,6 +437,9 @@ impl Config {
         }
         if let Some(p) = &mut self.secrets.path {
             fix(p);
+        }
+        if let Some(api) = &mut self.api {
+            api.resolve_paths(base);
         }
         for t in &mut self.tenants {
             if let Some(ca) = &mut t.ca_bundle {
@@ -516,6 +534,18 @@ impl Config {
             {
                 problems.push(format!("{at}: dbname must be 1-63 bytes"));
             }
+        }
+        if let Some(control) = &self.control {
+            control.validate(&mut problems);
+        }
+        if let Some(api) = &self.api {
+            if self.control.is_none() {
+                problems.push("[api] needs a [control] section (the control database)".to_owned());
+            }
+            if self.auth.signing_key_secret.is_none() {
+                problems.push("[api] needs auth.signing_key_secret to mint tokens".to_owned());
+            }
+            api.validate(&mut problems);
         }
         if problems.is_empty() {
             Ok(())

@@ -13,6 +13,8 @@ use pgveil::ids::{RoleName, TenantId, UserId};
 use pgveil::server::{Server, ServerOptions};
 use pgveil::token::TokenSigner;
 
+mod cli;
+
 #[derive(Parser)]
 #[command(
     name = "pgveil",
@@ -50,6 +52,11 @@ enum Command {
     /// Certificate helpers.
     #[command(subcommand)]
     Certs(CertsCommand),
+    /// Log in through the pgveil API (first factor + TOTP code) and print a ready connection string.
+    Login(cli::LoginArgs),
+    /// User administration through the pgveil API (admin key in PGVEIL_ADMIN_KEY).
+    #[command(subcommand)]
+    User(cli::UserCommand),
 }
 
 #[derive(Subcommand)]
@@ -131,6 +138,8 @@ fn main() -> Result<()> {
             );
             Ok(())
         }
+        Command::Login(args) => runtime()?.block_on(cli::login(args)),
+        Command::User(cmd) => runtime()?.block_on(cli::user(cmd)),
         Command::Certs(CertsCommand::Dev { out, names }) => {
             let c = pgveil::tls::generate_dev_certs(&out, &names)?;
             println!(
@@ -153,8 +162,31 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 fn serve(path: &Path) -> Result<()> {
     let cfg = Config::load(path)?;
     runtime()?.block_on(async {
-        let server = Server::bind(cfg, ServerOptions::default()).await?;
-        server.run(stop_signal(), Duration::from_secs(30)).await;
+        let server = Server::bind(cfg.clone(), ServerOptions::default()).await?;
+        let api = if cfg.api.is_some() {
+            let shared = server.shared();
+            // The API shares the proxy's (cached) secret store.
+            let secrets = shared.secrets.clone();
+            let opts = pgveil::api::ApiOptions {
+                secrets,
+                clock: shared.clock.clone(),
+                local_proxy: shared
+                    .revocations
+                    .clone()
+                    .map(|r| (r, shared.sessions.clone())),
+                proxy_port: server.local_addr().port(),
+            };
+            Some(pgveil::api::ApiServer::bind(cfg.clone(), opts).await?)
+        } else {
+            None
+        };
+        let proxy = server.run(stop_signal(), Duration::from_secs(30));
+        match api {
+            Some(api) => {
+                tokio::join!(proxy, api.run(stop_signal()));
+            }
+            None => proxy.await,
+        }
         Ok(())
     })
 }

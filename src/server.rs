@@ -14,8 +14,10 @@ use tokio_rustls::TlsAcceptor;
 use crate::backend::Pools;
 use crate::cancel::CancelRegistry;
 use crate::config::Config;
+use crate::control::ControlDb;
 use crate::policy::{AllowAll, StatementPolicy};
 use crate::proto::PgError;
+use crate::revoke::{RevocationCache, SessionRegistry};
 use crate::route::Router;
 use crate::secret::{CachedSecretStore, SecretStore};
 use crate::token::TokenVerifier;
@@ -35,6 +37,9 @@ pub enum ServerError {
     /// Routing table could not be built.
     #[error(transparent)]
     Route(#[from] crate::route::RouteError),
+    /// The control database could not be opened.
+    #[error("control database: {0}")]
+    Control(#[from] crate::control::ControlError),
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -74,6 +79,10 @@ pub struct Shared {
     pub clock: Clock,
     /// Connected clients.
     pub clients: AtomicUsize,
+    /// Revoked tokens and disabled users (when a control database is configured).
+    pub revocations: Option<Arc<RevocationCache>>,
+    /// Live sessions, so revocations can end them.
+    pub sessions: Arc<SessionRegistry>,
 }
 
 /// A bound, not yet running server.
@@ -129,6 +138,13 @@ impl Server {
         }
         let verifier = TokenVerifier::from_pems(&pems, &cfg.auth.issuer)?;
         let router = Router::from_config(&cfg)?;
+        let revocations = match &cfg.control {
+            Some(c) => {
+                let db = ControlDb::open(c, &*secrets).await?;
+                Some(RevocationCache::load(db, c.revocation_max_stale, opts.clock.clone()).await?)
+            }
+            None => None,
+        };
         let pools = Pools::new(
             secrets.clone(),
             cfg.pool.checkout_timeout,
@@ -142,6 +158,10 @@ impl Server {
                     source,
                 })?;
         let (shutdown_tx, shutdown) = watch::channel(false);
+        let sessions = Arc::new(SessionRegistry::default());
+        if let (Some(cache), Some(c)) = (&revocations, &cfg.control) {
+            cache.spawn_refresh(sessions.clone(), c.revocation_refresh, shutdown.clone());
+        }
         let shared = Arc::new(Shared {
             cfg,
             router,
@@ -155,6 +175,8 @@ impl Server {
             shutdown,
             clock: opts.clock,
             clients: AtomicUsize::new(0),
+            revocations,
+            sessions,
         });
         Ok(Server {
             shared,

@@ -8,8 +8,9 @@ use bytes::BytesMut;
 use deadpool::managed::Object;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 
-use super::auth::{AuthError, authenticate};
+use super::auth::{AuthError, Authenticated, authenticate};
 use super::handshake::{Hello, negotiate, refuse};
 use super::params::{requested_settings, set_config_statement};
 use super::relay::{Relay, RelayEnd};
@@ -28,7 +29,7 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let _ = tcp.set_nodelay(true);
     let timeout = shared.cfg.listen.startup_timeout;
     let started = tokio::time::timeout(timeout, start(tcp, peer, &shared)).await;
-    let (mut stream, startup, who) = match started {
+    let (mut stream, startup, auth) = match started {
         Ok(Some(s)) => s,
         Ok(None) => return,
         Err(_) => {
@@ -36,10 +37,15 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
             return;
         }
     };
+    let who = &auth.identity;
     let span = tracing::info_span!("session", client = %peer, user = %who.user, tenant = %who.tenant, role = %who.role);
     let _enter = span.enter();
     drop(_enter);
-    run_session(&mut stream, &startup, &who, &shared).await;
+    // Registered before the backend is checked out, so a revocation racing with start-up still ends it.
+    let guard = shared
+        .sessions
+        .register(who.user.as_str(), &who.token_id, auth.issued_at);
+    run_session(&mut stream, &startup, &auth, guard.killed.clone(), &shared).await;
 }
 
 /// Handshake and authentication, under the startup timeout.
@@ -47,7 +53,7 @@ async fn start(
     tcp: TcpStream,
     peer: SocketAddr,
     shared: &Shared,
-) -> Option<(ClientStream, StartupMessage, Identity)> {
+) -> Option<(ClientStream, StartupMessage, Authenticated)> {
     let hello = match negotiate(
         tcp,
         shared.tls.as_ref(),
@@ -94,12 +100,14 @@ async fn start(
         return None;
     }
     let now = (shared.clock)();
+    let revocations = shared.revocations.as_deref();
     match authenticate(
         &mut stream,
         peer,
         &shared.cfg,
         &shared.router,
         &shared.verifier,
+        revocations,
         now,
     )
     .await
@@ -116,9 +124,11 @@ async fn start(
 async fn run_session(
     stream: &mut ClientStream,
     startup: &StartupMessage,
-    who: &Identity,
+    auth: &Authenticated,
+    mut killed: watch::Receiver<bool>,
     shared: &Shared,
 ) {
+    let who = &auth.identity;
     let tenant = shared
         .router
         .tenant(&who.tenant)
@@ -170,6 +180,9 @@ async fn run_session(
         messages::parameter_status(&mut out, name, value);
     }
     messages::backend_key_data(&mut out, handle.pid, handle.secret);
+    if let Some(notice) = &auth.notice {
+        PgError::encode_notice("01000", notice, &mut out);
+    }
     messages::ready_for_query(&mut out, b'I');
     if stream.write_all(&out).await.is_err() {
         finish(conn, true, b'I', shared).await;
@@ -179,11 +192,24 @@ async fn run_session(
     handle.set_backend(Some((conn.target.clone(), conn.key)));
     let mut relay = Relay::new(who, &*shared.policy, shared.cfg.listen.max_query_bytes);
     let mut shutdown = shared.shutdown.clone();
-    let end = relay
-        .run(stream, BytesMut::new(), &mut conn, &mut shutdown)
-        .await;
+    // A revoked token or disabled user ends the session at once (not at its next idle point, as a drain
+    // does): the relay is dropped mid-flight and the backend is cancelled and closed.
+    let end = tokio::select! {
+        end = relay.run(stream, BytesMut::new(), &mut conn, &mut shutdown) => Some(end),
+        _ = killed.wait_for(|k| *k) => None,
+    };
     handle.set_backend(None);
     drop(handle);
+    let Some(end) = end else {
+        tracing::info!("session terminated: token revoked or user disabled");
+        let mut out = BytesMut::new();
+        PgError::invalid_authorization("session terminated: pgveil token revoked or user disabled")
+            .encode(&mut out);
+        let _ = stream.write_all(&out).await;
+        crate::cancel::send_cancel_detached(conn.target.clone(), conn.key);
+        finish(conn, false, b'I', shared).await;
+        return;
+    };
     tracing::info!(end = ?end, "session ended");
     let reusable = relay.state.backend_idle() && !matches!(end, RelayEnd::BackendGone);
     if !reusable && !matches!(end, RelayEnd::BackendGone) {
