@@ -155,8 +155,11 @@ fn pgbench_through_transaction_pool(fx: &Fixture) -> Result<()> {
         .output()?;
     ensure!(init.status.success(), "pgbench -i: {}", String::from_utf8_lossy(&init.stderr));
     let token = fx.token("bench", "globex", "analyst");
+    // pgbench prepares each command synchronously the first time (PQprepare), blocking its whole thread:
+    // with several clients per thread, a client waiting for a backend inside that call would stall clients
+    // of the same thread that hold backends mid-transaction. One thread per client avoids that artifact.
     for (mode, extra) in [("prepared", None), ("prepared", Some("-S")), ("extended", None), ("simple", Some("-S"))] {
-        let mut args = vec!["-n", "-M", mode, "-c", "12", "-j", "2", "-t", "40", "-h", "127.0.0.1", "-U", "bench"];
+        let mut args = vec!["-n", "-M", mode, "-c", "12", "-j", "12", "-t", "40", "-h", "127.0.0.1", "-U", "bench"];
         args.extend(extra);
         let port = proxy.addr.port().to_string();
         args.extend(["-p", &port, "globex"]);
@@ -278,9 +281,17 @@ fn settings_follow_client(fx: &Fixture) -> Result<()> {
         a.batch_execute("SELECT set_config('search_path', 'pg_catalog, public', false)").await?;
         let sql = "SELECT current_setting('work_mem'), current_setting('application_name'), \
                    current_setting('search_path'), pg_backend_pid()";
+        // C holds a backend now and then, so A and B are moved between backends.
+        let c = fx.connect_to(proxy.addr, "acme", "analyst").await?;
         let mut pids = HashSet::new();
-        for _ in 0..12 {
+        for i in 0..12 {
+            if i % 2 == 0 {
+                c.batch_execute("BEGIN").await?;
+            }
             let ra = a.query_one(sql, &[]).await?;
+            if i % 2 == 0 {
+                c.batch_execute("COMMIT").await?;
+            }
             let rb = b.query_one(sql, &[]).await?;
             let (wa, aa, sa): (String, String, String) = (ra.get(0), ra.get(1), ra.get(2));
             let (wb, ab): (String, String) = (rb.get(0), rb.get(1));
@@ -312,7 +323,7 @@ fn session_state_pins(fx: &Fixture) -> Result<()> {
             let n: i64 = a.query_one("SELECT count(*) FROM pinned_t", &[]).await?.get(0);
             ensure!(n == 2);
             let r = a.simple_query(&format!("EXECUTE sqlp({i})")).await?;
-            ensure!(r.len() == 2, "EXECUTE: {r:?}");
+            ensure!(r.len() == 3, "EXECUTE: {r:?}");
             let p: i32 = a.query_one("SELECT pg_backend_pid()", &[]).await?.get(0);
             ensure!(p == pid, "pinned client moved");
             b.simple_query("SELECT 1").await?; // B keeps working on the other backend
@@ -410,6 +421,8 @@ fn client_disconnects_mid_transaction(fx: &Fixture) -> Result<()> {
         let (a, task) = support::connect_with_handle(&fx.conn_str(proxy.addr, "acme", "d", &token)).await?;
         a.batch_execute("BEGIN; INSERT INTO txp_abandoned VALUES (1)").await?;
         let pid: i32 = a.query_one("SELECT pg_backend_pid()", &[]).await?.get(0);
+        // Let tokio-postgres finish closing its statement, so the backend is idle in the transaction.
+        tokio::time::sleep(Duration::from_millis(300)).await;
         task.abort(); // the client's socket closes with the transaction open
         let _ = task.await;
         let b = fx.connect_to(proxy.addr, "acme", "tiny").await?;

@@ -101,14 +101,15 @@ mod tests {
     #[test]
     fn evicts_least_recently_used_outside_current_transaction() {
         let mut s = BackendStatements::default();
-        let (a, _) = s.insert(Bytes::from_static(b"a"), 2, 0);
-        let (b, _) = s.insert(Bytes::from_static(b"b"), 2, 0);
+        let none = u64::MAX; // nothing protected
+        let (a, _) = s.insert(Bytes::from_static(b"a"), 2, none);
+        let (b, _) = s.insert(Bytes::from_static(b"b"), 2, none);
         assert_ne!(a, b);
         assert_eq!(s.get(b"a"), Some(a.clone())); // a is now more recent than b
-        let (_, evicted) = s.insert(Bytes::from_static(b"c"), 2, 0);
+        let (_, evicted) = s.insert(Bytes::from_static(b"c"), 2, none);
         assert_eq!(evicted, Some(b));
         // Everything used in the current transaction is protected: the cache grows instead.
-        let now = s.tick();
+        let now = s.tick() + 1;
         s.get(b"a");
         s.get(b"c");
         let (_, evicted) = s.insert(Bytes::from_static(b"d"), 2, now);

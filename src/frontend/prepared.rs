@@ -39,6 +39,8 @@ struct Expect {
     creates: Option<(Bytes, Bytes)>,
     /// A Parse of the unnamed statement.
     unnamed: bool,
+    /// The client's own Parse of this named statement: if it fails, the client does not have the name.
+    client_name: Option<Vec<u8>>,
 }
 
 /// Per-client extended-protocol state for transaction mode.
@@ -128,6 +130,9 @@ impl TxnStatements {
         };
         messages::parse_def(to_b, &server, &def);
         self.push(tag::PARSE_COMPLETE, false, Some((def, server)), false);
+        if let Some(e) = self.expect.back_mut() {
+            e.client_name = Some(name.to_vec());
+        }
         Ok(())
     }
 
@@ -221,6 +226,7 @@ impl TxnStatements {
             swallow,
             creates,
             unnamed,
+            client_name: None,
         });
     }
 
@@ -245,6 +251,11 @@ impl TxnStatements {
             }
             if let Some((def, name)) = &e.creates {
                 stmts.remove(def, name);
+                if let Some(client_name) = &e.client_name
+                    && self.named.get(client_name) == Some(def)
+                {
+                    self.named.remove(client_name);
+                }
             }
             unnamed_lost |= e.unnamed;
             false
