@@ -96,6 +96,8 @@ pub struct Relay<'a> {
     denials: Vec<(String, PgError)>,
     /// Transaction-mode state (`None` in session mode).
     pub txn: Option<TxnCtx>,
+    /// Output buffers (to backend, to client), kept between runs.
+    out_bufs: (BytesMut, BytesMut),
 }
 
 enum Step {
@@ -114,6 +116,7 @@ impl<'a> Relay<'a> {
             state: RelayState::default(),
             denials: Vec::new(),
             txn: None,
+            out_bufs: (BytesMut::with_capacity(READ_CHUNK), BytesMut::with_capacity(READ_CHUNK)),
         }
     }
 
@@ -122,7 +125,7 @@ impl<'a> Relay<'a> {
     pub async fn run(
         &mut self,
         client: &mut ClientStream,
-        client_buf: BytesMut,
+        client_buf: &mut BytesMut,
         backend: &mut BackendConn,
         shutdown: &mut watch::Receiver<bool>,
     ) -> RelayEnd {
@@ -135,10 +138,10 @@ impl<'a> Relay<'a> {
         } = backend;
         let (mut cr, mut cw) = client.split();
         let (mut br, mut bw) = stream.split();
-        let mut cin = client_buf;
+        // Buffers are kept between runs (transaction mode runs once per transaction): no allocation per run.
+        let mut cin = std::mem::take(client_buf);
         let mut bin = std::mem::take(rbuf);
-        let mut to_b = BytesMut::with_capacity(READ_CHUNK);
-        let mut to_c = BytesMut::with_capacity(READ_CHUNK);
+        let (mut to_b, mut to_c) = std::mem::take(&mut self.out_bufs);
         let mut csplit = FrameSplitter::new(self.max_query_bytes);
         let mut bsplit = FrameSplitter::new(MAX_BACKEND_INSPECTED);
         let (mut flush_b, mut flush_c) = (false, false);
@@ -159,6 +162,10 @@ impl<'a> Relay<'a> {
                 self.state.mid_frame |= csplit.mid_frame() || bsplit.mid_frame();
                 self.state.mid_frame |= !to_b.is_empty() || !bin.is_empty();
                 *rbuf = bin;
+                to_b.clear();
+                to_c.clear();
+                self.out_bufs = (to_b, to_c);
+                *client_buf = cin;
                 return end;
             }
             if *shutdown.borrow() && self.state.backend_idle() && self.state.txn_status == b'I' && to_c.is_empty() {

@@ -158,7 +158,7 @@ async fn run_session(stream: &mut ClientStream, startup: &StartupMessage, who: &
     handle.set_backend(Some((conn.target.clone(), conn.key)));
     let mut relay = Relay::new(who, &*shared.policy, shared.cfg.listen.max_query_bytes);
     let mut shutdown = shared.shutdown.clone();
-    let end = relay.run(stream, BytesMut::new(), &mut conn, &mut shutdown).await;
+    let end = relay.run(stream, &mut BytesMut::new(), &mut conn, &mut shutdown).await;
     handle.set_backend(None);
     drop(handle);
     tracing::info!(end = ?end, "session ended");

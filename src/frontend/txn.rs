@@ -186,8 +186,8 @@ pub async fn serve(
     relay.txn = Some(ctx);
     let mut shutdown = shared.shutdown.clone();
     let mut held: Option<PooledConn> = None;
+    let mut cin = BytesMut::with_capacity(8 * 1024);
     loop {
-        let mut cin = BytesMut::new();
         let ctx = relay.txn.as_mut().expect("transaction mode");
         let conn = match held.as_mut() {
             Some(conn) => conn,
@@ -222,7 +222,7 @@ pub async fn serve(
             }
         };
         handle.set_backend(Some((conn.target.clone(), conn.key)));
-        let end = relay.run(stream, cin, conn, &mut shutdown).await;
+        let end = relay.run(stream, &mut cin, conn, &mut shutdown).await;
         handle.set_backend(None);
         let ctx = relay.txn.as_mut().expect("transaction mode");
         match end {
