@@ -8,6 +8,7 @@
 #     (utime+stime deltas from /proc/<pid>/stat: far less noisy than TPS on a shared 2-core machine);
 #   - connection setup rate (new connection + SELECT 1): direct SCRAM, PgBouncer SCRAM, pgveil token;
 #   - pgveil's resident memory with 5,000 idle client connections.
+# pgveil runs with --threads 1 (one event loop, like PgBouncer): on 2 shared cores the cheapest per transaction.
 # Usage: bash bench/pgbench.sh [seconds per run, default 10] [pool size, default 16] [scale, default 10]
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -45,7 +46,7 @@ PGPASSWORD=$dbpass pgbench -i -q -s "$scale" -h 127.0.0.1 -p "$dbport" -U "$dbus
 vport=$(free_port)
 sed -e "s/^addr = .*/addr = \"127.0.0.1:$vport\"/" -e "s/^size = .*/size = $pool\nmode = \"transaction\"\nmax_prepared_statements = 200/" \
     -e 's/^checkout_timeout = .*/checkout_timeout = "60s"/' "$envdir/pgveil.toml" >"$work/pgveil.toml"
-"$bin" serve --config "$work/pgveil.toml" >"$work/pgveil.log" 2>&1 &
+"$bin" serve --threads 1 --config "$work/pgveil.toml" >"$work/pgveil.log" 2>&1 &
 vpid=$!
 pids+=($vpid)
 token=$("$bin" token mint --config "$envdir/pgveil.toml" --user bench --tenant acme --role analyst --ttl 8h --mfa)
