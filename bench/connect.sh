@@ -20,7 +20,7 @@ port=$(grep -o 'running on [0-9.]*:[0-9]*' "$out" | sed 's/.*://')
 token=$(grep -A1 'bob, acme' "$out" | tail -1 | sed "s/.*PGPASSWORD='\([^']*\)'.*/\1/")
 envdir=$(sed -n 's/.*Environment (config, keys, certs, secrets): //p' "$out")
 read -r dbuser dbpass dbport < <(python3 -c "import json,sys; s=json.load(open('$envdir/secrets.json'))['tenants/acme/db']; print(s['username'], s['password'], s['port'])")
-proxy_pid=$(pgrep -f "pgveil demo --listen 127.0.0.1:0" | head -1)
+proxy_pid=$demo
 script=$(mktemp)
 echo 'SELECT 1;' >"$script"
 

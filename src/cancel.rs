@@ -42,7 +42,11 @@ impl CancelHandle {
 
 impl Drop for CancelHandle {
     fn drop(&mut self) {
-        self.registry.entries.lock().expect("cancel registry poisoned").remove(&self.pid);
+        self.registry
+            .entries
+            .lock()
+            .expect("cancel registry poisoned")
+            .remove(&self.pid);
     }
 }
 
@@ -58,7 +62,13 @@ impl CancelRegistry {
         };
         let secret = rand::random::<i32>();
         let slot: Slot = Arc::default();
-        entries.insert(pid, Entry { secret, slot: slot.clone() });
+        entries.insert(
+            pid,
+            Entry {
+                secret,
+                slot: slot.clone(),
+            },
+        );
         CancelHandle {
             pid,
             secret,
@@ -73,7 +83,9 @@ impl CancelRegistry {
             let entries = self.entries.lock().expect("cancel registry poisoned");
             match entries.get(&pid) {
                 // Integer equality does not leak timing about how many bits matched.
-                Some(e) if e.secret == secret => e.slot.lock().expect("cancel slot poisoned").clone(),
+                Some(e) if e.secret == secret => {
+                    e.slot.lock().expect("cancel slot poisoned").clone()
+                }
                 _ => None,
             }
         };

@@ -346,7 +346,10 @@ impl Config {
         }
         for p in &self.auth.verifying_keys {
             if !p.exists() {
-                problems.push(format!("auth.verifying_keys: file {} does not exist", p.display()));
+                problems.push(format!(
+                    "auth.verifying_keys: file {} does not exist",
+                    p.display()
+                ));
             }
         }
         if self.auth.issuer.is_empty() {
@@ -365,7 +368,10 @@ impl Config {
         let mut seen_roles = HashSet::new();
         for r in &self.roles {
             if !valid_name(r.as_str()) {
-                problems.push(format!("roles: {:?} is not a valid role name ([A-Za-z0-9_.-], 1-63 chars)", r.as_str()));
+                problems.push(format!(
+                    "roles: {:?} is not a valid role name ([A-Za-z0-9_.-], 1-63 chars)",
+                    r.as_str()
+                ));
             }
             if !seen_roles.insert(r) {
                 problems.push(format!("roles: {:?} listed twice", r.as_str()));
@@ -407,7 +413,11 @@ impl Config {
                 problems.push(format!("{at}: dbname must be 1-63 bytes"));
             }
         }
-        if problems.is_empty() { Ok(()) } else { Err(problems) }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
     }
 
     /// The tenant with this id.
@@ -420,7 +430,8 @@ impl Config {
 fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
 }
 
 #[cfg(test)]
@@ -468,7 +479,8 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_rejected_with_location() {
-        let err = Config::parse("roles=[\"a\"]\n[auth]\nverifying_keys=[]\npasword=\"x\"\n").unwrap_err();
+        let err =
+            Config::parse("roles=[\"a\"]\n[auth]\nverifying_keys=[]\npasword=\"x\"\n").unwrap_err();
         assert!(err.contains("pasword"), "{err}");
         assert!(err.contains("line 4"), "{err}");
     }

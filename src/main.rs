@@ -15,7 +15,11 @@ use pgveil::server::{Server, ServerOptions};
 use pgveil::token::TokenSigner;
 
 #[derive(Parser)]
-#[command(name = "pgveil", version, about = "PostgreSQL proxy: MFA-token sessions, tenant routing, PII masking")]
+#[command(
+    name = "pgveil",
+    version,
+    about = "PostgreSQL proxy: MFA-token sessions, tenant routing, PII masking"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -100,7 +104,8 @@ enum CertsCommand {
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("PGVEIL_LOG").unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("PGVEIL_LOG")
+                .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -124,7 +129,11 @@ fn main() -> Result<()> {
         Command::Token(TokenCommand::Keygen { out }) => {
             std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
             let (signing, verifying) = pgveil::token::write_keypair(&out)?;
-            println!("signing key (keep secret): {}\nverifying key: {}", signing.display(), verifying.display());
+            println!(
+                "signing key (keep secret): {}\nverifying key: {}",
+                signing.display(),
+                verifying.display()
+            );
             Ok(())
         }
         Command::Certs(CertsCommand::Dev { out, names }) => {
@@ -141,15 +150,22 @@ fn main() -> Result<()> {
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
 }
 
 fn serve(path: &Path, threads: usize) -> Result<()> {
     let cfg = Config::load(path)?;
     let rt = match threads {
         0 => runtime()?,
-        1 => tokio::runtime::Builder::new_current_thread().enable_all().build()?,
-        n => tokio::runtime::Builder::new_multi_thread().worker_threads(n).enable_all().build()?,
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?,
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build()?,
     };
     rt.block_on(async {
         let server = Server::bind(cfg, ServerOptions::default()).await?;
@@ -160,14 +176,22 @@ fn serve(path: &Path, threads: usize) -> Result<()> {
 
 /// Resolves on SIGINT or SIGTERM.
 async fn stop_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
 }
 
-fn mint(config: &Path, user: &str, tenant: &str, role: &str, ttl: Duration, mfa: bool) -> Result<()> {
+fn mint(
+    config: &Path,
+    user: &str,
+    tenant: &str,
+    role: &str,
+    ttl: Duration,
+    mfa: bool,
+) -> Result<()> {
     let cfg = Config::load(config)?;
     let Some(key_path) = &cfg.auth.signing_key else {
         bail!("{}: auth.signing_key is not set", config.display());
@@ -178,9 +202,14 @@ fn mint(config: &Path, user: &str, tenant: &str, role: &str, ttl: Duration, mfa:
     if !cfg.roles.contains(&RoleName::new(role)) {
         bail!("role {role:?} is not in {}", config.display());
     }
-    let pem = std::fs::read_to_string(key_path).with_context(|| format!("reading {}", key_path.display()))?;
+    let pem = std::fs::read_to_string(key_path)
+        .with_context(|| format!("reading {}", key_path.display()))?;
     let signer = TokenSigner::from_pem(&SecretString::from(pem), &cfg.auth.issuer)?;
-    let amr = if mfa { vec!["pwd".into(), "otp".into()] } else { vec!["pwd".into()] };
+    let amr = if mfa {
+        vec!["pwd".into(), "otp".into()]
+    } else {
+        vec!["pwd".into()]
+    };
     let token = signer.mint(
         &UserId::new(user),
         &TenantId::new(tenant),
@@ -195,7 +224,8 @@ fn mint(config: &Path, user: &str, tenant: &str, role: &str, ttl: Duration, mfa:
 
 fn demo(listen: SocketAddr) -> Result<()> {
     eprintln!("pgveil demo: starting a throwaway PostgreSQL and sample tenants...");
-    let env = DemoEnv::create(&EnvOptions::demo(listen)).context("building the demo environment")?;
+    let env =
+        DemoEnv::create(&EnvOptions::demo(listen)).context("building the demo environment")?;
     let rt = runtime()?;
     rt.block_on(async {
         let server = Server::bind(env.config.clone(), ServerOptions::default())

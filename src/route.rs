@@ -53,11 +53,14 @@ impl Router {
             let tls = match t.tls {
                 BackendTlsMode::Disable => None,
                 mode => Some(
-                    crate::tls::backend_client_config(t.ca_bundle.as_deref(), mode == BackendTlsMode::VerifyFull)
-                        .map_err(|e| RouteError::Tls {
-                            tenant: t.id.clone(),
-                            reason: e.to_string(),
-                        })?,
+                    crate::tls::backend_client_config(
+                        t.ca_bundle.as_deref(),
+                        mode == BackendTlsMode::VerifyFull,
+                    )
+                    .map_err(|e| RouteError::Tls {
+                        tenant: t.id.clone(),
+                        reason: e.to_string(),
+                    })?,
                 ),
             };
             tenants.insert(

@@ -108,15 +108,19 @@ impl Server {
     /// Loads keys and TLS material and binds the listener.
     pub async fn bind(cfg: Config, opts: ServerOptions) -> Result<Server, ServerError> {
         let tls = match &cfg.tls {
-            Some(t) => Some(TlsAcceptor::from(crate::tls::server_config(&t.cert, &t.key)?)),
+            Some(t) => Some(TlsAcceptor::from(crate::tls::server_config(
+                &t.cert, &t.key,
+            )?)),
             None => None,
         };
         let mut pems = Vec::new();
         for path in &cfg.auth.verifying_keys {
-            pems.push(std::fs::read_to_string(path).map_err(|source| ServerError::KeyFile {
-                path: path.clone(),
-                source,
-            })?);
+            pems.push(
+                std::fs::read_to_string(path).map_err(|source| ServerError::KeyFile {
+                    path: path.clone(),
+                    source,
+                })?,
+            );
         }
         let verifier = TokenVerifier::from_pems(&pems, &cfg.auth.issuer)?;
         let secrets: Arc<dyn SecretStore> = match opts.secrets {
@@ -127,10 +131,13 @@ impl Server {
         };
         let router = Router::from_config(&cfg)?;
         let pools = Pools::new(secrets, cfg.pool.checkout_timeout, cfg.pool.connect_timeout);
-        let listener = TcpListener::bind(cfg.listen.addr).await.map_err(|source| ServerError::Bind {
-            addr: cfg.listen.addr,
-            source,
-        })?;
+        let listener =
+            TcpListener::bind(cfg.listen.addr)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    addr: cfg.listen.addr,
+                    source,
+                })?;
         let (shutdown_tx, shutdown) = watch::channel(false);
         let shared = Arc::new(Shared {
             cfg,
@@ -153,7 +160,9 @@ impl Server {
 
     /// The bound address (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("bound listener has an address")
+        self.listener
+            .local_addr()
+            .expect("bound listener has an address")
     }
 
     /// Shared state (for tests and metrics).
@@ -201,9 +210,15 @@ impl Server {
         drop(listener);
         tracing::info!(clients = shared.clients.load(Ordering::SeqCst), "draining");
         let _ = shutdown_tx.send(true);
-        let drained = tokio::time::timeout(drain_timeout, async { while tasks.join_next().await.is_some() {} }).await;
+        let drained = tokio::time::timeout(drain_timeout, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
         if drained.is_err() {
-            tracing::warn!(remaining = tasks.len(), "drain timeout: closing remaining sessions");
+            tracing::warn!(
+                remaining = tasks.len(),
+                "drain timeout: closing remaining sessions"
+            );
             tasks.shutdown().await;
         }
         shared.pools.close_all();

@@ -44,38 +44,92 @@ fn demo_runs_prints_working_commands_and_cleans_up() {
             Some((token.to_owned(), rest.trim_end_matches('"').to_owned()))
         })
         .collect();
-    assert_eq!(commands.len(), 3, "expected three psql commands in:\n{text}");
+    assert_eq!(
+        commands.len(),
+        3,
+        "expected three psql commands in:\n{text}"
+    );
     for (token, conn) in &commands {
-        let o = psql(conn, token, "SELECT current_database(), count(*) FROM payers");
-        assert!(o.status.success(), "{conn}: {}", String::from_utf8_lossy(&o.stderr));
-        let db = conn.split("dbname=").nth(1).unwrap().split(' ').next().unwrap();
-        assert!(String::from_utf8_lossy(&o.stdout).starts_with(&format!("{db}|")), "{conn}");
+        let o = psql(
+            conn,
+            token,
+            "SELECT current_database(), count(*) FROM payers",
+        );
+        assert!(
+            o.status.success(),
+            "{conn}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let db = conn
+            .split("dbname=")
+            .nth(1)
+            .unwrap()
+            .split(' ')
+            .next()
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&o.stdout).starts_with(&format!("{db}|")),
+            "{conn}"
+        );
     }
     // Cross-tenant: acme's token asking for globex is refused.
     let (token, conn) = &commands[1];
-    let o = psql(&conn.replace("dbname=acme", "dbname=globex"), token, "SELECT email FROM payers");
+    let o = psql(
+        &conn.replace("dbname=acme", "dbname=globex"),
+        token,
+        "SELECT email FROM payers",
+    );
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("database \"globex\" does not exist"));
     assert!(!String::from_utf8_lossy(&o.stdout).contains("globex-payer"));
     // The printed `token mint` command mints a token that works.
-    let mint = text.lines().find(|l| l.contains("pgveil token mint --config")).expect("mint hint");
-    let config = mint.split("--config ").nth(1).unwrap().split(' ').next().unwrap();
+    let mint = text
+        .lines()
+        .find(|l| l.contains("pgveil token mint --config"))
+        .expect("mint hint");
+    let config = mint
+        .split("--config ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap();
     let minted = Command::new(env!("CARGO_BIN_EXE_pgveil"))
-        .args(["token", "mint", "--config", config, "--user", "dave", "--tenant", "globex", "--role", "analyst", "--ttl", "5m"])
+        .args([
+            "token", "mint", "--config", config, "--user", "dave", "--tenant", "globex", "--role",
+            "analyst", "--ttl", "5m",
+        ])
         .output()
         .unwrap();
-    assert!(minted.status.success(), "{}", String::from_utf8_lossy(&minted.stderr));
+    assert!(
+        minted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&minted.stderr)
+    );
     let token = String::from_utf8(minted.stdout).unwrap().trim().to_owned();
     let conn = commands[2].1.clone();
     let o = psql(&conn, &token, "SELECT count(*) FROM payers");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 
-    let dir = text.split("Environment (config, keys, certs, secrets): ").nth(1).unwrap().lines().next().unwrap().trim();
+    let dir = text
+        .split("Environment (config, keys, certs, secrets): ")
+        .nth(1)
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .trim();
     assert!(std::path::Path::new(dir).exists());
-    Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
     let status = child.wait().unwrap();
     assert!(status.success(), "demo exit status {status}");
-    assert!(!std::path::Path::new(dir).exists(), "environment {dir} was not removed");
+    assert!(
+        !std::path::Path::new(dir).exists(),
+        "environment {dir} was not removed"
+    );
     let o = psql(&commands[0].1, &commands[0].0, "SELECT 1");
     assert!(!o.status.success(), "proxy still answering after Ctrl-C");
 }

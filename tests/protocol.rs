@@ -19,34 +19,57 @@ use tokio_postgres::{AsyncMessage, SimpleQueryMessage};
 
 fn main() -> std::process::ExitCode {
     support::main_with(&[
-        ("simple_query_matches_direct_for_every_backend_auth", simple_query_matches_direct),
-        ("extended_binary_results_match_direct", extended_matches_direct),
+        (
+            "simple_query_matches_direct_for_every_backend_auth",
+            simple_query_matches_direct,
+        ),
+        (
+            "extended_binary_results_match_direct",
+            extended_matches_direct,
+        ),
         ("binary_parameters_roundtrip", binary_parameters_roundtrip),
         ("portal_with_row_limit", portal_with_row_limit),
         ("errors_inside_transactions", errors_inside_transactions),
         ("copy_in_and_out", copy_in_and_out),
-        ("notices_and_notifications_are_relayed", notices_and_notifications),
+        (
+            "notices_and_notifications_are_relayed",
+            notices_and_notifications,
+        ),
         ("backend_tls_is_used_for_tls_tenant", backend_tls_is_used),
         ("cancel_reaches_own_backend", cancel_reaches_own_backend),
         ("forged_cancel_key_does_nothing", forged_cancel_does_nothing),
-        ("reused_backend_has_no_session_state", reused_backend_has_no_state),
+        (
+            "reused_backend_has_no_session_state",
+            reused_backend_has_no_state,
+        ),
         ("client_disconnect_mid_query", client_disconnect_mid_query),
         ("client_disconnect_mid_copy", client_disconnect_mid_copy),
         ("backend_killed_mid_query", backend_killed_mid_query),
         ("startup_settings_are_applied", startup_settings_applied),
         ("many_clients_share_a_small_pool", many_clients_small_pool),
         ("policy_denies_and_session_stays_usable", policy_denies),
-        ("policy_deny_aborts_transaction_like_postgres", policy_deny_in_transaction),
-        ("policy_deny_keeps_pipeline_order", policy_deny_pipeline_order),
+        (
+            "policy_deny_aborts_transaction_like_postgres",
+            policy_deny_in_transaction,
+        ),
+        (
+            "policy_deny_keeps_pipeline_order",
+            policy_deny_pipeline_order,
+        ),
         ("policy_rewrites_simple_and_extended", policy_rewrites),
-        ("policy_checks_startup_settings", policy_checks_startup_settings),
+        (
+            "policy_checks_startup_settings",
+            policy_checks_startup_settings,
+        ),
     ])
 }
 
 fn rows_text(msgs: Vec<SimpleQueryMessage>) -> Vec<Vec<Option<String>>> {
     msgs.into_iter()
         .filter_map(|m| match m {
-            SimpleQueryMessage::Row(r) => Some((0..r.len()).map(|i| r.get(i).map(str::to_owned)).collect()),
+            SimpleQueryMessage::Row(r) => {
+                Some((0..r.len()).map(|i| r.get(i).map(str::to_owned)).collect())
+            }
             _ => None,
         })
         .collect()
@@ -83,12 +106,22 @@ fn extended_matches_direct(fx: &Fixture) -> Result<()> {
                    WHERE payer_id <= $1 ORDER BY id";
         let a = fetch_payments(&proxy, sql).await?;
         let b = fetch_payments(&direct, sql).await?;
-        ensure!(a.len() > 10 && a == b, "extended results differ ({} vs {} rows)", a.len(), b.len());
+        ensure!(
+            a.len() > 10 && a == b,
+            "extended results differ ({} vs {} rows)",
+            a.len(),
+            b.len()
+        );
         // A named prepared statement reused many times.
-        let stmt = proxy.prepare("SELECT email FROM payers WHERE id = $1").await?;
+        let stmt = proxy
+            .prepare("SELECT email FROM payers WHERE id = $1")
+            .await?;
         for id in 1..=30i64 {
             let e: String = proxy.query_one(&stmt, &[&id]).await?.get(0);
-            let d: String = direct.query_one("SELECT email FROM payers WHERE id = $1", &[&id]).await?.get(0);
+            let d: String = direct
+                .query_one("SELECT email FROM payers WHERE id = $1", &[&id])
+                .await?
+                .get(0);
             ensure!(e == d);
         }
         Ok(())
@@ -99,7 +132,10 @@ type PaymentRow = (i64, i64, String, String, std::time::SystemTime, String);
 
 async fn fetch_payments(c: &tokio_postgres::Client, sql: &str) -> Result<Vec<PaymentRow>> {
     let rows = c.query(sql, &[&20i64]).await?;
-    Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5))).collect())
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5)))
+        .collect())
 }
 
 fn binary_parameters_roundtrip(fx: &Fixture) -> Result<()> {
@@ -108,12 +144,18 @@ fn binary_parameters_roundtrip(fx: &Fixture) -> Result<()> {
         let json = serde_json::json!({"a": [1, 2, {"b": "ü"}]});
         let bytes: Vec<u8> = (0..=255u8).cycle().take(300_000).collect();
         let row = c
-            .query_one("SELECT $1::jsonb, $2::bytea, $3::text, length($2::bytea)", &[&json, &bytes, &"x\u{0}y".replace('\0', "")])
+            .query_one(
+                "SELECT $1::jsonb, $2::bytea, $3::text, length($2::bytea)",
+                &[&json, &bytes, &"x\u{0}y".replace('\0', "")],
+            )
             .await?;
         let j: serde_json::Value = row.get(0);
         let b: Vec<u8> = row.get(1);
         let n: i32 = row.get(3);
-        ensure!(j == json && b == bytes && n == 300_000, "binary roundtrip mismatch");
+        ensure!(
+            j == json && b == bytes && n == 300_000,
+            "binary roundtrip mismatch"
+        );
         Ok(())
     })
 }
@@ -121,7 +163,10 @@ fn binary_parameters_roundtrip(fx: &Fixture) -> Result<()> {
 fn portal_with_row_limit(fx: &Fixture) -> Result<()> {
     fx.block_on(async {
         let mut c = fx.connect("acme", "analyst").await?;
-        let total: i64 = c.query_one("SELECT count(*) FROM payments", &[]).await?.get(0);
+        let total: i64 = c
+            .query_one("SELECT count(*) FROM payments", &[])
+            .await?
+            .get(0);
         let tx = c.transaction().await?;
         let stmt = tx.prepare("SELECT id FROM payments ORDER BY id").await?;
         let portal = tx.bind(&stmt, &[]).await?;
@@ -137,7 +182,10 @@ fn portal_with_row_limit(fx: &Fixture) -> Result<()> {
             batches += 1;
         }
         tx.commit().await?;
-        ensure!(seen == total && batches >= total / 7, "portal returned {seen} of {total} rows in {batches} batches");
+        ensure!(
+            seen == total && batches >= total / 7,
+            "portal returned {seen} of {total} rows in {batches} batches"
+        );
         Ok(())
     })
 }
@@ -146,12 +194,24 @@ fn errors_inside_transactions(fx: &Fixture) -> Result<()> {
     fx.block_on(async {
         let c = fx.connect("acme", "admin").await?;
         c.batch_execute("BEGIN").await?;
-        let e = c.simple_query("SELECT 1/0").await.map_err(anyhow::Error::from).unwrap_err();
+        let e = c
+            .simple_query("SELECT 1/0")
+            .await
+            .map_err(anyhow::Error::from)
+            .unwrap_err();
         ensure!(sqlstate(&e).as_deref() == Some("22012"), "got {e:#}");
-        let e = c.simple_query("SELECT 1").await.map_err(anyhow::Error::from).unwrap_err();
+        let e = c
+            .simple_query("SELECT 1")
+            .await
+            .map_err(anyhow::Error::from)
+            .unwrap_err();
         ensure!(sqlstate(&e).as_deref() == Some("25P02"), "got {e:#}");
         c.batch_execute("ROLLBACK").await?;
-        let e = c.query("SELECT no_such_column FROM payers", &[]).await.map_err(anyhow::Error::from).unwrap_err();
+        let e = c
+            .query("SELECT no_such_column FROM payers", &[])
+            .await
+            .map_err(anyhow::Error::from)
+            .unwrap_err();
         ensure!(sqlstate(&e).as_deref() == Some("42703"), "got {e:#}");
         let one: i32 = c.query_one("SELECT 1", &[]).await?.get(0);
         ensure!(one == 1);
@@ -162,7 +222,8 @@ fn errors_inside_transactions(fx: &Fixture) -> Result<()> {
 fn copy_in_and_out(fx: &Fixture) -> Result<()> {
     fx.block_on(async {
         let c = fx.connect("globex", "admin").await?;
-        c.batch_execute("DROP TABLE IF EXISTS copy_t; CREATE TABLE copy_t (id int, body text)").await?;
+        c.batch_execute("DROP TABLE IF EXISTS copy_t; CREATE TABLE copy_t (id int, body text)")
+            .await?;
         let sink = c.copy_in("COPY copy_t FROM STDIN").await?;
         let mut sink = std::pin::pin!(sink);
         let mut expected = String::new();
@@ -176,10 +237,15 @@ fn copy_in_and_out(fx: &Fixture) -> Result<()> {
         sink.send(bytes::Bytes::from(big)).await?;
         let n = sink.as_mut().finish().await?;
         ensure!(n == 5001, "copied {n}");
-        let out = c.copy_out("COPY (SELECT * FROM copy_t ORDER BY id) TO STDOUT").await?;
+        let out = c
+            .copy_out("COPY (SELECT * FROM copy_t ORDER BY id) TO STDOUT")
+            .await?;
         let chunks: Vec<bytes::Bytes> = out.try_collect().await?;
         let got: Vec<u8> = chunks.concat();
-        ensure!(got == expected.as_bytes(), "COPY OUT differs from what was copied in");
+        ensure!(
+            got == expected.as_bytes(),
+            "COPY OUT differs from what was copied in"
+        );
         c.batch_execute("DROP TABLE copy_t").await?;
         Ok(())
     })
@@ -188,7 +254,10 @@ fn copy_in_and_out(fx: &Fixture) -> Result<()> {
 /// Connects and forwards notices/notifications into a channel.
 async fn connect_with_messages(
     conn_str: &str,
-) -> Result<(tokio_postgres::Client, tokio::sync::mpsc::UnboundedReceiver<AsyncMessage>)> {
+) -> Result<(
+    tokio_postgres::Client,
+    tokio::sync::mpsc::UnboundedReceiver<AsyncMessage>,
+)> {
     let (client, mut conn) = tokio_postgres::connect(conn_str, tokio_postgres::NoTls).await?;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
@@ -238,10 +307,22 @@ fn notices_and_notifications(fx: &Fixture) -> Result<()> {
 fn backend_tls_is_used(fx: &Fixture) -> Result<()> {
     fx.block_on(async {
         let c = fx.connect("tlsco", "analyst").await?;
-        let ssl: bool = c.query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[]).await?.get(0);
+        let ssl: bool = c
+            .query_one(
+                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                &[],
+            )
+            .await?
+            .get(0);
         ensure!(ssl, "tlsco backend connection is not TLS");
         let c = fx.connect("acme", "analyst").await?;
-        let ssl: bool = c.query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[]).await?.get(0);
+        let ssl: bool = c
+            .query_one(
+                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                &[],
+            )
+            .await?
+            .get(0);
         ensure!(!ssl, "acme backend unexpectedly TLS");
         Ok(())
     })
@@ -373,8 +454,16 @@ fn client_disconnect_mid_copy(fx: &Fixture) -> Result<()> {
     let proxy = single_backend_proxy(fx)?;
     fx.block_on(async {
         let admin = fx.direct("clearco").await?;
-        admin.batch_execute("DROP TABLE IF EXISTS half; CREATE TABLE half (x int)").await?;
-        let (a, conn_task) = support::connect_with_handle(&fx.conn_str(proxy.addr, "clearco", "a", &fx.token("a", "clearco", "tiny"))).await?;
+        admin
+            .batch_execute("DROP TABLE IF EXISTS half; CREATE TABLE half (x int)")
+            .await?;
+        let (a, conn_task) = support::connect_with_handle(&fx.conn_str(
+            proxy.addr,
+            "clearco",
+            "a",
+            &fx.token("a", "clearco", "tiny"),
+        ))
+        .await?;
         let task = tokio::spawn(async move {
             let sink = a.copy_in("COPY half FROM STDIN").await?;
             let mut sink = std::pin::pin!(sink);
@@ -386,7 +475,11 @@ fn client_disconnect_mid_copy(fx: &Fixture) -> Result<()> {
             Ok::<_, tokio_postgres::Error>(())
         });
         let probe = fx.direct("clearco").await?;
-        wait_for(&probe, "SELECT count(*) FROM pg_stat_activity WHERE query = 'COPY half FROM STDIN'").await?;
+        wait_for(
+            &probe,
+            "SELECT count(*) FROM pg_stat_activity WHERE query = 'COPY half FROM STDIN'",
+        )
+        .await?;
         conn_task.abort(); // closes the client's socket mid-COPY (no CopyFail, no CopyDone)
         let _ = conn_task.await;
         task.abort();
@@ -453,7 +546,10 @@ fn many_clients_small_pool(fx: &Fixture) -> Result<()> {
                 let c = connect(&cs).await?;
                 let mut sum = 0i64;
                 for k in 0..10i64 {
-                    let v: i64 = c.query_one("SELECT $1::bigint * 2", &[&(i * 100 + k)]).await?.get(0);
+                    let v: i64 = c
+                        .query_one("SELECT $1::bigint * 2", &[&(i * 100 + k)])
+                        .await?
+                        .get(0);
                     sum += v;
                 }
                 anyhow::Ok((i, sum))
@@ -464,7 +560,10 @@ fn many_clients_small_pool(fx: &Fixture) -> Result<()> {
             ensure!(sum == (0..10).map(|k| (i * 100 + k) * 2).sum::<i64>());
         }
         let status = proxy.shared.pools.status();
-        ensure!(status.iter().all(|(_, size, _)| *size <= 3), "pool grew past its size: {status:?}");
+        ensure!(
+            status.iter().all(|(_, size, _)| *size <= 3),
+            "pool grew past its size: {status:?}"
+        );
         Ok(())
     })
 }
@@ -502,7 +601,10 @@ fn expect_code(r: Result<impl std::fmt::Debug, tokio_postgres::Error>, code: &st
         Ok(v) => bail!("expected {code}, got success {v:?}"),
         Err(e) => {
             let e = anyhow::Error::from(e);
-            ensure!(sqlstate(&e).as_deref() == Some(code), "expected {code}, got {e:#}");
+            ensure!(
+                sqlstate(&e).as_deref() == Some(code),
+                "expected {code}, got {e:#}"
+            );
             Ok(())
         }
     }
@@ -520,10 +622,16 @@ fn policy_denies(fx: &Fixture) -> Result<()> {
             ),
             Ok(_) => bail!("denied statement ran"),
         }
-        expect_code(c.query("SELECT $1::text, 'forbidden_word'", &[&"x"]).await, "42501")?;
+        expect_code(
+            c.query("SELECT $1::text, 'forbidden_word'", &[&"x"]).await,
+            "42501",
+        )?;
         expect_code(c.prepare("SELECT 'forbidden_word'").await, "42501")?;
         c.simple_query("SELECT 1").await?;
-        let n: i64 = c.query_one("SELECT count(*) FROM payers", &[]).await?.get(0);
+        let n: i64 = c
+            .query_one("SELECT count(*) FROM payers", &[])
+            .await?
+            .get(0);
         ensure!(n > 0);
         // The admin role is not inspected: the same text passes.
         let a = fx.connect_to(proxy.addr, "acme", "admin").await?;
@@ -571,7 +679,10 @@ fn policy_rewrites(fx: &Fixture) -> Result<()> {
     fx.block_on(async {
         let c = fx.connect_to(proxy.addr, "acme", "analyst").await?;
         let simple = rows_text(c.simple_query("SELECT 41").await?);
-        ensure!(simple == vec![vec![Some("42".to_owned())]], "simple rewrite: {simple:?}");
+        ensure!(
+            simple == vec![vec![Some("42".to_owned())]],
+            "simple rewrite: {simple:?}"
+        );
         let v: i32 = c.query_one("SELECT 41", &[]).await?.get(0);
         ensure!(v == 42, "extended rewrite: {v}");
         Ok(())
@@ -582,10 +693,19 @@ fn policy_checks_startup_settings(fx: &Fixture) -> Result<()> {
     let proxy = policy_proxy(fx)?;
     fx.block_on(async {
         let token = fx.token("p@acme", "acme", "analyst");
-        let cs = format!("{} application_name=blocked", fx.conn_str(proxy.addr, "acme", "p", &token));
-        let e = connect(&cs).await.err().ok_or_else(|| anyhow!("blocked setting accepted"))?;
+        let cs = format!(
+            "{} application_name=blocked",
+            fx.conn_str(proxy.addr, "acme", "p", &token)
+        );
+        let e = connect(&cs)
+            .await
+            .err()
+            .ok_or_else(|| anyhow!("blocked setting accepted"))?;
         ensure!(sqlstate(&e).as_deref() == Some("42501"), "got {e:#}");
-        let cs = format!("{} application_name=fine", fx.conn_str(proxy.addr, "acme", "p", &token));
+        let cs = format!(
+            "{} application_name=fine",
+            fx.conn_str(proxy.addr, "acme", "p", &token)
+        );
         connect(&cs).await?.simple_query("SELECT 1").await?;
         Ok(())
     })

@@ -7,7 +7,7 @@
 #         libclang-dev, pgbouncer, and the basics to build Rust code and install Python packages;
 #   pip:  psycopg[binary] and asyncpg (only when `import psycopg, asyncpg` fails);
 #   Rust: rustup's stable toolchain, only when no cargo is found.
-# then runs `cargo test --locked --release "$@"` and exits with its status.
+# then runs `cargo test --locked --release --all-targets "$@"` and exits with its status.
 #
 # The tests start their own throwaway PostgreSQL clusters on free ports. This script never starts or
 # stops the system PostgreSQL service; while it installs packages it asks Debian not to auto-start
@@ -101,6 +101,14 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 
 # ---- the test suite -------------------------------------------------------------------------------
-status=0
-cargo test --locked --release "$@" || status=$?
+# --all-targets: unit and end-to-end tests (there are no doc tests); a summary line closes the output.
+log_file=$(mktemp)
+if cargo test --locked --release --all-targets "$@" 2>&1 | tee "$log_file"; then
+    status=0
+else
+    status=${PIPESTATUS[0]}
+fi
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "\nsummary: %d passed, %d failed\n", p, f }' "$log_file"
+rm -f "$log_file"
 exit "$status"

@@ -18,17 +18,35 @@ use txpool_raw::{Raw, Reply};
 
 fn main() -> std::process::ExitCode {
     support::main_with(&[
-        ("fifty_clients_three_backends_tokio_postgres", fifty_clients_tokio_postgres),
+        (
+            "fifty_clients_three_backends_tokio_postgres",
+            fifty_clients_tokio_postgres,
+        ),
         ("python_drivers_psycopg_prepare_and_asyncpg", python_drivers),
-        ("pgbench_prepared_extended_simple", pgbench_through_transaction_pool),
-        ("extended_protocol_replies_match_direct", replies_match_direct),
-        ("statement_names_are_per_client", statement_names_are_per_client),
-        ("settings_follow_client_and_do_not_leak", settings_follow_client),
+        (
+            "pgbench_prepared_extended_simple",
+            pgbench_through_transaction_pool,
+        ),
+        (
+            "extended_protocol_replies_match_direct",
+            replies_match_direct,
+        ),
+        (
+            "statement_names_are_per_client",
+            statement_names_are_per_client,
+        ),
+        (
+            "settings_follow_client_and_do_not_leak",
+            settings_follow_client,
+        ),
         ("session_state_pins_client", session_state_pins),
         ("cancel_follows_client", cancel_follows_client),
         ("queue_timeout_gives_53300", queue_timeout),
         ("backend_dies_mid_transaction", backend_dies_mid_transaction),
-        ("client_disconnects_mid_transaction", client_disconnects_mid_transaction),
+        (
+            "client_disconnects_mid_transaction",
+            client_disconnects_mid_transaction,
+        ),
     ])
 }
 
@@ -137,11 +155,21 @@ fn python_drivers(fx: &Fixture) -> Result<()> {
     let proxy = txn_proxy(fx, 3, Duration::from_secs(30))?;
     let token = fx.token("py", "acme", "analyst");
     let out = Command::new("python3")
-        .args(["-c", PY_DRIVERS, "127.0.0.1", &proxy.addr.port().to_string(), &token, "25"])
+        .args([
+            "-c",
+            PY_DRIVERS,
+            "127.0.0.1",
+            &proxy.addr.port().to_string(),
+            &token,
+            "25",
+        ])
         .output()
         .context("running python3")?;
     let stderr = String::from_utf8_lossy(&out.stderr);
-    ensure!(out.status.success() && out.stdout.starts_with(b"ok"), "python drivers failed:\n{stderr}");
+    ensure!(
+        out.status.success() && out.stdout.starts_with(b"ok"),
+        "python drivers failed:\n{stderr}"
+    );
     Ok(())
 }
 
@@ -150,27 +178,70 @@ fn pgbench_through_transaction_pool(fx: &Fixture) -> Result<()> {
     let (user, password) = fx.creds("globex");
     let port = fx.env.cluster.port().to_string();
     let init = Command::new("pgbench")
-        .args(["-i", "-q", "-s", "1", "-h", "127.0.0.1", "-p", &port, "-U", &user, "globex"])
+        .args([
+            "-i",
+            "-q",
+            "-s",
+            "1",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-U",
+            &user,
+            "globex",
+        ])
         .env("PGPASSWORD", &password)
         .output()?;
-    ensure!(init.status.success(), "pgbench -i: {}", String::from_utf8_lossy(&init.stderr));
+    ensure!(
+        init.status.success(),
+        "pgbench -i: {}",
+        String::from_utf8_lossy(&init.stderr)
+    );
     let token = fx.token("bench", "globex", "analyst");
     // pgbench prepares each command synchronously the first time (PQprepare), blocking its whole thread:
     // with several clients per thread, a client waiting for a backend inside that call would stall clients
     // of the same thread that hold backends mid-transaction. One thread per client avoids that artifact.
-    for (mode, extra) in [("prepared", None), ("prepared", Some("-S")), ("extended", None), ("simple", Some("-S"))] {
-        let mut args = vec!["-n", "-M", mode, "-c", "12", "-j", "12", "-t", "40", "-h", "127.0.0.1", "-U", "bench"];
+    for (mode, extra) in [
+        ("prepared", None),
+        ("prepared", Some("-S")),
+        ("extended", None),
+        ("simple", Some("-S")),
+    ] {
+        let mut args = vec![
+            "-n",
+            "-M",
+            mode,
+            "-c",
+            "12",
+            "-j",
+            "12",
+            "-t",
+            "40",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "bench",
+        ];
         args.extend(extra);
         let port = proxy.addr.port().to_string();
         args.extend(["-p", &port, "globex"]);
-        let out = Command::new("pgbench").args(&args).env("PGPASSWORD", &token).output()?;
+        let out = Command::new("pgbench")
+            .args(&args)
+            .env("PGPASSWORD", &token)
+            .output()?;
         let stdout = String::from_utf8_lossy(&out.stdout);
         ensure!(
-            out.status.success() && stdout.contains("number of transactions actually processed: 480/480"),
+            out.status.success()
+                && stdout.contains("number of transactions actually processed: 480/480"),
             "pgbench -M {mode} {extra:?} failed:\n{stdout}\n{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        ensure!(!stdout.contains("number of failed transactions: ") || stdout.contains("failed transactions: 0 "), "{stdout}");
+        ensure!(
+            !stdout.contains("number of failed transactions: ")
+                || stdout.contains("failed transactions: 0 "),
+            "{stdout}"
+        );
     }
     Ok(())
 }
@@ -180,23 +251,55 @@ async fn scripted(c: &mut Raw) -> Result<Vec<Reply>> {
     use txpool_raw::Msg::*;
     let mut out = Vec::new();
     let batches: Vec<Vec<txpool_raw::Msg>> = vec![
-        vec![Parse("s1", "SELECT $1::int + 1 AS n"), Describe('S', "s1"), Sync],
-        vec![Bind("", "s1", &["41"]), Describe('P', ""), Execute(""), Sync],
-        vec![Parse("s1", "SELECT 2"), Bind("", "s1", &["1"]), Execute(""), Sync],
+        vec![
+            Parse("s1", "SELECT $1::int + 1 AS n"),
+            Describe('S', "s1"),
+            Sync,
+        ],
+        vec![
+            Bind("", "s1", &["41"]),
+            Describe('P', ""),
+            Execute(""),
+            Sync,
+        ],
+        vec![
+            Parse("s1", "SELECT 2"),
+            Bind("", "s1", &["1"]),
+            Execute(""),
+            Sync,
+        ],
         vec![Bind("", "nope", &[]), Execute(""), Sync],
         vec![Describe('S', "nope"), Sync],
         vec![Parse("", "SELECT 'unnamed'::text"), Sync],
         vec![Bind("", "", &[]), Execute(""), Sync],
-        vec![Parse("s2", "SELECT * FROM no_such_table"), Bind("", "s2", &[]), Sync],
+        vec![
+            Parse("s2", "SELECT * FROM no_such_table"),
+            Bind("", "s2", &[]),
+            Sync,
+        ],
         vec![Bind("", "s2", &[]), Sync],
         vec![Close('S', "s1"), Sync],
         vec![Bind("", "s1", &["1"]), Sync],
         vec![Close('S', "never_existed"), Sync],
         // Pipelined: several batches before reading.
-        vec![Parse("p1", "SELECT 10"), Sync, Bind("", "p1", &[]), Execute(""), Sync, Bind("", "p1", &[]), Execute(""), Flush],
+        vec![
+            Parse("p1", "SELECT 10"),
+            Sync,
+            Bind("", "p1", &[]),
+            Execute(""),
+            Sync,
+            Bind("", "p1", &[]),
+            Execute(""),
+            Flush,
+        ],
         vec![Sync],
         vec![Query("BEGIN; SELECT 1")],
-        vec![Parse("t1", "SELECT $1::text"), Bind("", "t1", &["in-txn"]), Execute(""), Sync],
+        vec![
+            Parse("t1", "SELECT $1::text"),
+            Bind("", "t1", &["in-txn"]),
+            Execute(""),
+            Sync,
+        ],
         vec![Query("COMMIT")],
         vec![Bind("", "t1", &["after"]), Execute(""), Sync],
     ];
@@ -211,7 +314,13 @@ fn replies_match_direct(fx: &Fixture) -> Result<()> {
     let proxy = txn_proxy(fx, 2, Duration::from_secs(30))?;
     fx.block_on(async {
         let (user, password) = fx.creds("clearco");
-        let mut direct = Raw::connect(&format!("127.0.0.1:{}", fx.env.cluster.port()), &user, "clearco", &password).await?;
+        let mut direct = Raw::connect(
+            &format!("127.0.0.1:{}", fx.env.cluster.port()),
+            &user,
+            "clearco",
+            &password,
+        )
+        .await?;
         let want = scripted(&mut direct).await?;
         // Another client keeps the pool's backends rotating while the scripted one runs.
         let token = fx.token("noise", "clearco", "analyst");
@@ -227,7 +336,10 @@ fn replies_match_direct(fx: &Fixture) -> Result<()> {
         let mut via = Raw::connect(&proxy.addr.to_string(), "raw", "clearco", &token).await?;
         let got = scripted(&mut via).await?;
         noise.await??;
-        ensure!(got == want, "replies differ:\nproxy:  {got:?}\ndirect: {want:?}");
+        ensure!(
+            got == want,
+            "replies differ:\nproxy:  {got:?}\ndirect: {want:?}"
+        );
         Ok(())
     })
 }
@@ -240,27 +352,51 @@ fn statement_names_are_per_client(fx: &Fixture) -> Result<()> {
         let tb = fx.token("b", "acme", "analyst");
         let mut a = Raw::connect(&proxy.addr.to_string(), "a", "acme", &ta).await?;
         let mut b = Raw::connect(&proxy.addr.to_string(), "b", "acme", &tb).await?;
-        a.round(&[Parse("secret_stmt", "SELECT 'only-for-a'::text"), Sync]).await?;
-        let r = a.round(&[Bind("", "secret_stmt", &[]), Execute(""), Sync]).await?;
-        ensure!(r.contains(&Reply::Row(vec![Some("only-for-a".into())])), "A cannot use its statement: {r:?}");
+        a.round(&[Parse("secret_stmt", "SELECT 'only-for-a'::text"), Sync])
+            .await?;
+        let r = a
+            .round(&[Bind("", "secret_stmt", &[]), Execute(""), Sync])
+            .await?;
+        ensure!(
+            r.contains(&Reply::Row(vec![Some("only-for-a".into())])),
+            "A cannot use its statement: {r:?}"
+        );
         // One backend: B is served by the very backend that has A's statement.
         for msgs in [
             vec![Bind("", "secret_stmt", &[]), Execute(""), Sync],
             vec![Describe('S', "secret_stmt"), Sync],
         ] {
             let r = b.round(&msgs).await?;
-            ensure!(r.first() == Some(&Reply::Error("26000".into())), "B reached A's statement: {r:?}");
+            ensure!(
+                r.first() == Some(&Reply::Error("26000".into())),
+                "B reached A's statement: {r:?}"
+            );
         }
-        for sql in ["EXECUTE pgveil_ps_1", "SELECT name, statement FROM pg_prepared_statements", "DEALLOCATE pgveil_ps_1"] {
+        for sql in [
+            "EXECUTE pgveil_ps_1",
+            "SELECT name, statement FROM pg_prepared_statements",
+            "DEALLOCATE pgveil_ps_1",
+        ] {
             let r = b.round(&[Query(sql)]).await?;
-            ensure!(r.first() == Some(&Reply::Error("42501".into())), "{sql}: {r:?}");
+            ensure!(
+                r.first() == Some(&Reply::Error("42501".into())),
+                "{sql}: {r:?}"
+            );
         }
         // B may use the same name for its own statement; A still gets its own.
-        b.round(&[Parse("secret_stmt", "SELECT 'b'::text"), Sync]).await?;
-        let r = b.round(&[Bind("", "secret_stmt", &[]), Execute(""), Sync]).await?;
+        b.round(&[Parse("secret_stmt", "SELECT 'b'::text"), Sync])
+            .await?;
+        let r = b
+            .round(&[Bind("", "secret_stmt", &[]), Execute(""), Sync])
+            .await?;
         ensure!(r.contains(&Reply::Row(vec![Some("b".into())])), "{r:?}");
-        let r = a.round(&[Bind("", "secret_stmt", &[]), Execute(""), Sync]).await?;
-        ensure!(r.contains(&Reply::Row(vec![Some("only-for-a".into())])), "{r:?}");
+        let r = a
+            .round(&[Bind("", "secret_stmt", &[]), Execute(""), Sync])
+            .await?;
+        ensure!(
+            r.contains(&Reply::Row(vec![Some("only-for-a".into())])),
+            "{r:?}"
+        );
         // Another tenant never sees either.
         let tg = fx.token("g", "globex", "analyst");
         let mut g = Raw::connect(&proxy.addr.to_string(), "g", "globex", &tg).await?;
@@ -274,11 +410,15 @@ fn settings_follow_client(fx: &Fixture) -> Result<()> {
     let proxy = txn_proxy(fx, 2, Duration::from_secs(30))?;
     fx.block_on(async {
         let token = fx.token("s", "acme", "analyst");
-        let cs = format!("{} application_name=txn-app", fx.conn_str(proxy.addr, "acme", "s", &token));
+        let cs = format!(
+            "{} application_name=txn-app",
+            fx.conn_str(proxy.addr, "acme", "s", &token)
+        );
         let a = connect(&cs).await?;
         let b = fx.connect_to(proxy.addr, "acme", "analyst").await?;
         a.batch_execute("SET work_mem = '7MB'").await?;
-        a.batch_execute("SELECT set_config('search_path', 'pg_catalog, public', false)").await?;
+        a.batch_execute("SELECT set_config('search_path', 'pg_catalog, public', false)")
+            .await?;
         let sql = "SELECT current_setting('work_mem'), current_setting('application_name'), \
                    current_setting('search_path'), pg_backend_pid()";
         // C holds a backend now and then, so A and B are moved between backends.
@@ -295,17 +435,33 @@ fn settings_follow_client(fx: &Fixture) -> Result<()> {
             let rb = b.query_one(sql, &[]).await?;
             let (wa, aa, sa): (String, String, String) = (ra.get(0), ra.get(1), ra.get(2));
             let (wb, ab): (String, String) = (rb.get(0), rb.get(1));
-            ensure!(wa == "7MB" && aa == "txn-app" && sa == "pg_catalog, public", "A lost its settings: {wa} {aa} {sa}");
-            ensure!(wb == "4MB" && ab != "txn-app", "A's settings leaked to B: {wb} {ab}");
+            ensure!(
+                wa == "7MB" && aa == "txn-app" && sa == "pg_catalog, public",
+                "A lost its settings: {wa} {aa} {sa}"
+            );
+            ensure!(
+                wb == "4MB" && ab != "txn-app",
+                "A's settings leaked to B: {wb} {ab}"
+            );
             pids.insert(ra.get::<_, i32>(3));
         }
-        ensure!(pids.len() == 2, "A never changed backend; the test proves nothing ({pids:?})");
+        ensure!(
+            pids.len() == 2,
+            "A never changed backend; the test proves nothing ({pids:?})"
+        );
         a.batch_execute("RESET work_mem").await?;
-        let w: String = a.query_one("SELECT current_setting('work_mem')", &[]).await?.get(0);
+        let w: String = a
+            .query_one("SELECT current_setting('work_mem')", &[])
+            .await?
+            .get(0);
         ensure!(w == "4MB", "RESET not tracked: {w}");
         // SET LOCAL ends with its transaction.
-        a.batch_execute("BEGIN; SET LOCAL work_mem = '9MB'; COMMIT").await?;
-        let w: String = b.query_one("SELECT current_setting('work_mem')", &[]).await?.get(0);
+        a.batch_execute("BEGIN; SET LOCAL work_mem = '9MB'; COMMIT")
+            .await?;
+        let w: String = b
+            .query_one("SELECT current_setting('work_mem')", &[])
+            .await?
+            .get(0);
         ensure!(w == "4MB");
         Ok(())
     })
@@ -380,9 +536,18 @@ fn queue_timeout(fx: &Fixture) -> Result<()> {
         let waiter = fx.connect_to(proxy.addr, "globex", "analyst").await?;
         holder.batch_execute("BEGIN").await?;
         let start = Instant::now();
-        let e = waiter.simple_query("SELECT 1").await.map_err(anyhow::Error::from).err().context("no timeout")?;
+        let e = waiter
+            .simple_query("SELECT 1")
+            .await
+            .map_err(anyhow::Error::from)
+            .err()
+            .context("no timeout")?;
         ensure!(sqlstate(&e).as_deref() == Some("53300"), "got {e:#}");
-        ensure!(start.elapsed() < Duration::from_secs(5), "took {:?}", start.elapsed());
+        ensure!(
+            start.elapsed() < Duration::from_secs(5),
+            "took {:?}",
+            start.elapsed()
+        );
         holder.batch_execute("COMMIT").await?;
         let again = fx.connect_to(proxy.addr, "globex", "analyst").await?;
         again.simple_query("SELECT 1").await?;
@@ -398,9 +563,17 @@ fn backend_dies_mid_transaction(fx: &Fixture) -> Result<()> {
         a.batch_execute("BEGIN").await?;
         let pid: i32 = a.query_one("SELECT pg_backend_pid()", &[]).await?.get(0);
         fx.superuser_sql("globex", &format!("SELECT pg_terminate_backend({pid})"))?;
-        let e = a.simple_query("SELECT 1").await.map_err(anyhow::Error::from).err().context("query on a dead backend")?;
+        let e = a
+            .simple_query("SELECT 1")
+            .await
+            .map_err(anyhow::Error::from)
+            .err()
+            .context("query on a dead backend")?;
         let code = sqlstate(&e);
-        ensure!(matches!(code.as_deref(), Some("57P01") | Some("08006")) || code.is_none(), "unexpected {e:#}");
+        ensure!(
+            matches!(code.as_deref(), Some("57P01") | Some("08006")) || code.is_none(),
+            "unexpected {e:#}"
+        );
         for _ in 0..5 {
             other.simple_query("SELECT 1").await?;
         }

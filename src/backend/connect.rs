@@ -158,15 +158,20 @@ async fn connect_inner(
         addr: addr.to_owned(),
         reason: reason.to_owned(),
     };
-    let tcp = TcpStream::connect((target.host.as_str(), target.port)).await.map_err(io)?;
+    let tcp = TcpStream::connect((target.host.as_str(), target.port))
+        .await
+        .map_err(io)?;
     tcp.set_nodelay(true).map_err(io)?;
     let mut stream = match &target.tls {
         None => BackendStream::Plain(tcp),
-        Some(cfg) => BackendStream::Tls(Box::new(start_tls(tcp, cfg.clone(), &target.host, addr).await?)),
+        Some(cfg) => BackendStream::Tls(Box::new(
+            start_tls(tcp, cfg.clone(), &target.host, addr).await?,
+        )),
     };
 
     let mut buf = BytesMut::new();
-    let mut startup: Vec<(&str, &str)> = vec![("user", &creds.username), ("database", &target.dbname)];
+    let mut startup: Vec<(&str, &str)> =
+        vec![("user", &creds.username), ("database", &target.dbname)];
     startup.extend_from_slice(params);
     frontend::startup_message(startup.iter().copied(), &mut buf).map_err(io)?;
     stream.write_all(&buf).await.map_err(io)?;
@@ -182,7 +187,8 @@ async fn connect_inner(
         match msg {
             Message::AuthenticationOk => {}
             Message::AuthenticationCleartextPassword => {
-                frontend::password_message(creds.password.expose_secret().as_bytes(), &mut buf).map_err(io)?;
+                frontend::password_message(creds.password.expose_secret().as_bytes(), &mut buf)
+                    .map_err(io)?;
             }
             Message::AuthenticationMd5Password(body) => {
                 let hash = postgres_protocol::authentication::md5_hash(
@@ -195,19 +201,29 @@ async fn connect_inner(
             Message::AuthenticationSasl(body) => {
                 let mut offered = Vec::new();
                 let mut mechs = body.mechanisms();
-                while let Some(m) = fallible_iterator::FallibleIterator::next(&mut mechs).map_err(io)? {
+                while let Some(m) =
+                    fallible_iterator::FallibleIterator::next(&mut mechs).map_err(io)?
+                {
                     offered.push(m.to_owned());
                 }
                 if !offered.iter().any(|m| m == "SCRAM-SHA-256") {
-                    return Err(proto(&format!("server offers no supported SASL mechanism ({offered:?})")));
+                    return Err(proto(&format!(
+                        "server offers no supported SASL mechanism ({offered:?})"
+                    )));
                 }
                 // Channel binding is not used ("n" flag): SCRAM-SHA-256 over the (optionally TLS) link.
-                let s = ScramSha256::new(creds.password.expose_secret().as_bytes(), ChannelBinding::unsupported());
-                frontend::sasl_initial_response("SCRAM-SHA-256", s.message(), &mut buf).map_err(io)?;
+                let s = ScramSha256::new(
+                    creds.password.expose_secret().as_bytes(),
+                    ChannelBinding::unsupported(),
+                );
+                frontend::sasl_initial_response("SCRAM-SHA-256", s.message(), &mut buf)
+                    .map_err(io)?;
                 scram = Some(s);
             }
             Message::AuthenticationSaslContinue(body) => {
-                let mut s = scram.take().ok_or_else(|| proto("unexpected SASL continue"))?;
+                let mut s = scram
+                    .take()
+                    .ok_or_else(|| proto("unexpected SASL continue"))?;
                 let data = body.data().to_vec();
                 // PBKDF2 with thousands of iterations: keep it off the reactor threads.
                 let s = tokio::task::spawn_blocking(move || s.update(&data).map(|()| s))
@@ -219,7 +235,8 @@ async fn connect_inner(
             }
             Message::AuthenticationSaslFinal(body) => {
                 let mut s = scram.take().ok_or_else(|| proto("unexpected SASL final"))?;
-                s.finish(body.data()).map_err(|_| proto("server SCRAM signature does not verify"))?;
+                s.finish(body.data())
+                    .map_err(|_| proto("server SCRAM signature does not verify"))?;
             }
             Message::ParameterStatus(body) => {
                 let name = body.name().map_err(io)?.to_owned();
@@ -265,7 +282,9 @@ async fn start_tls(
     };
     let mut buf = BytesMut::new();
     frontend::ssl_request(&mut buf);
-    tcp.write_all(&buf).await.map_err(|e| tls_err(e.to_string()))?;
+    tcp.write_all(&buf)
+        .await
+        .map_err(|e| tls_err(e.to_string()))?;
     let answer = tcp.read_u8().await.map_err(|e| tls_err(e.to_string()))?;
     if answer != b'S' {
         return Err(tls_err("server does not accept TLS".to_owned()));
@@ -279,12 +298,18 @@ async fn start_tls(
 }
 
 /// Reads one whole backend message during startup.
-async fn read_message(stream: &mut BackendStream, rbuf: &mut BytesMut) -> std::io::Result<Option<Message>> {
+async fn read_message(
+    stream: &mut BackendStream,
+    rbuf: &mut BytesMut,
+) -> std::io::Result<Option<Message>> {
     loop {
         if rbuf.len() >= 5 {
             let len = i32::from_be_bytes([rbuf[1], rbuf[2], rbuf[3], rbuf[4]]);
             if len < 4 || len as usize > MAX_STARTUP_MESSAGE {
-                return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "invalid message length"));
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "invalid message length",
+                ));
             }
         }
         if let Some(m) = Message::parse(rbuf)? {
@@ -296,7 +321,10 @@ async fn read_message(stream: &mut BackendStream, rbuf: &mut BytesMut) -> std::i
     }
 }
 
-fn server_error(addr: &str, body: &postgres_protocol::message::backend::ErrorResponseBody) -> ConnectError {
+fn server_error(
+    addr: &str,
+    body: &postgres_protocol::message::backend::ErrorResponseBody,
+) -> ConnectError {
     let mut code = String::new();
     let mut message = String::new();
     let mut fields = body.fields();

@@ -58,10 +58,12 @@ pub struct Manager {
 impl Manager {
     async fn target_and_creds(&self) -> Result<(Arc<BackendTarget>, DbCredentials), BackendError> {
         let t = &self.tenant;
-        let creds = DbCredentials::fetch(&*self.secrets, &t.secret).await.map_err(|source| BackendError::Secret {
-            tenant: t.id.clone(),
-            source,
-        })?;
+        let creds = DbCredentials::fetch(&*self.secrets, &t.secret)
+            .await
+            .map_err(|source| BackendError::Secret {
+                tenant: t.id.clone(),
+                source,
+            })?;
         let host = t.host.clone().or_else(|| creds.host.clone());
         let dbname = t.dbname.clone().or_else(|| creds.dbname.clone());
         let (Some(host), Some(dbname)) = (host, dbname) else {
@@ -125,7 +127,11 @@ pub struct Pools {
 
 impl Pools {
     /// An empty set of pools.
-    pub fn new(secrets: Arc<dyn SecretStore>, checkout_timeout: Duration, connect_timeout: Duration) -> Self {
+    pub fn new(
+        secrets: Arc<dyn SecretStore>,
+        checkout_timeout: Duration,
+        connect_timeout: Duration,
+    ) -> Self {
         Self {
             secrets,
             checkout_timeout,
@@ -161,7 +167,11 @@ impl Pools {
     }
 
     /// Checks out a backend for (tenant, role class), waiting at most the configured checkout timeout.
-    pub async fn checkout(&self, tenant: &Arc<Tenant>, role_class: &RoleName) -> Result<PooledConn, CheckoutError> {
+    pub async fn checkout(
+        &self,
+        tenant: &Arc<Tenant>,
+        role_class: &RoleName,
+    ) -> Result<PooledConn, CheckoutError> {
         let pool = self.pool(tenant, role_class);
         // Fast path (every transaction in transaction mode): a free backend, no timers. Recycling is a flag
         // check, so it needs no timeout.

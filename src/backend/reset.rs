@@ -35,7 +35,10 @@ pub enum InternalError {
 /// Runs each SQL string as its own simple Query (pipelined) and waits for all of them. Returns the first
 /// server error, if any; ParameterStatus updates are recorded in `conn.params`. Returns the final
 /// transaction status.
-pub async fn run_queries(conn: &mut BackendConn, sqls: &[&str]) -> Result<(u8, Option<ServerError>), InternalError> {
+pub async fn run_queries(
+    conn: &mut BackendConn,
+    sqls: &[&str],
+) -> Result<(u8, Option<ServerError>), InternalError> {
     let r = run_inner(conn, sqls, None).await;
     if r.is_err() {
         conn.broken = true;
@@ -48,7 +51,10 @@ pub type Rows = Vec<Vec<Option<String>>>;
 
 /// Runs one simple Query and returns its rows (text format) with the final transaction status and the
 /// server error, if any.
-pub async fn query_rows(conn: &mut BackendConn, sql: &str) -> Result<(u8, Option<ServerError>, Rows), InternalError> {
+pub async fn query_rows(
+    conn: &mut BackendConn,
+    sql: &str,
+) -> Result<(u8, Option<ServerError>, Rows), InternalError> {
     let mut rows = Vec::new();
     let r = run_inner(conn, &[sql], Some(&mut rows)).await;
     if r.is_err() {
@@ -93,39 +99,45 @@ async fn run_inner(
         let payload = &frame[5..];
         match frame[0] {
             tag::READY_FOR_QUERY => {
-                status = *payload.first().ok_or(InternalError::Protocol("empty ReadyForQuery"))?;
+                status = *payload
+                    .first()
+                    .ok_or(InternalError::Protocol("empty ReadyForQuery"))?;
                 pending -= 1;
             }
             tag::PARAMETER_STATUS => {
-                let (name, rest) = messages::read_cstr(payload).ok_or(InternalError::Protocol("bad ParameterStatus"))?;
-                let (value, _) = messages::read_cstr(rest).ok_or(InternalError::Protocol("bad ParameterStatus"))?;
+                let (name, rest) = messages::read_cstr(payload)
+                    .ok_or(InternalError::Protocol("bad ParameterStatus"))?;
+                let (value, _) = messages::read_cstr(rest)
+                    .ok_or(InternalError::Protocol("bad ParameterStatus"))?;
                 conn.params.insert(
                     String::from_utf8_lossy(name).into_owned(),
                     String::from_utf8_lossy(value).into_owned(),
                 );
             }
-            tag::ERROR_RESPONSE => {
-                if first_error.is_none() {
-                    let mut e = ServerError {
-                        code: String::new(),
-                        message: String::new(),
-                    };
-                    for (t, v) in parse_fields(payload) {
-                        match t {
-                            b'C' => e.code = String::from_utf8_lossy(v).into_owned(),
-                            b'M' => e.message = String::from_utf8_lossy(v).into_owned(),
-                            _ => {}
-                        }
+            tag::ERROR_RESPONSE if first_error.is_none() => {
+                let mut e = ServerError {
+                    code: String::new(),
+                    message: String::new(),
+                };
+                for (t, v) in parse_fields(payload) {
+                    match t {
+                        b'C' => e.code = String::from_utf8_lossy(v).into_owned(),
+                        b'M' => e.message = String::from_utf8_lossy(v).into_owned(),
+                        _ => {}
                     }
-                    first_error = Some(e);
                 }
+                first_error = Some(e);
             }
             b'D' if rows.is_some() => {
                 let row = decode_data_row(payload).ok_or(InternalError::Protocol("bad DataRow"))?;
                 rows.as_mut().expect("checked").push(row);
             }
             // CopyIn/CopyOut/CopyBoth responses cannot come from our statements.
-            b'G' | b'H' | b'W' => return Err(InternalError::Protocol("unexpected COPY from internal statement")),
+            b'G' | b'H' | b'W' => {
+                return Err(InternalError::Protocol(
+                    "unexpected COPY from internal statement",
+                ));
+            }
             _ => {} // CommandComplete, NoticeResponse, RowDescription, DataRow, EmptyQueryResponse...
         }
     }

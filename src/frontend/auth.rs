@@ -38,7 +38,8 @@ pub async fn authenticate(
     verifier: &TokenVerifier,
     now: SystemTime,
 ) -> Result<Identity, AuthError> {
-    if !stream.is_tls() && !(cfg.listen.allow_plaintext_loopback && peer.ip().is_loopback()) {
+    let plaintext_ok = cfg.listen.allow_plaintext_loopback && peer.ip().is_loopback();
+    if !stream.is_tls() && !plaintext_ok {
         return Err(AuthError::Refused(
             PgError::invalid_authorization("pgveil requires an encrypted connection")
                 .with_hint("Connect with sslmode=require (or verify-full with the pgveil CA)."),
@@ -51,26 +52,36 @@ pub async fn authenticate(
         Ok(f) => f,
         Err(ReadFrameError::Io(_)) => return Err(AuthError::Gone),
         Err(ReadFrameError::Invalid(_)) => {
-            return Err(AuthError::Refused(PgError::protocol_violation("invalid password message")));
+            return Err(AuthError::Refused(PgError::protocol_violation(
+                "invalid password message",
+            )));
         }
     };
     if t != tag::PASSWORD {
-        return Err(AuthError::Refused(PgError::protocol_violation("expected a password message")));
+        return Err(AuthError::Refused(PgError::protocol_violation(
+            "expected a password message",
+        )));
     }
     let token = messages::decode_query(&body)
         .and_then(|b| std::str::from_utf8(b).ok())
-        .ok_or_else(|| AuthError::Refused(PgError::protocol_violation("invalid password message")))?;
+        .ok_or_else(|| {
+            AuthError::Refused(PgError::protocol_violation("invalid password message"))
+        })?;
     let claims = verifier.verify(token, now).map_err(|e| {
         tracing::info!(client = %peer, reason = e.label(), "token refused");
         AuthError::Refused(token_error(&e))
     })?;
     if router.tenant(&claims.tenant).is_none() {
         tracing::info!(client = %peer, tenant = %claims.tenant, "token for unknown tenant");
-        return Err(AuthError::Refused(PgError::invalid_authorization("token's tenant is not served here")));
+        return Err(AuthError::Refused(PgError::invalid_authorization(
+            "token's tenant is not served here",
+        )));
     }
     if !cfg.roles.contains(&claims.role) {
         tracing::info!(client = %peer, role = %claims.role, "token with unknown role");
-        return Err(AuthError::Refused(PgError::invalid_authorization("token's role is not configured")));
+        return Err(AuthError::Refused(PgError::invalid_authorization(
+            "token's role is not configured",
+        )));
     }
     Ok(Identity {
         mfa: claims.has_mfa(),
@@ -88,5 +99,6 @@ fn token_error(e: &TokenError) -> PgError {
         TokenError::NotYetValid => "pgveil token is not valid yet",
         _ => "invalid pgveil token",
     };
-    PgError::invalid_password(what).with_hint("Obtain a fresh token with `pgveil login` and use it as the password.")
+    PgError::invalid_password(what)
+        .with_hint("Obtain a fresh token with `pgveil login` and use it as the password.")
 }

@@ -44,7 +44,11 @@ pub enum HandshakeError {
 }
 
 /// Negotiates TLS and reads the startup message.
-pub async fn negotiate(tcp: TcpStream, tls: Option<&TlsAcceptor>, max_packet: usize) -> Result<Hello, HandshakeError> {
+pub async fn negotiate(
+    tcp: TcpStream,
+    tls: Option<&TlsAcceptor>,
+    max_packet: usize,
+) -> Result<Hello, HandshakeError> {
     let mut first = [0u8; 1];
     if tcp.peek(&mut first).await? == 0 {
         return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
@@ -52,12 +56,18 @@ pub async fn negotiate(tcp: TcpStream, tls: Option<&TlsAcceptor>, max_packet: us
     if first[0] == TLS_HANDSHAKE_RECORD {
         let Some(acceptor) = tls else {
             // Nothing sensible can be said to a TLS client in plain text: close.
-            return Err(std::io::Error::other("direct TLS attempted but TLS is not configured").into());
+            return Err(
+                std::io::Error::other("direct TLS attempted but TLS is not configured").into(),
+            );
         };
         let tls_stream = acceptor.accept(tcp).await?;
         if tls_stream.get_ref().1.alpn_protocol() != Some(ALPN_POSTGRESQL) {
             let mut stream = ClientStream::Tls(Box::new(tls_stream));
-            return Err(refuse(&mut stream, PgError::protocol_violation("direct TLS connection without ALPN \"postgresql\"")).await);
+            return Err(refuse(
+                &mut stream,
+                PgError::protocol_violation("direct TLS connection without ALPN \"postgresql\""),
+            )
+            .await);
         }
         let mut stream = ClientStream::Tls(Box::new(tls_stream));
         return after_tls(stream_packet(&mut stream, max_packet).await, stream).await;
@@ -69,7 +79,11 @@ pub async fn negotiate(tcp: TcpStream, tls: Option<&TlsAcceptor>, max_packet: us
         match stream_packet(&mut stream, max_packet).await? {
             StartupPacket::SslRequest => {
                 let ClientStream::Plain(mut tcp) = stream else {
-                    return Err(refuse(&mut stream, PgError::protocol_violation("SSLRequest inside TLS")).await);
+                    return Err(refuse(
+                        &mut stream,
+                        PgError::protocol_violation("SSLRequest inside TLS"),
+                    )
+                    .await);
                 };
                 match tls {
                     Some(acceptor) => {
@@ -78,7 +92,11 @@ pub async fn negotiate(tcp: TcpStream, tls: Option<&TlsAcceptor>, max_packet: us
                         // such bytes are fed to TLS as handshake data and fail it (CVE-2021-23214 class).
                         let tls_stream = acceptor.accept(tcp).await?;
                         let mut tls_client = ClientStream::Tls(Box::new(tls_stream));
-                        return after_tls(stream_packet(&mut tls_client, max_packet).await, tls_client).await;
+                        return after_tls(
+                            stream_packet(&mut tls_client, max_packet).await,
+                            tls_client,
+                        )
+                        .await;
                     }
                     None => {
                         tcp.write_all(b"N").await?;
@@ -91,18 +109,32 @@ pub async fn negotiate(tcp: TcpStream, tls: Option<&TlsAcceptor>, max_packet: us
             StartupPacket::Startup(startup) => return Ok(Hello::Session { stream, startup }),
         }
     }
-    Err(refuse(&mut stream, PgError::protocol_violation("too many negotiation requests")).await)
+    Err(refuse(
+        &mut stream,
+        PgError::protocol_violation("too many negotiation requests"),
+    )
+    .await)
 }
 
-async fn after_tls(packet: Result<StartupPacket, HandshakeError>, mut stream: ClientStream) -> Result<Hello, HandshakeError> {
+async fn after_tls(
+    packet: Result<StartupPacket, HandshakeError>,
+    mut stream: ClientStream,
+) -> Result<Hello, HandshakeError> {
     match packet? {
         StartupPacket::Startup(startup) => Ok(Hello::Session { stream, startup }),
         StartupPacket::Cancel { pid, secret } => Ok(Hello::Cancel { pid, secret }),
-        _ => Err(refuse(&mut stream, PgError::protocol_violation("unexpected negotiation request inside TLS")).await),
+        _ => Err(refuse(
+            &mut stream,
+            PgError::protocol_violation("unexpected negotiation request inside TLS"),
+        )
+        .await),
     }
 }
 
-async fn stream_packet(stream: &mut ClientStream, max_packet: usize) -> Result<StartupPacket, HandshakeError> {
+async fn stream_packet(
+    stream: &mut ClientStream,
+    max_packet: usize,
+) -> Result<StartupPacket, HandshakeError> {
     match read_startup(stream, max_packet).await {
         Ok(p) => Ok(p),
         Err(StartupReadError::Io(e)) => Err(e.into()),

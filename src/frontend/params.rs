@@ -10,7 +10,11 @@ use crate::proto::startup::StartupMessage;
 const NOT_SETTINGS: &[&str] = &["user", "database", "options", "replication"];
 
 /// Settings no client may set at startup: they change the session's identity or SQL parsing.
-const PROTECTED: &[&str] = &["role", "session_authorization", "standard_conforming_strings"];
+const PROTECTED: &[&str] = &[
+    "role",
+    "session_authorization",
+    "standard_conforming_strings",
+];
 
 /// The settings requested by a startup message, in order, `options` expanded. Names are lower-cased.
 pub fn requested_settings(msg: &StartupMessage) -> Result<Vec<(String, String)>, PgError> {
@@ -18,9 +22,13 @@ pub fn requested_settings(msg: &StartupMessage) -> Result<Vec<(String, String)>,
     let mut push = |name: &str, value: &str| -> Result<(), PgError> {
         let name = name.to_ascii_lowercase();
         if !valid_setting_name(&name) {
-            return Err(PgError::unsupported_startup(format!("invalid setting name {name:?}")));
+            return Err(PgError::unsupported_startup(format!(
+                "invalid setting name {name:?}"
+            )));
         }
-        if PROTECTED.contains(&name.as_str()) && !(name == "standard_conforming_strings" && value == "on") {
+        if PROTECTED.contains(&name.as_str())
+            && !(name == "standard_conforming_strings" && value == "on")
+        {
             return Err(PgError::startup_setting_refused(format!(
                 "setting \"{name}\" at connection start is not allowed through pgveil"
             )));
@@ -74,7 +82,11 @@ pub fn parse_options(options: &str) -> Result<Vec<(String, String)>, PgError> {
     if in_word {
         words.push(cur);
     }
-    let bad = |w: &str| PgError::unsupported_startup(format!("unsupported item {w:?} in the options startup parameter"));
+    let bad = |w: &str| {
+        PgError::unsupported_startup(format!(
+            "unsupported item {w:?} in the options startup parameter"
+        ))
+    };
     let mut out = Vec::new();
     let mut it = words.iter();
     while let Some(w) = it.next() {
@@ -107,7 +119,13 @@ fn valid_setting_name(name: &str) -> bool {
 pub fn set_config_statement(settings: &[(&str, &str)]) -> String {
     let calls: Vec<String> = settings
         .iter()
-        .map(|(name, value)| format!("pg_catalog.set_config({}, {}, false)", e_literal(name), e_literal(value)))
+        .map(|(name, value)| {
+            format!(
+                "pg_catalog.set_config({}, {}, false)",
+                e_literal(name),
+                e_literal(value)
+            )
+        })
         .collect();
     format!("SELECT {}", calls.join(", "))
 }
@@ -133,7 +151,10 @@ mod tests {
     fn msg(params: &[(&str, &str)]) -> StartupMessage {
         StartupMessage {
             minor: 0,
-            params: params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            params: params
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         }
     }
 
@@ -144,7 +165,10 @@ mod tests {
             ("database", "d"),
             ("application_name", "DBeaver 24"),
             ("DateStyle", "ISO"),
-            ("options", "-c search_path=app,public --statement-timeout=5s -c\\ x=1 -cwork_mem=4MB"),
+            (
+                "options",
+                "-c search_path=app,public --statement-timeout=5s -c\\ x=1 -cwork_mem=4MB",
+            ),
             ("_pq_.command_protocol", "x"),
         ]);
         let got = requested_settings(&m).unwrap_err();
@@ -153,7 +177,10 @@ mod tests {
         let m = msg(&[
             ("application_name", "DBeaver 24"),
             ("DateStyle", "ISO"),
-            ("options", "-c search_path=app,public --statement-timeout=5s -cwork_mem=4MB -c a.b=x\\ y"),
+            (
+                "options",
+                "-c search_path=app,public --statement-timeout=5s -cwork_mem=4MB -c a.b=x\\ y",
+            ),
         ]);
         let got = requested_settings(&m).unwrap();
         assert_eq!(
@@ -171,8 +198,16 @@ mod tests {
 
     #[test]
     fn refuses_identity_and_parsing_settings() {
-        for (k, v) in [("role", "postgres"), ("session_authorization", "x"), ("standard_conforming_strings", "off")] {
-            assert_eq!(requested_settings(&msg(&[(k, v)])).unwrap_err().code, "42501", "{k}");
+        for (k, v) in [
+            ("role", "postgres"),
+            ("session_authorization", "x"),
+            ("standard_conforming_strings", "off"),
+        ] {
+            assert_eq!(
+                requested_settings(&msg(&[(k, v)])).unwrap_err().code,
+                "42501",
+                "{k}"
+            );
         }
         let opts = msg(&[("options", "-c role=postgres")]);
         assert_eq!(requested_settings(&opts).unwrap_err().code, "42501");

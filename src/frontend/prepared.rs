@@ -107,7 +107,13 @@ impl TxnStatements {
     }
 
     /// Client Parse whose SQL text the policy accepted as `def` (`sql\0` + parameter types).
-    pub fn parse(&mut self, name: &[u8], def: Bytes, stmts: &mut BackendStatements, to_b: &mut BytesMut) -> Result<(), PgError> {
+    pub fn parse(
+        &mut self,
+        name: &[u8],
+        def: Bytes,
+        stmts: &mut BackendStatements,
+        to_b: &mut BytesMut,
+    ) -> Result<(), PgError> {
         if name.is_empty() {
             messages::parse_def(to_b, b"", &def);
             self.push(tag::PARSE_COMPLETE, false, None, true);
@@ -116,7 +122,9 @@ impl TxnStatements {
             return Ok(());
         }
         if self.named.contains_key(name) {
-            return Err(PgError::duplicate_prepared_statement(&String::from_utf8_lossy(name)));
+            return Err(PgError::duplicate_prepared_statement(
+                &String::from_utf8_lossy(name),
+            ));
         }
         self.named.insert(name.to_vec(), def.clone());
         let server = match stmts.get(&def) {
@@ -137,17 +145,28 @@ impl TxnStatements {
     }
 
     /// Client Bind: the statement name is mapped (and the statement prepared on this backend if needed).
-    pub fn bind(&mut self, body: &[u8], stmts: &mut BackendStatements, to_b: &mut BytesMut) -> Result<(), PgError> {
-        let b = messages::decode_bind(body).ok_or_else(|| PgError::protocol_violation("invalid Bind message"))?;
+    pub fn bind(
+        &mut self,
+        body: &[u8],
+        stmts: &mut BackendStatements,
+        to_b: &mut BytesMut,
+    ) -> Result<(), PgError> {
+        let b = messages::decode_bind(body)
+            .ok_or_else(|| PgError::protocol_violation("invalid Bind message"))?;
         let server = self.resolve(b.statement, stmts, to_b)?;
         messages::bind_renamed(to_b, b.portal, &server, b.rest);
         Ok(())
     }
 
     /// Client Describe.
-    pub fn describe(&mut self, body: &[u8], stmts: &mut BackendStatements, to_b: &mut BytesMut) -> Result<(), PgError> {
-        let (kind, name) =
-            messages::decode_target(body).ok_or_else(|| PgError::protocol_violation("invalid Describe message"))?;
+    pub fn describe(
+        &mut self,
+        body: &[u8],
+        stmts: &mut BackendStatements,
+        to_b: &mut BytesMut,
+    ) -> Result<(), PgError> {
+        let (kind, name) = messages::decode_target(body)
+            .ok_or_else(|| PgError::protocol_violation("invalid Describe message"))?;
         if kind == b'P' {
             messages::describe(to_b, kind, name);
             return Ok(());
@@ -159,8 +178,8 @@ impl TxnStatements {
 
     /// Client Close.
     pub fn close(&mut self, body: &[u8], to_b: &mut BytesMut) -> Result<(), PgError> {
-        let (kind, name) =
-            messages::decode_target(body).ok_or_else(|| PgError::protocol_violation("invalid Close message"))?;
+        let (kind, name) = messages::decode_target(body)
+            .ok_or_else(|| PgError::protocol_violation("invalid Close message"))?;
         match (kind, name.is_empty()) {
             (b'P', _) => messages::close(to_b, kind, name),
             (_, true) => {
@@ -185,32 +204,49 @@ impl TxnStatements {
     }
 
     /// The server name of the client's statement `name` on this backend, preparing it first if needed.
-    fn resolve(&mut self, name: &[u8], stmts: &mut BackendStatements, to_b: &mut BytesMut) -> Result<Bytes, PgError> {
+    fn resolve(
+        &mut self,
+        name: &[u8],
+        stmts: &mut BackendStatements,
+        to_b: &mut BytesMut,
+    ) -> Result<Bytes, PgError> {
         if name.is_empty() {
             if !self.unnamed_on_backend {
-                let def = self.unnamed.clone().ok_or_else(PgError::unnamed_statement_missing)?;
+                let def = self
+                    .unnamed
+                    .clone()
+                    .ok_or_else(PgError::unnamed_statement_missing)?;
                 messages::parse_def(to_b, b"", &def);
                 self.push(tag::PARSE_COMPLETE, true, None, true);
                 self.unnamed_on_backend = true;
             }
             return Ok(Bytes::new());
         }
-        let def = self
-            .named
-            .get(name)
-            .cloned()
-            .ok_or_else(|| PgError::unknown_prepared_statement(&String::from_utf8_lossy(name)))?;
+        let def =
+            self.named.get(name).cloned().ok_or_else(|| {
+                PgError::unknown_prepared_statement(&String::from_utf8_lossy(name))
+            })?;
         if let Some(server) = stmts.get(&def) {
             return Ok(server);
         }
         let server = self.allocate(&def, stmts, to_b);
         messages::parse_def(to_b, &server, &def);
-        self.push(tag::PARSE_COMPLETE, true, Some((def, server.clone())), false);
+        self.push(
+            tag::PARSE_COMPLETE,
+            true,
+            Some((def, server.clone())),
+            false,
+        );
         Ok(server)
     }
 
     /// Takes a server name for `def`, closing an evicted statement if the cache is full.
-    fn allocate(&mut self, def: &Bytes, stmts: &mut BackendStatements, to_b: &mut BytesMut) -> Bytes {
+    fn allocate(
+        &mut self,
+        def: &Bytes,
+        stmts: &mut BackendStatements,
+        to_b: &mut BytesMut,
+    ) -> Bytes {
         let (server, evicted) = stmts.insert(def.clone(), self.cap, self.hold_start);
         if let Some(old) = evicted {
             messages::close(to_b, b'S', &old);
@@ -314,8 +350,16 @@ mod tests {
         // Unknown names and duplicates fail like PostgreSQL.
         let mut bind = BytesMut::new();
         messages::bind_renamed(&mut bind, b"", b"nope", &[0, 0, 0, 0, 0, 0]);
-        assert_eq!(c.bind(&bind[5..], &mut b2, &mut out).unwrap_err().code, "26000");
-        assert_eq!(c.parse(b"s1", def("select 2"), &mut b2, &mut out).unwrap_err().code, "42P05");
+        assert_eq!(
+            c.bind(&bind[5..], &mut b2, &mut out).unwrap_err().code,
+            "26000"
+        );
+        assert_eq!(
+            c.parse(b"s1", def("select 2"), &mut b2, &mut out)
+                .unwrap_err()
+                .code,
+            "42P05"
+        );
         // Close is answered by the backend without closing the shared statement.
         out.clear();
         c.close(b"Ss1\0", &mut out).unwrap();
@@ -330,7 +374,8 @@ mod tests {
         let mut b = BackendStatements::default();
         let mut out = BytesMut::new();
         c.on_checkout(&b);
-        c.parse(b"bad", def("select nope"), &mut b, &mut out).unwrap();
+        c.parse(b"bad", def("select nope"), &mut b, &mut out)
+            .unwrap();
         c.on_sync_sent();
         c.on_error(&mut b);
         c.on_ready();

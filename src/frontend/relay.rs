@@ -26,10 +26,10 @@ use crate::backend::statements::BackendStatements;
 use crate::identity::Identity;
 use crate::net::ClientStream;
 use crate::policy::{Decision, StatementPolicy};
+use crate::proto::PgError;
 use crate::proto::error::parse_fields;
 use crate::proto::frame::{FrameError, FrameSplitter, Item, payload};
 use crate::proto::messages::{self, tag};
-use crate::proto::PgError;
 
 /// Stop reading a side while this much is queued for the other.
 const HIGH_WATER: usize = 256 * 1024;
@@ -116,7 +116,8 @@ impl<'a> Relay<'a> {
             state: RelayState::default(),
             denials: Vec::new(),
             txn: None,
-            out_bufs: (BytesMut::with_capacity(READ_CHUNK), BytesMut::with_capacity(READ_CHUNK)),
+            // Allocated on first use, then kept: an idle client that never sent anything costs little.
+            out_bufs: (BytesMut::new(), BytesMut::new()),
         }
     }
 
@@ -149,7 +150,9 @@ impl<'a> Relay<'a> {
         let mut watch_shutdown = true;
 
         // Bytes that arrived with the startup packet are processed before reading more.
-        if let Step::End(end) = self.on_client_bytes(&mut cin, &mut csplit, &mut to_b, &mut to_c, statements) {
+        if let Step::End(end) =
+            self.on_client_bytes(&mut cin, &mut csplit, &mut to_b, &mut to_c, statements)
+        {
             ending = Some(end);
         }
         loop {
@@ -168,7 +171,11 @@ impl<'a> Relay<'a> {
                 *client_buf = cin;
                 return end;
             }
-            if *shutdown.borrow() && self.state.backend_idle() && self.state.txn_status == b'I' && to_c.is_empty() {
+            if *shutdown.borrow()
+                && self.state.backend_idle()
+                && self.state.txn_status == b'I'
+                && to_c.is_empty()
+            {
                 PgError::shutting_down().encode(&mut to_c);
                 ending = Some(RelayEnd::Shutdown);
                 continue;
@@ -233,8 +240,23 @@ impl<'a> Relay<'a> {
         to_c: &mut BytesMut,
         stmts: &mut BackendStatements,
     ) -> Step {
-        let inspects: fn(u8) -> bool = if self.txn.is_some() { txn_client_inspects } else { client_inspects };
+        let inspects: fn(u8) -> bool = if self.txn.is_some() {
+            txn_client_inspects
+        } else {
+            client_inspects
+        };
         loop {
+            // Refuse an unknown message type on its tag byte, as PostgreSQL does, instead of waiting for the
+            // body its length announces (an SSLRequest or StartupMessage sent mid-session would otherwise
+            // leave the session hanging).
+            if !split.mid_frame()
+                && let Some(&t) = cin.first()
+                && !frontend_tag(t)
+            {
+                let err = invalid_frontend_tag(t);
+                err.encode(to_c);
+                return Step::End(RelayEnd::ClientProtocol(err));
+            }
             let item = match split.next(cin, inspects) {
                 Ok(Some(item)) => item,
                 Ok(None) => return Step::Continue,
@@ -265,14 +287,20 @@ impl<'a> Relay<'a> {
         }
     }
 
-    fn on_client_frame(&mut self, frame: &[u8], to_b: &mut BytesMut, stmts: &mut BackendStatements) -> Result<Step, PgError> {
+    fn on_client_frame(
+        &mut self,
+        frame: &[u8],
+        to_b: &mut BytesMut,
+        stmts: &mut BackendStatements,
+    ) -> Result<Step, PgError> {
         let body = payload(frame);
         if self.txn.is_some() && frame[0] != tag::QUERY {
             return self.on_client_frame_txn(frame, to_b, stmts);
         }
         match frame[0] {
             tag::QUERY => {
-                let sql = messages::decode_query(body).ok_or_else(|| PgError::protocol_violation("invalid Query message"))?;
+                let sql = messages::decode_query(body)
+                    .ok_or_else(|| PgError::protocol_violation("invalid Query message"))?;
                 self.state.in_flight += 1;
                 let mut decision = self.decide(sql);
                 if let Some(t) = self.txn.as_mut() {
@@ -294,7 +322,8 @@ impl<'a> Relay<'a> {
                 }
             }
             tag::PARSE => {
-                let p = messages::decode_parse(body).ok_or_else(|| PgError::protocol_violation("invalid Parse message"))?;
+                let p = messages::decode_parse(body)
+                    .ok_or_else(|| PgError::protocol_violation("invalid Parse message"))?;
                 match self.decide(p.sql) {
                     Decision::Allow => to_b.extend_from_slice(frame),
                     Decision::Rewrite(text) => messages::parse(to_b, p.name, &text, p.param_types),
@@ -304,7 +333,9 @@ impl<'a> Relay<'a> {
             tag::FUNCTION_CALL => {
                 self.state.in_flight += 1;
                 if self.inspect {
-                    let err = PgError::feature_not_supported("fast-path function calls are not allowed through pgveil");
+                    let err = PgError::feature_not_supported(
+                        "fast-path function calls are not allowed through pgveil",
+                    );
                     messages::query(to_b, &self.deny(err));
                 } else {
                     to_b.extend_from_slice(frame);
@@ -315,19 +346,25 @@ impl<'a> Relay<'a> {
                 to_b.extend_from_slice(frame);
             }
             tag::TERMINATE => return Ok(Step::End(RelayEnd::Terminate)),
-            t => return Err(invalid_tag(t)),
+            t => return Err(invalid_frontend_tag(t)),
         }
         Ok(Step::Continue)
     }
 
     /// Transaction mode: every client message except Query (handled like session mode, plus observation).
-    fn on_client_frame_txn(&mut self, frame: &[u8], to_b: &mut BytesMut, stmts: &mut BackendStatements) -> Result<Step, PgError> {
+    fn on_client_frame_txn(
+        &mut self,
+        frame: &[u8],
+        to_b: &mut BytesMut,
+        stmts: &mut BackendStatements,
+    ) -> Result<Step, PgError> {
         let body = payload(frame);
         let t = self.txn.as_mut().expect("transaction mode");
         let denied = match frame[0] {
             tag::PARSE => {
                 t.unsynced = true;
-                let p = messages::decode_parse(body).ok_or_else(|| PgError::protocol_violation("invalid Parse message"))?;
+                let p = messages::decode_parse(body)
+                    .ok_or_else(|| PgError::protocol_violation("invalid Parse message"))?;
                 let (name, param_types) = (p.name, p.param_types);
                 let decision = self.decide(p.sql);
                 let t = self.txn.as_mut().expect("transaction mode");
@@ -341,7 +378,8 @@ impl<'a> Relay<'a> {
                     _ => match t.observe(sql, stmts) {
                         Some(e) => Some(e),
                         None => {
-                            let mut def = BytesMut::with_capacity(sql.len() + 1 + param_types.len());
+                            let mut def =
+                                BytesMut::with_capacity(sql.len() + 1 + param_types.len());
                             def.extend_from_slice(sql);
                             def.extend_from_slice(&[0]);
                             def.extend_from_slice(param_types);
@@ -378,7 +416,9 @@ impl<'a> Relay<'a> {
                 t.stmts.on_sync_sent();
                 self.state.in_flight += 1;
                 if self.inspect {
-                    let err = PgError::feature_not_supported("fast-path function calls are not allowed through pgveil");
+                    let err = PgError::feature_not_supported(
+                        "fast-path function calls are not allowed through pgveil",
+                    );
                     messages::query(to_b, &self.deny(err));
                 } else {
                     to_b.extend_from_slice(frame);
@@ -386,7 +426,7 @@ impl<'a> Relay<'a> {
                 None
             }
             tag::TERMINATE => return Ok(Step::End(RelayEnd::Terminate)),
-            t => return Err(invalid_tag(t)),
+            t => return Err(invalid_frontend_tag(t)),
         };
         if let Some(err) = denied {
             if err.is_fatal() {
@@ -517,9 +557,31 @@ impl<'a> Relay<'a> {
         }
         let message = fields.iter().find(|(t, _)| *t == b'M').map(|(_, v)| *v)?;
         let message = std::str::from_utf8(message).ok()?;
-        let idx = self.denials.iter().position(|(marker, _)| message.contains(&format!("\"{marker}\"")))?;
+        let idx = self
+            .denials
+            .iter()
+            .position(|(marker, _)| message.contains(&format!("\"{marker}\"")))?;
         Some(self.denials.remove(idx).1)
     }
+}
+
+/// Message types a client may send once the session has started (PostgreSQL's `SocketBackend` list).
+fn frontend_tag(t: u8) -> bool {
+    matches!(
+        t,
+        b'Q' | b'P' | b'B' | b'E' | b'D' | b'C' | b'S' | b'H' | b'F' | b'X' | b'd' | b'c' | b'f'
+    )
+}
+
+fn invalid_frontend_tag(t: u8) -> PgError {
+    PgError::protocol_violation(format!(
+        "invalid frontend message type {}",
+        if t.is_ascii_graphic() {
+            (t as char).to_string()
+        } else {
+            format!("0x{t:02x}")
+        }
+    ))
 }
 
 /// Frontend tags handed over whole: everything except the high-volume pass-through ones. Unknown tags are
@@ -531,13 +593,6 @@ fn client_inspects(t: u8) -> bool {
 /// Transaction mode: every frontend tag is handed over whole except COPY data, CopyDone and CopyFail.
 fn txn_client_inspects(t: u8) -> bool {
     !matches!(t, b'd' | b'c' | b'f')
-}
-
-fn invalid_tag(t: u8) -> PgError {
-    PgError::protocol_violation(format!(
-        "invalid frontend message type {}",
-        if t.is_ascii_graphic() { (t as char).to_string() } else { format!("0x{t:02x}") }
-    ))
 }
 
 /// One write when `buf` has data, else a flush; returns whether it flushed. Cancel-safe: a write consumes
@@ -554,7 +609,10 @@ async fn pump<W: AsyncWrite + Unpin>(w: &mut W, buf: &mut BytesMut) -> std::io::
 }
 
 /// Reads exactly one whole frame from a stream (used during startup), refusing lengths above `max`.
-pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, max: usize) -> Result<(u8, BytesMut), ReadFrameError> {
+pub async fn read_frame<R: AsyncRead + Unpin>(
+    r: &mut R,
+    max: usize,
+) -> Result<(u8, BytesMut), ReadFrameError> {
     let tag = r.read_u8().await.map_err(ReadFrameError::Io)?;
     let len = r.read_i32().await.map_err(ReadFrameError::Io)?;
     if len < 4 || len as usize - 4 > max {
@@ -575,4 +633,3 @@ pub enum ReadFrameError {
     #[error("invalid message length {0}")]
     Invalid(i32),
 }
-

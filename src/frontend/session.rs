@@ -14,9 +14,9 @@ use super::handshake::{Hello, negotiate, refuse};
 use super::params::{requested_settings, set_config_statement};
 use super::relay::{Relay, RelayEnd};
 use super::txn::{TxnCtx, ensure_settings};
-use crate::config::PoolMode;
 use crate::backend::pool::{BackendError, CheckoutError, PooledConn};
 use crate::backend::reset::{reset, run_queries};
+use crate::config::PoolMode;
 use crate::identity::Identity;
 use crate::net::ClientStream;
 use crate::policy::Decision;
@@ -45,8 +45,18 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
 }
 
 /// Handshake and authentication, under the startup timeout.
-async fn start(tcp: TcpStream, peer: SocketAddr, shared: &Shared) -> Option<(ClientStream, StartupMessage, Identity)> {
-    let hello = match negotiate(tcp, shared.tls.as_ref(), shared.cfg.listen.max_startup_packet).await {
+async fn start(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    shared: &Shared,
+) -> Option<(ClientStream, StartupMessage, Identity)> {
+    let hello = match negotiate(
+        tcp,
+        shared.tls.as_ref(),
+        shared.cfg.listen.max_startup_packet,
+    )
+    .await
+    {
         Ok(h) => h,
         Err(e) => {
             tracing::debug!(client = %peer, error = %e, "handshake ended");
@@ -62,20 +72,40 @@ async fn start(tcp: TcpStream, peer: SocketAddr, shared: &Shared) -> Option<(Cli
     };
     if startup.minor > 0 || startup.params.iter().any(|(k, _)| k.starts_with("_pq_.")) {
         // We speak 3.0 and no protocol extensions; tell the client so it can fall back.
-        let unsupported: Vec<String> =
-            startup.params.iter().filter(|(k, _)| k.starts_with("_pq_.")).map(|(k, _)| k.clone()).collect();
+        let unsupported: Vec<String> = startup
+            .params
+            .iter()
+            .filter(|(k, _)| k.starts_with("_pq_."))
+            .map(|(k, _)| k.clone())
+            .collect();
         let mut out = BytesMut::new();
         messages::negotiate_protocol_version(&mut out, 0, &unsupported);
         if stream.write_all(&out).await.is_err() {
             return None;
         }
     }
-    if startup.get("replication").is_some_and(|v| v != "false" && v != "0" && v != "off" && v != "no") {
-        refuse(&mut stream, PgError::unsupported_startup("replication connections are not supported by pgveil")).await;
+    if startup
+        .get("replication")
+        .is_some_and(|v| v != "false" && v != "0" && v != "off" && v != "no")
+    {
+        refuse(
+            &mut stream,
+            PgError::unsupported_startup("replication connections are not supported by pgveil"),
+        )
+        .await;
         return None;
     }
     let now = (shared.clock)();
-    match authenticate(&mut stream, peer, &shared.cfg, &shared.router, &shared.verifier, now).await {
+    match authenticate(
+        &mut stream,
+        peer,
+        &shared.cfg,
+        &shared.router,
+        &shared.verifier,
+        now,
+    )
+    .await
+    {
         Ok(who) => Some((stream, startup, who)),
         Err(AuthError::Gone) => None,
         Err(AuthError::Refused(e)) => {
@@ -85,8 +115,17 @@ async fn start(tcp: TcpStream, peer: SocketAddr, shared: &Shared) -> Option<(Cli
     }
 }
 
-async fn run_session(stream: &mut ClientStream, startup: &StartupMessage, who: &Identity, shared: &Shared) {
-    let tenant = shared.router.tenant(&who.tenant).expect("authenticate checked the tenant").clone();
+async fn run_session(
+    stream: &mut ClientStream,
+    startup: &StartupMessage,
+    who: &Identity,
+    shared: &Shared,
+) {
+    let tenant = shared
+        .router
+        .tenant(&who.tenant)
+        .expect("authenticate checked the tenant")
+        .clone();
     let settings = match requested_settings(startup) {
         Ok(s) => s,
         Err(e) => {
@@ -94,6 +133,18 @@ async fn run_session(stream: &mut ClientStream, startup: &StartupMessage, who: &
             return;
         }
     };
+    // The database name is checked before a backend is taken whenever the config names the tenant's database;
+    // when only the secret does, after checkout (against the target it resolved).
+    let requested_db = startup
+        .get("database")
+        .filter(|db| !db.is_empty() && *db != who.tenant.as_str());
+    if let (Some(db), Some(own)) = (requested_db, tenant.dbname.as_deref())
+        && db != own
+    {
+        tracing::info!(database = db, "startup database is not the tenant's");
+        refuse(stream, PgError::unknown_database(db)).await;
+        return;
+    }
     let mut conn: PooledConn = match shared.pools.checkout(&tenant, &who.role).await {
         Ok(c) => c,
         Err(e) => {
@@ -101,10 +152,8 @@ async fn run_session(stream: &mut ClientStream, startup: &StartupMessage, who: &
             return;
         }
     };
-    if let Some(db) = startup.get("database")
-        && !db.is_empty()
+    if let Some(db) = requested_db
         && db != conn.target.dbname
-        && db != who.tenant.as_str()
     {
         tracing::info!(database = db, "startup database is not the tenant's");
         refuse(stream, PgError::unknown_database(db)).await;
@@ -113,7 +162,10 @@ async fn run_session(stream: &mut ClientStream, startup: &StartupMessage, who: &
     let txn_mode = tenant.pool_mode == PoolMode::Transaction;
     let ctx = if txn_mode {
         // The client's settings go with it to every backend: all of them, checked by the policy once.
-        let pairs: Vec<(&str, &str)> = settings.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+        let pairs: Vec<(&str, &str)> = settings
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
         let sql = match checked_settings_sql(&pairs, who, shared) {
             Ok(sql) => sql,
             Err(e) => {
@@ -158,7 +210,9 @@ async fn run_session(stream: &mut ClientStream, startup: &StartupMessage, who: &
     handle.set_backend(Some((conn.target.clone(), conn.key)));
     let mut relay = Relay::new(who, &*shared.policy, shared.cfg.listen.max_query_bytes);
     let mut shutdown = shared.shutdown.clone();
-    let end = relay.run(stream, &mut BytesMut::new(), &mut conn, &mut shutdown).await;
+    let end = relay
+        .run(stream, &mut BytesMut::new(), &mut conn, &mut shutdown)
+        .await;
     handle.set_backend(None);
     drop(handle);
     tracing::info!(end = ?end, "session ended");
@@ -181,7 +235,11 @@ async fn apply_settings(
     let pending: Vec<(&str, &str)> = settings
         .iter()
         .filter(|(name, value)| {
-            let current = conn.params.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v);
+            let current = conn
+                .params
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v);
             current != Some(value)
         })
         .map(|(n, v)| (n.as_str(), v.as_str()))
@@ -201,7 +259,11 @@ async fn apply_settings(
 }
 
 /// The statement applying startup settings, checked by the statement policy like any client SQL.
-fn checked_settings_sql(settings: &[(&str, &str)], who: &Identity, shared: &Shared) -> Result<Option<String>, PgError> {
+fn checked_settings_sql(
+    settings: &[(&str, &str)],
+    who: &Identity,
+    shared: &Shared,
+) -> Result<Option<String>, PgError> {
     if settings.is_empty() {
         return Ok(None);
     }
@@ -237,7 +299,9 @@ pub(super) fn checkout_error(e: &CheckoutError, who: &Identity) -> PgError {
         CheckoutError::Backend(b) => {
             tracing::warn!(error = %b, "backend unavailable");
             match b {
-                BackendError::Secret { .. } | BackendError::Incomplete(_) => PgError::backend_unavailable(),
+                BackendError::Secret { .. } | BackendError::Incomplete(_) => {
+                    PgError::backend_unavailable()
+                }
                 BackendError::Connect(_) => PgError::backend_unavailable(),
             }
         }

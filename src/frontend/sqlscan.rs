@@ -97,11 +97,14 @@ fn scan_words(sql: &[u8], fx: &mut SqlEffects) {
             fx.settings = true;
         } else if word.eq_ignore_ascii_case(b"pg_prepared_statements")
             || word.eq_ignore_ascii_case(b"pg_prepared_statement")
-            || (word.len() >= NAME_PREFIX_LEN && word[..NAME_PREFIX_LEN].eq_ignore_ascii_case(PREFIX))
+            || (word.len() >= NAME_PREFIX_LEN
+                && word[..NAME_PREFIX_LEN].eq_ignore_ascii_case(PREFIX))
         {
             fx.reserved = true;
         } else if fx.pins.is_none()
-            && let Some((_, why)) = PINNING_WORDS.iter().find(|(w, _)| word.eq_ignore_ascii_case(w.as_bytes()))
+            && let Some((_, why)) = PINNING_WORDS
+                .iter()
+                .find(|(w, _)| word.eq_ignore_ascii_case(w.as_bytes()))
         {
             fx.pins = Some(why);
         }
@@ -228,7 +231,9 @@ impl<'a> Lexer<'a> {
         if rest.get(1).is_some_and(|b| b.is_ascii_digit()) {
             return None; // $1 parameter
         }
-        let end = rest[1..].iter().position(|&b| !(b.is_ascii_alphanumeric() || b == b'_' || b >= 0x80))?;
+        let end = rest[1..]
+            .iter()
+            .position(|&b| !(b.is_ascii_alphanumeric() || b == b'_' || b >= 0x80))?;
         (rest[1 + end] == b'$').then_some(end + 2)
     }
 
@@ -272,10 +277,22 @@ mod tests {
         assert!(s("DISCARD ALL").drops_statements);
         assert_eq!(s("PREPARE p AS SELECT 1").pins, Some("SQL PREPARE"));
         assert_eq!(s("LISTEN ch").pins, Some("LISTEN"));
-        assert_eq!(s("DECLARE c CURSOR WITH HOLD FOR SELECT 1").pins, Some("cursor WITH HOLD"));
-        assert_eq!(s("CREATE TEMP TABLE t (x int)").pins, Some("temporary object"));
-        assert_eq!(s("SELECT pg_advisory_lock(1)").pins, Some("session advisory lock"));
-        assert_eq!(s("DO $$BEGIN PERFORM pg_advisory_lock(1); END$$").pins, Some("session advisory lock"));
+        assert_eq!(
+            s("DECLARE c CURSOR WITH HOLD FOR SELECT 1").pins,
+            Some("cursor WITH HOLD")
+        );
+        assert_eq!(
+            s("CREATE TEMP TABLE t (x int)").pins,
+            Some("temporary object")
+        );
+        assert_eq!(
+            s("SELECT pg_advisory_lock(1)").pins,
+            Some("session advisory lock")
+        );
+        assert_eq!(
+            s("DO $$BEGIN PERFORM pg_advisory_lock(1); END$$").pins,
+            Some("session advisory lock")
+        );
         assert_eq!(s("SELECT pg_advisory_xact_lock(1)").pins, None);
         assert!(s("EXECUTE PGVEIL_PS_3").reserved);
         assert!(s("select * from pg_catalog.pg_prepared_statements").reserved);

@@ -41,8 +41,7 @@ use crate::server::Shared;
 const UNMOVABLE_SETTINGS: &[&str] = &["role", "session_authorization"];
 
 /// Reads back the settings a client changed on its backend.
-const CAPTURE_SETTINGS: &str =
-    "SELECT name, pg_catalog.current_setting(name) FROM pg_catalog.pg_settings WHERE source = 'session' ORDER BY name";
+const CAPTURE_SETTINGS: &str = "SELECT name, pg_catalog.current_setting(name) FROM pg_catalog.pg_settings WHERE source = 'session' ORDER BY name";
 
 /// A client's transaction-mode state, kept across backends.
 pub struct TxnCtx {
@@ -62,7 +61,11 @@ pub struct TxnCtx {
 
 impl TxnCtx {
     /// State for a client whose startup settings are `settings`, applied by `settings_sql`.
-    pub fn new(settings: Vec<(String, String)>, settings_sql: Option<String>, cache_cap: usize) -> Self {
+    pub fn new(
+        settings: Vec<(String, String)>,
+        settings_sql: Option<String>,
+        cache_cap: usize,
+    ) -> Self {
         Self {
             stmts: TxnStatements::new(cache_cap),
             pinned: None,
@@ -113,7 +116,9 @@ pub async fn ensure_settings(conn: &mut PooledConn, ctx: &TxnCtx) -> Result<(), 
         }
         Ok((_, err)) => {
             conn.broken = true;
-            Err(PgError::invalid_startup_setting(err.map(|e| e.message).unwrap_or_default()))
+            Err(PgError::invalid_startup_setting(
+                err.map(|e| e.message).unwrap_or_default(),
+            ))
         }
         Err(e) => {
             tracing::warn!(error = %e, "backend failed while applying client settings");
@@ -134,10 +139,16 @@ async fn capture_settings(conn: &mut PooledConn, ctx: &mut TxnCtx) {
                     _ => None,
                 })
                 .collect();
-            if settings.iter().any(|(n, _)| UNMOVABLE_SETTINGS.contains(&n.as_str())) {
+            if settings
+                .iter()
+                .any(|(n, _)| UNMOVABLE_SETTINGS.contains(&n.as_str()))
+            {
                 ctx.pinned = ctx.pinned.or(Some("SET ROLE / SESSION AUTHORIZATION"));
             }
-            let pairs: Vec<(&str, &str)> = settings.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+            let pairs: Vec<(&str, &str)> = settings
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_str()))
+                .collect();
             ctx.settings_sql = (!pairs.is_empty()).then(|| set_config_statement(&pairs));
             ctx.settings = settings.clone();
             conn.applied = Some(settings);
@@ -156,7 +167,11 @@ enum Idle {
     Shutdown,
 }
 
-async fn wait_for_client(stream: &mut ClientStream, cin: &mut BytesMut, shutdown: &mut watch::Receiver<bool>) -> Idle {
+async fn wait_for_client(
+    stream: &mut ClientStream,
+    cin: &mut BytesMut,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Idle {
     let mut watching = true;
     loop {
         if *shutdown.borrow() {
@@ -186,7 +201,7 @@ pub async fn serve(
     relay.txn = Some(ctx);
     let mut shutdown = shared.shutdown.clone();
     let mut held: Option<PooledConn> = None;
-    let mut cin = BytesMut::with_capacity(8 * 1024);
+    let mut cin = BytesMut::new();
     loop {
         let ctx = relay.txn.as_mut().expect("transaction mode");
         let conn = match held.as_mut() {
@@ -251,7 +266,8 @@ pub async fn serve(
 /// discard it when its state is unknown.
 async fn finish(mut conn: PooledConn, relay: &Relay<'_>, end: &RelayEnd) {
     let ctx = relay.txn.as_ref().expect("transaction mode");
-    let reusable = relay.state.backend_idle() && !matches!(end, RelayEnd::BackendGone) && !conn.broken;
+    let reusable =
+        relay.state.backend_idle() && !matches!(end, RelayEnd::BackendGone) && !conn.broken;
     if !reusable {
         if !matches!(end, RelayEnd::BackendGone) {
             crate::cancel::send_cancel_detached(conn.target.clone(), conn.key);

@@ -51,7 +51,11 @@ impl PgError {
     }
     /// 3D000: the startup `database` is not this tenant's.
     pub fn unknown_database(db: &str) -> Self {
-        Self::new(Severity::Fatal, "3D000", format!("database \"{db}\" does not exist"))
+        Self::new(
+            Severity::Fatal,
+            "3D000",
+            format!("database \"{db}\" does not exist"),
+        )
     }
     /// 08P01: protocol violation (closes the connection).
     pub fn protocol_violation(message: impl Into<String>) -> Self {
@@ -71,12 +75,20 @@ impl PgError {
     }
     /// 08006: the tenant's database cannot be reached (FATAL at startup).
     pub fn backend_unavailable() -> Self {
-        Self::new(Severity::Fatal, "08006", "could not connect to the tenant database")
-            .with_hint("The database may be down or restarting; try again shortly.")
+        Self::new(
+            Severity::Fatal,
+            "08006",
+            "could not connect to the tenant database",
+        )
+        .with_hint("The database may be down or restarting; try again shortly.")
     }
     /// 08006: the backend connection was lost in the middle of the session.
     pub fn backend_lost() -> Self {
-        Self::new(Severity::Fatal, "08006", "lost connection to the tenant database")
+        Self::new(
+            Severity::Fatal,
+            "08006",
+            "lost connection to the tenant database",
+        )
     }
     /// 42501: the statement is refused by policy (the session stays usable).
     pub fn insufficient_privilege(message: impl Into<String>) -> Self {
@@ -96,33 +108,52 @@ impl PgError {
     }
     /// 42P05: the client already has a prepared statement of this name.
     pub fn duplicate_prepared_statement(name: &str) -> Self {
-        Self::new(Severity::Error, "42P05", format!("prepared statement \"{name}\" already exists"))
+        Self::new(
+            Severity::Error,
+            "42P05",
+            format!("prepared statement \"{name}\" already exists"),
+        )
     }
     /// 26000: the client has no prepared statement of this name.
     pub fn unknown_prepared_statement(name: &str) -> Self {
-        Self::new(Severity::Error, "26000", format!("prepared statement \"{name}\" does not exist"))
+        Self::new(
+            Severity::Error,
+            "26000",
+            format!("prepared statement \"{name}\" does not exist"),
+        )
     }
     /// 26000: the client has no unnamed prepared statement.
     pub fn unnamed_statement_missing() -> Self {
-        Self::new(Severity::Error, "26000", "unnamed prepared statement does not exist")
+        Self::new(
+            Severity::Error,
+            "26000",
+            "unnamed prepared statement does not exist",
+        )
     }
     /// 22021: text is not valid UTF-8 and cannot be inspected.
     pub fn invalid_encoding() -> Self {
-        Self::new(Severity::Error, "22021", "invalid byte sequence for encoding \"UTF8\"")
+        Self::new(
+            Severity::Error,
+            "22021",
+            "invalid byte sequence for encoding \"UTF8\"",
+        )
     }
     /// 54000: a message larger than the configured cap.
     pub fn message_too_large(limit: usize) -> Self {
-        Self::new(Severity::Fatal, "54000", format!("message exceeds the {limit}-byte limit"))
+        Self::new(
+            Severity::Fatal,
+            "54000",
+            format!("message exceeds the {limit}-byte limit"),
+        )
     }
     /// 57P01: pgveil is shutting down.
     pub fn shutting_down() -> Self {
-        Self::new(Severity::Fatal, "57P01", "terminating connection: pgveil is shutting down")
+        Self::new(
+            Severity::Fatal,
+            "57P01",
+            "terminating connection: pgveil is shutting down",
+        )
     }
-    /// 57P05: the client did not finish startup in time.
-    pub fn startup_timeout() -> Self {
-        Self::new(Severity::Fatal, "08P01", "timed out waiting for startup and authentication")
-    }
-
     /// Is this FATAL?
     pub fn is_fatal(&self) -> bool {
         self.severity == Severity::Fatal
@@ -130,7 +161,14 @@ impl PgError {
 
     /// Encodes as an `ErrorResponse` ('E') frame.
     pub fn encode(&self, out: &mut BytesMut) {
-        encode_fields(b'E', self.severity_text(), self.code, &self.message, self.hint.as_deref(), out);
+        encode_fields(
+            b'E',
+            self.severity_text(),
+            self.code,
+            &self.message,
+            self.hint.as_deref(),
+            out,
+        );
     }
 
     /// Encodes as a `NoticeResponse` ('N') frame with severity NOTICE.
@@ -148,11 +186,24 @@ impl PgError {
 
 impl std::fmt::Display for PgError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}: {}", self.severity_text(), self.code, self.message)
+        write!(
+            f,
+            "{} {}: {}",
+            self.severity_text(),
+            self.code,
+            self.message
+        )
     }
 }
 
-fn encode_fields(tag: u8, severity: &str, code: &str, message: &str, hint: Option<&str>, out: &mut BytesMut) {
+fn encode_fields(
+    tag: u8,
+    severity: &str,
+    code: &str,
+    message: &str,
+    hint: Option<&str>,
+    out: &mut BytesMut,
+) {
     let start = out.len();
     out.put_u8(tag);
     out.put_i32(0);
@@ -182,7 +233,9 @@ pub fn parse_fields(payload: &[u8]) -> Vec<(u8, &[u8])> {
         if t == 0 {
             break;
         }
-        let Some(end) = tail.iter().position(|&b| b == 0) else { break };
+        let Some(end) = tail.iter().position(|&b| b == 0) else {
+            break;
+        };
         fields.push((t, &tail[..end]));
         rest = &tail[end + 1..];
     }
@@ -196,7 +249,9 @@ mod tests {
     #[test]
     fn error_response_roundtrip() {
         let mut out = BytesMut::new();
-        PgError::unknown_database("x").with_hint("h").encode(&mut out);
+        PgError::unknown_database("x")
+            .with_hint("h")
+            .encode(&mut out);
         assert_eq!(out[0], b'E');
         let len = i32::from_be_bytes(out[1..5].try_into().unwrap()) as usize;
         assert_eq!(len + 1, out.len());

@@ -55,7 +55,11 @@ impl FrameSplitter {
 
     /// Takes the next item off the front of `buf`, or `None` when more bytes are needed.
     /// `inspect(tag)` says whether a frame with that tag must be handed over whole.
-    pub fn next(&mut self, buf: &mut BytesMut, inspect: impl Fn(u8) -> bool) -> Result<Option<Item>, FrameError> {
+    pub fn next(
+        &mut self,
+        buf: &mut BytesMut,
+        inspect: impl Fn(u8) -> bool,
+    ) -> Result<Option<Item>, FrameError> {
         if self.pass_remaining > 0 {
             if buf.is_empty() {
                 return Ok(None);
@@ -91,7 +95,8 @@ impl FrameSplitter {
             let mut end = total;
             while buf.len() >= end + 5 {
                 let t = buf[end];
-                let l = i32::from_be_bytes([buf[end + 1], buf[end + 2], buf[end + 3], buf[end + 4]]);
+                let l =
+                    i32::from_be_bytes([buf[end + 1], buf[end + 2], buf[end + 3], buf[end + 4]]);
                 if l < 4 || inspect(t) || buf.len() < end + 1 + l as usize {
                     break;
                 }
@@ -133,7 +138,12 @@ mod tests {
         let mut s = FrameSplitter::new(1024);
         let is_z = |t| t == b'Z';
         let a = s.next(&mut buf, is_z).unwrap().unwrap();
-        assert_eq!(a, Item::Forward(BytesMut::from(&[msg(b'D', b"row1"), msg(b'D', b"row2")].concat()[..])));
+        assert_eq!(
+            a,
+            Item::Forward(BytesMut::from(
+                &[msg(b'D', b"row1"), msg(b'D', b"row2")].concat()[..]
+            ))
+        );
         let b = s.next(&mut buf, is_z).unwrap().unwrap();
         assert_eq!(b, Item::Inspect(BytesMut::from(&msg(b'Z', b"I")[..])));
         assert_eq!(s.next(&mut buf, is_z).unwrap(), None);
@@ -162,7 +172,10 @@ mod tests {
     fn caps_inspected_frames_and_bad_lengths() {
         let mut s = FrameSplitter::new(100);
         let mut buf = BytesMut::from(&[b'Q', 0x7f, 0xff, 0xff, 0xff][..]);
-        assert!(matches!(s.next(&mut buf, |_| true), Err(FrameError::TooLarge { .. })));
+        assert!(matches!(
+            s.next(&mut buf, |_| true),
+            Err(FrameError::TooLarge { .. })
+        ));
         let mut buf = BytesMut::from(&[b'Q', 0, 0, 0, 2][..]);
         assert_eq!(s.next(&mut buf, |_| true), Err(FrameError::BadLength(2)));
     }

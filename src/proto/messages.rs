@@ -157,7 +157,11 @@ pub struct BindMsg<'a> {
 pub fn decode_bind(payload: &[u8]) -> Option<BindMsg<'_>> {
     let (portal, rest) = read_cstr(payload)?;
     let (statement, rest) = read_cstr(rest)?;
-    Some(BindMsg { portal, statement, rest })
+    Some(BindMsg {
+        portal,
+        statement,
+        rest,
+    })
 }
 
 /// Decodes a Describe or Close payload: kind (`S` or `P`) and name.

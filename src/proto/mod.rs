@@ -4,6 +4,8 @@
 pub mod error;
 pub mod frame;
 pub mod messages;
+#[cfg(test)]
+mod robustness;
 pub mod startup;
 
 pub use error::PgError;

@@ -39,20 +39,28 @@ pub struct StartupMessage {
 impl StartupMessage {
     /// Value of a parameter.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
 /// Reads one startup-phase packet, refusing lengths outside `8..=max_len` before allocating.
-pub async fn read_startup<R: AsyncRead + Unpin>(r: &mut R, max_len: usize) -> Result<StartupPacket, StartupReadError> {
+pub async fn read_startup<R: AsyncRead + Unpin>(
+    r: &mut R,
+    max_len: usize,
+) -> Result<StartupPacket, StartupReadError> {
     let len = r.read_i32().await.map_err(StartupReadError::Io)?;
     if len < 8 || len as usize > max_len {
-        return Err(StartupReadError::Protocol(PgError::protocol_violation(format!(
-            "invalid startup packet length {len}"
-        ))));
+        return Err(StartupReadError::Protocol(PgError::protocol_violation(
+            format!("invalid startup packet length {len}"),
+        )));
     }
     let mut body = vec![0u8; len as usize - 4];
-    r.read_exact(&mut body).await.map_err(StartupReadError::Io)?;
+    r.read_exact(&mut body)
+        .await
+        .map_err(StartupReadError::Io)?;
     decode_startup(&body).map_err(StartupReadError::Protocol)
 }
 
@@ -78,7 +86,9 @@ pub fn decode_startup(body: &[u8]) -> Result<StartupPacket, PgError> {
             pid: i32::from_be_bytes(rest[..4].try_into().expect("len 8")),
             secret: i32::from_be_bytes(rest[4..].try_into().expect("len 8")),
         }),
-        v if v >> 16 == PROTOCOL_MAJOR_3 => decode_params(v & 0xffff, rest).map(StartupPacket::Startup),
+        v if v >> 16 == PROTOCOL_MAJOR_3 => {
+            decode_params(v & 0xffff, rest).map(StartupPacket::Startup)
+        }
         v if v >> 16 < 1234 => Err(PgError::unsupported_startup(format!(
             "unsupported frontend protocol {}.{}: server supports 3.0",
             v >> 16,
@@ -99,14 +109,18 @@ fn decode_params(minor: i32, mut rest: &[u8]) -> Result<StartupMessage, PgError>
             }
             break;
         }
-        let name = std::str::from_utf8(&rest[..end]).map_err(|_| bad())?.to_owned();
+        let name = std::str::from_utf8(&rest[..end])
+            .map_err(|_| bad())?
+            .to_owned();
         rest = &rest[end + 1..];
         let vend = rest.iter().position(|&b| b == 0).ok_or_else(bad)?;
         let value = String::from_utf8(rest[..vend].to_vec())
             .map_err(|_| PgError::protocol_violation("startup parameters must be valid UTF-8"))?;
         rest = &rest[vend + 1..];
         if params.iter().any(|(k, _)| k == &name) {
-            return Err(PgError::protocol_violation(format!("duplicate startup parameter {name:?}")));
+            return Err(PgError::protocol_violation(format!(
+                "duplicate startup parameter {name:?}"
+            )));
         }
         params.push((name, value));
     }
@@ -126,7 +140,9 @@ mod tests {
     #[test]
     fn decodes_startup_params() {
         let p = decode_startup(&packet(196608, b"user\0u\0database\0d\0\0")).unwrap();
-        let StartupPacket::Startup(m) = p else { panic!() };
+        let StartupPacket::Startup(m) = p else {
+            panic!()
+        };
         assert_eq!(m.get("user"), Some("u"));
         assert_eq!(m.get("database"), Some("d"));
         assert_eq!(m.minor, 0);
@@ -138,7 +154,10 @@ mod tests {
         assert!(decode_startup(&packet(196608, b"user\0u\0\0junk")).is_err());
         assert!(decode_startup(&packet(0x0102_0304, b"")).is_err());
         assert!(decode_startup(&packet(196608, b"a\0b\0a\0c\0\0")).is_err());
-        assert_eq!(decode_startup(&packet(80877103, b"")).unwrap(), StartupPacket::SslRequest);
+        assert_eq!(
+            decode_startup(&packet(80877103, b"")).unwrap(),
+            StartupPacket::SslRequest
+        );
         assert!(matches!(
             decode_startup(&packet(80877102, &[0, 0, 0, 1, 0, 0, 0, 2])).unwrap(),
             StartupPacket::Cancel { pid: 1, secret: 2 }

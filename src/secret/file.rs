@@ -19,9 +19,9 @@ impl FileSecretStore {
     }
 
     async fn read(&self, id: &SecretId) -> Result<SecretString, SecretError> {
-        let text = tokio::fs::read_to_string(&self.path)
-            .await
-            .map_err(|e| SecretError::Unavailable(format!("cannot read {}: {e}", self.path.display())))?;
+        let text = tokio::fs::read_to_string(&self.path).await.map_err(|e| {
+            SecretError::Unavailable(format!("cannot read {}: {e}", self.path.display()))
+        })?;
         let text = SecretString::from(text);
         let mut all: serde_json::Map<String, serde_json::Value> =
             serde_json::from_str(secrecy::ExposeSecret::expose_secret(&text)).map_err(|e| {

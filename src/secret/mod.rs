@@ -76,15 +76,23 @@ impl fmt::Debug for DbCredentials {
 impl DbCredentials {
     /// Decodes credentials from a secret value (RDS JSON).
     pub fn from_secret(id: &SecretId, value: &SecretString) -> Result<DbCredentials, SecretError> {
-        serde_json::from_str::<DbCredentials>(value.expose_secret()).map_err(|e| SecretError::Malformed {
-            id: id.clone(),
-            // serde_json's messages name the field and position, not the value.
-            reason: format!("expected RDS JSON with username and password ({})", e.classify_msg()),
+        serde_json::from_str::<DbCredentials>(value.expose_secret()).map_err(|e| {
+            SecretError::Malformed {
+                id: id.clone(),
+                // serde_json's messages name the field and position, not the value.
+                reason: format!(
+                    "expected RDS JSON with username and password ({})",
+                    e.classify_msg()
+                ),
+            }
         })
     }
 
     /// Fetches and decodes credentials.
-    pub async fn fetch(store: &dyn SecretStore, id: &SecretId) -> Result<DbCredentials, SecretError> {
+    pub async fn fetch(
+        store: &dyn SecretStore,
+        id: &SecretId,
+    ) -> Result<DbCredentials, SecretError> {
         let value = store.fetch(id).await?;
         DbCredentials::from_secret(id, &value)
     }

@@ -3,6 +3,8 @@
 //! A custom harness (libtest-mimic) owns it, so the cluster is always stopped and removed at the end.
 #![allow(dead_code)]
 
+pub mod raw;
+
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -45,7 +47,10 @@ impl Drop for Running {
             let _ = stop.send(());
         }
         if let Some(done) = self.done.take() {
-            let _ = done.lock().expect("lock").recv_timeout(Duration::from_secs(10));
+            let _ = done
+                .lock()
+                .expect("lock")
+                .recv_timeout(Duration::from_secs(10));
         }
     }
 }
@@ -76,13 +81,20 @@ impl Fixture {
         opts.roles = vec!["admin".into(), "analyst".into(), "tiny".into()];
         opts.pool_size = 8;
         let env = DemoEnv::create(&opts).context("creating the test environment")?;
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
         let proxy = start(&rt, env.config.clone(), ServerOptions::default())?;
         Ok(Arc::new(Fixture { proxy, rt, env }))
     }
 
     /// Starts another proxy with a modified config and options.
-    pub fn start_server(&self, edit: impl FnOnce(&mut Config), opts: ServerOptions) -> Result<Running> {
+    pub fn start_server(
+        &self,
+        edit: impl FnOnce(&mut Config),
+        opts: ServerOptions,
+    ) -> Result<Running> {
         let mut cfg = self.env.config.clone();
         cfg.listen.addr = "127.0.0.1:0".parse()?;
         edit(&mut cfg);
@@ -97,7 +109,9 @@ impl Fixture {
 
     /// A valid token (with MFA, 1 hour).
     pub fn token(&self, user: &str, tenant: &str, role: &str) -> String {
-        self.env.mint(user, tenant, role, true, Duration::from_secs(3600)).expect("mint")
+        self.env
+            .mint(user, tenant, role, true, Duration::from_secs(3600))
+            .expect("mint")
     }
 
     /// A libpq-style connection string to a proxy (plain text; loopback is allowed by the default config).
@@ -110,7 +124,12 @@ impl Fixture {
     }
 
     /// Connects with tokio-postgres through `addr` as `role` of `tenant`.
-    pub async fn connect_to(&self, addr: SocketAddr, tenant: &str, role: &str) -> Result<tokio_postgres::Client> {
+    pub async fn connect_to(
+        &self,
+        addr: SocketAddr,
+        tenant: &str,
+        role: &str,
+    ) -> Result<tokio_postgres::Client> {
         let token = self.token(&format!("{role}@{tenant}"), tenant, role);
         connect(&self.conn_str(addr, tenant, "tester", &token)).await
     }
@@ -125,7 +144,10 @@ impl Fixture {
         let text = std::fs::read_to_string(self.env.secrets_path()).expect("secrets file");
         let v: serde_json::Value = serde_json::from_str(&text).expect("json");
         let s = &v[format!("tenants/{tenant}/db")];
-        (s["username"].as_str().unwrap().to_owned(), s["password"].as_str().unwrap().to_owned())
+        (
+            s["username"].as_str().unwrap().to_owned(),
+            s["password"].as_str().unwrap().to_owned(),
+        )
     }
 
     /// A direct connection string to the tenant's database (no proxy).
@@ -158,7 +180,9 @@ pub async fn connect(conn_str: &str) -> Result<tokio_postgres::Client> {
 }
 
 /// Connects and returns the task driving the connection; aborting it closes the client's socket abruptly.
-pub async fn connect_with_handle(conn_str: &str) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>)> {
+pub async fn connect_with_handle(
+    conn_str: &str,
+) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>)> {
     let (client, conn) = tokio_postgres::connect(conn_str, tokio_postgres::NoTls).await?;
     let handle = tokio::spawn(async move {
         let _ = conn.await;
@@ -202,7 +226,9 @@ fn start(rt: &tokio::runtime::Runtime, cfg: Config, opts: ServerOptions) -> Resu
 pub fn main_with(tests: &[(&'static str, TestFn)]) -> ExitCode {
     let args = libtest_mimic::Arguments::from_args();
     if std::env::var_os("PGVEIL_TEST_LOG").is_some() {
-        let _ = tracing_subscriber::fmt().with_env_filter(std::env::var("PGVEIL_TEST_LOG").unwrap()).try_init();
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(std::env::var("PGVEIL_TEST_LOG").unwrap())
+            .try_init();
     }
     let fixture = match Fixture::new() {
         Ok(f) => f,

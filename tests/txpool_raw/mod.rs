@@ -81,7 +81,10 @@ impl Raw {
         let len = out.len() as i32;
         out[..4].copy_from_slice(&len.to_be_bytes());
         s.write_all(&out).await?;
-        let mut raw = Raw { s, buf: BytesMut::new() };
+        let mut raw = Raw {
+            s,
+            buf: BytesMut::new(),
+        };
         loop {
             let (tag, body) = raw.read().await?;
             match tag {
@@ -169,11 +172,15 @@ impl Raw {
                 b'1' => Reply::ParseComplete,
                 b'2' => Reply::BindComplete,
                 b'3' => Reply::CloseComplete,
-                b't' => Reply::ParameterDescription(i16::from_be_bytes(body[..2].try_into()?) as usize),
+                b't' => {
+                    Reply::ParameterDescription(i16::from_be_bytes(body[..2].try_into()?) as usize)
+                }
                 b'T' => Reply::RowDescription(column_names(&body)),
                 b'n' => Reply::NoData,
                 b'D' => Reply::Row(row(&body)),
-                b'C' => Reply::Complete(String::from_utf8_lossy(&body[..body.len() - 1]).into_owned()),
+                b'C' => {
+                    Reply::Complete(String::from_utf8_lossy(&body[..body.len() - 1]).into_owned())
+                }
                 b'E' => Reply::Error(error_code(&body).unwrap_or_default()),
                 b'Z' => {
                     expect -= 1;
@@ -226,7 +233,9 @@ fn row(body: &[u8]) -> Vec<Option<String>> {
         if len < 0 {
             out.push(None);
         } else {
-            out.push(Some(String::from_utf8_lossy(&p[..len as usize]).into_owned()));
+            out.push(Some(
+                String::from_utf8_lossy(&p[..len as usize]).into_owned(),
+            ));
             p = &p[len as usize..];
         }
     }

@@ -1,0 +1,127 @@
+//! Connection limits and backend failures: refused cleanly with the right SQLSTATE, never a hang, and the
+//! proxy keeps serving afterwards.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, ensure};
+use pgveil::server::ServerOptions;
+
+use super::common::{eventually, expect_refused, healthy};
+use crate::support::Fixture;
+
+pub fn too_many_clients(fx: &Fixture) -> Result<()> {
+    let srv = fx.start_server(|c| c.listen.max_clients = 2, ServerOptions::default())?;
+    let token = fx.token("alice", "acme", "admin");
+    fx.block_on(async {
+        let a = fx.connect_to(srv.addr, "acme", "admin").await?;
+        let b = fx.connect_to(srv.addr, "globex", "admin").await?;
+        a.simple_query("SELECT 1").await?;
+        b.simple_query("SELECT 1").await?;
+        for _ in 0..3 {
+            expect_refused(
+                &fx.conn_str(srv.addr, "acme", "tester", &token),
+                "53300",
+                &[&token],
+            )
+            .await?;
+        }
+        drop(a);
+        // Once a slot is free again, a new client gets in.
+        eventually(|| healthy(fx, srv.addr, "acme")).await?;
+        b.simple_query("SELECT 1").await?;
+        Ok(())
+    })
+}
+
+pub fn pool_exhaustion(fx: &Fixture) -> Result<()> {
+    let srv = fx.start_server(
+        |c| {
+            c.pool.size = 1;
+            c.pool.checkout_timeout = Duration::from_secs(1);
+        },
+        ServerOptions::default(),
+    )?;
+    let token = fx.token("bob", "acme", "admin");
+    fx.block_on(async {
+        let held = fx.connect_to(srv.addr, "acme", "admin").await?;
+        held.simple_query("SELECT 1").await?;
+        // The conn string's connect_timeout (10 s) is the safety net: a hang would fail without a SQLSTATE.
+        let started = Instant::now();
+        let r = expect_refused(
+            &fx.conn_str(srv.addr, "acme", "tester", &token),
+            "53300",
+            &[&token],
+        )
+        .await?;
+        ensure!(
+            started.elapsed() < Duration::from_secs(9),
+            "pool exhaustion took {:?}",
+            started.elapsed()
+        );
+        ensure!(!r.text.contains("acme_app"), "{r:?}");
+        // Other pools (another role class, another tenant) are unaffected.
+        let other = fx.connect_to(srv.addr, "acme", "analyst").await?;
+        other.simple_query("SELECT 1").await?;
+        healthy(fx, srv.addr, "globex").await?;
+        // The held session still works, and once it leaves its backend serves the next client.
+        held.simple_query("SELECT 1").await?;
+        drop(held);
+        eventually(|| healthy(fx, srv.addr, "acme")).await?;
+        Ok(())
+    })
+}
+
+pub fn backend_down(fx: &Fixture) -> Result<()> {
+    let port = super::common::free_port()?;
+    let srv = fx.start_server(
+        |c| {
+            let acme = c
+                .tenants
+                .iter_mut()
+                .find(|t| t.id.as_str() == "acme")
+                .expect("acme");
+            acme.host = Some("127.0.0.1".into());
+            acme.port = Some(port);
+        },
+        ServerOptions::default(),
+    )?;
+    let (user, password) = fx.creds("acme");
+    let token = fx.token("carol", "acme", "admin");
+    let port_text = port.to_string();
+    let secret_id = fx
+        .env
+        .config
+        .tenants
+        .iter()
+        .find(|t| t.id.as_str() == "acme")
+        .unwrap()
+        .secret
+        .as_str()
+        .to_owned();
+    fx.block_on(async {
+        for _ in 0..2 {
+            let r = expect_refused(
+                &fx.conn_str(srv.addr, "acme", "tester", &token),
+                "08006",
+                &[
+                    "127.0.0.1",
+                    "localhost",
+                    &port_text,
+                    &secret_id,
+                    &user,
+                    &password,
+                    &token,
+                ],
+            )
+            .await?;
+            ensure!(
+                !r.text.contains("refused"),
+                "OS error text reaches the client: {r:?}"
+            );
+        }
+        // Other tenants on the same proxy are served.
+        healthy(fx, srv.addr, "globex").await?;
+        healthy(fx, srv.addr, "clearco").await?;
+        Ok(())
+    })
+}
