@@ -22,6 +22,8 @@ bin=$CARGO_TARGET_DIR/release/pgveil
 work=$(mktemp -d)
 pids=()
 cleanup() {
+    # runuser does not pass signals on: stop PgBouncer by its own pid.
+    [ -s "$work/pgbouncer.pid" ] && kill "$(cat "$work/pgbouncer.pid")" 2>/dev/null || true
     for p in "${pids[@]}"; do kill -INT "$p" 2>/dev/null || true; done
     for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
     rm -rf "$work"
