@@ -270,6 +270,9 @@ impl SecretsConfig {
 pub enum PoolMode {
     /// A client holds one backend for its whole session.
     Session,
+    /// A client holds a backend only from the first message of a transaction to the ReadyForQuery that ends
+    /// it (status idle, nothing else pending); session state is carried over or the client is pinned.
+    Transaction,
 }
 
 /// TLS towards a backend database.
@@ -295,9 +298,14 @@ pub struct PoolDefaults {
     /// Pool mode.
     #[serde(default = "default_pool_mode")]
     pub mode: PoolMode,
-    /// How long a client waits for a free backend before it gets an error.
+    /// How long a client waits (in a fair FIFO queue) for a free backend before it gets a 53300 error; in
+    /// transaction mode this is the wait at the start of every transaction.
     #[serde(default = "default_checkout_timeout", with = "humantime_serde")]
     pub checkout_timeout: Duration,
+    /// Transaction mode: server-side prepared statements kept per backend connection (least recently used
+    /// ones are closed beyond this).
+    #[serde(default = "default_max_prepared_statements")]
+    pub max_prepared_statements: usize,
     /// Timeout for opening a backend connection (TCP + TLS + authentication).
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
@@ -309,6 +317,7 @@ impl Default for PoolDefaults {
             size: default_pool_size(),
             mode: default_pool_mode(),
             checkout_timeout: default_checkout_timeout(),
+            max_prepared_statements: default_max_prepared_statements(),
             connect_timeout: default_connect_timeout(),
         }
     }
@@ -394,6 +403,9 @@ fn default_pool_mode() -> PoolMode {
 }
 fn default_checkout_timeout() -> Duration {
     Duration::from_secs(30)
+}
+fn default_max_prepared_statements() -> usize {
+    200
 }
 fn default_connect_timeout() -> Duration {
     Duration::from_secs(10)
@@ -506,6 +518,9 @@ impl Config {
         }
         if self.pool.size == 0 {
             problems.push("pool.size must be at least 1".to_owned());
+        }
+        if self.pool.max_prepared_statements == 0 {
+            problems.push("pool.max_prepared_statements must be at least 1".to_owned());
         }
         let mut seen = HashSet::new();
         for (i, t) in self.tenants.iter().enumerate() {

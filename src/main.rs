@@ -33,6 +33,10 @@ enum Command {
         /// Path of pgveil.toml.
         #[arg(long, short)]
         config: PathBuf,
+        /// Event-loop threads: 0 = one per core; 1 = a single-threaded event loop like PgBouncer's (no
+        /// cross-thread wakeups: the cheapest per transaction when the database shares the machine).
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
     },
     /// Run a self-contained demo: throwaway PostgreSQL, two sample tenants, tokens, and the proxy.
     Demo {
@@ -113,7 +117,7 @@ fn main() -> Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { config } => serve(&config),
+        Command::Serve { config, threads } => serve(&config, threads),
         Command::Demo { listen } => demo(listen),
         Command::Check { config } => {
             Config::load(&config)?;
@@ -159,9 +163,19 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-fn serve(path: &Path) -> Result<()> {
+fn serve(path: &Path, threads: usize) -> Result<()> {
     let cfg = Config::load(path)?;
-    runtime()?.block_on(async {
+    let rt = match threads {
+        0 => runtime()?,
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?,
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build()?,
+    };
+    rt.block_on(async {
         let server = Server::bind(cfg.clone(), ServerOptions::default()).await?;
         let api = if cfg.api.is_some() {
             let shared = server.shared();

@@ -206,8 +206,11 @@ impl Pools {
                     secrets: self.secrets.clone(),
                     connect_timeout: self.connect_timeout,
                 };
+                // LIFO: the most recently used backends stay hot (CPU caches, plan caches, pgveil's statement
+                // cache); idle ones are the ones left alone.
                 Pool::builder(manager)
                     .max_size(tenant.pool_size)
+                    .queue_mode(deadpool::managed::QueueMode::Lifo)
                     .runtime(deadpool::Runtime::Tokio1)
                     .build()
                     .expect("runtime is set")
@@ -222,10 +225,23 @@ impl Pools {
         role_class: &RoleName,
     ) -> Result<PooledConn, CheckoutError> {
         let pool = self.pool(tenant, role_class);
+        // Fast path (every transaction in transaction mode): a free backend, no timers. Recycling is a flag
+        // check, so it needs no timeout.
+        let immediate = Timeouts {
+            wait: Some(Duration::ZERO),
+            create: Some(self.connect_timeout),
+            recycle: None,
+        };
+        match pool.timeout_get(&immediate).await {
+            Ok(conn) => return Ok(conn),
+            Err(managed::PoolError::Timeout(_)) => {}
+            Err(managed::PoolError::Backend(b)) => return Err(CheckoutError::Backend(b)),
+            Err(_) => return Err(CheckoutError::Closed),
+        }
         let timeouts = Timeouts {
             wait: Some(self.checkout_timeout),
             create: Some(self.connect_timeout),
-            recycle: Some(Duration::from_secs(5)),
+            recycle: None,
         };
         pool.timeout_get(&timeouts).await.map_err(|e| match e {
             managed::PoolError::Timeout(_) => CheckoutError::Timeout,

@@ -118,6 +118,30 @@ impl PgError {
     pub fn syntax_error(message: impl Into<String>) -> Self {
         Self::new(Severity::Error, "42601", message)
     }
+    /// 42P05: the client already has a prepared statement of this name.
+    pub fn duplicate_prepared_statement(name: &str) -> Self {
+        Self::new(
+            Severity::Error,
+            "42P05",
+            format!("prepared statement \"{name}\" already exists"),
+        )
+    }
+    /// 26000: the client has no prepared statement of this name.
+    pub fn unknown_prepared_statement(name: &str) -> Self {
+        Self::new(
+            Severity::Error,
+            "26000",
+            format!("prepared statement \"{name}\" does not exist"),
+        )
+    }
+    /// 26000: the client has no unnamed prepared statement.
+    pub fn unnamed_statement_missing() -> Self {
+        Self::new(
+            Severity::Error,
+            "26000",
+            "unnamed prepared statement does not exist",
+        )
+    }
     /// 22021: text is not valid UTF-8 and cannot be inspected.
     pub fn invalid_encoding() -> Self {
         Self::new(
