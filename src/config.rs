@@ -70,6 +70,13 @@ pub struct Config {
     /// PII masking. Without this section every statement of every role is relayed unchanged.
     #[serde(default)]
     pub policy: Option<PolicyConfig>,
+    /// Control database (users, MFA enrolment, revocations). Without it, tokens are checked offline only:
+    /// no revocation, no disabled users, and the HTTP API cannot run.
+    #[serde(default)]
+    pub control: Option<crate::control::ControlConfig>,
+    /// HTTP API (enrolment, login, admin) and security page. Needs `[control]`.
+    #[serde(default)]
+    pub api: Option<crate::api::ApiConfig>,
 }
 
 /// The masking engine's settings.
@@ -134,29 +141,144 @@ pub struct TlsConfig {
     pub key: PathBuf,
 }
 
-/// Token verification settings.
+/// Token verification settings. Keys are secret ids in the configured secret store, never files or values.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
     /// Expected `iss` claim.
     #[serde(default = "default_issuer")]
     pub issuer: String,
-    /// Ed25519 public keys (SPKI PEM files) that tokens may be signed with; several allow key rotation.
-    pub verifying_keys: Vec<PathBuf>,
-    /// Ed25519 private key (PKCS#8 PEM file) used by `pgveil token mint`; the proxy itself never needs it.
+    /// Secret ids of the Ed25519 public keys (SPKI PEM text) tokens may be signed with; several allow key
+    /// rotation. Read from the secret store at start-up.
+    pub verifying_key_secrets: Vec<SecretId>,
+    /// Secret id of the Ed25519 private key (PKCS#8 PEM text) used by `pgveil token mint`; the proxy itself never
+    /// reads it.
     #[serde(default)]
-    pub signing_key: Option<PathBuf>,
+    pub signing_key_secret: Option<SecretId>,
 }
 
-/// Secret store selection.
+/// Which secret store backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SecretBackend {
+    /// AWS Secrets Manager (production).
+    Aws,
+    /// A local JSON file mapping secret ids to values (demo and tests; pgveil warns when it is used elsewhere).
+    File,
+}
+
+/// Secret store selection and caching.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, tag = "backend", rename_all = "lowercase")]
-pub enum SecretsConfig {
-    /// A JSON file mapping secret ids to values (demo and tests).
-    File {
-        /// Path of the JSON file.
-        path: PathBuf,
-    },
+#[serde(deny_unknown_fields)]
+pub struct SecretsConfig {
+    /// `aws` or `file`.
+    pub backend: SecretBackend,
+    /// `file`: path of the JSON file.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// `aws`: region; default from the standard AWS chain (`AWS_REGION`, profile, instance metadata).
+    #[serde(default)]
+    pub region: Option<String>,
+    /// `aws`: endpoint override (a VPC endpoint, or moto/LocalStack for local testing).
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// `aws`: `VersionStage` to read; default the service's (`AWSCURRENT`).
+    #[serde(default)]
+    pub version_stage: Option<String>,
+    /// `aws`: when a backend rejects freshly fetched credentials, also try the `AWSPENDING` version (covers the
+    /// window of a rotation between "set the new password" and "promote it to AWSCURRENT").
+    #[serde(default)]
+    pub try_pending: bool,
+    /// `aws`: time allowed for one GetSecretValue, retries included.
+    #[serde(default = "default_secret_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// A cached value older than this is fetched again before use.
+    #[serde(default = "default_cache_ttl", with = "humantime_serde")]
+    pub cache_ttl: Duration,
+    /// Values older than `cache_ttl - refresh_ahead` are refreshed in the background while still served.
+    #[serde(default = "default_refresh_ahead", with = "humantime_serde")]
+    pub refresh_ahead: Duration,
+    /// While the store is unreachable, cached values are served until they are this old (since their fetch);
+    /// after that new backend connections fail. Must be at least `cache_ttl`.
+    #[serde(default = "default_max_stale", with = "humantime_serde")]
+    pub max_stale: Duration,
+    /// After a failed fetch, the store is not asked again for this long (the cached value is served meanwhile).
+    #[serde(default = "default_retry_after", with = "humantime_serde")]
+    pub retry_after: Duration,
+}
+
+impl SecretsConfig {
+    /// A `file` store at `path` with default cache settings.
+    pub fn file(path: PathBuf) -> SecretsConfig {
+        SecretsConfig {
+            backend: SecretBackend::File,
+            path: Some(path),
+            region: None,
+            endpoint: None,
+            version_stage: None,
+            try_pending: false,
+            timeout: default_secret_timeout(),
+            cache_ttl: default_cache_ttl(),
+            refresh_ahead: default_refresh_ahead(),
+            max_stale: default_max_stale(),
+            retry_after: default_retry_after(),
+        }
+    }
+
+    /// An `aws` store with default cache settings.
+    pub fn aws(region: Option<String>, endpoint: Option<String>) -> SecretsConfig {
+        SecretsConfig {
+            backend: SecretBackend::Aws,
+            path: None,
+            region,
+            endpoint,
+            ..SecretsConfig::file(PathBuf::new())
+        }
+    }
+
+    fn problems(&self, problems: &mut Vec<String>) {
+        match self.backend {
+            SecretBackend::File => match &self.path {
+                None => problems.push("secrets: backend = \"file\" needs path".to_owned()),
+                Some(p) if !p.exists() => {
+                    problems.push(format!("secrets: file {} does not exist", p.display()))
+                }
+                Some(_) => {}
+            },
+            SecretBackend::Aws => {
+                if self.path.is_some() {
+                    problems.push("secrets: path is only for backend = \"file\"".to_owned());
+                }
+            }
+        }
+        if self.backend != SecretBackend::Aws
+            && (self.region.is_some()
+                || self.endpoint.is_some()
+                || self.version_stage.is_some()
+                || self.try_pending)
+        {
+            problems.push("secrets: region, endpoint, version_stage and try_pending are only for backend = \"aws\"".into());
+        }
+        if let Some(e) = &self.endpoint
+            && !(e.starts_with("https://") || e.starts_with("http://"))
+        {
+            problems.push(format!(
+                "secrets: endpoint {e:?} must be an http:// or https:// URL"
+            ));
+        }
+        if self.cache_ttl.is_zero() {
+            problems.push("secrets: cache_ttl must be more than 0".to_owned());
+        }
+        if self.refresh_ahead >= self.cache_ttl {
+            problems.push("secrets: refresh_ahead must be shorter than cache_ttl".to_owned());
+        }
+        if self.max_stale < self.cache_ttl {
+            problems.push("secrets: max_stale must be at least cache_ttl".to_owned());
+        }
+        if self.timeout.is_zero() {
+            problems.push("secrets: timeout must be more than 0".to_owned());
+        }
+    }
 }
 
 /// How a pool hands backends to clients.
@@ -165,6 +287,9 @@ pub enum SecretsConfig {
 pub enum PoolMode {
     /// A client holds one backend for its whole session.
     Session,
+    /// A client holds a backend only from the first message of a transaction to the ReadyForQuery that ends
+    /// it (status idle, nothing else pending); session state is carried over or the client is pinned.
+    Transaction,
 }
 
 /// TLS towards a backend database.
@@ -190,9 +315,14 @@ pub struct PoolDefaults {
     /// Pool mode.
     #[serde(default = "default_pool_mode")]
     pub mode: PoolMode,
-    /// How long a client waits for a free backend before it gets an error.
+    /// How long a client waits (in a fair FIFO queue) for a free backend before it gets a 53300 error; in
+    /// transaction mode this is the wait at the start of every transaction.
     #[serde(default = "default_checkout_timeout", with = "humantime_serde")]
     pub checkout_timeout: Duration,
+    /// Transaction mode: server-side prepared statements kept per backend connection (least recently used
+    /// ones are closed beyond this).
+    #[serde(default = "default_max_prepared_statements")]
+    pub max_prepared_statements: usize,
     /// Timeout for opening a backend connection (TCP + TLS + authentication).
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
@@ -204,6 +334,7 @@ impl Default for PoolDefaults {
             size: default_pool_size(),
             mode: default_pool_mode(),
             checkout_timeout: default_checkout_timeout(),
+            max_prepared_statements: default_max_prepared_statements(),
             connect_timeout: default_connect_timeout(),
         }
     }
@@ -238,6 +369,14 @@ pub struct TenantConfig {
     /// Pool mode override.
     #[serde(default)]
     pub pool_mode: Option<PoolMode>,
+    /// When the tenant went live with real data (RFC 3339, or a date `YYYY-MM-DD` meaning midnight UTC).
+    /// From `live_since` + 7 days every user needs MFA; before that, sessions without MFA get a countdown
+    /// notice. Absent: test data only (MFA not required unless `require_mfa`).
+    #[serde(default, deserialize_with = "crate::mfa::policy::deserialize_opt_time")]
+    pub live_since: Option<std::time::SystemTime>,
+    /// Require MFA for this tenant's users at once, whatever `live_since` says (e.g. test-mode tenants).
+    #[serde(default)]
+    pub require_mfa: bool,
 }
 
 fn default_listen_addr() -> SocketAddr {
@@ -258,6 +397,21 @@ fn default_max_clients() -> usize {
 fn default_issuer() -> String {
     "pgveil".to_owned()
 }
+fn default_secret_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_cache_ttl() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_refresh_ahead() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_max_stale() -> Duration {
+    Duration::from_secs(3600)
+}
+fn default_retry_after() -> Duration {
+    Duration::from_secs(2)
+}
 fn default_pool_size() -> usize {
     20
 }
@@ -266,6 +420,9 @@ fn default_pool_mode() -> PoolMode {
 }
 fn default_checkout_timeout() -> Duration {
     Duration::from_secs(30)
+}
+fn default_max_prepared_statements() -> usize {
+    200
 }
 fn default_connect_timeout() -> Duration {
     Duration::from_secs(10)
@@ -310,12 +467,11 @@ impl Config {
             fix(&mut tls.cert);
             fix(&mut tls.key);
         }
-        self.auth.verifying_keys.iter_mut().for_each(fix);
-        if let Some(k) = &mut self.auth.signing_key {
-            fix(k);
+        if let Some(p) = &mut self.secrets.path {
+            fix(p);
         }
-        match &mut self.secrets {
-            SecretsConfig::File { path } => fix(path),
+        if let Some(api) = &mut self.api {
+            api.resolve_paths(base);
         }
         for t in &mut self.tenants {
             if let Some(ca) = &mut t.ca_bundle {
@@ -352,27 +508,22 @@ impl Config {
         if self.listen.max_clients == 0 {
             problems.push("listen.max_clients must be at least 1".to_owned());
         }
-        if self.auth.verifying_keys.is_empty() {
-            problems.push("auth.verifying_keys is empty: no token could be verified".to_owned());
+        if self.auth.verifying_key_secrets.is_empty() {
+            problems
+                .push("auth.verifying_key_secrets is empty: no token could be verified".to_owned());
         }
-        for p in &self.auth.verifying_keys {
-            if !p.exists() {
-                problems.push(format!(
-                    "auth.verifying_keys: file {} does not exist",
-                    p.display()
-                ));
-            }
+        for id in self
+            .auth
+            .verifying_key_secrets
+            .iter()
+            .chain(&self.auth.signing_key_secret)
+        {
+            check_secret_id("auth", id, &mut problems);
         }
         if self.auth.issuer.is_empty() {
             problems.push("auth.issuer is empty".to_owned());
         }
-        match &self.secrets {
-            SecretsConfig::File { path } => {
-                if !path.exists() {
-                    problems.push(format!("secrets: file {} does not exist", path.display()));
-                }
-            }
-        }
+        self.secrets.problems(&mut problems);
         if self.roles.is_empty() {
             problems.push("roles is empty: no token could be accepted".to_owned());
         }
@@ -391,6 +542,9 @@ impl Config {
         if self.pool.size == 0 {
             problems.push("pool.size must be at least 1".to_owned());
         }
+        if self.pool.max_prepared_statements == 0 {
+            problems.push("pool.max_prepared_statements must be at least 1".to_owned());
+        }
         let mut seen = HashSet::new();
         for (i, t) in self.tenants.iter().enumerate() {
             let at = format!("tenant[{i}] ({})", t.id);
@@ -400,9 +554,7 @@ impl Config {
             if !seen.insert(&t.id) {
                 problems.push(format!("{at}: duplicate tenant id"));
             }
-            if t.secret.as_str().is_empty() {
-                problems.push(format!("{at}: secret id is empty"));
-            }
+            check_secret_id(&at, &t.secret, &mut problems);
             if t.pool_size == Some(0) {
                 problems.push(format!("{at}: pool_size must be at least 1"));
             }
@@ -434,6 +586,18 @@ impl Config {
                 problems.push("policy.catalog_refresh must be at least 1s".to_owned());
             }
         }
+        if let Some(control) = &self.control {
+            control.validate(&mut problems);
+        }
+        if let Some(api) = &self.api {
+            if self.control.is_none() {
+                problems.push("[api] needs a [control] section (the control database)".to_owned());
+            }
+            if self.auth.signing_key_secret.is_none() {
+                problems.push("[api] needs auth.signing_key_secret to mint tokens".to_owned());
+            }
+            api.validate(&mut problems);
+        }
         if problems.is_empty() {
             Ok(())
         } else {
@@ -444,6 +608,34 @@ impl Config {
     /// The tenant with this id.
     pub fn tenant(&self, id: &TenantId) -> Option<&TenantConfig> {
         self.tenants.iter().find(|t| &t.id == id)
+    }
+}
+
+/// A secret id is a Secrets Manager name (`A-Za-z0-9/_+=.@-`, up to 512 characters) or ARN. Anything else, or
+/// a name that looks like a random credential, is refused: the config holds ids, never values.
+fn check_secret_id(at: &str, id: &SecretId, problems: &mut Vec<String>) {
+    let s = id.as_str();
+    if s.is_empty() {
+        problems.push(format!("{at}: secret id is empty"));
+        return;
+    }
+    let name_chars = s
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"/_+=.@-:".contains(&b));
+    let arn = s.starts_with("arn:");
+    // A long run of mixed-case letters and digits without any separator reads like a password or a key.
+    let random_looking = s.len() >= 24
+        && !s.bytes().any(|b| b"/_.:-@".contains(&b))
+        && s.bytes().any(|b| b.is_ascii_digit())
+        && s.bytes().any(|b| b.is_ascii_uppercase())
+        && s.bytes().any(|b| b.is_ascii_lowercase());
+    if !name_chars || (!arn && (s.len() > 512 || s.contains(':'))) || random_looking {
+        // The value itself is not repeated: it may be a secret.
+        problems.push(format!(
+            "{at}: a secret id ({} characters) that looks like an inline secret value; the config holds secret \
+             ids only (a Secrets Manager name or ARN): put the value in the secret store",
+            s.len()
+        ));
     }
 }
 
@@ -465,7 +657,7 @@ mod tests {
             r#"
             roles = ["analyst", "analyst", "bad role"]
             [auth]
-            verifying_keys = ["/nonexistent/key.pem"]
+            verifying_key_secrets = ["-----BEGIN PUBLIC KEY----- MCowBQYDK2VwAyEA"]
             [secrets]
             backend = "file"
             path = "/nonexistent/secrets.json"
@@ -485,7 +677,7 @@ mod tests {
         let all = problems.join("\n");
         for needle in [
             "allow_plaintext_loopback",
-            "verifying_keys: file",
+            "looks like an inline secret value",
             "secrets: file",
             "listed twice",
             "not a valid role name",
@@ -500,9 +692,84 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_rejected_with_location() {
-        let err =
-            Config::parse("roles=[\"a\"]\n[auth]\nverifying_keys=[]\npasword=\"x\"\n").unwrap_err();
+        let err = Config::parse("roles=[\"a\"]\n[auth]\nverifying_key_secrets=[]\npasword=\"x\"\n")
+            .unwrap_err();
         assert!(err.contains("pasword"), "{err}");
         assert!(err.contains("line 4"), "{err}");
+    }
+
+    fn minimal(extra_auth: &str, secrets: &str, tenant_secret: &str) -> Config {
+        Config::parse(&format!(
+            "roles = [\"a\"]\n[listen]\nallow_plaintext_loopback = true\n[auth]\n{extra_auth}\n[secrets]\n{secrets}\n\
+             [[tenant]]\nid = \"acme\"\nsecret = {tenant_secret:?}\n"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn inline_secret_values_are_rejected_without_echoing_them() {
+        let aws = "backend = \"aws\"\nregion = \"eu-west-1\"";
+        let ok = minimal(
+            "verifying_key_secrets = [\"pgveil/token-verifying\"]",
+            aws,
+            "tenants/acme/db",
+        );
+        assert_eq!(ok.validate(), Ok(()));
+        let arn = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:tenants/acme/db-AbCdEf";
+        let ok = minimal(
+            "verifying_key_secrets = [\"pgveil/token-verifying\"]",
+            aws,
+            arn,
+        );
+        assert_eq!(ok.validate(), Ok(()));
+        for (auth, tenant) in [
+            (
+                r#"verifying_key_secrets = ["-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEA\n-----END PUBLIC KEY-----"]"#,
+                "t/db",
+            ),
+            (
+                r#"verifying_key_secrets = ["k"]"#,
+                r#"{"username":"u","password":"p4ssw0rd"}"#,
+            ),
+            (
+                r#"verifying_key_secrets = ["k"]"#,
+                "Xk9fQ2LmZ8pR4tW7vB1nC6yH3jD5sAe",
+            ),
+            (
+                "verifying_key_secrets = [\"k\"]\nsigning_key_secret = \"secret value with spaces\"",
+                "t/db",
+            ),
+        ] {
+            let cfg = minimal(auth, aws, tenant);
+            let all = cfg.validate().unwrap_err().join("\n");
+            assert!(all.contains("inline secret value"), "{all}");
+            for leak in ["MCowBQ", "p4ssw0rd", "Xk9fQ2", "spaces"] {
+                assert!(!all.contains(leak), "{all}");
+            }
+        }
+    }
+
+    #[test]
+    fn secrets_section_is_checked() {
+        let cfg = minimal(
+            "verifying_key_secrets = [\"k\"]",
+            "backend = \"file\"\nregion = \"x\"\ncache_ttl = \"10s\"\nrefresh_ahead = \"10s\"\nmax_stale = \"5s\"",
+            "t/db",
+        );
+        let all = cfg.validate().unwrap_err().join("\n");
+        for needle in [
+            "needs path",
+            "only for backend = \"aws\"",
+            "refresh_ahead",
+            "max_stale",
+        ] {
+            assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+        }
+        let cfg = minimal(
+            "verifying_key_secrets = [\"k\"]",
+            "backend = \"aws\"\nendpoint = \"localhost:5000\"",
+            "t/db",
+        );
+        assert!(cfg.validate().unwrap_err().join("\n").contains("http://"));
     }
 }

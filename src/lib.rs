@@ -7,16 +7,21 @@
 //! through the [`policy`] hook.
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod backend;
 pub mod cancel;
 pub mod config;
+pub mod control;
 pub mod demo;
 pub mod frontend;
 pub mod identity;
 pub mod ids;
+pub mod logging;
+pub mod mfa;
 pub mod net;
 pub mod policy;
 pub mod proto;
+pub mod revoke;
 pub mod route;
 pub mod secret;
 pub mod server;

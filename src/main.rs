@@ -10,9 +10,10 @@ use clap::{Parser, Subcommand};
 use pgveil::config::Config;
 use pgveil::demo::env::{DemoEnv, EnvOptions};
 use pgveil::ids::{RoleName, TenantId, UserId};
-use pgveil::secret::SecretString;
 use pgveil::server::{Server, ServerOptions};
 use pgveil::token::TokenSigner;
+
+mod cli;
 
 #[derive(Parser)]
 #[command(
@@ -32,6 +33,10 @@ enum Command {
         /// Path of pgveil.toml.
         #[arg(long, short)]
         config: PathBuf,
+        /// Event-loop threads: 0 = one per core; 1 = a single-threaded event loop like PgBouncer's (no
+        /// cross-thread wakeups: the cheapest per transaction when the database shares the machine).
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
     },
     /// Run a self-contained demo: throwaway PostgreSQL, two sample tenants, tokens, and the proxy.
     Demo {
@@ -54,6 +59,11 @@ enum Command {
     /// Masking policy tools for security teams.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Log in through the pgveil API (first factor + TOTP code) and print a ready connection string.
+    Login(cli::LoginArgs),
+    /// User administration through the pgveil API (admin key in PGVEIL_ADMIN_KEY).
+    #[command(subcommand)]
+    User(cli::UserCommand),
 }
 
 #[derive(Subcommand)]
@@ -90,7 +100,7 @@ enum PolicyCommand {
 enum TokenCommand {
     /// Mint a session token with the signing key (admin/dev tool).
     Mint {
-        /// Path of pgveil.toml (its auth.signing_key is used).
+        /// Path of pgveil.toml (the key named by its auth.signing_key_secret is fetched from the secret store).
         #[arg(long, short)]
         config: PathBuf,
         /// Token subject (user id).
@@ -109,7 +119,8 @@ enum TokenCommand {
         #[arg(long)]
         mfa: bool,
     },
-    /// Generate an Ed25519 key pair (token_signing.pem, token_verifying.pem) into a folder.
+    /// Generate an Ed25519 key pair (token_signing.pem, token_verifying.pem) into a folder, to be stored in the
+    /// secret store under the ids named by auth.signing_key_secret / auth.verifying_key_secrets.
     Keygen {
         /// Output folder.
         #[arg(long)]
@@ -132,15 +143,14 @@ enum CertsCommand {
 
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("PGVEIL_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(pgveil::logging::filter(
+            &std::env::var("PGVEIL_LOG").unwrap_or_else(|_| "info".into()),
+        ))
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { config } => serve(&config),
+        Command::Serve { config, threads } => serve(&config, threads),
         Command::Demo { listen } => demo(listen),
         Command::Check { config } => {
             Config::load(&config)?;
@@ -166,6 +176,8 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Policy(cmd) => policy(cmd),
+        Command::Login(args) => runtime()?.block_on(cli::login(args)),
+        Command::User(cmd) => runtime()?.block_on(cli::user(cmd)),
         Command::Certs(CertsCommand::Dev { out, names }) => {
             let c = pgveil::tls::generate_dev_certs(&out, &names)?;
             println!(
@@ -222,11 +234,44 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-fn serve(path: &Path) -> Result<()> {
+fn serve(path: &Path, threads: usize) -> Result<()> {
     let cfg = Config::load(path)?;
-    runtime()?.block_on(async {
-        let server = Server::bind(cfg, ServerOptions::default()).await?;
-        server.run(stop_signal(), Duration::from_secs(30)).await;
+    let rt = match threads {
+        0 => runtime()?,
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?,
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build()?,
+    };
+    rt.block_on(async {
+        let server = Server::bind(cfg.clone(), ServerOptions::default()).await?;
+        let api = if cfg.api.is_some() {
+            let shared = server.shared();
+            // The API shares the proxy's (cached) secret store.
+            let secrets = shared.secrets.clone();
+            let opts = pgveil::api::ApiOptions {
+                secrets,
+                clock: shared.clock.clone(),
+                local_proxy: shared
+                    .revocations
+                    .clone()
+                    .map(|r| (r, shared.sessions.clone())),
+                proxy_port: server.local_addr().port(),
+            };
+            Some(pgveil::api::ApiServer::bind(cfg.clone(), opts).await?)
+        } else {
+            None
+        };
+        let proxy = server.run(stop_signal(), Duration::from_secs(30));
+        match api {
+            Some(api) => {
+                tokio::join!(proxy, api.run(stop_signal()));
+            }
+            None => proxy.await,
+        }
         Ok(())
     })
 }
@@ -250,8 +295,8 @@ fn mint(
     mfa: bool,
 ) -> Result<()> {
     let cfg = Config::load(config)?;
-    let Some(key_path) = &cfg.auth.signing_key else {
-        bail!("{}: auth.signing_key is not set", config.display());
+    let Some(key_id) = &cfg.auth.signing_key_secret else {
+        bail!("{}: auth.signing_key_secret is not set", config.display());
     };
     if cfg.tenant(&TenantId::new(tenant)).is_none() {
         bail!("tenant {tenant:?} is not in {}", config.display());
@@ -259,9 +304,12 @@ fn mint(
     if !cfg.roles.contains(&RoleName::new(role)) {
         bail!("role {role:?} is not in {}", config.display());
     }
-    let pem = std::fs::read_to_string(key_path)
-        .with_context(|| format!("reading {}", key_path.display()))?;
-    let signer = TokenSigner::from_pem(&SecretString::from(pem), &cfg.auth.issuer)?;
+    let pem = runtime()?.block_on(async {
+        let store = pgveil::secret::store_from_config(&cfg.secrets, true).await;
+        pgveil::secret::fetch_text(&*store, key_id).await
+    });
+    let pem = pem.with_context(|| format!("fetching the signing key (secret {key_id})"))?;
+    let signer = TokenSigner::from_pem(&pem, &cfg.auth.issuer)?;
     let amr = if mfa {
         vec!["pwd".into(), "otp".into()]
     } else {
@@ -286,7 +334,11 @@ fn demo(listen: SocketAddr) -> Result<()> {
     let env = DemoEnv::create(&opts).context("building the demo environment")?;
     let rt = runtime()?;
     rt.block_on(async {
-        let server = Server::bind(env.config.clone(), ServerOptions::default())
+        let opts = ServerOptions {
+            demo: true,
+            ..ServerOptions::default()
+        };
+        let server = Server::bind(env.config.clone(), opts)
             .await
             .with_context(|| format!("starting the proxy on {listen} (is the port free? try --listen 127.0.0.1:0)"))?;
         let addr = server.local_addr();

@@ -13,12 +13,14 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::backend::Pools;
 use crate::cancel::CancelRegistry;
-use crate::config::{Config, SecretsConfig};
+use crate::config::Config;
+use crate::control::ControlDb;
 use crate::policy::engine::MaskingEngine;
 use crate::policy::{AllowAll, StatementPolicy};
 use crate::proto::PgError;
+use crate::revoke::{RevocationCache, SessionRegistry};
 use crate::route::Router;
-use crate::secret::{FileSecretStore, SecretStore};
+use crate::secret::{CachedSecretStore, SecretStore};
 use crate::token::TokenVerifier;
 
 /// Errors starting the server.
@@ -30,20 +32,18 @@ pub enum ServerError {
     /// Token keys could not be loaded.
     #[error("token keys: {0}")]
     Token(#[from] crate::token::TokenError),
-    /// A verifying key file could not be read.
-    #[error("cannot read {path}: {source}")]
-    KeyFile {
-        /// Path.
-        path: std::path::PathBuf,
-        /// Underlying error.
-        source: std::io::Error,
-    },
+    /// A verifying key could not be fetched from the secret store.
+    #[error("token verifying key: {0}")]
+    KeySecret(#[from] crate::secret::SecretError),
     /// Routing table could not be built.
     #[error(transparent)]
     Route(#[from] crate::route::RouteError),
     /// The masking policy is invalid (pgveil never starts without a valid one when `[policy]` is set).
     #[error(transparent)]
     Policy(#[from] crate::policy::file::PolicyError),
+    /// The control database could not be opened.
+    #[error("control database: {0}")]
+    Control(#[from] crate::control::ControlError),
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -69,6 +69,10 @@ pub struct Shared {
     pub verifier: TokenVerifier,
     /// TLS acceptor for clients.
     pub tls: Option<TlsAcceptor>,
+    /// Secret store (cached) the pools and key loaders use.
+    pub secrets: Arc<dyn SecretStore>,
+    /// The cache, when the store came from the config (for stats).
+    pub secret_cache: Option<Arc<CachedSecretStore>>,
     /// Statement hook.
     pub policy: Arc<dyn StatementPolicy>,
     /// The masking engine, when `[policy]` is configured (it is then also `policy`).
@@ -81,6 +85,10 @@ pub struct Shared {
     pub clock: Clock,
     /// Connected clients.
     pub clients: AtomicUsize,
+    /// Revoked tokens and disabled users (when a control database is configured).
+    pub revocations: Option<Arc<RevocationCache>>,
+    /// Live sessions, so revocations can end them.
+    pub sessions: Arc<SessionRegistry>,
 }
 
 /// A bound, not yet running server.
@@ -95,8 +103,10 @@ pub struct ServerOptions {
     /// Statement hook; default [`AllowAll`]. Ignored when the config has a `[policy]` section: the masking
     /// engine is the hook then.
     pub policy: Arc<dyn StatementPolicy>,
-    /// Secret store; default from the config.
+    /// Secret store, used as given (no cache added); default the config's store behind the cache.
     pub secrets: Option<Arc<dyn SecretStore>>,
+    /// Running as `pgveil demo` (no warning about the `file` secret store).
+    pub demo: bool,
     /// Clock; default the system clock.
     pub clock: Clock,
 }
@@ -106,6 +116,7 @@ impl Default for ServerOptions {
         Self {
             policy: Arc::new(AllowAll),
             secrets: None,
+            demo: false,
             clock: Arc::new(SystemTime::now),
         }
     }
@@ -120,23 +131,27 @@ impl Server {
             )?)),
             None => None,
         };
+        let (secrets, secret_cache): (Arc<dyn SecretStore>, _) = match opts.secrets {
+            Some(s) => (s, None),
+            None => {
+                let cache = crate::secret::store_from_config(&cfg.secrets, opts.demo).await;
+                (cache.clone(), Some(cache))
+            }
+        };
         let mut pems = Vec::new();
-        for path in &cfg.auth.verifying_keys {
-            pems.push(
-                std::fs::read_to_string(path).map_err(|source| ServerError::KeyFile {
-                    path: path.clone(),
-                    source,
-                })?,
-            );
+        for id in &cfg.auth.verifying_key_secrets {
+            let pem = crate::secret::fetch_text(&*secrets, id).await?;
+            pems.push(crate::secret::ExposeSecret::expose_secret(&pem).to_owned());
         }
         let verifier = TokenVerifier::from_pems(&pems, &cfg.auth.issuer)?;
-        let secrets: Arc<dyn SecretStore> = match opts.secrets {
-            Some(s) => s,
-            None => match &cfg.secrets {
-                SecretsConfig::File { path } => Arc::new(FileSecretStore::new(path.clone())),
-            },
-        };
         let router = Router::from_config(&cfg)?;
+        let revocations = match &cfg.control {
+            Some(c) => {
+                let db = ControlDb::open(c, &*secrets).await?;
+                Some(RevocationCache::load(db, c.revocation_max_stale, opts.clock.clone()).await?)
+            }
+            None => None,
+        };
         let (policy, masking) = match &cfg.policy {
             None => (opts.policy, None),
             Some(pc) => {
@@ -155,7 +170,11 @@ impl Server {
                 (engine.clone() as Arc<dyn StatementPolicy>, Some(engine))
             }
         };
-        let pools = Pools::new(secrets, cfg.pool.checkout_timeout, cfg.pool.connect_timeout);
+        let pools = Pools::new(
+            secrets.clone(),
+            cfg.pool.checkout_timeout,
+            cfg.pool.connect_timeout,
+        );
         let listener =
             TcpListener::bind(cfg.listen.addr)
                 .await
@@ -164,18 +183,26 @@ impl Server {
                     source,
                 })?;
         let (shutdown_tx, shutdown) = watch::channel(false);
+        let sessions = Arc::new(SessionRegistry::default());
+        if let (Some(cache), Some(c)) = (&revocations, &cfg.control) {
+            cache.spawn_refresh(sessions.clone(), c.revocation_refresh, shutdown.clone());
+        }
         let shared = Arc::new(Shared {
             cfg,
             router,
             pools,
             verifier,
             tls,
+            secrets,
+            secret_cache,
             policy,
             masking,
             cancel: Arc::new(CancelRegistry::default()),
             shutdown,
             clock: opts.clock,
             clients: AtomicUsize::new(0),
+            revocations,
+            sessions,
         });
         Ok(Server {
             shared,

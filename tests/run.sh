@@ -5,7 +5,9 @@
 # quietly and idempotently (apt-get update only when an apt package is missing):
 #   apt:  postgresql (server binaries under /usr/lib/postgresql/*/bin), postgresql-client, clang,
 #         libclang-dev, pgbouncer, and the basics to build Rust code and install Python packages;
-#   pip:  psycopg[binary] and asyncpg (only when `import psycopg, asyncpg` fails);
+#         chromium and chromium-driver (Debian's browser, for the security page test);
+#   pip:  psycopg[binary], asyncpg, pyotp and moto[server] (each only when its import fails);
+#   npm:  playwright-core in tests/browser (drives Debian's chromium; no browser is downloaded);
 #   Rust: rustup's stable toolchain, only when no cargo is found.
 # then runs `cargo test --locked --release --all-targets "$@"` and exits with its status.
 #
@@ -37,6 +39,10 @@ if ! installed libclang-dev && ! ls /usr/lib/llvm-*/lib/libclang.so >/dev/null 2
     missing+=(libclang-dev)
 fi
 command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || missing+=(pgbouncer)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 installed ca-certificates || missing+=(ca-certificates)
 command -v cc >/dev/null 2>&1 || missing+=(build-essential)
 command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
@@ -77,17 +83,29 @@ if [ "${#missing[@]}" -gt 0 ]; then
     rm -f "$apt_log"
 fi
 
-# ---- Python client libraries (used by the end-to-end tests) --------------------------------------
-if ! python3 -c 'import psycopg, asyncpg' >/dev/null 2>&1; then
-    log "installing psycopg[binary] and asyncpg with pip"
+# ---- Python packages: client libraries and the local AWS Secrets Manager endpoint (moto) ------------
+pip_missing=()
+python3 -c 'import psycopg' >/dev/null 2>&1 || pip_missing+=('psycopg[binary]')
+python3 -c 'import asyncpg' >/dev/null 2>&1 || pip_missing+=(asyncpg)
+python3 -c 'import pyotp' >/dev/null 2>&1 || pip_missing+=(pyotp)
+# tests/secrets.rs starts `moto_server` (or `python3 -m moto.server`) on a free loopback port.
+python3 -c 'import moto.server, flask, werkzeug' >/dev/null 2>&1 || pip_missing+=('moto[server]')
+if [ "${#pip_missing[@]}" -gt 0 ]; then
+    log "installing ${pip_missing[*]} with pip"
     pip_args=(install --quiet --disable-pip-version-check)
     # Debian 12 marks the system Python as externally managed (PEP 668).
     pip_help=$(python3 -m pip install --help 2>/dev/null || true)
     if grep -q -- '--break-system-packages' <<<"$pip_help"; then pip_args+=(--break-system-packages); fi
     if grep -q -- '--root-user-action' <<<"$pip_help"; then pip_args+=(--root-user-action=ignore); fi
     if [ "$(id -u)" -ne 0 ]; then pip_args+=(--user); fi
-    python3 -m pip "${pip_args[@]}" 'psycopg[binary]' asyncpg
-    python3 -c 'import psycopg, asyncpg'
+    python3 -m pip "${pip_args[@]}" "${pip_missing[@]}"
+    python3 -c 'import psycopg, asyncpg, pyotp, moto.server'
+fi
+
+# ---- playwright-core for the browser test (uses /usr/bin/chromium; never downloads a browser) ---------
+if [ ! -d tests/browser/node_modules/playwright-core ]; then
+    log "installing playwright-core with npm (tests/browser)"
+    (cd tests/browser && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm install --no-audit --no-fund --silent)
 fi
 
 # ---- Rust toolchain -------------------------------------------------------------------------------

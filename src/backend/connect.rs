@@ -61,6 +61,11 @@ pub struct BackendConn {
     pub broken: bool,
     /// Where it is connected (for cancel requests).
     pub target: Arc<BackendTarget>,
+    /// Transaction mode: pgveil's server-side prepared statements on this connection.
+    pub statements: crate::backend::statements::BackendStatements,
+    /// Transaction mode: the client settings applied on top of the startup state (`None` = unknown, so
+    /// `RESET ALL` first).
+    pub applied: Option<Vec<(String, String)>>,
 }
 
 /// Why a backend connection could not be opened. Messages never include the password.
@@ -260,6 +265,8 @@ async fn connect_inner(
         rbuf,
         broken: false,
         target,
+        statements: Default::default(),
+        applied: Some(Vec::new()),
     })
 }
 

@@ -4,6 +4,7 @@
 pub mod connect;
 pub mod pool;
 pub mod reset;
+pub mod statements;
 
 pub use connect::{BackendConn, BackendKey, BackendTarget, ConnectError};
 pub use pool::{PoolKey, Pools};

@@ -10,7 +10,7 @@ use deadpool::managed::{self, Metrics, RecycleError, RecycleResult, Timeouts};
 use super::connect::{self, BackendConn, BackendTarget, ConnectError};
 use crate::ids::{RoleName, TenantId};
 use crate::route::Tenant;
-use crate::secret::{DbCredentials, SecretError, SecretStore};
+use crate::secret::{DbCredentials, SecretError, SecretStore, SecretString};
 
 /// Startup parameters of every backend connection. `standard_conforming_strings` is forced on so that what
 /// pgveil parses is what the server parses.
@@ -56,26 +56,79 @@ pub struct Manager {
 }
 
 impl Manager {
-    async fn target_and_creds(&self) -> Result<(Arc<BackendTarget>, DbCredentials), BackendError> {
+    fn target(&self, creds: &DbCredentials) -> Result<Arc<BackendTarget>, BackendError> {
         let t = &self.tenant;
-        let creds = DbCredentials::fetch(&*self.secrets, &t.secret)
-            .await
-            .map_err(|source| BackendError::Secret {
-                tenant: t.id.clone(),
-                source,
-            })?;
         let host = t.host.clone().or_else(|| creds.host.clone());
         let dbname = t.dbname.clone().or_else(|| creds.dbname.clone());
         let (Some(host), Some(dbname)) = (host, dbname) else {
             return Err(BackendError::Incomplete(t.id.clone()));
         };
-        let target = BackendTarget {
+        Ok(Arc::new(BackendTarget {
             host,
             port: t.port.or(creds.port).unwrap_or(5432),
             dbname,
             tls: t.tls.clone(),
+        }))
+    }
+
+    fn secret_error(&self, source: SecretError) -> BackendError {
+        BackendError::Secret {
+            tenant: self.tenant.id.clone(),
+            source,
+        }
+    }
+
+    /// Decodes a secret value and connects with it (the target may come from the secret, so a rotation that
+    /// moves the database is followed too).
+    async fn connect_with(&self, value: &SecretString) -> Result<BackendConn, BackendError> {
+        let creds = DbCredentials::from_secret(&self.tenant.secret, value)
+            .map_err(|e| self.secret_error(e))?;
+        let target = self.target(&creds)?;
+        Ok(connect::connect(target, &creds, BACKEND_STARTUP, self.connect_timeout).await?)
+    }
+
+    /// Connects with the cached credentials; when the backend rejects them (28P01/28000: a rotation), fetches
+    /// the secret again once and retries, then, if the store is configured for it, tries the version being
+    /// rotated in (`AWSPENDING`). The username may change between versions (alternating-user rotation).
+    async fn connect_rotating(&self) -> Result<BackendConn, BackendError> {
+        let id = &self.tenant.secret;
+        let tenant = &self.tenant.id;
+        let current = self
+            .secrets
+            .fetch(id)
+            .await
+            .map_err(|e| self.secret_error(e))?;
+        let first = match self.connect_with(&current).await {
+            Err(BackendError::Connect(e)) if e.is_auth_failure() => e,
+            other => return other,
         };
-        Ok((Arc::new(target), creds))
+        tracing::warn!(%tenant, error = %first, "backend rejected the cached credentials; re-fetching the secret");
+        metrics::counter!("pgveil_backend_auth_rejected_total").increment(1);
+        let fresh = self
+            .secrets
+            .refetch(id, &current)
+            .await
+            .map_err(|e| self.secret_error(e))?;
+        let second = match self.connect_with(&fresh).await {
+            Err(BackendError::Connect(e)) if e.is_auth_failure() => e,
+            Ok(conn) => {
+                tracing::info!(%tenant, "connected with re-fetched credentials (rotation)");
+                return Ok(conn);
+            }
+            other => return other,
+        };
+        match self.secrets.fetch_pending(id).await {
+            Ok(Some(pending)) => {
+                let conn = self.connect_with(&pending).await?;
+                tracing::info!(%tenant, "connected with the AWSPENDING credentials (rotation in progress)");
+                Ok(conn)
+            }
+            Ok(None) => Err(second.into()),
+            Err(e) => {
+                tracing::warn!(%tenant, error = %e, "could not read the AWSPENDING version");
+                Err(second.into())
+            }
+        }
     }
 }
 
@@ -84,8 +137,7 @@ impl managed::Manager for Manager {
     type Error = BackendError;
 
     async fn create(&self) -> Result<BackendConn, BackendError> {
-        let (target, creds) = self.target_and_creds().await?;
-        let conn = connect::connect(target, &creds, BACKEND_STARTUP, self.connect_timeout).await?;
+        let conn = self.connect_rotating().await?;
         tracing::debug!(tenant = %self.tenant.id, pid = conn.key.pid, "backend connection opened");
         Ok(conn)
     }
@@ -154,8 +206,11 @@ impl Pools {
                     secrets: self.secrets.clone(),
                     connect_timeout: self.connect_timeout,
                 };
+                // LIFO: the most recently used backends stay hot (CPU caches, plan caches, pgveil's statement
+                // cache); idle ones are the ones left alone.
                 Pool::builder(manager)
                     .max_size(tenant.pool_size)
+                    .queue_mode(deadpool::managed::QueueMode::Lifo)
                     .runtime(deadpool::Runtime::Tokio1)
                     .build()
                     .expect("runtime is set")
@@ -170,10 +225,23 @@ impl Pools {
         role_class: &RoleName,
     ) -> Result<PooledConn, CheckoutError> {
         let pool = self.pool(tenant, role_class);
+        // Fast path (every transaction in transaction mode): a free backend, no timers. Recycling is a flag
+        // check, so it needs no timeout.
+        let immediate = Timeouts {
+            wait: Some(Duration::ZERO),
+            create: Some(self.connect_timeout),
+            recycle: None,
+        };
+        match pool.timeout_get(&immediate).await {
+            Ok(conn) => return Ok(conn),
+            Err(managed::PoolError::Timeout(_)) => {}
+            Err(managed::PoolError::Backend(b)) => return Err(CheckoutError::Backend(b)),
+            Err(_) => return Err(CheckoutError::Closed),
+        }
         let timeouts = Timeouts {
             wait: Some(self.checkout_timeout),
             create: Some(self.connect_timeout),
-            recycle: Some(Duration::from_secs(5)),
+            recycle: None,
         };
         pool.timeout_get(&timeouts).await.map_err(|e| match e {
             managed::PoolError::Timeout(_) => CheckoutError::Timeout,

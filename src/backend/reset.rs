@@ -39,16 +39,46 @@ pub async fn run_queries(
     conn: &mut BackendConn,
     sqls: &[&str],
 ) -> Result<(u8, Option<ServerError>), InternalError> {
-    let r = run_inner(conn, sqls).await;
+    let r = run_inner(conn, sqls, None).await;
     if r.is_err() {
         conn.broken = true;
     }
     r
 }
 
+/// Text rows of a query result.
+pub type Rows = Vec<Vec<Option<String>>>;
+
+/// Runs one simple Query and returns its rows (text format) with the final transaction status and the
+/// server error, if any.
+pub async fn query_rows(
+    conn: &mut BackendConn,
+    sql: &str,
+) -> Result<(u8, Option<ServerError>, Rows), InternalError> {
+    let mut rows = Vec::new();
+    let r = run_inner(conn, &[sql], Some(&mut rows)).await;
+    if r.is_err() {
+        conn.broken = true;
+    }
+    r.map(|(status, err)| (status, err, rows))
+}
+
+/// Rolls back an open transaction; false (and the connection marked broken) when that did not leave it idle.
+pub async fn rollback(conn: &mut BackendConn) -> bool {
+    match run_queries(conn, &["ROLLBACK"]).await {
+        Ok((b'I', None)) => true,
+        other => {
+            tracing::warn!(result = ?other.map(|(s, _)| char::from(s)).err(), "rollback failed; discarding connection");
+            conn.broken = true;
+            false
+        }
+    }
+}
+
 async fn run_inner(
     conn: &mut BackendConn,
     sqls: &[&str],
+    mut rows: Option<&mut Rows>,
 ) -> Result<(u8, Option<ServerError>), InternalError> {
     let mut out = BytesMut::new();
     for sql in sqls {
@@ -98,6 +128,10 @@ async fn run_inner(
                 }
                 first_error = Some(e);
             }
+            b'D' if rows.is_some() => {
+                let row = decode_data_row(payload).ok_or(InternalError::Protocol("bad DataRow"))?;
+                rows.as_mut().expect("checked").push(row);
+            }
             // CopyIn/CopyOut/CopyBoth responses cannot come from our statements.
             b'G' | b'H' | b'W' => {
                 return Err(InternalError::Protocol(
@@ -108,6 +142,24 @@ async fn run_inner(
         }
     }
     Ok((status, first_error))
+}
+
+fn decode_data_row(mut p: &[u8]) -> Option<Vec<Option<String>>> {
+    let n = i16::from_be_bytes(p.get(..2)?.try_into().ok()?);
+    p = &p[2..];
+    let mut row = Vec::with_capacity(n.max(0) as usize);
+    for _ in 0..n {
+        let len = i32::from_be_bytes(p.get(..4)?.try_into().ok()?);
+        p = &p[4..];
+        if len < 0 {
+            row.push(None);
+        } else {
+            let v = p.get(..len as usize)?;
+            row.push(Some(String::from_utf8_lossy(v).into_owned()));
+            p = &p[len as usize..];
+        }
+    }
+    Some(row)
 }
 
 fn frame_len(buf: &BytesMut) -> Result<usize, InternalError> {

@@ -14,9 +14,14 @@ use super::cluster::{ClusterError, ClusterOptions, LocalCluster, PasswordMethod,
 use super::data::{SCHEMA_SQL, sample_data_sql};
 use crate::config::{Config, ConfigError};
 use crate::ids::{RoleName, TenantId, UserId};
-use crate::secret::SecretString;
+use crate::secret::{ExposeSecret, SecretString};
 use crate::tls::{DevCerts, TlsError, generate_dev_certs};
-use crate::token::{TokenError, TokenSigner, write_keypair};
+use crate::token::{TokenError, TokenSigner, generate_keypair};
+
+/// Secret id of the demo's token signing key (PKCS#8 PEM).
+pub const SIGNING_KEY_SECRET: &str = "pgveil/token-signing";
+/// Secret id of the demo's token verifying key (SPKI PEM).
+pub const VERIFYING_KEY_SECRET: &str = "pgveil/token-verifying";
 
 /// One sample tenant.
 #[derive(Debug, Clone)]
@@ -142,14 +147,11 @@ impl DemoEnv {
         let cluster = LocalCluster::start(ClusterOptions {
             ssl: need_ssl.then(|| (certs.server_cert.clone(), certs.server_key.clone())),
         })?;
-        let keys_dir = dir.path().join("keys");
-        std::fs::create_dir_all(&keys_dir).map_err(|source| EnvError::Io {
-            what: "keys directory".into(),
-            source,
-        })?;
-        let (signing, verifying) = write_keypair(&keys_dir)?;
-
+        // Token keys live in the secret store like every other pgveil key; the config names their ids.
+        let (signing, verifying) = generate_keypair()?;
         let mut secrets = serde_json::Map::new();
+        secrets.insert(SIGNING_KEY_SECRET.into(), signing.expose_secret().into());
+        secrets.insert(VERIFYING_KEY_SECRET.into(), verifying.into());
         for t in &opts.tenants {
             let password = random_password();
             cluster.create_user(&t.db_user, &password, t.method)?;
@@ -190,20 +192,14 @@ impl DemoEnv {
             std::fs::write(pdir.join("payments.tests.toml"), EXAMPLE_POLICY_TESTS).map_err(io)?;
         }
         let config_path = dir.path().join("pgveil.toml");
-        std::fs::write(
-            &config_path,
-            render_config(opts, &certs, &verifying, &signing, &secrets_path),
-        )
-        .map_err(|source| EnvError::Io {
-            what: "pgveil.toml".into(),
-            source,
-        })?;
+        std::fs::write(&config_path, render_config(opts, &certs, &secrets_path)).map_err(
+            |source| EnvError::Io {
+                what: "pgveil.toml".into(),
+                source,
+            },
+        )?;
         let config = Config::load(&config_path)?;
-        let pem = std::fs::read_to_string(&signing).map_err(|source| EnvError::Io {
-            what: "signing key".into(),
-            source,
-        })?;
-        let signer = TokenSigner::from_pem(&SecretString::from(pem), &config.auth.issuer)?;
+        let signer = TokenSigner::from_pem(&signing, &config.auth.issuer)?;
         Ok(DemoEnv {
             cluster,
             config,
@@ -244,19 +240,41 @@ impl DemoEnv {
         self.dir.path()
     }
 
+    /// The token signing key (PKCS#8 PEM), as stored in the secrets file under [`SIGNING_KEY_SECRET`].
+    pub fn signing_key_pem(&self) -> Result<SecretString, EnvError> {
+        self.stored_string(SIGNING_KEY_SECRET)
+            .map(SecretString::from)
+    }
+
+    /// The token verifying key (SPKI PEM), as stored under [`VERIFYING_KEY_SECRET`].
+    pub fn verifying_key_pem(&self) -> Result<String, EnvError> {
+        self.stored_string(VERIFYING_KEY_SECRET)
+    }
+
+    fn stored_string(&self, id: &str) -> Result<String, EnvError> {
+        let bad = |what: &str| EnvError::Io {
+            what: format!("secret {id}"),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned()),
+        };
+        let text = std::fs::read_to_string(self.secrets_path()).map_err(|source| EnvError::Io {
+            what: "secrets file".into(),
+            source,
+        })?;
+        let all: serde_json::Value =
+            serde_json::from_str(&text).map_err(|_| bad("secrets file is not JSON"))?;
+        all[id]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| bad("missing or not a string"))
+    }
+
     /// Path of the secrets file.
     pub fn secrets_path(&self) -> PathBuf {
         self.dir.path().join("secrets.json")
     }
 }
 
-fn render_config(
-    opts: &EnvOptions,
-    certs: &DevCerts,
-    verifying: &Path,
-    signing: &Path,
-    secrets: &Path,
-) -> String {
+fn render_config(opts: &EnvOptions, certs: &DevCerts, secrets: &Path) -> String {
     let roles: Vec<String> = opts.roles.iter().map(|r| format!("{r:?}")).collect();
     let mut s = String::new();
     let _ = writeln!(
@@ -277,7 +295,7 @@ fn render_config(
     );
     let _ = writeln!(
         s,
-        "[auth]\nverifying_keys = [{verifying:?}]\nsigning_key = {signing:?}\n"
+        "[auth]\nverifying_key_secrets = [{VERIFYING_KEY_SECRET:?}]\nsigning_key_secret = {SIGNING_KEY_SECRET:?}\n"
     );
     let _ = writeln!(s, "[secrets]\nbackend = \"file\"\npath = {secrets:?}\n");
     let _ = writeln!(

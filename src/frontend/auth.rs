@@ -1,6 +1,7 @@
 //! Session authentication: the client's password is a pgveil token. It is asked for only over TLS (or plain
-//! text from loopback when the config allows it), verified offline (signature, expiry, issuer), and mapped to
-//! an [`Identity`] whose tenant and role must be known.
+//! text from loopback when the config allows it), verified offline (signature, expiry, issuer), checked
+//! against the cached revocation list (revoked `jti`, disabled user) and the tenant's forced-2FA rule, and
+//! mapped to an [`Identity`] whose tenant and role must be known.
 
 use std::net::SocketAddr;
 use std::time::SystemTime;
@@ -12,11 +13,24 @@ use super::relay::{ReadFrameError, read_frame};
 use crate::config::Config;
 use crate::identity::Identity;
 use crate::ids::ClientAddr;
+use crate::mfa::policy::MfaRequirement;
 use crate::net::ClientStream;
 use crate::proto::PgError;
 use crate::proto::messages::{self, tag};
+use crate::revoke::{RevocationCache, Revoked};
 use crate::route::Router;
 use crate::token::{MAX_TOKEN_LEN, TokenError, TokenVerifier};
+
+/// A successful authentication.
+#[derive(Debug)]
+pub struct Authenticated {
+    /// Who the session is.
+    pub identity: Identity,
+    /// Token issue time (epoch seconds), for revocation of "tokens issued before".
+    pub issued_at: i64,
+    /// A notice to send once the session is ready (the forced-2FA countdown).
+    pub notice: Option<String>,
+}
 
 /// Why authentication did not produce an identity.
 #[derive(Debug, thiserror::Error)]
@@ -36,8 +50,9 @@ pub async fn authenticate(
     cfg: &Config,
     router: &Router,
     verifier: &TokenVerifier,
+    revocations: Option<&RevocationCache>,
     now: SystemTime,
-) -> Result<Identity, AuthError> {
+) -> Result<Authenticated, AuthError> {
     let plaintext_ok = cfg.listen.allow_plaintext_loopback && peer.ip().is_loopback();
     if !stream.is_tls() && !plaintext_ok {
         return Err(AuthError::Refused(
@@ -83,13 +98,45 @@ pub async fn authenticate(
             "token's role is not configured",
         )));
     }
-    Ok(Identity {
-        mfa: claims.has_mfa(),
-        user: claims.sub,
-        tenant: claims.tenant,
-        role: claims.role,
-        token_id: claims.jti,
-        client: ClientAddr(peer),
+    if let Some(cache) = revocations
+        && let Err(r) = cache.check(&claims)
+    {
+        tracing::info!(client = %peer, user = %claims.sub, reason = %r, "token refused by revocation check");
+        let msg = match r {
+            Revoked::Token => "pgveil token has been revoked",
+            Revoked::User => "pgveil user is disabled or their tokens were revoked",
+            Revoked::Unavailable => {
+                "pgveil cannot check token revocation right now; try again later"
+            }
+        };
+        return Err(AuthError::Refused(PgError::invalid_authorization(msg)));
+    }
+    let mfa = claims.has_mfa();
+    let mut notice = None;
+    if !mfa && let Some(tenant) = cfg.tenant(&claims.tenant) {
+        let req = MfaRequirement::of(tenant, now);
+        if !req.allows_without_mfa() {
+            tracing::info!(client = %peer, user = %claims.sub, "token without MFA refused: tenant requires MFA");
+            return Err(AuthError::Refused(
+                PgError::invalid_authorization(
+                    "two-factor authentication is required for this tenant: enrol an authenticator app first",
+                )
+                    .with_hint("Enrol an authenticator app on the pgveil security page, then obtain a new token with `pgveil login`."),
+            ));
+        }
+        notice = req.grace_notice();
+    }
+    Ok(Authenticated {
+        identity: Identity {
+            mfa,
+            user: claims.sub,
+            tenant: claims.tenant,
+            role: claims.role,
+            token_id: claims.jti,
+            client: ClientAddr(peer),
+        },
+        issued_at: claims.iat,
+        notice,
     })
 }
 

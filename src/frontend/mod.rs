@@ -4,5 +4,8 @@
 pub mod auth;
 pub mod handshake;
 pub mod params;
+pub mod prepared;
 pub mod relay;
 pub mod session;
+pub mod sqlscan;
+pub mod txn;

@@ -20,7 +20,9 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
+use super::txn::TxnCtx;
 use crate::backend::BackendConn;
+use crate::backend::statements::BackendStatements;
 use crate::identity::Identity;
 use crate::net::ClientStream;
 use crate::policy::{Decision, StatementPolicy};
@@ -49,6 +51,9 @@ pub enum RelayEnd {
     ClientProtocol(PgError),
     /// pgveil is shutting down; the client was told.
     Shutdown,
+    /// Transaction mode: the transaction ended (ReadyForQuery idle) with nothing pending in either
+    /// direction; the backend can serve another client.
+    Release,
 }
 
 /// Protocol state that outlives one relay run (the backend's view of the conversation).
@@ -89,6 +94,10 @@ pub struct Relay<'a> {
     /// Protocol state.
     pub state: RelayState,
     denials: Vec<(String, PgError)>,
+    /// Transaction-mode state (`None` in session mode).
+    pub txn: Option<TxnCtx>,
+    /// Output buffers (to backend, to client), kept between runs.
+    out_bufs: (BytesMut, BytesMut),
 }
 
 enum Step {
@@ -106,6 +115,9 @@ impl<'a> Relay<'a> {
             max_query_bytes,
             state: RelayState::default(),
             denials: Vec::new(),
+            txn: None,
+            // Allocated on first use, then kept: an idle client that never sent anything costs little.
+            out_bufs: (BytesMut::new(), BytesMut::new()),
         }
     }
 
@@ -114,7 +126,7 @@ impl<'a> Relay<'a> {
     pub async fn run(
         &mut self,
         client: &mut ClientStream,
-        client_buf: BytesMut,
+        client_buf: &mut BytesMut,
         backend: &mut BackendConn,
         shutdown: &mut watch::Receiver<bool>,
     ) -> RelayEnd {
@@ -122,14 +134,15 @@ impl<'a> Relay<'a> {
             stream,
             params,
             rbuf,
+            statements,
             ..
         } = backend;
         let (mut cr, mut cw) = client.split();
         let (mut br, mut bw) = stream.split();
-        let mut cin = client_buf;
+        // Buffers are kept between runs (transaction mode runs once per transaction): no allocation per run.
+        let mut cin = std::mem::take(client_buf);
         let mut bin = std::mem::take(rbuf);
-        let mut to_b = BytesMut::with_capacity(READ_CHUNK);
-        let mut to_c = BytesMut::with_capacity(READ_CHUNK);
+        let (mut to_b, mut to_c) = std::mem::take(&mut self.out_bufs);
         let mut csplit = FrameSplitter::new(self.max_query_bytes);
         let mut bsplit = FrameSplitter::new(MAX_BACKEND_INSPECTED);
         let (mut flush_b, mut flush_c) = (false, false);
@@ -137,7 +150,9 @@ impl<'a> Relay<'a> {
         let mut watch_shutdown = true;
 
         // Bytes that arrived with the startup packet are processed before reading more.
-        if let Step::End(end) = self.on_client_bytes(&mut cin, &mut csplit, &mut to_b, &mut to_c) {
+        if let Step::End(end) =
+            self.on_client_bytes(&mut cin, &mut csplit, &mut to_b, &mut to_c, statements)
+        {
             ending = Some(end);
         }
         loop {
@@ -149,6 +164,11 @@ impl<'a> Relay<'a> {
                 }
                 self.state.mid_frame |= csplit.mid_frame() || bsplit.mid_frame();
                 self.state.mid_frame |= !to_b.is_empty() || !bin.is_empty();
+                *rbuf = bin;
+                to_b.clear();
+                to_c.clear();
+                self.out_bufs = (to_b, to_c);
+                *client_buf = cin;
                 return end;
             }
             if *shutdown.borrow()
@@ -168,7 +188,7 @@ impl<'a> Relay<'a> {
                         self.state.mid_frame |= csplit.mid_frame() || !cin.is_empty();
                         ending = Some(RelayEnd::ClientGone);
                     }
-                    Ok(_) => if let Step::End(end) = self.on_client_bytes(&mut cin, &mut csplit, &mut to_b, &mut to_c) {
+                    Ok(_) => if let Step::End(end) = self.on_client_bytes(&mut cin, &mut csplit, &mut to_b, &mut to_c, statements) {
                         ending = Some(end);
                     },
                 },
@@ -177,10 +197,18 @@ impl<'a> Relay<'a> {
                         PgError::backend_lost().encode(&mut to_c);
                         ending = Some(RelayEnd::BackendGone);
                     }
-                    Ok(_) => if let Err(e) = self.on_backend_bytes(&mut bin, &mut bsplit, &mut to_c, params) {
+                    Ok(_) => if let Err(e) = self.on_backend_bytes(&mut bin, &mut bsplit, &mut to_c, params, statements) {
                         tracing::warn!(error = %e, "backend protocol error");
                         PgError::backend_lost().encode(&mut to_c);
                         ending = Some(RelayEnd::BackendGone);
+                    } else if self.releasable()
+                        && cin.is_empty()
+                        && to_b.is_empty()
+                        && bin.is_empty()
+                        && !csplit.mid_frame()
+                        && !bsplit.mid_frame()
+                    {
+                        ending = Some(RelayEnd::Release);
                     },
                 },
                 r = pump(&mut bw, &mut to_b), if !to_b.is_empty() || flush_b => match r {
@@ -210,7 +238,13 @@ impl<'a> Relay<'a> {
         split: &mut FrameSplitter,
         to_b: &mut BytesMut,
         to_c: &mut BytesMut,
+        stmts: &mut BackendStatements,
     ) -> Step {
+        let inspects: fn(u8) -> bool = if self.txn.is_some() {
+            txn_client_inspects
+        } else {
+            client_inspects
+        };
         loop {
             // Refuse an unknown message type on its tag byte, as PostgreSQL does, instead of waiting for the
             // body its length announces (an SSLRequest or StartupMessage sent mid-session would otherwise
@@ -223,7 +257,7 @@ impl<'a> Relay<'a> {
                 err.encode(to_c);
                 return Step::End(RelayEnd::ClientProtocol(err));
             }
-            let item = match split.next(cin, client_inspects) {
+            let item = match split.next(cin, inspects) {
                 Ok(Some(item)) => item,
                 Ok(None) => return Step::Continue,
                 Err(e) => {
@@ -242,7 +276,7 @@ impl<'a> Relay<'a> {
                 }
                 Item::Inspect(frame) => frame,
             };
-            match self.on_client_frame(&frame, to_b) {
+            match self.on_client_frame(&frame, to_b, stmts) {
                 Ok(Step::Continue) => {}
                 Ok(end @ Step::End(_)) => return end,
                 Err(err) => {
@@ -253,14 +287,35 @@ impl<'a> Relay<'a> {
         }
     }
 
-    fn on_client_frame(&mut self, frame: &[u8], to_b: &mut BytesMut) -> Result<Step, PgError> {
+    fn on_client_frame(
+        &mut self,
+        frame: &[u8],
+        to_b: &mut BytesMut,
+        stmts: &mut BackendStatements,
+    ) -> Result<Step, PgError> {
         let body = payload(frame);
+        if self.txn.is_some() && frame[0] != tag::QUERY {
+            return self.on_client_frame_txn(frame, to_b, stmts);
+        }
         match frame[0] {
             tag::QUERY => {
                 let sql = messages::decode_query(body)
                     .ok_or_else(|| PgError::protocol_violation("invalid Query message"))?;
                 self.state.in_flight += 1;
-                match self.decide(sql) {
+                let mut decision = self.decide(sql);
+                if let Some(t) = self.txn.as_mut() {
+                    t.stmts.on_query();
+                    t.stmts.on_sync_sent();
+                    let text = match &decision {
+                        Decision::Allow => Some(sql),
+                        Decision::Rewrite(s) => Some(s.as_bytes()),
+                        Decision::Deny(_) => None,
+                    };
+                    if let Some(err) = text.and_then(|text| t.observe(text, stmts)) {
+                        decision = Decision::Deny(err);
+                    }
+                }
+                match decision {
                     Decision::Allow => to_b.extend_from_slice(frame),
                     Decision::Rewrite(text) => messages::query(to_b, &text),
                     Decision::Deny(err) => messages::query(to_b, &self.deny(err)),
@@ -296,6 +351,111 @@ impl<'a> Relay<'a> {
         Ok(Step::Continue)
     }
 
+    /// Transaction mode: every client message except Query (handled like session mode, plus observation).
+    fn on_client_frame_txn(
+        &mut self,
+        frame: &[u8],
+        to_b: &mut BytesMut,
+        stmts: &mut BackendStatements,
+    ) -> Result<Step, PgError> {
+        let body = payload(frame);
+        let t = self.txn.as_mut().expect("transaction mode");
+        let denied = match frame[0] {
+            tag::PARSE => {
+                t.unsynced = true;
+                let p = messages::decode_parse(body)
+                    .ok_or_else(|| PgError::protocol_violation("invalid Parse message"))?;
+                let (name, param_types) = (p.name, p.param_types);
+                let decision = self.decide(p.sql);
+                let t = self.txn.as_mut().expect("transaction mode");
+                let sql: &[u8] = match &decision {
+                    Decision::Allow => p.sql,
+                    Decision::Rewrite(s) => s.as_bytes(),
+                    Decision::Deny(_) => b"",
+                };
+                match decision {
+                    Decision::Deny(e) => Some(e),
+                    _ => match t.observe(sql, stmts) {
+                        Some(e) => Some(e),
+                        None => {
+                            let mut def =
+                                BytesMut::with_capacity(sql.len() + 1 + param_types.len());
+                            def.extend_from_slice(sql);
+                            def.extend_from_slice(&[0]);
+                            def.extend_from_slice(param_types);
+                            t.stmts.parse(name, def.freeze(), stmts, to_b).err()
+                        }
+                    },
+                }
+            }
+            tag::BIND => {
+                t.unsynced = true;
+                t.stmts.bind(body, stmts, to_b).err()
+            }
+            b'D' => {
+                t.unsynced = true;
+                t.stmts.describe(body, stmts, to_b).err()
+            }
+            b'C' => {
+                t.unsynced = true;
+                t.stmts.close(body, to_b).err()
+            }
+            tag::EXECUTE | b'H' => {
+                t.unsynced = true;
+                to_b.extend_from_slice(frame);
+                None
+            }
+            tag::SYNC => {
+                t.unsynced = false;
+                t.stmts.on_sync_sent();
+                self.state.in_flight += 1;
+                to_b.extend_from_slice(frame);
+                None
+            }
+            tag::FUNCTION_CALL => {
+                t.stmts.on_sync_sent();
+                self.state.in_flight += 1;
+                if self.inspect {
+                    let err = PgError::feature_not_supported(
+                        "fast-path function calls are not allowed through pgveil",
+                    );
+                    messages::query(to_b, &self.deny(err));
+                } else {
+                    to_b.extend_from_slice(frame);
+                }
+                None
+            }
+            tag::TERMINATE => return Ok(Step::End(RelayEnd::Terminate)),
+            t => return Err(invalid_frontend_tag(t)),
+        };
+        if let Some(err) = denied {
+            if err.is_fatal() {
+                return Err(err);
+            }
+            // Fails in order on the backend, in the place of the refused message.
+            let sql = self.deny(err);
+            messages::parse(to_b, b"", &sql, &[0, 0]);
+            if let Some(t) = self.txn.as_mut() {
+                t.stmts.on_denial_parse();
+            }
+        }
+        Ok(Step::Continue)
+    }
+
+    /// Transaction mode: the backend can be released now (as far as protocol state goes).
+    fn releasable(&self) -> bool {
+        match &self.txn {
+            Some(t) => {
+                t.pinned.is_none()
+                    && !t.unsynced
+                    && t.stmts.settled()
+                    && self.state.in_flight == 0
+                    && self.state.txn_status == b'I'
+            }
+            None => false,
+        }
+    }
+
     /// Runs the statement hook on SQL text (skipped entirely for roles that are not inspected).
     fn decide(&self, sql: &[u8]) -> Decision {
         if !self.inspect {
@@ -323,12 +483,15 @@ impl<'a> Relay<'a> {
         split: &mut FrameSplitter,
         to_c: &mut BytesMut,
         params: &mut std::collections::BTreeMap<String, String>,
+        stmts: &mut BackendStatements,
     ) -> Result<(), FrameError> {
+        let txn = self.txn.is_some();
         loop {
-            let watching_errors = !self.denials.is_empty();
+            let watching_errors = txn || !self.denials.is_empty();
             let inspect = |t: u8| {
                 matches!(t, tag::READY_FOR_QUERY | tag::PARAMETER_STATUS)
                     || (watching_errors && t == tag::ERROR_RESPONSE)
+                    || (txn && matches!(t, tag::PARSE_COMPLETE | tag::CLOSE_COMPLETE))
             };
             let frame = match split.next(bin, inspect)? {
                 None => return Ok(()),
@@ -347,6 +510,16 @@ impl<'a> Relay<'a> {
                         // Denials still pending here were skipped by the backend after an earlier error.
                         self.denials.clear();
                     }
+                    if let Some(t) = self.txn.as_mut() {
+                        t.stmts.on_ready();
+                    }
+                }
+                tag::PARSE_COMPLETE | tag::CLOSE_COMPLETE => {
+                    if let Some(t) = self.txn.as_mut()
+                        && !t.stmts.on_complete(frame[0])
+                    {
+                        continue; // the response to a message pgveil injected
+                    }
                 }
                 tag::PARAMETER_STATUS => {
                     if let Some((name, rest)) = messages::read_cstr(body)
@@ -359,7 +532,12 @@ impl<'a> Relay<'a> {
                     }
                 }
                 tag::ERROR_RESPONSE => {
-                    if let Some(err) = self.take_denial(body) {
+                    if let Some(t) = self.txn.as_mut() {
+                        t.stmts.on_error(stmts);
+                    }
+                    if !self.denials.is_empty()
+                        && let Some(err) = self.take_denial(body)
+                    {
                         err.encode(to_c);
                         continue;
                     }
@@ -410,6 +588,11 @@ fn invalid_frontend_tag(t: u8) -> PgError {
 /// thereby inspected too, and refused.
 fn client_inspects(t: u8) -> bool {
     !matches!(t, b'B' | b'C' | b'c' | b'd' | b'D' | b'E' | b'f' | b'H')
+}
+
+/// Transaction mode: every frontend tag is handed over whole except COPY data, CopyDone and CopyFail.
+fn txn_client_inspects(t: u8) -> bool {
+    !matches!(t, b'd' | b'c' | b'f')
 }
 
 /// One write when `buf` has data, else a flush; returns whether it flushed. Cancel-safe: a write consumes

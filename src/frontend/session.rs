@@ -8,13 +8,16 @@ use bytes::BytesMut;
 use deadpool::managed::Object;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 
-use super::auth::{AuthError, authenticate};
+use super::auth::{AuthError, Authenticated, authenticate};
 use super::handshake::{Hello, negotiate, refuse};
 use super::params::{requested_settings, set_config_statement};
 use super::relay::{Relay, RelayEnd};
+use super::txn::{TxnCtx, ensure_settings};
 use crate::backend::pool::{BackendError, CheckoutError, PooledConn};
 use crate::backend::reset::{reset, run_queries};
+use crate::config::PoolMode;
 use crate::identity::Identity;
 use crate::net::ClientStream;
 use crate::policy::Decision;
@@ -28,7 +31,7 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let _ = tcp.set_nodelay(true);
     let timeout = shared.cfg.listen.startup_timeout;
     let started = tokio::time::timeout(timeout, start(tcp, peer, &shared)).await;
-    let (mut stream, startup, who) = match started {
+    let (mut stream, startup, auth) = match started {
         Ok(Some(s)) => s,
         Ok(None) => return,
         Err(_) => {
@@ -36,10 +39,15 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
             return;
         }
     };
+    let who = &auth.identity;
     let span = tracing::info_span!("session", client = %peer, user = %who.user, tenant = %who.tenant, role = %who.role);
     let _enter = span.enter();
     drop(_enter);
-    run_session(&mut stream, &startup, &who, &shared).await;
+    // Registered before the backend is checked out, so a revocation racing with start-up still ends it.
+    let guard = shared
+        .sessions
+        .register(who.user.as_str(), &who.token_id, auth.issued_at);
+    run_session(&mut stream, &startup, &auth, guard.killed.clone(), &shared).await;
 }
 
 /// Handshake and authentication, under the startup timeout.
@@ -47,7 +55,7 @@ async fn start(
     tcp: TcpStream,
     peer: SocketAddr,
     shared: &Shared,
-) -> Option<(ClientStream, StartupMessage, Identity)> {
+) -> Option<(ClientStream, StartupMessage, Authenticated)> {
     let hello = match negotiate(
         tcp,
         shared.tls.as_ref(),
@@ -94,12 +102,14 @@ async fn start(
         return None;
     }
     let now = (shared.clock)();
+    let revocations = shared.revocations.as_deref();
     match authenticate(
         &mut stream,
         peer,
         &shared.cfg,
         &shared.router,
         &shared.verifier,
+        revocations,
         now,
     )
     .await
@@ -116,9 +126,11 @@ async fn start(
 async fn run_session(
     stream: &mut ClientStream,
     startup: &StartupMessage,
-    who: &Identity,
+    auth: &Authenticated,
+    mut killed: watch::Receiver<bool>,
     shared: &Shared,
 ) {
+    let who = &auth.identity;
     let tenant = shared
         .router
         .tenant(&who.tenant)
@@ -157,11 +169,35 @@ async fn run_session(
         refuse(stream, PgError::unknown_database(db)).await;
         return; // the backend was not touched: it goes back as it is
     }
-    if let Err(e) = apply_settings(&mut conn, &settings, who, shared).await {
-        refuse(stream, e).await;
-        finish(conn, true, b'I', shared).await;
-        return;
-    }
+    let txn_mode = tenant.pool_mode == PoolMode::Transaction;
+    let ctx = if txn_mode {
+        // The client's settings go with it to every backend: all of them, checked by the policy once.
+        let pairs: Vec<(&str, &str)> = settings
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
+        let sql = match checked_settings_sql(&pairs, who, shared) {
+            Ok(sql) => sql,
+            Err(e) => {
+                refuse(stream, e).await;
+                return; // the backend was not touched
+            }
+        };
+        let ctx = TxnCtx::new(settings, sql, shared.cfg.pool.max_prepared_statements);
+        if let Err(e) = ensure_settings(&mut conn, &ctx).await {
+            refuse(stream, e).await;
+            finish(conn, false, b'I', shared).await;
+            return;
+        }
+        Some(ctx)
+    } else {
+        if let Err(e) = apply_settings(&mut conn, &settings, who, shared).await {
+            refuse(stream, e).await;
+            finish(conn, true, b'I', shared).await;
+            return;
+        }
+        None
+    };
 
     let handle = shared.cancel.register();
     let mut out = BytesMut::with_capacity(512);
@@ -170,20 +206,42 @@ async fn run_session(
         messages::parameter_status(&mut out, name, value);
     }
     messages::backend_key_data(&mut out, handle.pid, handle.secret);
+    if let Some(notice) = &auth.notice {
+        PgError::encode_notice("01000", notice, &mut out);
+    }
     messages::ready_for_query(&mut out, b'I');
     if stream.write_all(&out).await.is_err() {
         finish(conn, true, b'I', shared).await;
         return;
     }
-    tracing::info!("session started");
+    tracing::info!(transaction_mode = txn_mode, "session started");
+    if let Some(ctx) = ctx {
+        drop(conn); // back to the pool until the first transaction
+        super::txn::serve(stream, who, shared, &tenant, ctx, &handle, &mut killed).await;
+        return;
+    }
     handle.set_backend(Some((conn.target.clone(), conn.key)));
     let mut relay = Relay::new(who, &*shared.policy, shared.cfg.listen.max_query_bytes);
     let mut shutdown = shared.shutdown.clone();
-    let end = relay
-        .run(stream, BytesMut::new(), &mut conn, &mut shutdown)
-        .await;
+    // A revoked token or disabled user ends the session at once (not at its next idle point, as a drain
+    // does): the relay is dropped mid-flight and the backend is cancelled and closed.
+    let mut cin = BytesMut::new();
+    let end = tokio::select! {
+        end = relay.run(stream, &mut cin, &mut conn, &mut shutdown) => Some(end),
+        _ = killed.wait_for(|k| *k) => None,
+    };
     handle.set_backend(None);
     drop(handle);
+    let Some(end) = end else {
+        tracing::info!("session terminated: token revoked or user disabled");
+        let mut out = BytesMut::new();
+        PgError::invalid_authorization("session terminated: pgveil token revoked or user disabled")
+            .encode(&mut out);
+        let _ = stream.write_all(&out).await;
+        crate::cancel::send_cancel_detached(conn.target.clone(), conn.key);
+        finish(conn, false, b'I', shared).await;
+        return;
+    };
     tracing::info!(end = ?end, "session ended");
     let reusable = relay.state.backend_idle() && !matches!(end, RelayEnd::BackendGone);
     if !reusable && !matches!(end, RelayEnd::BackendGone) {
@@ -216,16 +274,7 @@ async fn apply_settings(
     if pending.is_empty() {
         return Ok(());
     }
-    let sql = set_config_statement(&pending);
-    let sql = if shared.policy.inspects(who) {
-        match shared.policy.check(&sql, who) {
-            Decision::Allow => sql,
-            Decision::Rewrite(s) => s,
-            Decision::Deny(e) => return Err(PgError::startup_setting_refused(e.message)),
-        }
-    } else {
-        sql
-    };
+    let sql = checked_settings_sql(&pending, who, shared)?.expect("settings are not empty");
     match run_queries(conn, &[sql.as_str()]).await {
         Ok((_, None)) => Ok(()),
         Ok((_, Some(err))) => Err(PgError::invalid_startup_setting(err.message)),
@@ -233,6 +282,26 @@ async fn apply_settings(
             tracing::warn!(error = %e, "backend failed while applying startup settings");
             Err(PgError::backend_unavailable())
         }
+    }
+}
+
+/// The statement applying startup settings, checked by the statement policy like any client SQL.
+fn checked_settings_sql(
+    settings: &[(&str, &str)],
+    who: &Identity,
+    shared: &Shared,
+) -> Result<Option<String>, PgError> {
+    if settings.is_empty() {
+        return Ok(None);
+    }
+    let sql = set_config_statement(settings);
+    if !shared.policy.inspects(who) {
+        return Ok(Some(sql));
+    }
+    match shared.policy.check(&sql, who) {
+        Decision::Allow => Ok(Some(sql)),
+        Decision::Rewrite(s) => Ok(Some(s)),
+        Decision::Deny(e) => Err(PgError::startup_setting_refused(e.message)),
     }
 }
 
@@ -246,7 +315,8 @@ async fn finish(mut conn: PooledConn, reusable: bool, txn_status: u8, _shared: &
     let _ = Object::take(conn); // dropped: closes the socket
 }
 
-fn checkout_error(e: &CheckoutError, who: &Identity) -> PgError {
+/// The client-visible error for a failed checkout (53300 after the queue timeout).
+pub(super) fn checkout_error(e: &CheckoutError, who: &Identity) -> PgError {
     match e {
         CheckoutError::Timeout => PgError::too_many_connections(format!(
             "no free connection to the tenant database for role {} (pool exhausted)",
@@ -256,9 +326,8 @@ fn checkout_error(e: &CheckoutError, who: &Identity) -> PgError {
         CheckoutError::Backend(b) => {
             tracing::warn!(error = %b, "backend unavailable");
             match b {
-                BackendError::Secret { .. } | BackendError::Incomplete(_) => {
-                    PgError::backend_unavailable()
-                }
+                BackendError::Secret { .. } => PgError::credentials_unavailable(),
+                BackendError::Incomplete(_) => PgError::backend_unavailable(),
                 BackendError::Connect(_) => PgError::backend_unavailable(),
             }
         }

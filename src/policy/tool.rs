@@ -12,10 +12,10 @@ use super::Decision;
 use super::catalog::Catalog;
 use super::engine::{MaskingEngine, TenantState};
 use super::functions::PseudonymKey;
-use crate::config::{Config, SecretsConfig};
+use crate::config::Config;
 use crate::ids::{RoleName, TenantId};
 use crate::route::Router;
-use crate::secret::{FileSecretStore, SecretStore};
+use crate::secret::SecretStore;
 
 /// Errors of the policy tools.
 #[derive(Debug, thiserror::Error)]
@@ -40,10 +40,8 @@ pub enum ToolError {
     Cases(String),
 }
 
-fn secrets(cfg: &Config) -> Arc<dyn SecretStore> {
-    match &cfg.secrets {
-        SecretsConfig::File { path } => Arc::new(FileSecretStore::new(path.clone())),
-    }
+async fn secrets(cfg: &Config) -> Arc<dyn SecretStore> {
+    crate::secret::store_from_config(&cfg.secrets, false).await
 }
 
 async fn live_catalog(
@@ -54,7 +52,7 @@ async fn live_catalog(
     let t = router
         .tenant(tenant)
         .ok_or_else(|| ToolError::UnknownTenant(tenant.clone()))?;
-    super::catalog::load::load(t, &*secrets(cfg), Duration::from_secs(15))
+    super::catalog::load::load(t, &*secrets(cfg).await, Duration::from_secs(15))
         .await
         .map_err(|e| ToolError::Catalog(tenant.clone(), e))
 }

@@ -82,6 +82,18 @@ impl PgError {
         )
         .with_hint("The database may be down or restarting; try again shortly.")
     }
+    /// 08006: the tenant database's credentials could not be obtained (secret store unreachable past the
+    /// staleness bound, or the secret missing or malformed). Which secret, and why, goes to the log only.
+    pub fn credentials_unavailable() -> Self {
+        Self::new(
+            Severity::Fatal,
+            "08006",
+            "could not connect to the tenant database: its credentials are unavailable",
+        )
+        .with_hint(
+            "pgveil cannot read the tenant's credentials from its secret store; try again later.",
+        )
+    }
     /// 08006: the backend connection was lost in the middle of the session.
     pub fn backend_lost() -> Self {
         Self::new(
@@ -105,6 +117,30 @@ impl PgError {
     /// 42601: syntax error.
     pub fn syntax_error(message: impl Into<String>) -> Self {
         Self::new(Severity::Error, "42601", message)
+    }
+    /// 42P05: the client already has a prepared statement of this name.
+    pub fn duplicate_prepared_statement(name: &str) -> Self {
+        Self::new(
+            Severity::Error,
+            "42P05",
+            format!("prepared statement \"{name}\" already exists"),
+        )
+    }
+    /// 26000: the client has no prepared statement of this name.
+    pub fn unknown_prepared_statement(name: &str) -> Self {
+        Self::new(
+            Severity::Error,
+            "26000",
+            format!("prepared statement \"{name}\" does not exist"),
+        )
+    }
+    /// 26000: the client has no unnamed prepared statement.
+    pub fn unnamed_statement_missing() -> Self {
+        Self::new(
+            Severity::Error,
+            "26000",
+            "unnamed prepared statement does not exist",
+        )
     }
     /// 22021: text is not valid UTF-8 and cannot be inspected.
     pub fn invalid_encoding() -> Self {

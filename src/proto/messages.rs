@@ -30,6 +30,8 @@ pub mod tag {
     pub const NOTICE_RESPONSE: u8 = b'N';
     /// Backend: parse complete.
     pub const PARSE_COMPLETE: u8 = b'1';
+    /// Backend: close complete.
+    pub const CLOSE_COMPLETE: u8 = b'3';
     /// Backend: bind complete.
     pub const BIND_COMPLETE: u8 = b'2';
     /// Backend: authentication request.
@@ -106,6 +108,67 @@ pub fn parse(out: &mut BytesMut, name: &[u8], sql: &str, param_types: &[u8]) {
         cstr(b, sql.as_bytes());
         b.extend_from_slice(param_types);
     });
+}
+
+/// Parse from a raw definition (`sql\0` followed by the parameter-type section), under `name`.
+pub fn parse_def(out: &mut BytesMut, name: &[u8], def: &[u8]) {
+    frame(out, tag::PARSE, |b| {
+        cstr(b, name);
+        b.extend_from_slice(def);
+    });
+}
+
+/// Close of a statement (`kind` b'S') or portal (b'P').
+pub fn close(out: &mut BytesMut, kind: u8, name: &[u8]) {
+    frame(out, b'C', |b| {
+        b.put_u8(kind);
+        cstr(b, name);
+    });
+}
+
+/// Describe of a statement (`kind` b'S') or portal (b'P').
+pub fn describe(out: &mut BytesMut, kind: u8, name: &[u8]) {
+    frame(out, b'D', |b| {
+        b.put_u8(kind);
+        cstr(b, name);
+    });
+}
+
+/// Bind with a replaced statement name; `rest` is everything after the statement name, untouched.
+pub fn bind_renamed(out: &mut BytesMut, portal: &[u8], statement: &[u8], rest: &[u8]) {
+    frame(out, tag::BIND, |b| {
+        cstr(b, portal);
+        cstr(b, statement);
+        b.extend_from_slice(rest);
+    });
+}
+
+/// A decoded Bind payload's names; `rest` is formats, parameters and result formats, untouched.
+pub struct BindMsg<'a> {
+    /// Portal name.
+    pub portal: &'a [u8],
+    /// Statement name.
+    pub statement: &'a [u8],
+    /// The remainder of the payload.
+    pub rest: &'a [u8],
+}
+
+/// Decodes the names of a Bind payload.
+pub fn decode_bind(payload: &[u8]) -> Option<BindMsg<'_>> {
+    let (portal, rest) = read_cstr(payload)?;
+    let (statement, rest) = read_cstr(rest)?;
+    Some(BindMsg {
+        portal,
+        statement,
+        rest,
+    })
+}
+
+/// Decodes a Describe or Close payload: kind (`S` or `P`) and name.
+pub fn decode_target(payload: &[u8]) -> Option<(u8, &[u8])> {
+    let (&kind, rest) = payload.split_first()?;
+    let (name, rest) = read_cstr(rest)?;
+    (rest.is_empty() && matches!(kind, b'S' | b'P')).then_some((kind, name))
 }
 
 /// Bind of the unnamed statement to the unnamed portal, no parameters, text results.

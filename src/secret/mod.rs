@@ -1,32 +1,77 @@
-//! Secret store: where backend credentials (and, later, pgveil's own keys) come from at run time.
+//! Secret store: where backend credentials and pgveil's own keys come from at run time.
 //!
-//! Secret values are held in [`SecretString`] (its `Debug` prints `[REDACTED]`), never in plain `String`s, and
-//! no error here ever carries a secret value.
+//! - [`SecretStore`] is the trait; backends are [`AwsSecretStore`] (AWS Secrets Manager, production) and
+//!   [`FileSecretStore`] (a JSON file, for the demo and tests).
+//! - [`CachedSecretStore`] wraps any store: TTL, refresh-ahead, single-flight, bounded staleness while the store
+//!   is down, and a forced re-fetch when a consumer finds a value rejected (credential rotation).
+//! - [`fetch_text`] / [`fetch_bytes`] fetch keys by secret id for other modules (token keys, TOTP encryption
+//!   keys, pseudonym keys).
+//!
+//! Secret values are held in [`SecretString`] / [`SecretBytes`] (their `Debug` prints `[REDACTED]`), never in
+//! plain `String`s, and no error here ever carries a secret value.
 
+mod aws;
+mod cache;
+mod creds;
 mod file;
+#[cfg(test)]
+mod tests;
 
-use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
+pub use aws::{AwsSecretStore, AwsSettings};
+use base64::Engine as _;
+pub use cache::{CacheSettings, CacheStats, CachedSecretStore};
+pub use creds::DbCredentials;
 pub use file::FileSecretStore;
-pub use secrecy::{ExposeSecret, SecretString};
-use serde::Deserialize;
+pub use secrecy::{ExposeSecret, SecretBox, SecretString};
 
 use crate::ids::SecretId;
 
 /// A boxed future, so the store can be used as `dyn SecretStore`.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// Secret bytes (keys); `Debug` is redacted and the memory is zeroed on drop.
+pub type SecretBytes = SecretBox<Vec<u8>>;
+
+/// The AWS version stage of the version being rotated in (`GetSecretValue` with `VersionStage`).
+pub const STAGE_PENDING: &str = "AWSPENDING";
+
 /// Errors fetching or decoding a secret. Messages name the secret id, never its value.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum SecretError {
-    /// No secret with this id.
+    /// No secret (or no version with the requested stage) with this id.
     #[error("secret {0} not found")]
     NotFound(SecretId),
+    /// The store refused access (IAM policy, KMS key policy).
+    #[error("access to secret {id} denied: {reason}")]
+    AccessDenied {
+        /// Secret id.
+        id: SecretId,
+        /// The store's explanation (never the value).
+        reason: String,
+    },
+    /// The store throttled the request.
+    #[error("secret store throttled the request for {0}")]
+    Throttled(SecretId),
     /// The store could not be read or reached.
     #[error("secret store unavailable: {0}")]
     Unavailable(String),
+    /// The store is down and the cached value is older than the configured staleness bound.
+    #[error(
+        "secret {id}: store unreachable and the cached value is {}s old (max_stale allows {}s)",
+        age.as_secs(), max.as_secs()
+    )]
+    TooStale {
+        /// Secret id.
+        id: SecretId,
+        /// Age of the cached value.
+        age: std::time::Duration,
+        /// The configured bound.
+        max: std::time::Duration,
+    },
     /// The secret exists but is not in the expected format.
     #[error("secret {id} is malformed: {reason}")]
     Malformed {
@@ -37,102 +82,117 @@ pub enum SecretError {
     },
 }
 
+impl SecretError {
+    /// A short fixed label (for metrics and logs).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SecretError::NotFound(_) => "not_found",
+            SecretError::AccessDenied { .. } => "access_denied",
+            SecretError::Throttled(_) => "throttled",
+            SecretError::Unavailable(_) => "unavailable",
+            SecretError::TooStale { .. } => "too_stale",
+            SecretError::Malformed { .. } => "malformed",
+        }
+    }
+
+    /// True for errors that say the store is down or overloaded (a cached value may then be served), as
+    /// opposed to answers from the store (not found, access denied) that are final.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            SecretError::Throttled(_) | SecretError::Unavailable(_)
+        )
+    }
+}
+
 /// A source of secrets.
 pub trait SecretStore: Send + Sync {
     /// Fetches the current value of a secret.
     fn fetch<'a>(&'a self, id: &'a SecretId) -> BoxFuture<'a, Result<SecretString, SecretError>>;
-}
 
-/// Database credentials in the RDS secret JSON format.
-#[derive(Clone, Deserialize)]
-pub struct DbCredentials {
-    /// Login role.
-    pub username: String,
-    /// Password.
-    pub password: SecretString,
-    /// Host, when the secret names one.
-    #[serde(default)]
-    pub host: Option<String>,
-    /// Port, when the secret names one.
-    #[serde(default)]
-    pub port: Option<u16>,
-    /// Database, when the secret names one.
-    #[serde(default)]
-    pub dbname: Option<String>,
-}
+    /// Fetches the value of the version being rotated in (`AWSPENDING`), when the store is configured to
+    /// look there during rotations. `Ok(None)`: not configured, not supported, or no such version.
+    fn fetch_pending<'a>(
+        &'a self,
+        _id: &'a SecretId,
+    ) -> BoxFuture<'a, Result<Option<SecretString>, SecretError>> {
+        Box::pin(async { Ok(None) })
+    }
 
-impl fmt::Debug for DbCredentials {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DbCredentials")
-            .field("username", &self.username)
-            .field("password", &"[REDACTED]")
-            .field("host", &self.host)
-            .field("port", &self.port)
-            .field("dbname", &self.dbname)
-            .finish()
+    /// Called when a consumer found `rejected` (a value this store returned) no longer valid, e.g. a backend
+    /// refused the credentials: returns a value fetched from the source after the rejection was noticed.
+    /// Caching stores drop `rejected` and re-fetch (once, however many callers report it).
+    fn refetch<'a>(
+        &'a self,
+        id: &'a SecretId,
+        _rejected: &'a SecretString,
+    ) -> BoxFuture<'a, Result<SecretString, SecretError>> {
+        self.fetch(id)
     }
 }
 
-impl DbCredentials {
-    /// Decodes credentials from a secret value (RDS JSON).
-    pub fn from_secret(id: &SecretId, value: &SecretString) -> Result<DbCredentials, SecretError> {
-        serde_json::from_str::<DbCredentials>(value.expose_secret()).map_err(|e| {
-            SecretError::Malformed {
-                id: id.clone(),
-                // serde_json's messages name the field and position, not the value.
-                reason: format!(
-                    "expected RDS JSON with username and password ({})",
-                    e.classify_msg()
-                ),
-            }
+/// Fetches a secret as text (e.g. a PEM key).
+pub async fn fetch_text(
+    store: &dyn SecretStore,
+    id: &SecretId,
+) -> Result<SecretString, SecretError> {
+    store.fetch(id).await
+}
+
+/// Fetches a key as bytes: the secret's text is standard base64 (which is also how the `aws` store returns a
+/// binary secret), surrounding whitespace ignored.
+pub async fn fetch_bytes(
+    store: &dyn SecretStore,
+    id: &SecretId,
+) -> Result<SecretBytes, SecretError> {
+    let text = store.fetch(id).await?;
+    decode_key_bytes(id, &text)
+}
+
+/// Decodes a base64 key (see [`fetch_bytes`]).
+pub fn decode_key_bytes(id: &SecretId, text: &SecretString) -> Result<SecretBytes, SecretError> {
+    base64::engine::general_purpose::STANDARD
+        .decode(text.expose_secret().trim())
+        .map(|b| SecretBox::new(Box::new(b)))
+        .map_err(|_| SecretError::Malformed {
+            id: id.clone(),
+            reason: "expected a base64-encoded key (or a binary secret)".to_owned(),
         })
-    }
-
-    /// Fetches and decodes credentials.
-    pub async fn fetch(
-        store: &dyn SecretStore,
-        id: &SecretId,
-    ) -> Result<DbCredentials, SecretError> {
-        let value = store.fetch(id).await?;
-        DbCredentials::from_secret(id, &value)
-    }
 }
 
-trait ClassifyMsg {
-    fn classify_msg(&self) -> &'static str;
-}
-
-impl ClassifyMsg for serde_json::Error {
-    fn classify_msg(&self) -> &'static str {
-        match self.classify() {
-            serde_json::error::Category::Io => "i/o error",
-            serde_json::error::Category::Syntax => "not valid JSON",
-            serde_json::error::Category::Data => "missing or mistyped field",
-            serde_json::error::Category::Eof => "truncated JSON",
+/// Builds the configured store wrapped in the cache. `demo` silences the warning about the `file` backend.
+pub async fn store_from_config(
+    cfg: &crate::config::SecretsConfig,
+    demo: bool,
+) -> Arc<CachedSecretStore> {
+    use crate::config::SecretBackend;
+    let store: Arc<dyn SecretStore> = match cfg.backend {
+        SecretBackend::File => {
+            if !demo {
+                tracing::warn!(
+                    "secrets backend \"file\" is for the demo and tests: secrets on local disk; use backend = \"aws\" in production"
+                );
+            }
+            Arc::new(FileSecretStore::new(cfg.path.clone().unwrap_or_default()))
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn debug_never_shows_password() {
-        let id = SecretId::new("t/acme");
-        let v = SecretString::from(r#"{"username":"u","password":"hunter2-canary","host":"h"}"#);
-        let c = DbCredentials::from_secret(&id, &v).unwrap();
-        let dbg = format!("{c:?}");
-        assert!(!dbg.contains("hunter2-canary"), "{dbg}");
-        assert_eq!(c.password.expose_secret(), "hunter2-canary");
-    }
-
-    #[test]
-    fn malformed_error_never_shows_value() {
-        let id = SecretId::new("t/acme");
-        let v = SecretString::from(r#"{"user":"u","password":"hunter2-canary"#);
-        let err = DbCredentials::from_secret(&id, &v).unwrap_err().to_string();
-        assert!(!err.contains("hunter2"), "{err}");
-        assert!(err.contains("t/acme"), "{err}");
-    }
+        SecretBackend::Aws => Arc::new(
+            AwsSecretStore::new(&AwsSettings {
+                region: cfg.region.clone(),
+                endpoint: cfg.endpoint.clone(),
+                version_stage: cfg.version_stage.clone(),
+                try_pending: cfg.try_pending,
+                timeout: cfg.timeout,
+            })
+            .await,
+        ),
+    };
+    Arc::new(CachedSecretStore::new(
+        store,
+        CacheSettings {
+            ttl: cfg.cache_ttl,
+            refresh_ahead: cfg.refresh_ahead,
+            max_stale: cfg.max_stale,
+            retry_after: cfg.retry_after,
+        },
+    ))
 }

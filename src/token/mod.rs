@@ -146,6 +146,20 @@ impl TokenSigner {
         ttl: Duration,
         now: SystemTime,
     ) -> Result<String, TokenError> {
+        self.mint_with_claims(user, tenant, role, amr, ttl, now)
+            .map(|(t, _)| t)
+    }
+
+    /// Like [`mint`](Self::mint), also returning the claims (`jti`, `exp`) for the issuer's records.
+    pub fn mint_with_claims(
+        &self,
+        user: &UserId,
+        tenant: &TenantId,
+        role: &RoleName,
+        amr: Vec<String>,
+        ttl: Duration,
+        now: SystemTime,
+    ) -> Result<(String, Claims), TokenError> {
         let iat = unix_secs(now)?;
         let ttl = i64::try_from(ttl.as_secs()).map_err(|_| TokenError::Clock)?;
         let exp = iat.checked_add(ttl).ok_or(TokenError::Clock)?;
@@ -161,8 +175,9 @@ impl TokenSigner {
         };
         let mut header = Header::new(Algorithm::EdDSA);
         header.typ = Some("JWT".into());
-        jsonwebtoken::encode(&header, &claims, &self.key)
-            .map_err(|_| TokenError::Key("signing the token failed".into()))
+        let token = jsonwebtoken::encode(&header, &claims, &self.key)
+            .map_err(|_| TokenError::Key("signing the token failed".into()))?;
+        Ok((token, claims))
     }
 }
 

@@ -7,7 +7,6 @@ use anyhow::{Context, Result, ensure};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use pgveil::ids::{RoleName, TenantId, UserId};
-use pgveil::secret::SecretString;
 use pgveil::token::{TokenSigner, generate_keypair};
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
@@ -134,7 +133,7 @@ pub fn alg_none(fx: &Fixture) -> Result<()> {
 }
 
 pub fn hs256_with_public_key(fx: &Fixture) -> Result<()> {
-    let public = std::fs::read(&fx.env.config.auth.verifying_keys[0])?;
+    let public = fx.env.verifying_key_pem()?.into_bytes();
     let key = jsonwebtoken::EncodingKey::from_secret(&public);
     let token = jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
@@ -151,14 +150,7 @@ pub fn hs256_with_public_key(fx: &Fixture) -> Result<()> {
 }
 
 pub fn wrong_issuer(fx: &Fixture) -> Result<()> {
-    let path = fx
-        .env
-        .config
-        .auth
-        .signing_key
-        .as_ref()
-        .context("signing key path")?;
-    let pem = SecretString::from(std::fs::read_to_string(path)?);
+    let pem = fx.env.signing_key_pem()?;
     let other = TokenSigner::from_pem(&pem, "someone-else")?;
     let token = mint(
         &other,

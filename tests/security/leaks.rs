@@ -22,14 +22,8 @@ const TENANTS: &[&str] = &["acme", "globex", "tlsco", "clearco"];
 /// Every secret of the environment: backend passwords and the signing key's PEM body lines.
 fn secrets(fx: &Fixture) -> Result<Vec<String>> {
     let mut out: Vec<String> = TENANTS.iter().map(|t| fx.creds(t).1).collect();
-    let path = fx
-        .env
-        .config
-        .auth
-        .signing_key
-        .as_ref()
-        .context("signing key path")?;
-    let pem = std::fs::read_to_string(path)?;
+    let pem = fx.env.signing_key_pem()?;
+    let pem = pem.expose_secret().to_owned();
     out.extend(
         pem.lines()
             .filter(|l| !l.starts_with("-----") && l.len() >= 16)
@@ -61,18 +55,11 @@ pub fn debug_and_errors_hide_secrets(fx: &Fixture) -> Result<()> {
         &format!("{:?} {:#?}", fx.env.signer, fx.env.signer),
         &secrets,
     )?;
-    let path = fx
-        .env
-        .config
-        .auth
-        .signing_key
-        .as_ref()
-        .context("signing key path")?;
-    let signing = SecretString::from(std::fs::read_to_string(path)?);
+    let signing = fx.env.signing_key_pem()?;
     assert_clean("SecretString Debug", &format!("{signing:?}"), &secrets)?;
     let signer = TokenSigner::from_pem(&signing, "x")?;
     assert_clean("TokenSigner Debug", &format!("{signer:?}"), &secrets)?;
-    let public = std::fs::read_to_string(&fx.env.config.auth.verifying_keys[0])?;
+    let public = fx.env.verifying_key_pem()?;
     let verifier = TokenVerifier::from_pems(&[public], "pgveil")?;
     assert_clean("TokenVerifier Debug", &format!("{verifier:?}"), &secrets)?;
     // Using the private key where a public key is expected: the error must not quote it.

@@ -1,0 +1,182 @@
+#!/usr/bin/env bash
+# pgbench through direct PostgreSQL, PgBouncer 1.18 and pgveil, interleaved in one run, on the `pgveil demo`
+# environment (a throwaway PostgreSQL cluster):
+#   - select-only (-S) and TPC-B, -M simple / extended / prepared, 8 and 64 clients;
+#     PgBouncer in transaction mode for simple/extended and session mode for prepared (1.18 cannot do prepared
+#     statements in transaction mode); pgveil in transaction mode for all of them;
+#   - TPS, mean latency, ratios pgveil/direct and pgveil/PgBouncer, and each proxy's CPU time per transaction
+#     (utime+stime deltas from /proc/<pid>/stat: far less noisy than TPS on a shared 2-core machine);
+#   - connection setup rate (new connection + SELECT 1): direct SCRAM, PgBouncer SCRAM, pgveil token;
+#   - pgveil's resident memory with 5,000 idle client connections.
+# pgveil runs with --threads 1 (one event loop, like PgBouncer): on 2 shared cores the cheapest per transaction.
+# Usage: bash bench/pgbench.sh [seconds per run, default 10] [pool size, default 16] [scale, default 10]
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+secs=${1:-10}
+pool=${2:-16}
+scale=${3:-10}
+ulimit -n 20000
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target}
+cargo build --release --quiet --bin pgveil
+bin=$CARGO_TARGET_DIR/release/pgveil
+work=$(mktemp -d)
+pids=()
+cleanup() {
+    # runuser does not pass signals on: stop PgBouncer by its own pid.
+    [ -s "$work/pgbouncer.pid" ] && kill "$(cat "$work/pgbouncer.pid")" 2>/dev/null || true
+    for p in "${pids[@]}"; do kill -INT "$p" 2>/dev/null || true; done
+    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+    rm -rf "$work"
+}
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# 1. Throwaway PostgreSQL with the demo tenants (the demo's own proxy stays idle).
+"$bin" demo --listen 127.0.0.1:0 >"$work/demo.out" 2>/dev/null &
+pids+=($!)
+for _ in $(seq 1 120); do grep -q "pgveil demo ready" "$work/demo.out" && break; sleep 0.5; done
+grep -q "pgveil demo ready" "$work/demo.out" || { echo "demo did not start" >&2; exit 1; }
+envdir=$(sed -n 's/.*Environment (config, keys, certs, secrets): //p' "$work/demo.out")
+read -r dbuser dbpass dbport < <(python3 -c "import json; s=json.load(open('$envdir/secrets.json'))['tenants/acme/db']; print(s['username'], s['password'], s['port'])")
+sockdir=$(dirname "$(ps -o args= -C postgres | sed -n "s/.*-D \(\/tmp\/pgveil-cluster-[^ ]*\)\/data -p $dbport.*/\1/p" | head -1)/x")/sock
+superuser() { psql -X -At -h "$sockdir" -p "$dbport" -U postgres -d acme -c "$1"; }
+superuser "SELECT 1" >/dev/null
+echo "initialising pgbench tables, scale $scale..." >&2
+PGPASSWORD=$dbpass pgbench -i -q -s "$scale" -h 127.0.0.1 -p "$dbport" -U "$dbuser" acme >/dev/null 2>&1
+
+# 2. pgveil in transaction mode.
+vport=$(free_port)
+sed -e "s/^addr = .*/addr = \"127.0.0.1:$vport\"/" -e "s/^size = .*/size = $pool\nmode = \"transaction\"\nmax_prepared_statements = 200/" \
+    -e 's/^checkout_timeout = .*/checkout_timeout = "60s"/' "$envdir/pgveil.toml" >"$work/pgveil.toml"
+"$bin" serve --threads 1 --config "$work/pgveil.toml" >"$work/pgveil.log" 2>&1 &
+vpid=$!
+pids+=($vpid)
+token=$("$bin" token mint --config "$envdir/pgveil.toml" --user bench --tenant acme --role analyst --ttl 8h --mfa)
+
+# 3. PgBouncer 1.18: SCRAM towards clients and the server, with the role's SCRAM secret from pg_authid.
+bport=$(free_port)
+secret=$(superuser "SELECT rolpassword FROM pg_authid WHERE rolname = '$dbuser'")
+printf '"%s" "%s"\n' "$dbuser" "$secret" >"$work/userlist.txt"
+cat >"$work/pgbouncer.ini" <<EOF
+[databases]
+acme_tx = host=127.0.0.1 port=$dbport dbname=acme pool_mode=transaction pool_size=$pool
+acme_session = host=127.0.0.1 port=$dbport dbname=acme pool_mode=session pool_size=70
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $bport
+unix_socket_dir =
+auth_type = scram-sha-256
+auth_file = $work/userlist.txt
+max_client_conn = 1000
+default_pool_size = $pool
+logfile = $work/pgbouncer.log
+pidfile = $work/pgbouncer.pid
+EOF
+chown -R postgres "$work"
+runuser -u postgres -- pgbouncer "$work/pgbouncer.ini" >/dev/null 2>&1 &
+pids+=($!)
+for _ in $(seq 1 50); do [ -s "$work/pgbouncer.pid" ] && break; sleep 0.1; done
+bpid=$(cat "$work/pgbouncer.pid")
+for _ in $(seq 1 50); do (echo >/dev/tcp/127.0.0.1/$vport) 2>/dev/null && break; sleep 0.1; done
+
+tck=$(getconf CLK_TCK)
+cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# run <target> <pid or -> <mode> <clients> <script flag>: prints "tps latency_ms cpu_us_per_txn"
+run() {
+    local target=$1 pid=$2 mode=$3 clients=$4 flag=$5 conn pw before after out threads=2
+    case $target in
+        direct) conn="host=127.0.0.1 port=$dbport dbname=acme user=$dbuser"; pw=$dbpass ;;
+        pgbouncer) local db=acme_tx; [ "$mode" = prepared ] && db=acme_session
+                   conn="host=127.0.0.1 port=$bport dbname=$db user=$dbuser"; pw=$dbpass ;;
+        pgveil) conn="host=127.0.0.1 port=$vport dbname=acme user=bench"; pw=$token ;;
+    esac
+    # pgbench prepares each command synchronously on first use, blocking its thread: in TPC-B (a multi-
+    # statement transaction) that stalls same-thread clients holding pooled backends, so use a thread each.
+    [ "$mode" = prepared ] && [ -z "$flag" ] && threads=$clients
+    [ "$pid" != - ] && before=$(cpu "$pid")
+    out=$(PGPASSWORD=$pw pgbench -n $flag -M "$mode" -c "$clients" -j "$threads" -T "$secs" "$conn" 2>&1) || { echo "$out" >&2; echo "0 0 -"; return; }
+    [ "$pid" != - ] && after=$(cpu "$pid")
+    local tps lat n
+    tps=$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' <<<"$out")
+    lat=$(sed -n 's/^latency average = \([0-9.]*\).*/\1/p' <<<"$out")
+    n=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' <<<"$out")
+    if [ "$pid" != - ]; then
+        echo "$tps $lat $(python3 -c "print(round(($after - $before) / $tck / max($n, 1) * 1e6, 1))")"
+    else
+        echo "$tps $lat -"
+    fi
+}
+
+echo
+echo "pgbench, ${secs}s per run, scale $scale, pool $pool, $(nproc) cores, $(date -u +%F), $(uname -r)"
+echo "PgBouncer $(pgbouncer --version | head -1 | awk '{print $2}'): transaction mode for simple/extended, session mode for prepared; pgveil: transaction mode"
+printf '| %-8s | %-8s | %3s | %9s | %9s | %9s | %7s | %7s | %7s | %6s | %6s | %9s | %9s |\n' \
+    test mode c "direct" "pgbouncer" "pgveil" "lat d" "lat b" "lat v" "v/d" "v/b" "bouncer us" "pgveil us"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+for test in select tpcb; do
+    flag=""; [ $test = select ] && flag="-S"
+    for mode in prepared extended simple; do
+        for c in 8 64; do
+            read -r td ld _ < <(run direct - "$mode" "$c" "$flag")
+            read -r tb lb cb < <(run pgbouncer "$bpid" "$mode" "$c" "$flag")
+            read -r tv lv cv < <(run pgveil "$vpid" "$mode" "$c" "$flag")
+            python3 - "$test" "$mode" "$c" "$td" "$tb" "$tv" "$ld" "$lb" "$lv" "$cb" "$cv" <<'EOF'
+import sys
+t, m, c, td, tb, tv, ld, lb, lv, cb, cv = sys.argv[1:]
+r = lambda a, b: f"{float(a) / float(b):.2f}" if float(b) else "-"
+print(f"| {t:<8} | {m:<8} | {c:>3} | {float(td):9.0f} | {float(tb):9.0f} | {float(tv):9.0f} | {ld:>7} | {lb:>7} | {lv:>7} | {r(tv, td):>6} | {r(tv, tb):>6} | {cb:>9} | {cv:>9} |")
+EOF
+        done
+    done
+done
+
+# Connection setup: new connection + SELECT 1 + disconnect (pgbench -C), 4 clients.
+echo 'SELECT 1;' >"$work/one.sql"
+setup() {
+    local name=$1 pw=$2 conn=$3
+    local tps
+    tps=$(PGPASSWORD=$pw pgbench -n -C -c 4 -j 2 -T "$secs" -f "$work/one.sql" "$conn" 2>&1 | sed -n 's/^tps = \([0-9.]*\).*/\1/p')
+    printf '| %-32s | %10.0f |\n' "$name" "$tps"
+}
+echo
+echo "| connection setup (new connection + SELECT 1) | conn/s |"
+echo "|---|---|"
+setup "direct PostgreSQL, SCRAM" "$dbpass" "host=127.0.0.1 port=$dbport dbname=acme user=$dbuser sslmode=disable"
+setup "PgBouncer, SCRAM" "$dbpass" "host=127.0.0.1 port=$bport dbname=acme_tx user=$dbuser sslmode=disable"
+setup "pgveil, token (plain loopback)" "$token" "host=127.0.0.1 port=$vport dbname=acme user=bench sslmode=disable"
+
+# pgveil's memory with 5,000 idle authenticated clients (transaction mode: they hold no backend).
+rss() { awk '/^VmRSS/ {print $2}' "/proc/$vpid/status"; }
+before=$(rss)
+python3 - "$vport" "$token" 5000 "$before" "$vpid" <<'EOF'
+import asyncio, struct, sys
+port, token, n, before, pid = int(sys.argv[1]), sys.argv[2].encode(), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+
+async def client():
+    r, w = await asyncio.open_connection("127.0.0.1", port)
+    params = b"user\0idle\0database\0acme\0\0"
+    w.write(struct.pack("!ii", 8 + len(params), 196608) + params)
+    while True:
+        tag = await r.readexactly(1)
+        ln = struct.unpack("!i", await r.readexactly(4))[0]
+        body = await r.readexactly(ln - 4)
+        if tag == b"R" and struct.unpack("!i", body[:4])[0] == 3:
+            w.write(b"p" + struct.pack("!i", 4 + len(token) + 1) + token + b"\0")
+        elif tag == b"Z":
+            return r, w
+        elif tag == b"E":
+            raise RuntimeError(body)
+
+async def main():
+    conns = []
+    for i in range(0, n, 250):
+        conns += await asyncio.gather(*[client() for _ in range(min(250, n - i))])
+    await asyncio.sleep(1)
+    after = int(next(l.split()[1] for l in open(f"/proc/{pid}/status") if l.startswith("VmRSS")))
+    print(f"\npgveil RSS: {before / 1024:.1f} MiB before, {after / 1024:.1f} MiB with {len(conns)} idle clients "
+          f"({(after - before) * 1024 / len(conns) / 1024:.1f} KiB per idle client)")
+    for _, w in conns:
+        w.close()
+
+asyncio.run(main())
+EOF

@@ -1,0 +1,295 @@
+//! The HTTP API over TLS (default port 8432): enrolment, login and recovery for users, user and token
+//! administration, and the server-rendered security page. JSON in and out; errors are
+//! `{"error": {"code", "message"}}` with a stable `code` (see [`routes::ApiError`]).
+//!
+//! Admin endpoints authenticate with an admin API key held in the secret store (`api.admin_key_secret`),
+//! sent as `Authorization: Bearer <key>` and compared in constant time.
+
+pub mod fetch;
+pub mod first_factor;
+pub mod oidc;
+mod page;
+pub mod routes;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt as _;
+
+use self::first_factor::{FirstFactor, WebappConfig};
+use self::oidc::{OidcConfig, OidcVerifier};
+use crate::config::Config;
+use crate::control::{ControlDb, ControlError};
+use crate::ids::SecretId;
+use crate::mfa::MfaService;
+use crate::mfa::crypto::{CryptoError, SecretBox};
+use crate::mfa::throttle::ThrottleConfig;
+use crate::revoke::{RevocationCache, SessionRegistry};
+use crate::secret::{SecretError, SecretStore, SecretString};
+use crate::server::Clock;
+use crate::token::{TokenError, TokenSigner};
+
+/// Default API port (DESIGN.md "Interfaces").
+pub const DEFAULT_API_PORT: u16 = 8432;
+
+/// `[api]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Address and port to listen on (TLS, with the `[tls]` certificate).
+    #[serde(default = "default_addr")]
+    pub addr: SocketAddr,
+    /// Secret id of the admin API key.
+    pub admin_key_secret: SecretId,
+    /// Lifetime of tokens issued at login.
+    #[serde(default = "default_ttl", with = "humantime_serde")]
+    pub token_ttl: Duration,
+    /// Host name clients use to reach the proxy (in connection strings); default `localhost`.
+    #[serde(default = "default_public_host")]
+    pub proxy_host: String,
+    /// Proxy port clients use; default the proxy's listen port.
+    #[serde(default)]
+    pub proxy_port: Option<u16>,
+    /// First factor: OIDC ID tokens from the company IdP.
+    #[serde(default)]
+    pub oidc: Option<OidcConfig>,
+    /// First factor: assertions signed by the trusted web-app.
+    #[serde(default)]
+    pub webapp: Option<WebappConfig>,
+    /// Demo only: no first factor at all (logged loudly at start-up). Refused unless `PGVEIL_DEMO=1`.
+    #[serde(default)]
+    pub insecure_no_first_factor: bool,
+    /// Brute-force throttling.
+    #[serde(default)]
+    pub throttle: ThrottleConfig,
+}
+
+fn default_addr() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], DEFAULT_API_PORT))
+}
+fn default_ttl() -> Duration {
+    Duration::from_secs(8 * 3600)
+}
+fn default_public_host() -> String {
+    "localhost".into()
+}
+
+impl ApiConfig {
+    pub(crate) fn resolve_paths(&mut self, base: &Path) {
+        if let Some(o) = &mut self.oidc
+            && let Some(p) = &mut o.jwks_file
+            && p.is_relative()
+        {
+            *p = base.join(&*p);
+        }
+    }
+
+    /// Adds every problem with this section to `problems`.
+    pub fn validate(&self, problems: &mut Vec<String>) {
+        if self.oidc.is_none() && self.webapp.is_none() && !self.insecure_no_first_factor {
+            problems.push("[api] needs a first factor: [api.oidc] and/or [api.webapp]".into());
+        }
+        if let Some(o) = &self.oidc {
+            if o.jwks_file.is_none() == o.jwks_url.is_none() {
+                problems.push("api.oidc: set exactly one of jwks_file and jwks_url".into());
+            }
+            if o.issuer.is_empty() || o.audience.is_empty() {
+                problems.push("api.oidc: issuer and audience must be set".into());
+            }
+        }
+        if self.token_ttl < Duration::from_secs(60)
+            || self.token_ttl > Duration::from_secs(7 * 24 * 3600)
+        {
+            problems.push("api.token_ttl must be between 1m and 7d".into());
+        }
+        if self.throttle.user_max_failures == 0 || self.throttle.ip_max_failures == 0 {
+            problems.push("api.throttle: max failures must be at least 1".into());
+        }
+    }
+}
+
+/// Errors starting the API.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Configuration missing.
+    #[error("{0}")]
+    Config(&'static str),
+    /// A secret could not be fetched.
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    /// Control database.
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    /// TOTP key.
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+    /// Token signing key.
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    /// OIDC JWKS.
+    #[error("oidc: {0}")]
+    Oidc(#[from] oidc::OidcError),
+    /// TLS material.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    /// I/O (key file, bind).
+    #[error("{0}")]
+    Io(String),
+}
+
+/// Options beyond the config file.
+pub struct ApiOptions {
+    /// Secret store.
+    pub secrets: Arc<dyn SecretStore>,
+    /// Clock.
+    pub clock: Clock,
+    /// The proxy in the same process, if any: revocations are applied to it at once.
+    pub local_proxy: Option<(Arc<RevocationCache>, Arc<SessionRegistry>)>,
+    /// Proxy port for connection strings when `api.proxy_port` is unset.
+    pub proxy_port: u16,
+}
+
+/// Everything a request handler needs.
+pub struct ApiState {
+    pub(crate) cfg: Config,
+    pub(crate) api: ApiConfig,
+    pub(crate) mfa: MfaService,
+    pub(crate) signer: TokenSigner,
+    pub(crate) admin_key: SecretString,
+    pub(crate) first: FirstFactor,
+    pub(crate) clock: Clock,
+    pub(crate) local_proxy: Option<(Arc<RevocationCache>, Arc<SessionRegistry>)>,
+    pub(crate) proxy_port: u16,
+}
+
+/// A bound API server.
+pub struct ApiServer {
+    listener: TcpListener,
+    tls: TlsAcceptor,
+    state: Arc<ApiState>,
+}
+
+impl ApiServer {
+    /// Opens the control database, loads keys and binds the listener.
+    pub async fn bind(cfg: Config, opts: ApiOptions) -> Result<ApiServer, ApiError> {
+        let api = cfg
+            .api
+            .clone()
+            .ok_or(ApiError::Config("no [api] section"))?;
+        let control = cfg
+            .control
+            .clone()
+            .ok_or(ApiError::Config("[api] needs [control]"))?;
+        let tls_cfg = cfg
+            .tls
+            .clone()
+            .ok_or(ApiError::Config("the API needs a [tls] certificate"))?;
+        let secrets = opts.secrets;
+        let db = ControlDb::open(&control, &*secrets).await?;
+        let secret_box = SecretBox::from_secret(&secrets.fetch(&control.totp_key_secret).await?)?;
+        let admin_key = secrets.fetch(&api.admin_key_secret).await?;
+        let key_id = cfg
+            .auth
+            .signing_key_secret
+            .clone()
+            .ok_or(ApiError::Config("[api] needs auth.signing_key_secret"))?;
+        // The signing key comes from the secret store, like every other pgveil key.
+        let pem = secrets.fetch(&key_id).await?;
+        let signer = TokenSigner::from_pem(&pem, &cfg.auth.issuer)?;
+        let oidc = match &api.oidc {
+            Some(o) => Some(OidcVerifier::new(o.clone()).await?),
+            None => None,
+        };
+        let webapp = match &api.webapp {
+            Some(w) => Some((secrets.fetch(&w.key_secret).await?, w.max_age)),
+            None => None,
+        };
+        if api.insecure_no_first_factor {
+            if std::env::var("PGVEIL_DEMO").as_deref() != Ok("1") {
+                return Err(ApiError::Config(
+                    "api.insecure_no_first_factor is for demos only (set PGVEIL_DEMO=1 to accept it)",
+                ));
+            }
+            tracing::warn!(
+                "!!! DEMO MODE: the API issues tokens WITHOUT any first factor: anyone who knows an email and its TOTP code gets a token. Never use this with real data. !!!"
+            );
+        }
+        let mut server_tls = (*crate::tls::server_config(&tls_cfg.cert, &tls_cfg.key)?).clone();
+        server_tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let listener = TcpListener::bind(api.addr)
+            .await
+            .map_err(|e| ApiError::Io(format!("cannot listen on {}: {e}", api.addr)))?;
+        let state = Arc::new(ApiState {
+            mfa: MfaService::new(db, secret_box, api.throttle.clone()),
+            signer,
+            admin_key,
+            first: FirstFactor {
+                oidc,
+                webapp,
+                insecure_none: api.insecure_no_first_factor,
+            },
+            clock: opts.clock,
+            local_proxy: opts.local_proxy,
+            proxy_port: api.proxy_port.unwrap_or(opts.proxy_port),
+            api,
+            cfg,
+        });
+        Ok(ApiServer {
+            listener,
+            tls: TlsAcceptor::from(Arc::new(server_tls)),
+            state,
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
+    /// Serves until `stop` resolves.
+    pub async fn run(self, stop: impl std::future::Future<Output = ()>) {
+        let app = routes::router(self.state.clone());
+        tracing::info!(addr = %self.local_addr(), "pgveil API listening (TLS)");
+        tokio::pin!(stop);
+        loop {
+            let (tcp, peer) = tokio::select! {
+                _ = &mut stop => break,
+                a = self.listener.accept() => match a {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "API accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let tls = self.tls.clone();
+            let app = app.clone();
+            tokio::spawn(async move {
+                let Ok(Ok(stream)) =
+                    tokio::time::timeout(Duration::from_secs(10), tls.accept(tcp)).await
+                else {
+                    return;
+                };
+                let svc = app.map_request(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(routes::ClientIp(peer.ip()));
+                    req
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(15))
+                    .serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc))
+                    .await;
+            });
+        }
+    }
+}

@@ -1,0 +1,557 @@
+//! Routes and handlers. The operations are written once ([`enroll`], [`confirm`], [`login`], [`recover`]) and
+//! used by both the JSON API and the security page.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use axum::extract::{Extension, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use subtle::ConstantTimeEq;
+
+use super::ApiState;
+use super::first_factor::FirstFactorInput;
+use crate::control::epoch;
+use crate::control::users::User;
+use crate::ids::{RoleName, TenantId, UserId};
+use crate::mfa::policy::MfaRequirement;
+use crate::mfa::{MfaError, SecondFactor};
+use crate::secret::ExposeSecret;
+
+/// The client's IP address, inserted by the accept loop.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientIp(pub IpAddr);
+
+/// An API error: HTTP status, stable code, message (never a secret, code or token).
+#[derive(Debug)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Stable machine-readable code.
+    pub code: &'static str,
+    /// Human-readable message.
+    pub message: String,
+    /// Seconds to wait (429).
+    pub retry_after: Option<u64>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+    fn internal(e: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %e, "API internal error");
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "service temporarily unavailable",
+        )
+    }
+}
+
+impl From<MfaError> for ApiError {
+    fn from(e: MfaError) -> Self {
+        match e {
+            MfaError::NotEnrolled => {
+                ApiError::new(StatusCode::CONFLICT, "not_enrolled", e.to_string())
+            }
+            MfaError::AlreadyEnrolled => {
+                ApiError::new(StatusCode::CONFLICT, "already_enrolled", e.to_string())
+            }
+            MfaError::InvalidCode => {
+                ApiError::new(StatusCode::UNAUTHORIZED, "invalid_code", e.to_string())
+            }
+            MfaError::Throttled(t) => ApiError {
+                retry_after: Some(t.retry_after.max(1)),
+                ..ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    if t.locked { "locked_out" } else { "throttled" },
+                    e.to_string(),
+                )
+            },
+            other => ApiError::internal(other),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut r = (
+            self.status,
+            Json(json!({"error": {"code": self.code, "message": self.message}})),
+        )
+            .into_response();
+        if let Some(s) = self.retry_after
+            && let Ok(v) = HeaderValue::from_str(&s.to_string())
+        {
+            r.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        r
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// The API's routes.
+pub fn router(state: Arc<ApiState>) -> Router {
+    Router::new()
+        .route("/", get(|| async { Redirect::to("/security") }))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/v1/enroll", post(enroll_json))
+        .route("/v1/enroll/confirm", post(confirm_json))
+        .route("/v1/login", post(login_json))
+        .route("/v1/recover", post(recover_json))
+        .route(
+            "/v1/admin/users",
+            post(admin_create_user).get(admin_list_users),
+        )
+        .route("/v1/admin/users/{email}/disable", post(admin_disable))
+        .route("/v1/admin/users/{email}/enable", post(admin_enable))
+        .route("/v1/admin/tokens/revoke", post(admin_revoke))
+        .merge(super::page::routes())
+        .with_state(state)
+}
+
+// ---- operations -----------------------------------------------------------------------------------
+
+/// Checks the first factor and finds the (enabled) user.
+pub(crate) async fn authenticate_user(
+    st: &ApiState,
+    email: &str,
+    first: &FirstFactorInput,
+    ip: IpAddr,
+) -> ApiResult<(User, Option<&'static str>)> {
+    let now = (st.clock)();
+    st.mfa.check_ip(ip, now).await?;
+    let amr = match st.first.verify(first, email, now).await {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::info!(client = %ip, reason = %e, "first factor refused");
+            st.mfa.first_factor_failed(ip, now).await?;
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "first_factor_invalid",
+                "first factor refused",
+            ));
+        }
+    };
+    let user = st
+        .mfa
+        .db()
+        .user(email)
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| {
+            ApiError::new(StatusCode::NOT_FOUND, "unknown_user", "no such pgveil user")
+        })?;
+    if user.disabled {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "user_disabled",
+            "this user is disabled",
+        ));
+    }
+    Ok((user, amr))
+}
+
+/// What a new enrolment returns.
+#[derive(Serialize)]
+pub(crate) struct EnrollOut {
+    pub otpauth_uri: String,
+    pub secret: String,
+    pub qr_svg: String,
+    pub qr_png_base64: String,
+}
+
+pub(crate) async fn enroll(
+    st: &ApiState,
+    email: &str,
+    first: &FirstFactorInput,
+    ip: IpAddr,
+) -> ApiResult<EnrollOut> {
+    let (user, _) = authenticate_user(st, email, first, ip).await?;
+    let e = st.mfa.enroll(&user, (st.clock)()).await?;
+    Ok(EnrollOut {
+        otpauth_uri: e.otpauth_uri,
+        secret: e.secret_base32,
+        qr_svg: e.qr_svg,
+        qr_png_base64: e.qr_png_base64,
+    })
+}
+
+pub(crate) async fn confirm(
+    st: &ApiState,
+    email: &str,
+    first: &FirstFactorInput,
+    code: &str,
+    ip: IpAddr,
+) -> ApiResult<Vec<String>> {
+    let (user, _) = authenticate_user(st, email, first, ip).await?;
+    Ok(st.mfa.confirm(&user, code, ip, (st.clock)()).await?)
+}
+
+pub(crate) async fn recover(
+    st: &ApiState,
+    email: &str,
+    first: &FirstFactorInput,
+    code: &str,
+    ip: IpAddr,
+) -> ApiResult<()> {
+    let (user, _) = authenticate_user(st, email, first, ip).await?;
+    Ok(st.mfa.recover(&user, code, ip, (st.clock)()).await?)
+}
+
+/// A login's result: the token and ready-to-use connection details.
+#[derive(Serialize)]
+pub(crate) struct LoginOut {
+    pub token: String,
+    pub jti: String,
+    pub expires_at: i64,
+    pub amr: Vec<String>,
+    pub user: String,
+    pub tenant: String,
+    pub role: String,
+    pub host: String,
+    pub port: u16,
+    pub dbname: String,
+    pub url: String,
+    pub mfa_deadline_days: Option<u64>,
+}
+
+pub(crate) async fn login(
+    st: &ApiState,
+    email: &str,
+    first: &FirstFactorInput,
+    second: Option<SecondFactor<'_>>,
+    ip: IpAddr,
+) -> ApiResult<LoginOut> {
+    let (user, first_amr) = authenticate_user(st, email, first, ip).await?;
+    let now = (st.clock)();
+    let tenant = st.cfg.tenant(&user.tenant).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "unknown_tenant",
+            "the user's tenant is not served here",
+        )
+    })?;
+    let req = MfaRequirement::of(tenant, now);
+    let mut amr: Vec<String> = first_amr.map(str::to_owned).into_iter().collect();
+    match second {
+        Some(f) => amr.push(st.mfa.verify(&user, f, ip, now).await?.to_owned()),
+        None if user.mfa_enrolled => {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "code_required",
+                "a TOTP code or recovery code is required",
+            ));
+        }
+        None if !req.allows_without_mfa() => {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "mfa_enrolment_required",
+                "two-factor authentication is required for this tenant: enrol an authenticator app first",
+            ));
+        }
+        None => {}
+    }
+    let ttl = st.api.token_ttl;
+    let (token, claims) = st
+        .signer
+        .mint_with_claims(
+            &UserId::new(&user.email),
+            &user.tenant,
+            &user.role,
+            amr.clone(),
+            ttl,
+            now,
+        )
+        .map_err(ApiError::internal)?;
+    let iat = epoch(now).map_err(ApiError::internal)?;
+    st.mfa
+        .db()
+        .record_token(&claims.jti, user.id, &amr, iat, claims.exp)
+        .await
+        .map_err(ApiError::internal)?;
+    tracing::info!(user = %user.email, amr = ?amr, "token issued");
+    let has_mfa = claims.has_mfa();
+    let dbname = tenant
+        .dbname
+        .clone()
+        .unwrap_or_else(|| user.tenant.to_string());
+    let host = st.api.proxy_host.clone();
+    let port = st.proxy_port;
+    let url = format!(
+        "postgresql://{}:{}@{host}:{port}/{}?sslmode=require",
+        urlencoding::encode(&user.email),
+        urlencoding::encode(&token),
+        urlencoding::encode(&dbname)
+    );
+    Ok(LoginOut {
+        token,
+        jti: claims.jti,
+        expires_at: claims.exp,
+        amr,
+        user: user.email,
+        tenant: user.tenant.to_string(),
+        role: user.role.to_string(),
+        host,
+        port,
+        dbname,
+        url,
+        mfa_deadline_days: match req {
+            MfaRequirement::Grace { days_left, .. } if !has_mfa => Some(days_left),
+            _ => None,
+        },
+    })
+}
+
+// ---- JSON handlers ---------------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+struct EmailAndFactor {
+    email: String,
+    #[serde(flatten)]
+    first: FirstFactorInput,
+    #[serde(default)]
+    code: Option<String>,
+    #[serde(default)]
+    recovery_code: Option<String>,
+}
+
+async fn enroll_json(
+    State(st): State<Arc<ApiState>>,
+    Extension(ip): Extension<ClientIp>,
+    Json(b): Json<EmailAndFactor>,
+) -> ApiResult<Json<EnrollOut>> {
+    Ok(Json(enroll(&st, &b.email, &b.first, ip.0).await?))
+}
+
+async fn confirm_json(
+    State(st): State<Arc<ApiState>>,
+    Extension(ip): Extension<ClientIp>,
+    Json(b): Json<EmailAndFactor>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let code = b
+        .code
+        .as_deref()
+        .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", "code is required"))?;
+    let codes = confirm(&st, &b.email, &b.first, code, ip.0).await?;
+    Ok(Json(json!({ "recovery_codes": codes })))
+}
+
+async fn login_json(
+    State(st): State<Arc<ApiState>>,
+    Extension(ip): Extension<ClientIp>,
+    Json(b): Json<EmailAndFactor>,
+) -> ApiResult<Json<LoginOut>> {
+    let second = match (b.code.as_deref(), b.recovery_code.as_deref()) {
+        (Some(c), None) => Some(SecondFactor::Totp(c)),
+        (None, Some(r)) => Some(SecondFactor::Recovery(r)),
+        (None, None) => None,
+        (Some(_), Some(_)) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "send code or recovery_code, not both",
+            ));
+        }
+    };
+    Ok(Json(login(&st, &b.email, &b.first, second, ip.0).await?))
+}
+
+async fn recover_json(
+    State(st): State<Arc<ApiState>>,
+    Extension(ip): Extension<ClientIp>,
+    Json(b): Json<EmailAndFactor>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let code = b.recovery_code.as_deref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "recovery_code is required",
+        )
+    })?;
+    recover(&st, &b.email, &b.first, code, ip.0).await?;
+    Ok(Json(
+        json!({ "status": "enrolment_reset", "next": "POST /v1/enroll to enrol a new device" }),
+    ))
+}
+
+// ---- admin -----------------------------------------------------------------------------------------
+
+fn require_admin(st: &ApiState, headers: &HeaderMap) -> ApiResult<()> {
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let expected = st.admin_key.expose_secret().as_bytes();
+    if expected.is_empty() || !bool::from(presented.as_bytes().ct_eq(expected)) {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "admin_unauthorized",
+            "admin API key required",
+        ));
+    }
+    Ok(())
+}
+
+#[derive(Deserialize)]
+struct NewUser {
+    email: String,
+    tenant: TenantId,
+    role: RoleName,
+}
+
+async fn admin_create_user(
+    State(st): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Json(u): Json<NewUser>,
+) -> ApiResult<Response> {
+    require_admin(&st, &headers)?;
+    let email = u.email.trim().to_lowercase();
+    if !email.contains('@')
+        || email.len() > 254
+        || email.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "email is not valid",
+        ));
+    }
+    if st.cfg.tenant(&u.tenant).is_none() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "unknown_tenant",
+            "tenant is not configured",
+        ));
+    }
+    if !st.cfg.roles.contains(&u.role) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "unknown_role",
+            "role is not configured",
+        ));
+    }
+    let now = epoch((st.clock)()).map_err(ApiError::internal)?;
+    match st
+        .mfa
+        .db()
+        .create_user(&email, &u.tenant, &u.role, now)
+        .await
+        .map_err(ApiError::internal)?
+    {
+        Some(user) => Ok((StatusCode::CREATED, Json(user)).into_response()),
+        None => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "user_exists",
+            "a user with this email exists",
+        )),
+    }
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    tenant: Option<TenantId>,
+}
+
+async fn admin_list_users(
+    State(st): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Json<Vec<User>>> {
+    require_admin(&st, &headers)?;
+    Ok(Json(
+        st.mfa
+            .db()
+            .users(q.tenant.as_ref())
+            .await
+            .map_err(ApiError::internal)?,
+    ))
+}
+
+async fn admin_disable(
+    State(st): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(email): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    set_disabled(&st, &headers, &email, true).await
+}
+
+async fn admin_enable(
+    State(st): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(email): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    set_disabled(&st, &headers, &email, false).await
+}
+
+async fn set_disabled(
+    st: &ApiState,
+    headers: &HeaderMap,
+    email: &str,
+    disabled: bool,
+) -> ApiResult<Json<serde_json::Value>> {
+    require_admin(st, headers)?;
+    let now = epoch((st.clock)()).map_err(ApiError::internal)?;
+    if !st
+        .mfa
+        .db()
+        .set_disabled(&email.to_lowercase(), disabled, now)
+        .await
+        .map_err(ApiError::internal)?
+    {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_user",
+            "no such pgveil user",
+        ));
+    }
+    tracing::info!(user = %email, disabled, "user updated by admin");
+    apply_locally(st).await;
+    Ok(Json(json!({ "email": email, "disabled": disabled })))
+}
+
+#[derive(Deserialize)]
+struct RevokeBody {
+    jti: String,
+}
+
+async fn admin_revoke(
+    State(st): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Json(b): Json<RevokeBody>,
+) -> ApiResult<Json<serde_json::Value>> {
+    require_admin(&st, &headers)?;
+    let now = epoch((st.clock)()).map_err(ApiError::internal)?;
+    // Unknown jti (e.g. minted by `pgveil token mint`): keep the revocation for the longest token lifetime.
+    let horizon = now + 7 * 24 * 3600;
+    st.mfa
+        .db()
+        .revoke_token(&b.jti, now, horizon)
+        .await
+        .map_err(ApiError::internal)?;
+    tracing::info!(jti = %b.jti, "token revoked by admin");
+    apply_locally(&st).await;
+    Ok(Json(json!({ "jti": b.jti, "revoked": true })))
+}
+
+/// Applies a revocation to the proxy in this process at once (other instances follow within
+/// `control.revocation_refresh`).
+async fn apply_locally(st: &ApiState) {
+    if let Some((cache, sessions)) = &st.local_proxy
+        && let Err(e) = cache.refresh(sessions).await
+    {
+        tracing::warn!(error = %e, "local revocation refresh failed");
+    }
+}

@@ -1,0 +1,300 @@
+//! Transaction mode: a conservative look at client SQL for session state that outlives a transaction.
+//!
+//! This is not a security decision (the statement policy hook parses SQL with the real grammar); it decides
+//! whether a client must be pinned to its backend, whether its settings must be re-read after the
+//! transaction, and whether pgveil's statement cache on the backend was dropped. Errors are on the safe side:
+//! a false "pins" costs pooling for that one client, a false "settings" costs one round trip.
+//!
+//! Statement-initial keywords are read with a lexer that skips comments, string literals (incl. `E''`),
+//! dollar quotes and quoted identifiers. Function names and `temp` are matched as whole words anywhere in the
+//! text, string bodies included, so `DO $$ ... pg_advisory_lock(1) ... $$` is caught too.
+
+/// What a SQL string may do to session state.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SqlEffects {
+    /// Session state pgveil cannot move between backends (why, for logs); the client is pinned.
+    pub pins: Option<&'static str>,
+    /// May change settings (`SET`, `RESET`, `set_config`, `DISCARD`, `DO`): re-read them after the transaction.
+    pub settings: bool,
+    /// May drop prepared statements on the backend (`DEALLOCATE`, `DISCARD`).
+    pub drops_statements: bool,
+    /// Mentions pgveil's internal statement names or `pg_prepared_statements`: refused.
+    pub reserved: bool,
+}
+
+/// Words that pin wherever they appear (functions with session-lifetime effects, temporary objects).
+const PINNING_WORDS: &[(&str, &str)] = &[
+    ("pg_advisory_lock", "session advisory lock"),
+    ("pg_advisory_lock_shared", "session advisory lock"),
+    ("pg_try_advisory_lock", "session advisory lock"),
+    ("pg_try_advisory_lock_shared", "session advisory lock"),
+    ("temp", "temporary object"),
+    ("temporary", "temporary object"),
+    ("pg_temp", "temporary object"),
+    ("dblink_connect", "dblink connection"),
+    ("dblink_connect_u", "dblink connection"),
+];
+
+/// Scans one SQL string (a Query or a Parse text).
+pub fn scan(sql: &[u8]) -> SqlEffects {
+    let mut fx = SqlEffects::default();
+    scan_words(sql, &mut fx);
+    let mut lex = Lexer { s: sql, i: 0 };
+    let mut first: Option<Vec<u8>> = None;
+    let mut saw_hold = false;
+    loop {
+        let tok = lex.next();
+        match tok {
+            Tok::End | Tok::Semi => {
+                if let Some(kw) = first.take() {
+                    classify(&kw, saw_hold, &mut fx);
+                }
+                saw_hold = false;
+                if tok == Tok::End {
+                    return fx;
+                }
+            }
+            Tok::Word(w) => {
+                if first.is_none() {
+                    first = Some(w.to_ascii_lowercase());
+                } else if w.eq_ignore_ascii_case(b"hold") {
+                    saw_hold = true;
+                }
+            }
+            Tok::Other => {
+                if first.is_none() {
+                    // `(SELECT ...)` and the like: not a statement we care about.
+                    first = Some(Vec::new());
+                }
+            }
+        }
+    }
+}
+
+fn classify(kw: &[u8], saw_hold: bool, fx: &mut SqlEffects) {
+    match kw {
+        b"set" | b"reset" | b"do" | b"call" => fx.settings = true,
+        b"discard" | b"deallocate" => {
+            fx.settings = true;
+            fx.drops_statements = true;
+        }
+        b"prepare" => fx.pins = fx.pins.or(Some("SQL PREPARE")),
+        b"listen" => fx.pins = fx.pins.or(Some("LISTEN")),
+        b"load" => fx.pins = fx.pins.or(Some("LOAD")),
+        b"declare" if saw_hold => fx.pins = fx.pins.or(Some("cursor WITH HOLD")),
+        _ => {}
+    }
+}
+
+/// Whole-word, case-insensitive matches anywhere in the text.
+fn scan_words(sql: &[u8], fx: &mut SqlEffects) {
+    let is_ident = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80;
+    for word in sql.split(|&b| !is_ident(b)) {
+        if word.len() < 4 {
+            continue;
+        }
+        if word.eq_ignore_ascii_case(b"set_config") {
+            fx.settings = true;
+        } else if word.eq_ignore_ascii_case(b"pg_prepared_statements")
+            || word.eq_ignore_ascii_case(b"pg_prepared_statement")
+            || (word.len() >= NAME_PREFIX_LEN
+                && word[..NAME_PREFIX_LEN].eq_ignore_ascii_case(PREFIX))
+        {
+            fx.reserved = true;
+        } else if fx.pins.is_none()
+            && let Some((_, why)) = PINNING_WORDS
+                .iter()
+                .find(|(w, _)| word.eq_ignore_ascii_case(w.as_bytes()))
+        {
+            fx.pins = Some(why);
+        }
+    }
+}
+
+const PREFIX: &[u8] = crate::backend::statements::NAME_PREFIX.as_bytes();
+const NAME_PREFIX_LEN: usize = PREFIX.len();
+
+#[derive(Debug, PartialEq, Eq)]
+enum Tok<'a> {
+    Word(&'a [u8]),
+    Semi,
+    Other,
+    End,
+}
+
+struct Lexer<'a> {
+    s: &'a [u8],
+    i: usize,
+}
+
+impl<'a> Lexer<'a> {
+    fn peek(&self, k: usize) -> u8 {
+        self.s.get(self.i + k).copied().unwrap_or(0)
+    }
+
+    fn next(&mut self) -> Tok<'a> {
+        loop {
+            let c = self.peek(0);
+            if self.i >= self.s.len() {
+                return Tok::End;
+            }
+            match c {
+                c if c.is_ascii_whitespace() => self.i += 1,
+                b'-' if self.peek(1) == b'-' => {
+                    while self.i < self.s.len() && self.s[self.i] != b'\n' {
+                        self.i += 1;
+                    }
+                }
+                b'/' if self.peek(1) == b'*' => self.skip_block_comment(),
+                b';' => {
+                    self.i += 1;
+                    return Tok::Semi;
+                }
+                b'\'' => {
+                    self.skip_quoted(b'\'', false);
+                    return Tok::Other;
+                }
+                b'"' => {
+                    self.skip_quoted(b'"', false);
+                    return Tok::Other;
+                }
+                b'$' if self.dollar_tag().is_some() => {
+                    self.skip_dollar();
+                    return Tok::Other;
+                }
+                c if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 => {
+                    let start = self.i;
+                    while self.i < self.s.len() {
+                        let b = self.s[self.i];
+                        if b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80 {
+                            self.i += 1;
+                        } else {
+                            break;
+                        }
+                    }
+                    let word = &self.s[start..self.i];
+                    if self.peek(0) == b'\'' {
+                        // E'...' has backslash escapes; B'', X'', N'', U&'' do not matter here.
+                        self.skip_quoted(b'\'', word.eq_ignore_ascii_case(b"e"));
+                        return Tok::Other;
+                    }
+                    return Tok::Word(word);
+                }
+                _ => {
+                    self.i += 1;
+                    return Tok::Other;
+                }
+            }
+        }
+    }
+
+    fn skip_block_comment(&mut self) {
+        let mut depth = 0usize;
+        while self.i < self.s.len() {
+            if self.peek(0) == b'/' && self.peek(1) == b'*' {
+                depth += 1;
+                self.i += 2;
+            } else if self.peek(0) == b'*' && self.peek(1) == b'/' {
+                depth -= 1;
+                self.i += 2;
+                if depth == 0 {
+                    return;
+                }
+            } else {
+                self.i += 1;
+            }
+        }
+    }
+
+    fn skip_quoted(&mut self, q: u8, backslash: bool) {
+        self.i += 1;
+        while self.i < self.s.len() {
+            let c = self.s[self.i];
+            if backslash && c == b'\\' {
+                self.i += 2;
+            } else if c == q {
+                if self.peek(1) == q {
+                    self.i += 2;
+                } else {
+                    self.i += 1;
+                    return;
+                }
+            } else {
+                self.i += 1;
+            }
+        }
+    }
+
+    /// Length of a dollar-quote tag (`$$` or `$name$`) at the cursor.
+    fn dollar_tag(&self) -> Option<usize> {
+        let rest = &self.s[self.i..];
+        if rest.get(1).is_some_and(|b| b.is_ascii_digit()) {
+            return None; // $1 parameter
+        }
+        let end = rest[1..]
+            .iter()
+            .position(|&b| !(b.is_ascii_alphanumeric() || b == b'_' || b >= 0x80))?;
+        (rest[1 + end] == b'$').then_some(end + 2)
+    }
+
+    fn skip_dollar(&mut self) {
+        let len = self.dollar_tag().expect("checked");
+        let tag = &self.s[self.i..self.i + len];
+        self.i += len;
+        match self.s[self.i..].windows(len).position(|w| w == tag) {
+            Some(p) => self.i += p + len,
+            None => self.i = self.s.len(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ordinary_statements_have_no_effects() {
+        for sql in [
+            "SELECT abalance FROM pgbench_accounts WHERE aid = $1",
+            "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = 2",
+            "BEGIN; SELECT 'set work_mem = 1'; /* reset */ COMMIT",
+            "SELECT $$prepare listen$$, E'\\' ; set', \"set\"",
+            "DECLARE c CURSOR FOR SELECT 1",
+        ] {
+            assert_eq!(scan(sql.as_bytes()), SqlEffects::default(), "{sql}");
+        }
+    }
+
+    #[test]
+    fn detects_session_state() {
+        let s = |sql: &str| scan(sql.as_bytes());
+        assert!(s("SET work_mem = '8MB'").settings);
+        assert!(s("select 1; /* x */ reset all").settings);
+        assert!(s("SELECT set_config('a.b', 'c', false)").settings);
+        assert!(s("DO $x$ BEGIN PERFORM 1; END $x$").settings);
+        let d = s("DEALLOCATE ALL");
+        assert!(d.drops_statements && d.settings);
+        assert!(s("DISCARD ALL").drops_statements);
+        assert_eq!(s("PREPARE p AS SELECT 1").pins, Some("SQL PREPARE"));
+        assert_eq!(s("LISTEN ch").pins, Some("LISTEN"));
+        assert_eq!(
+            s("DECLARE c CURSOR WITH HOLD FOR SELECT 1").pins,
+            Some("cursor WITH HOLD")
+        );
+        assert_eq!(
+            s("CREATE TEMP TABLE t (x int)").pins,
+            Some("temporary object")
+        );
+        assert_eq!(
+            s("SELECT pg_advisory_lock(1)").pins,
+            Some("session advisory lock")
+        );
+        assert_eq!(
+            s("DO $$BEGIN PERFORM pg_advisory_lock(1); END$$").pins,
+            Some("session advisory lock")
+        );
+        assert_eq!(s("SELECT pg_advisory_xact_lock(1)").pins, None);
+        assert!(s("EXECUTE PGVEIL_PS_3").reserved);
+        assert!(s("select * from pg_catalog.pg_prepared_statements").reserved);
+    }
+}

@@ -1,0 +1,336 @@
+//! Transaction pooling: a client holds a backend only from the first message of a transaction to the
+//! ReadyForQuery (status idle) that ends it, with nothing else pending; then the backend goes back to its pool
+//! for the next waiting client (deadpool's queue is FIFO; `pool.checkout_timeout` bounds the wait, then 53300).
+//!
+//! What follows the client from backend to backend:
+//! - its settings: startup parameters and `SET`/`RESET`/`set_config`. A backend remembers which settings it
+//!   carries; a client with different ones gets `RESET ALL` plus its own `set_config(...)` before its
+//!   transaction. After a transaction that may have changed settings, pgveil reads them back
+//!   (`pg_settings WHERE source = 'session'`) and makes them the client's;
+//! - its prepared statements (see [`super::prepared`]);
+//! - its cancel key ([`CancelHandle::set_backend`] follows the serving backend).
+//!
+//! State that cannot be moved pins the client to its backend until it disconnects (see [`super::sqlscan`]):
+//! SQL `PREPARE`, `LISTEN`, temporary objects, session advisory locks, cursors `WITH HOLD`, `LOAD`, dblink
+//! connections, and `SET ROLE`/`SET SESSION AUTHORIZATION`. A pinned client's backend is reset like a session
+//! mode backend (`DISCARD ALL`) when it ends.
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use deadpool::managed::Object;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
+
+use super::handshake::refuse;
+use super::params::set_config_statement;
+use super::prepared::TxnStatements;
+use super::relay::{Relay, RelayEnd};
+use super::sqlscan;
+use crate::backend::pool::PooledConn;
+use crate::backend::reset::{query_rows, reset, rollback, run_queries};
+use crate::backend::statements::BackendStatements;
+use crate::cancel::CancelHandle;
+use crate::identity::Identity;
+use crate::net::ClientStream;
+use crate::proto::PgError;
+use crate::route::Tenant;
+use crate::server::Shared;
+
+/// Settings that cannot be re-applied on another backend: a client that changes them is pinned.
+const UNMOVABLE_SETTINGS: &[&str] = &["role", "session_authorization"];
+
+/// Reads back the settings a client changed on its backend.
+const CAPTURE_SETTINGS: &str = "SELECT name, pg_catalog.current_setting(name) FROM pg_catalog.pg_settings WHERE source = 'session' ORDER BY name";
+
+/// A client's transaction-mode state, kept across backends.
+pub struct TxnCtx {
+    /// Extended-protocol statements.
+    pub stmts: TxnStatements,
+    /// Why the client is pinned to its backend, if it is.
+    pub pinned: Option<&'static str>,
+    /// The current transaction may have changed settings: read them back before releasing the backend.
+    pub settings_dirty: bool,
+    /// Extended-protocol messages were sent since the last Sync.
+    pub unsynced: bool,
+    /// The client's settings (name, value), as applied on top of a backend's startup state.
+    settings: Vec<(String, String)>,
+    /// The statement applying `settings` (already checked by the statement policy).
+    settings_sql: Option<String>,
+}
+
+impl TxnCtx {
+    /// State for a client whose startup settings are `settings`, applied by `settings_sql`.
+    pub fn new(
+        settings: Vec<(String, String)>,
+        settings_sql: Option<String>,
+        cache_cap: usize,
+    ) -> Self {
+        Self {
+            stmts: TxnStatements::new(cache_cap),
+            pinned: None,
+            settings_dirty: false,
+            unsynced: false,
+            settings,
+            settings_sql,
+        }
+    }
+
+    /// Looks at SQL about to be sent: pins, marks settings dirty, forgets dropped statements. Returns an error
+    /// when the SQL must be refused (it names pgveil's internal statements).
+    pub fn observe(&mut self, sql: &[u8], stmts: &mut BackendStatements) -> Option<PgError> {
+        let fx = sqlscan::scan(sql);
+        if fx.reserved {
+            return Some(PgError::insufficient_privilege(
+                "pgveil's server-side prepared statements and pg_prepared_statements are not accessible in transaction pooling mode",
+            ));
+        }
+        if let Some(why) = fx.pins
+            && self.pinned.is_none()
+        {
+            tracing::debug!(reason = why, "client pinned to its backend");
+            self.pinned = Some(why);
+        }
+        self.settings_dirty |= fx.settings;
+        if fx.drops_statements {
+            self.stmts.on_statements_dropped(stmts);
+        }
+        None
+    }
+}
+
+/// Makes `conn` carry exactly the client's settings (`RESET ALL` + the client's `set_config`), unless it
+/// already does. Marks the connection broken on failure.
+pub async fn ensure_settings(conn: &mut PooledConn, ctx: &TxnCtx) -> Result<(), PgError> {
+    if conn.applied.as_ref() == Some(&ctx.settings) {
+        return Ok(());
+    }
+    let mut sqls = vec!["RESET ALL"];
+    if let Some(sql) = &ctx.settings_sql {
+        sqls.push(sql);
+    }
+    match run_queries(conn, &sqls).await {
+        Ok((b'I', None)) => {
+            conn.applied = Some(ctx.settings.clone());
+            Ok(())
+        }
+        Ok((_, err)) => {
+            conn.broken = true;
+            Err(PgError::invalid_startup_setting(
+                err.map(|e| e.message).unwrap_or_default(),
+            ))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "backend failed while applying client settings");
+            Err(PgError::backend_unavailable())
+        }
+    }
+}
+
+/// Reads back the settings the client's last transaction left on `conn` and makes them the client's.
+async fn capture_settings(conn: &mut PooledConn, ctx: &mut TxnCtx) {
+    ctx.settings_dirty = false;
+    match query_rows(conn, CAPTURE_SETTINGS).await {
+        Ok((b'I', None, rows)) => {
+            let settings: Vec<(String, String)> = rows
+                .into_iter()
+                .filter_map(|r| match <[Option<String>; 2]>::try_from(r) {
+                    Ok([Some(n), Some(v)]) => Some((n, v)),
+                    _ => None,
+                })
+                .collect();
+            if settings
+                .iter()
+                .any(|(n, _)| UNMOVABLE_SETTINGS.contains(&n.as_str()))
+            {
+                ctx.pinned = ctx.pinned.or(Some("SET ROLE / SESSION AUTHORIZATION"));
+            }
+            let pairs: Vec<(&str, &str)> = settings
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_str()))
+                .collect();
+            ctx.settings_sql = (!pairs.is_empty()).then(|| set_config_statement(&pairs));
+            ctx.settings = settings.clone();
+            conn.applied = Some(settings);
+        }
+        other => {
+            tracing::warn!(result = ?other.map(|(s, e, _)| (s, e)).err(), "reading back client settings failed");
+            conn.broken = true;
+        }
+    }
+}
+
+/// How the wait for the client's next transaction ended.
+enum Idle {
+    Data,
+    Gone,
+    Shutdown,
+    /// The session's token was revoked or its user disabled.
+    Killed,
+}
+
+async fn wait_for_client(
+    stream: &mut ClientStream,
+    cin: &mut BytesMut,
+    shutdown: &mut watch::Receiver<bool>,
+    killed: &mut watch::Receiver<bool>,
+) -> Idle {
+    let mut watching = true;
+    loop {
+        if *killed.borrow() {
+            return Idle::Killed;
+        }
+        if *shutdown.borrow() {
+            return Idle::Shutdown;
+        }
+        cin.reserve(8 * 1024);
+        tokio::select! {
+            r = stream.read_buf(cin) => return match r {
+                Ok(0) | Err(_) => Idle::Gone,
+                Ok(_) => Idle::Data,
+            },
+            r = shutdown.changed(), if watching => if r.is_err() { watching = false },
+            r = killed.wait_for(|k| *k) => {
+                drop(r);
+                return Idle::Killed;
+            }
+        }
+    }
+}
+
+/// Serves a transaction-mode client after its greeting, until it leaves.
+pub async fn serve(
+    stream: &mut ClientStream,
+    who: &Identity,
+    shared: &Shared,
+    tenant: &Arc<Tenant>,
+    ctx: TxnCtx,
+    handle: &CancelHandle,
+    killed: &mut watch::Receiver<bool>,
+) {
+    let mut relay = Relay::new(who, &*shared.policy, shared.cfg.listen.max_query_bytes);
+    relay.txn = Some(ctx);
+    let mut shutdown = shared.shutdown.clone();
+    let mut held: Option<PooledConn> = None;
+    let mut cin = BytesMut::new();
+    loop {
+        let ctx = relay.txn.as_mut().expect("transaction mode");
+        let conn = match held.as_mut() {
+            Some(conn) => conn,
+            None => {
+                match wait_for_client(stream, &mut cin, &mut shutdown, killed).await {
+                    Idle::Data => {}
+                    Idle::Gone => return,
+                    Idle::Killed => {
+                        terminated(stream).await;
+                        return;
+                    }
+                    Idle::Shutdown => {
+                        let mut out = BytesMut::new();
+                        PgError::shutting_down().encode(&mut out);
+                        let _ = stream.write_all(&out).await;
+                        return;
+                    }
+                }
+                if cin[0] == crate::proto::messages::tag::TERMINATE {
+                    return;
+                }
+                let mut conn = match shared.pools.checkout(tenant, &who.role).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        refuse(stream, super::session::checkout_error(&e, who)).await;
+                        return;
+                    }
+                };
+                if let Err(e) = ensure_settings(&mut conn, ctx).await {
+                    refuse(stream, e).await;
+                    discard(conn);
+                    return;
+                }
+                ctx.stmts.on_checkout(&conn.statements);
+                held.insert(conn)
+            }
+        };
+        handle.set_backend(Some((conn.target.clone(), conn.key)));
+        // A revoked token or disabled user ends the session at once: the relay is dropped mid-flight and the
+        // backend, whose state is then unknown, is cancelled and closed.
+        let end = tokio::select! {
+            end = relay.run(stream, &mut cin, conn, &mut shutdown) => Some(end),
+            _ = killed.wait_for(|k| *k) => None,
+        };
+        handle.set_backend(None);
+        let Some(end) = end else {
+            let conn = held.take().expect("held");
+            crate::cancel::send_cancel_detached(conn.target.clone(), conn.key);
+            discard(conn);
+            terminated(stream).await;
+            return;
+        };
+        let ctx = relay.txn.as_mut().expect("transaction mode");
+        match end {
+            RelayEnd::Release => {
+                if ctx.settings_dirty {
+                    capture_settings(conn, ctx).await;
+                }
+                if conn.broken {
+                    discard(held.take().expect("held"));
+                } else if ctx.pinned.is_none() {
+                    held = None; // back to the pool
+                }
+            }
+            end => {
+                tracing::info!(end = ?end, pinned = ctx.pinned, "session ended");
+                if let Some(conn) = held.take() {
+                    finish(conn, &relay, &end).await;
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// The client left while holding a backend: roll back and return it, reset it if the client was pinned, or
+/// discard it when its state is unknown.
+async fn finish(mut conn: PooledConn, relay: &Relay<'_>, end: &RelayEnd) {
+    let ctx = relay.txn.as_ref().expect("transaction mode");
+    let reusable =
+        relay.state.backend_idle() && !matches!(end, RelayEnd::BackendGone) && !conn.broken;
+    if !reusable {
+        if !matches!(end, RelayEnd::BackendGone) {
+            crate::cancel::send_cancel_detached(conn.target.clone(), conn.key);
+        }
+        discard(conn);
+        return;
+    }
+    let status = relay.state.txn_status;
+    let ok = if ctx.pinned.is_some() {
+        let ok = reset(&mut conn, status).await;
+        conn.statements.clear();
+        conn.applied = Some(Vec::new());
+        ok
+    } else {
+        let ok = status == b'I' || rollback(&mut conn).await;
+        if ctx.settings_dirty {
+            conn.applied = None; // unknown: the next client starts with RESET ALL
+        }
+        ok
+    };
+    if !ok {
+        discard(conn);
+    }
+}
+
+/// Tells the client its session was ended by a revocation.
+async fn terminated(stream: &mut ClientStream) {
+    tracing::info!("session terminated: token revoked or user disabled");
+    let mut out = BytesMut::new();
+    PgError::invalid_authorization("session terminated: pgveil token revoked or user disabled")
+        .encode(&mut out);
+    let _ = stream.write_all(&out).await;
+}
+
+/// Removes a backend from its pool and closes it.
+fn discard(mut conn: PooledConn) {
+    conn.broken = true;
+    let _ = Object::take(conn);
+}
