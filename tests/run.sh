@@ -7,7 +7,8 @@
 #         libclang-dev, pgbouncer, and the basics to build Rust code and install Python packages;
 #         chromium and chromium-driver (Debian's browser, for the security page test);
 #   pip:  psycopg[binary], asyncpg, pyotp and moto[server] (each only when its import fails);
-#   npm:  playwright-core in tests/browser (drives Debian's chromium; no browser is downloaded);
+#   npm:  playwright-core in tests/browser (drives Debian's chromium; no browser is downloaded) and
+#         node-postgres (pg) in tests/node;
 #   Rust: rustup's stable toolchain, only when no cargo is found.
 # then runs `cargo test --locked --release --all-targets "$@"` and exits with its status.
 #
@@ -106,6 +107,12 @@ fi
 if [ ! -d tests/browser/node_modules/playwright-core ]; then
     log "installing playwright-core with npm (tests/browser)"
     (cd tests/browser && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm install --no-audit --no-fund --silent)
+fi
+
+# ---- node-postgres for the transaction-pooling driver test --------------------------------------------
+if [ ! -d tests/node/node_modules/pg ]; then
+    log "installing node-postgres with npm (tests/node)"
+    (cd tests/node && npm install --no-audit --no-fund --silent)
 fi
 
 # ---- Rust toolchain -------------------------------------------------------------------------------

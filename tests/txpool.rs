@@ -23,6 +23,7 @@ fn main() -> std::process::ExitCode {
             fifty_clients_tokio_postgres,
         ),
         ("python_drivers_psycopg_prepare_and_asyncpg", python_drivers),
+        ("node_postgres_named_queries", node_postgres_named_queries),
         (
             "pgbench_prepared_extended_simple",
             pgbench_through_transaction_pool,
@@ -170,6 +171,26 @@ fn python_drivers(fx: &Fixture) -> Result<()> {
         out.status.success() && out.stdout.starts_with(b"ok"),
         "python drivers failed:\n{stderr}"
     );
+    Ok(())
+}
+
+/// node-postgres named queries (Parse with a name once per client, then Bind/Execute) from 20 clients over
+/// 3 backends, with and without explicit transactions (tests/node/named_queries.mjs).
+fn node_postgres_named_queries(fx: &Fixture) -> Result<()> {
+    let proxy = txn_proxy(fx, 3, Duration::from_secs(30))?;
+    let token = fx.token("node", "acme", "analyst");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/node/named_queries.mjs");
+    let out = Command::new("node")
+        .args([script, "127.0.0.1", &proxy.addr.port().to_string(), &token, "20"])
+        .output()
+        .context("running node (tests/run.sh installs node-postgres in tests/node)")?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        out.status.success() && out.stdout.starts_with(b"ok"),
+        "node-postgres failed:\n{stderr}"
+    );
+    let status = proxy.shared.pools.status();
+    ensure!(status.iter().all(|(_, size, _)| *size <= 3), "pool grew past its size: {status:?}");
     Ok(())
 }
 
