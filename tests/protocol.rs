@@ -61,6 +61,10 @@ fn main() -> std::process::ExitCode {
             "policy_checks_startup_settings",
             policy_checks_startup_settings,
         ),
+        (
+            "policy_change_applies_to_open_sessions",
+            policy_change_applies_to_open_sessions,
+        ),
     ])
 }
 
@@ -707,6 +711,40 @@ fn policy_checks_startup_settings(fx: &Fixture) -> Result<()> {
             fx.conn_str(proxy.addr, "acme", "p", &token)
         );
         connect(&cs).await?.simple_query("SELECT 1").await?;
+        Ok(())
+    })
+}
+
+/// Inspects nobody until switched on, then denies everything: a reload that takes a role's unrestricted
+/// access away.
+struct SwitchPolicy(std::sync::atomic::AtomicBool);
+
+impl StatementPolicy for SwitchPolicy {
+    fn inspects(&self, _: &Identity) -> bool {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+    fn check(&self, _: &str, _: &Identity) -> Decision {
+        Decision::Deny(PgError::insufficient_privilege(
+            "refused after policy change",
+        ))
+    }
+}
+
+fn policy_change_applies_to_open_sessions(fx: &Fixture) -> Result<()> {
+    let policy = Arc::new(SwitchPolicy(std::sync::atomic::AtomicBool::new(false)));
+    let proxy = fx.start_server(
+        |_| {},
+        ServerOptions {
+            policy: policy.clone(),
+            ..ServerOptions::default()
+        },
+    )?;
+    fx.block_on(async {
+        let c = fx.connect_to(proxy.addr, "acme", "analyst").await?;
+        c.simple_query("SELECT 1").await?;
+        policy.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        expect_code(c.simple_query("SELECT 1").await, "42501")?;
+        expect_code(c.query("SELECT $1::int", &[&1i32]).await, "42501")?;
         Ok(())
     })
 }

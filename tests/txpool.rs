@@ -181,7 +181,13 @@ fn node_postgres_named_queries(fx: &Fixture) -> Result<()> {
     let token = fx.token("node", "acme", "analyst");
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/node/named_queries.mjs");
     let out = Command::new("node")
-        .args([script, "127.0.0.1", &proxy.addr.port().to_string(), &token, "20"])
+        .args([
+            script,
+            "127.0.0.1",
+            &proxy.addr.port().to_string(),
+            &token,
+            "20",
+        ])
         .output()
         .context("running node (tests/run.sh installs node-postgres in tests/node)")?;
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -190,7 +196,10 @@ fn node_postgres_named_queries(fx: &Fixture) -> Result<()> {
         "node-postgres failed:\n{stderr}"
     );
     let status = proxy.shared.pools.status();
-    ensure!(status.iter().all(|(_, size, _)| *size <= 3), "pool grew past its size: {status:?}");
+    ensure!(
+        status.iter().all(|(_, size, _)| *size <= 3),
+        "pool grew past its size: {status:?}"
+    );
     Ok(())
 }
 

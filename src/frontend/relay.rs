@@ -89,7 +89,6 @@ impl RelayState {
 pub struct Relay<'a> {
     who: &'a Identity,
     policy: &'a dyn StatementPolicy,
-    inspect: bool,
     max_query_bytes: usize,
     /// Protocol state.
     pub state: RelayState,
@@ -111,7 +110,6 @@ impl<'a> Relay<'a> {
         Self {
             who,
             policy,
-            inspect: policy.inspects(who),
             max_query_bytes,
             state: RelayState::default(),
             denials: Vec::new(),
@@ -332,7 +330,7 @@ impl<'a> Relay<'a> {
             }
             tag::FUNCTION_CALL => {
                 self.state.in_flight += 1;
-                if self.inspect {
+                if self.inspects() {
                     let err = PgError::feature_not_supported(
                         "fast-path function calls are not allowed through pgveil",
                     );
@@ -415,7 +413,7 @@ impl<'a> Relay<'a> {
             tag::FUNCTION_CALL => {
                 t.stmts.on_sync_sent();
                 self.state.in_flight += 1;
-                if self.inspect {
+                if self.inspects() {
                     let err = PgError::feature_not_supported(
                         "fast-path function calls are not allowed through pgveil",
                     );
@@ -456,9 +454,15 @@ impl<'a> Relay<'a> {
         }
     }
 
+    /// Whether this session's statements are checked, asked per statement (not once per session), so a policy
+    /// reload that takes a role's unrestricted access away applies to its open sessions at their next statement.
+    fn inspects(&self) -> bool {
+        self.policy.inspects(self.who)
+    }
+
     /// Runs the statement hook on SQL text (skipped entirely for roles that are not inspected).
     fn decide(&self, sql: &[u8]) -> Decision {
-        if !self.inspect {
+        if !self.inspects() {
             return Decision::Allow;
         }
         match std::str::from_utf8(sql) {
