@@ -5,7 +5,9 @@
 //!   (refused for inspected roles: it calls functions by OID, past any SQL check), `Sync`, `Terminate`, and
 //!   any unknown tag (protocol violation);
 //! - from the backend: `ReadyForQuery` (transaction status), `ParameterStatus` (tracked), and `ErrorResponse`
-//!   while a denial is pending.
+//!   while a denial is pending; with a masking policy also `CommandComplete` (schema changes are reported so
+//!   the tenant's catalog snapshot is reloaded) and `ErrorResponse`/`NoticeResponse` (their DETAIL, which can
+//!   print whole rows unmasked, is withheld from roles with masked columns).
 //!
 //! A denied statement is not answered by pgveil out of band, which would break response ordering in
 //! pipelines and leave the backend's transaction state out of step with what the client saw. Instead the
@@ -37,6 +39,10 @@ const HIGH_WATER: usize = 256 * 1024;
 const READ_CHUNK: usize = 16 * 1024;
 /// Largest backend message pgveil inspects whole (ReadyForQuery, ParameterStatus, ErrorResponse).
 const MAX_BACKEND_INSPECTED: usize = 16 * 1024 * 1024;
+
+/// The DETAIL shown instead of the backend's to roles with masked columns.
+const DETAIL_WITHHELD: &str =
+    "pgveil: the detail of this message was withheld because it can contain unmasked column values";
 
 /// How a relay ended.
 #[derive(Debug)]
@@ -97,6 +103,20 @@ pub struct Relay<'a> {
     pub txn: Option<TxnCtx>,
     /// Output buffers (to backend, to client), kept between runs.
     out_bufs: (BytesMut, BytesMut),
+    /// The policy wants schema-changing commands reported and errors/notices shown to it.
+    watch_backend: bool,
+    /// A schema-changing command completed and its transaction has not ended yet.
+    ddl_pending: bool,
+}
+
+impl Drop for Relay<'_> {
+    fn drop(&mut self) {
+        // The session ends inside the transaction of a schema change: report it anyway (fail closed: the
+        // policy treats the tenant's catalog as stale until it has been reloaded).
+        if self.ddl_pending {
+            self.policy.schema_changed(self.who);
+        }
+    }
 }
 
 enum Step {
@@ -116,6 +136,8 @@ impl<'a> Relay<'a> {
             txn: None,
             // Allocated on first use, then kept: an idle client that never sent anything costs little.
             out_bufs: (BytesMut::new(), BytesMut::new()),
+            watch_backend: policy.watches_backend(),
+            ddl_pending: false,
         }
     }
 
@@ -490,11 +512,13 @@ impl<'a> Relay<'a> {
         stmts: &mut BackendStatements,
     ) -> Result<(), FrameError> {
         let txn = self.txn.is_some();
+        let watch = self.watch_backend;
         loop {
-            let watching_errors = txn || !self.denials.is_empty();
+            let watching_errors = txn || watch || !self.denials.is_empty();
             let inspect = |t: u8| {
                 matches!(t, tag::READY_FOR_QUERY | tag::PARAMETER_STATUS)
                     || (watching_errors && t == tag::ERROR_RESPONSE)
+                    || (watch && matches!(t, tag::COMMAND_COMPLETE | tag::NOTICE_RESPONSE))
                     || (txn && matches!(t, tag::PARSE_COMPLETE | tag::CLOSE_COMPLETE))
             };
             let frame = match split.next(bin, inspect)? {
@@ -517,7 +541,15 @@ impl<'a> Relay<'a> {
                     if let Some(t) = self.txn.as_mut() {
                         t.stmts.on_ready();
                     }
+                    if self.ddl_pending && self.state.txn_status == b'I' {
+                        self.ddl_pending = false;
+                        self.policy.schema_changed(self.who);
+                    }
                 }
+                tag::COMMAND_COMPLETE if watch && crate::policy::schema_changing_tag(body) => {
+                    self.ddl_pending = true;
+                }
+                tag::NOTICE_RESPONSE if watch && self.withheld_detail(&frame, to_c) => continue,
                 tag::PARSE_COMPLETE | tag::CLOSE_COMPLETE => {
                     if let Some(t) = self.txn.as_mut()
                         && !t.stmts.on_complete(frame[0])
@@ -545,10 +577,28 @@ impl<'a> Relay<'a> {
                         err.encode(to_c);
                         continue;
                     }
+                    if watch && self.withheld_detail(&frame, to_c) {
+                        continue;
+                    }
                 }
                 _ => {}
             }
             to_c.extend_from_slice(&frame);
+        }
+    }
+
+    /// Queues `frame` (an ErrorResponse or NoticeResponse) without its DETAIL when the policy withholds details
+    /// from this session; returns whether it did.
+    fn withheld_detail(&self, frame: &[u8], to_c: &mut BytesMut) -> bool {
+        if !self.policy.withholds_details(self.who) {
+            return false;
+        }
+        match crate::proto::error::replace_detail(frame, DETAIL_WITHHELD) {
+            Some(f) => {
+                to_c.extend_from_slice(&f);
+                true
+            }
+            None => false,
         }
     }
 

@@ -3,9 +3,9 @@
 //! picks up a new policy or catalog at its next statement, and an invalid policy file never replaces the last
 //! good one.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -14,7 +14,7 @@ use arc_swap::ArcSwap;
 use super::catalog::Catalog;
 use super::file::{Policy, PolicyError};
 use super::functions::PseudonymKey;
-use super::rewrite::{Context, Outcome, rewrite};
+use super::rewrite::{Context, Normalized, Outcome, Template, check, normalize};
 use super::{Decision, StatementPolicy};
 use crate::identity::Identity;
 use crate::ids::{RoleName, SecretId, TenantId};
@@ -58,6 +58,15 @@ struct Cached {
     masked: Arc<[String]>,
 }
 
+/// A decision planned for every statement with the same literal-normalized text.
+#[derive(Clone)]
+struct Planned {
+    /// `None`: allowed unchanged.
+    template: Option<Arc<Template>>,
+    fingerprint: Arc<str>,
+    masked: Arc<[String]>,
+}
+
 /// Cache and decision counters.
 #[derive(Debug, Default)]
 pub struct EngineStats {
@@ -65,8 +74,14 @@ pub struct EngineStats {
     pub hits: AtomicU64,
     /// Decisions computed.
     pub misses: AtomicU64,
+    /// Decisions served from a literal-normalized plan (same statement, other literals).
+    pub plan_hits: AtomicU64,
     /// Policy reloads that failed (the previous policy stayed).
     pub rejected_reloads: AtomicU64,
+    /// Schema changes reported by sessions (each makes the tenant's catalog stale until reloaded).
+    pub schema_changes: AtomicU64,
+    /// Catalog loads that completed (timer and schema changes).
+    pub catalog_loads: AtomicU64,
 }
 
 /// The masking engine.
@@ -75,6 +90,18 @@ pub struct MaskingEngine {
     policy: ArcSwap<PolicySnapshot>,
     tenants: ArcSwap<HashMap<TenantId, Arc<TenantState>>>,
     cache: Mutex<HashMap<CacheKey, Cached>>,
+    /// Literal-normalized plans, keyed like `cache` but by the normalized text.
+    plans: Mutex<HashMap<CacheKey, Planned>>,
+    /// Tenants whose schema changed since their catalog was loaded, with the generation of the latest change.
+    /// Their statements are decided as if no catalog were loaded (refused where one is needed).
+    stale: Mutex<HashMap<TenantId, u64>>,
+    /// `stale.len()`, read without the lock on every statement.
+    stale_count: AtomicUsize,
+    /// Source of schema-change generations.
+    generation: AtomicU64,
+    /// Tenants to reload now, and the wake-up of the refresh task.
+    requested: Mutex<HashSet<TenantId>>,
+    wake: tokio::sync::Notify,
     /// Counters.
     pub stats: EngineStats,
 }
@@ -88,6 +115,12 @@ impl MaskingEngine {
             policy: ArcSwap::from_pointee(PolicySnapshot { version: 1, policy }),
             tenants: ArcSwap::from_pointee(HashMap::new()),
             cache: Mutex::new(HashMap::new()),
+            plans: Mutex::new(HashMap::new()),
+            stale: Mutex::new(HashMap::new()),
+            stale_count: AtomicUsize::new(0),
+            generation: AtomicU64::new(0),
+            requested: Mutex::new(HashSet::new()),
+            wake: tokio::sync::Notify::new(),
             stats: EngineStats::default(),
         })
     }
@@ -127,8 +160,60 @@ impl MaskingEngine {
         self.tenants.load().get(tenant).cloned()
     }
 
+    /// The tenant's state if its catalog is loaded and current (no schema change reported since).
+    fn current(&self, tenant: &TenantId) -> Option<Arc<TenantState>> {
+        if self.is_stale(tenant) {
+            return None;
+        }
+        self.tenant(tenant)
+    }
+
+    /// Whether a schema change was reported for the tenant since its catalog was last loaded.
+    pub fn is_stale(&self, tenant: &TenantId) -> bool {
+        self.stale_count.load(Ordering::Acquire) != 0
+            && self.stale.lock().expect("stale lock").contains_key(tenant)
+    }
+
+    /// Records a schema change in a tenant's database: its catalog counts as not loaded until a load that
+    /// started after this call completes, and such a load is requested now.
+    pub fn schema_changed_in(&self, tenant: &TenantId) {
+        let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        {
+            let mut stale = self.stale.lock().expect("stale lock");
+            stale.insert(tenant.clone(), generation);
+            self.stale_count.store(stale.len(), Ordering::Release);
+        }
+        self.stats.schema_changes.fetch_add(1, Ordering::Relaxed);
+        self.requested
+            .lock()
+            .expect("requested lock")
+            .insert(tenant.clone());
+        self.wake.notify_one();
+    }
+
+    /// A load of the tenant's catalog that started at generation `started` completed.
+    fn loaded(&self, tenant: &TenantId, started: u64) {
+        self.stats.catalog_loads.fetch_add(1, Ordering::Relaxed);
+        let mut stale = self.stale.lock().expect("stale lock");
+        if stale.get(tenant).is_some_and(|g| *g <= started) {
+            stale.remove(tenant);
+            self.stale_count.store(stale.len(), Ordering::Release);
+        }
+    }
+
     /// Decides on `sql` for (tenant, role) without the cache; also returns the masked columns.
     pub fn decide(&self, sql: &str, tenant: &TenantId, role: &RoleName) -> (Decision, Vec<String>) {
+        let (d, masked, _) = self.decide_planned(sql, tenant, role);
+        (d, masked)
+    }
+
+    /// [`MaskingEngine::decide`], with the decision's plan for other literal values when it has one.
+    fn decide_planned(
+        &self,
+        sql: &str,
+        tenant: &TenantId,
+        role: &RoleName,
+    ) -> (Decision, Vec<String>, Option<(Normalized, Template)>) {
         let snap = self.policy.load();
         let Some(eff) = snap.policy.effective(tenant, role) else {
             return (
@@ -136,35 +221,36 @@ impl MaskingEngine {
                     "pgveil: role {role} has no masking policy; every statement is refused (rule no-policy)"
                 ))),
                 Vec::new(),
+                None,
             );
         };
         if eff.role.unrestricted {
-            return (Decision::Allow, Vec::new());
+            return (Decision::Allow, Vec::new(), None);
         }
-        let state = self.tenant(tenant);
+        let state = self.current(tenant);
         let ctx = Context {
             policy: &eff,
             catalog: state.as_ref().map(|s| &s.catalog),
             key: state.as_ref().and_then(|s| s.key.as_ref()),
             role,
         };
-        match rewrite(sql, &ctx) {
-            Outcome::Allow => (Decision::Allow, Vec::new()),
-            Outcome::Rewrite { sql, masked } => (Decision::Rewrite(sql), masked),
-            Outcome::Refuse(r) => (Decision::Deny(r.to_pg_error()), Vec::new()),
+        let checked = check(sql, &ctx);
+        match checked.outcome {
+            Outcome::Allow => (Decision::Allow, Vec::new(), checked.template),
+            Outcome::Rewrite { sql, masked } => (Decision::Rewrite(sql), masked, checked.template),
+            Outcome::Refuse(r) => (Decision::Deny(r.to_pg_error()), Vec::new(), None),
         }
     }
 
     fn cache_key(&self, sql: &str, tenant: &TenantId, role: &RoleName) -> CacheKey {
+        self.cache_key_for(sql.into(), tenant, role)
+    }
+
+    fn cache_key_for(&self, sql: Box<str>, tenant: &TenantId, role: &RoleName) -> CacheKey {
         CacheKey {
-            sql: sql.into(),
+            sql,
             policy: self.policy.load().version,
-            catalog: self
-                .tenants
-                .load()
-                .get(tenant)
-                .map(|t| t.catalog.version)
-                .unwrap_or(0),
+            catalog: self.current(tenant).map(|t| t.catalog.version).unwrap_or(0),
             tenant: tenant.clone(),
             role: role.clone(),
         }
@@ -179,8 +265,32 @@ impl MaskingEngine {
             audit(&c, tenant, role);
             return c.decision;
         }
+        // The same statement with other literals: splice them into its plan.
+        let norm = (key.catalog != 0).then(|| normalize(sql)).flatten();
+        let plan_key = norm
+            .as_ref()
+            .map(|n| self.cache_key_for(n.key.as_str().into(), tenant, role));
+        if let (Some(n), Some(pk)) = (&norm, &plan_key) {
+            let plan = self.plans.lock().expect("plan lock").get(pk).cloned();
+            if let Some(p) = plan {
+                let decision = match &p.template {
+                    None => Some(Decision::Allow),
+                    Some(t) => t.instantiate(sql, n).map(Decision::Rewrite),
+                };
+                if let Some(decision) = decision {
+                    self.stats.plan_hits.fetch_add(1, Ordering::Relaxed);
+                    let c = Cached {
+                        decision,
+                        fingerprint: p.fingerprint,
+                        masked: p.masked,
+                    };
+                    audit(&c, tenant, role);
+                    return c.decision;
+                }
+            }
+        }
         self.stats.misses.fetch_add(1, Ordering::Relaxed);
-        let (decision, masked) = self.decide(sql, tenant, role);
+        let (decision, masked, template) = self.decide_planned(sql, tenant, role);
         let fingerprint = pg_query::fingerprint(sql, 0, pg_query::FingerprintOptions::FULL_RELNAME)
             .map(|f| f.hex)
             .unwrap_or_else(|_| "unparsable".into());
@@ -190,14 +300,35 @@ impl MaskingEngine {
             masked: masked.into(),
         };
         audit(&c, tenant, role);
+        // Catalog-not-loaded refusals are not cached: the key's catalog version 0 would keep them forever.
+        if key.catalog == 0 {
+            return c.decision;
+        }
+        if let (Some((n, t)), Some(pk)) = (template, plan_key)
+            && norm.as_ref().is_some_and(|m| m.key == n.key)
+        {
+            let template = match &c.decision {
+                Decision::Rewrite(_) => Some(Arc::new(t)),
+                _ => None,
+            };
+            let mut plans = self.plans.lock().expect("plan lock");
+            if plans.len() >= CACHE_CAPACITY {
+                plans.clear();
+            }
+            plans.insert(
+                pk,
+                Planned {
+                    template,
+                    fingerprint: c.fingerprint.clone(),
+                    masked: c.masked.clone(),
+                },
+            );
+        }
         let mut cache = self.cache.lock().expect("cache lock");
         if cache.len() >= CACHE_CAPACITY {
             cache.clear();
         }
-        // Catalog-not-loaded refusals are not cached: the key's catalog version 0 would keep them forever.
-        if key.catalog != 0 {
-            cache.insert(key, c.clone());
-        }
+        cache.insert(key, c.clone());
         c.decision
     }
 
@@ -218,7 +349,26 @@ impl MaskingEngine {
                         .refresh_tenant(tenant, &*secrets, keys.get(&tenant.id))
                         .await;
                 }
-                tokio::time::sleep(refresh).await;
+                let next = tokio::time::Instant::now() + refresh;
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(next) => break,
+                        _ = engine.wake.notified() => {}
+                    }
+                    let ids: Vec<TenantId> = engine
+                        .requested
+                        .lock()
+                        .expect("requested lock")
+                        .drain()
+                        .collect();
+                    for id in ids {
+                        if let Some(tenant) = router.tenant(&id) {
+                            engine
+                                .refresh_tenant(tenant, &*secrets, keys.get(&id))
+                                .await;
+                        }
+                    }
+                }
             }
         });
         let engine = self.clone();
@@ -255,6 +405,7 @@ impl MaskingEngine {
         secrets: &dyn SecretStore,
         key: Option<&SecretId>,
     ) {
+        let started = self.generation.load(Ordering::Acquire);
         let catalog =
             match super::catalog::load::load(tenant, secrets, Duration::from_secs(30)).await {
                 Ok(c) => c,
@@ -280,6 +431,7 @@ impl MaskingEngine {
             tracing::info!(tenant = %tenant.id, version = catalog.version, relations = catalog.relations.len(), "catalog loaded");
             self.set_tenant(tenant.id.clone(), TenantState { catalog, key });
         }
+        self.loaded(&tenant.id, started);
     }
 
     /// Waits until every listed tenant has a catalog (tests, demo start-up).
@@ -350,5 +502,23 @@ impl StatementPolicy for MaskingEngine {
 
     fn check(&self, sql: &str, who: &Identity) -> Decision {
         self.check_cached(sql, &who.tenant, &who.role)
+    }
+
+    fn watches_backend(&self) -> bool {
+        true
+    }
+
+    fn schema_changed(&self, who: &Identity) {
+        tracing::info!(tenant = %who.tenant, role = %who.role, "schema change reported; reloading the tenant's catalog");
+        self.schema_changed_in(&who.tenant);
+    }
+
+    fn withholds_details(&self, who: &Identity) -> bool {
+        // Everyone but roles that see every column raw (those are not masked, so details hold nothing hidden).
+        self.policy
+            .load()
+            .policy
+            .effective(&who.tenant, &who.role)
+            .is_none_or(|e| !e.role.sees_everything())
     }
 }

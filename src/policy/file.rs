@@ -180,6 +180,14 @@ pub struct RolePolicy {
     pub unclassified: Unclassified,
 }
 
+impl RolePolicy {
+    /// Whether the role sees every column raw (unrestricted, or all classifications raw and unclassified
+    /// columns allowed).
+    pub fn sees_everything(&self) -> bool {
+        self.unrestricted || (self.raw == RawSet::All && self.unclassified == Unclassified::Allow)
+    }
+}
+
 /// Per-tenant overrides.
 #[derive(Debug, Clone, Default)]
 struct TenantPolicy {

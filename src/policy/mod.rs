@@ -39,6 +39,31 @@ pub trait StatementPolicy: Send + Sync {
 
     /// Decides on one SQL string (which may hold several statements).
     fn check(&self, sql: &str, who: &Identity) -> Decision;
+
+    /// Whether relays must report schema changes ([`StatementPolicy::schema_changed`]) and look at
+    /// backend errors and notices ([`StatementPolicy::withholds_details`]). Asked once per session.
+    fn watches_backend(&self) -> bool {
+        false
+    }
+
+    /// The transaction of a command that can change the schema (`CREATE`/`ALTER`/`DROP ...`,
+    /// `IMPORT FOREIGN SCHEMA`) in `who`'s session ended (committed or rolled back), or its session ended.
+    fn schema_changed(&self, _who: &Identity) {}
+
+    /// Whether the DETAIL of backend errors and notices must be withheld from `who`: PostgreSQL prints row
+    /// contents there (`Failing row contains (...)`, `Key (email)=(...) already exists`), unmasked.
+    fn withholds_details(&self, _who: &Identity) -> bool {
+        false
+    }
+}
+
+/// Whether a `CommandComplete` tag is of a command that can change what a catalog snapshot holds.
+pub fn schema_changing_tag(tag: &[u8]) -> bool {
+    let tag = tag.strip_suffix(b"\0").unwrap_or(tag);
+    tag.starts_with(b"CREATE ")
+        || tag.starts_with(b"ALTER ")
+        || tag.starts_with(b"DROP ")
+        || tag == b"IMPORT FOREIGN SCHEMA"
 }
 
 /// Forwards everything. The default until a masking policy is configured.
@@ -51,5 +76,34 @@ impl StatementPolicy for AllowAll {
     }
     fn check(&self, _: &str, _: &Identity) -> Decision {
         Decision::Allow
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn schema_changing_tags() {
+        for t in [
+            "CREATE TABLE",
+            "ALTER TABLE",
+            "DROP VIEW",
+            "CREATE FUNCTION",
+            "IMPORT FOREIGN SCHEMA",
+            "ALTER ROLE",
+        ] {
+            assert!(super::schema_changing_tag(t.as_bytes()), "{t}");
+        }
+        for t in [
+            "SELECT 1",
+            "INSERT 0 1",
+            "UPDATE 3",
+            "COPY 2",
+            "BEGIN",
+            "COMMIT",
+            "SET",
+            "CREATED",
+        ] {
+            assert!(!super::schema_changing_tag(t.as_bytes()), "{t}");
+        }
     }
 }

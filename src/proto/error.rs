@@ -254,9 +254,66 @@ pub fn parse_fields(payload: &[u8]) -> Vec<(u8, &[u8])> {
     fields
 }
 
+/// Re-encodes an `ErrorResponse`/`NoticeResponse` frame (tag, length, fields) with its DETAIL field replaced by
+/// `replacement`; `None` when the frame has no DETAIL (forward it as is). DETAIL is where PostgreSQL prints
+/// row contents ("Failing row contains (...)", "Key (email)=(...) already exists").
+pub fn replace_detail(frame: &[u8], replacement: &str) -> Option<BytesMut> {
+    let tag = *frame.first()?;
+    let fields = parse_fields(frame.get(5..)?);
+    if !fields.iter().any(|(t, _)| *t == b'D') {
+        return None;
+    }
+    let mut out = BytesMut::with_capacity(frame.len());
+    out.put_u8(tag);
+    out.put_i32(0);
+    for (t, v) in fields {
+        out.put_u8(t);
+        out.extend_from_slice(if t == b'D' { replacement.as_bytes() } else { v });
+        out.put_u8(0);
+    }
+    out.put_u8(0);
+    let len = (out.len() - 1) as i32;
+    out[1..5].copy_from_slice(&len.to_be_bytes());
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn detail_is_replaced_and_other_fields_kept() {
+        let mut raw = BytesMut::new();
+        raw.put_u8(b'E');
+        raw.put_i32(0);
+        for (t, v) in [
+            (b'S', "ERROR"),
+            (b'C', "23502"),
+            (b'M', "null value"),
+            (b'D', "Failing row contains (1, secret)"),
+            (b'n', "payers_name_nn"),
+        ] {
+            raw.put_u8(t);
+            raw.extend_from_slice(v.as_bytes());
+            raw.put_u8(0);
+        }
+        raw.put_u8(0);
+        let len = (raw.len() - 1) as i32;
+        raw[1..5].copy_from_slice(&len.to_be_bytes());
+        let out = replace_detail(&raw, "withheld").expect("has detail");
+        assert_eq!(
+            i32::from_be_bytes(out[1..5].try_into().unwrap()) as usize,
+            out.len() - 1
+        );
+        let fields = parse_fields(&out[5..]);
+        assert_eq!(fields.len(), 5);
+        assert!(fields.contains(&(b'D', b"withheld".as_slice())));
+        assert!(fields.contains(&(b'n', b"payers_name_nn".as_slice())));
+        assert!(!String::from_utf8_lossy(&out).contains("secret"));
+        let mut plain = BytesMut::new();
+        PgError::syntax_error("x").encode(&mut plain);
+        assert!(replace_detail(&plain, "withheld").is_none());
+    }
 
     #[test]
     fn error_response_roundtrip() {

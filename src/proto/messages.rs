@@ -28,6 +28,8 @@ pub mod tag {
     pub const ERROR_RESPONSE: u8 = b'E';
     /// Backend: notice response.
     pub const NOTICE_RESPONSE: u8 = b'N';
+    /// Backend: command complete.
+    pub const COMMAND_COMPLETE: u8 = b'C';
     /// Backend: parse complete.
     pub const PARSE_COMPLETE: u8 = b'1';
     /// Backend: close complete.

@@ -3,6 +3,7 @@
 //! A custom harness (libtest-mimic) owns it, so the cluster is always stopped and removed at the end.
 #![allow(dead_code)]
 
+pub mod masking;
 pub mod raw;
 
 use std::net::SocketAddr;

@@ -5,7 +5,10 @@
 //! (the protobuf tree serialized with serde); a relation reference in a position it does not handle is refused.
 
 mod spans;
+mod template;
 mod walk;
+
+pub use template::{Normalized, Template, normalize};
 
 #[cfg(test)]
 mod tests;
@@ -78,6 +81,38 @@ pub struct Context<'a> {
 
 /// Checks and rewrites one SQL string (which may hold several statements).
 pub fn rewrite(sql: &str, ctx: &Context<'_>) -> Outcome {
+    check(sql, ctx).outcome
+}
+
+/// A decision with what planning it for other literals needs.
+pub struct Checked {
+    /// The decision.
+    pub outcome: Outcome,
+    /// A [`Template`] of the rewrite for statements that differ only in literal values, when the decision
+    /// did not depend on any literal's value.
+    pub template: Option<(Normalized, Template)>,
+}
+
+/// [`rewrite`], also planning the decision for other literal values where that is sound.
+pub fn check(sql: &str, ctx: &Context<'_>) -> Checked {
+    let mut edits = Vec::new();
+    let mut literal_sensitive = true;
+    let outcome = decide(sql, ctx, &mut edits, &mut literal_sensitive);
+    let template = match &outcome {
+        Outcome::Allow | Outcome::Rewrite { .. } if !literal_sensitive => {
+            normalize(sql).and_then(|n| Template::build(sql, &n, &edits).map(|t| (n, t)))
+        }
+        _ => None,
+    };
+    Checked { outcome, template }
+}
+
+fn decide(
+    sql: &str,
+    ctx: &Context<'_>,
+    edits_out: &mut Vec<spans::Edit>,
+    literal_sensitive: &mut bool,
+) -> Outcome {
     let parsed = match pg_query::parse(sql, 0) {
         Ok(p) => p,
         Err(e) => {
@@ -111,10 +146,12 @@ pub fn rewrite(sql: &str, ctx: &Context<'_>) -> Outcome {
             return Outcome::Refuse(r);
         }
     }
-    let (edits, masked) = w.finish();
+    let (edits, masked, sensitive) = w.finish();
+    *literal_sensitive = sensitive;
     if edits.is_empty() {
         return Outcome::Allow;
     }
+    edits_out.clone_from(&edits);
     let out = match spans::apply(sql, edits) {
         Some(s) => s,
         None => return Outcome::Refuse(Refusal::new("rewrite", "overlapping rewrites")),

@@ -476,3 +476,90 @@ fn rewrite_cost() {
     let per = t.elapsed().as_micros() / n;
     println!("rewrite cost (cold, incl. policy setup): {per} µs per statement");
 }
+
+fn check_as(role: &str, sql: &str) -> Checked {
+    let p = policy();
+    let cat = fixture::catalog();
+    let key = PseudonymKey::new(b"unit-test-key");
+    let role = RoleName::new(role);
+    let eff = p
+        .effective(&TenantId::new("acme"), &role)
+        .expect("role defined");
+    let ctx = Context {
+        policy: &eff,
+        catalog: Some(&cat),
+        key: Some(&key),
+        role: &role,
+    };
+    check(sql, &ctx)
+}
+
+#[test]
+fn literal_plans_give_what_a_fresh_rewrite_gives() {
+    let pairs = [
+        (
+            "SELECT email, full_name FROM payers WHERE id = 1",
+            "SELECT email, full_name FROM payers WHERE id = 987654",
+        ),
+        (
+            "SELECT p.email, x.amount FROM payers p JOIN payments x ON x.payer_id = p.id WHERE x.amount > 10.5 AND p.email LIKE 'a%'",
+            "SELECT p.email, x.amount FROM payers p JOIN payments x ON x.payer_id = p.id WHERE x.amount > 0.25 AND p.email LIKE '%''; SELECT email FROM payers --'",
+        ),
+        (
+            "SELECT * FROM merchants WHERE name = 'x'",
+            "SELECT * FROM merchants WHERE name = $q$payers$q$",
+        ),
+        (
+            "UPDATE merchants SET name = 'a' WHERE id = 1",
+            "UPDATE merchants SET name = E'b\\'c' WHERE id = 2",
+        ),
+        (
+            "WITH t AS (SELECT * FROM payers WHERE id < 5) SELECT email FROM t LIMIT 3",
+            "WITH t AS (SELECT * FROM payers WHERE id < 50000) SELECT email FROM t LIMIT 30",
+        ),
+    ];
+    for (a, b) in pairs {
+        let role = if a.starts_with("UPDATE") {
+            "writer"
+        } else {
+            "analyst"
+        };
+        let checked = check_as(role, a);
+        let (n, t) = checked
+            .template
+            .unwrap_or_else(|| panic!("no plan for {a}"));
+        let nb = normalize(b).expect("normalizes");
+        assert_eq!(n.key, nb.key, "{a} / {b}");
+        let fresh = run_as(role, b);
+        match (&checked.outcome, fresh) {
+            (Outcome::Allow, Outcome::Allow) => {}
+            (Outcome::Rewrite { .. }, Outcome::Rewrite { sql, .. }) => {
+                assert_eq!(t.instantiate(b, &nb).as_deref(), Some(sql.as_str()), "{b}");
+            }
+            (x, y) => panic!("{a}: {x:?} vs {b}: {y:?}"),
+        }
+    }
+}
+
+#[test]
+fn decisions_on_constants_are_never_planned() {
+    for sql in [
+        "SELECT set_config('application_name', 'x', false)",
+        "SET application_name = 'x'",
+        "SET statement_timeout = 5",
+        "COPY payers TO STDOUT WITH (FORMAT 'csv')",
+        "EXPLAIN SELECT * FROM merchants WHERE id = 1",
+        "PREPARE q AS SELECT * FROM payers WHERE id = 1",
+        "DECLARE c CURSOR FOR SELECT * FROM payers WHERE id = 1",
+    ] {
+        let checked = check_as("analyst", sql);
+        assert!(checked.template.is_none(), "{sql} was planned");
+    }
+    // Refusals are not planned either.
+    let checked = check_as(
+        "analyst",
+        "SELECT * FROM pg_stats WHERE tablename = 'payers'",
+    );
+    assert!(matches!(checked.outcome, Outcome::Refuse(_)));
+    assert!(checked.template.is_none());
+}

@@ -28,6 +28,9 @@ pub struct Walker<'a> {
     uses_key: bool,
     /// Depth of EXPLAIN nesting.
     in_explain: bool,
+    /// The decision read a constant's value or covers a statement kind whose meaning constants can change
+    /// (then it must not be reused for other literal values; see `template`).
+    literal_sensitive: bool,
 }
 
 fn obj(v: &Value) -> Option<&Map<String, Value>> {
@@ -98,20 +101,21 @@ impl<'a> Walker<'a> {
             masked: Vec::new(),
             uses_key: false,
             in_explain: false,
+            literal_sensitive: false,
         })
     }
 
-    /// The edits and the masked-column descriptions.
-    pub fn finish(self) -> (Vec<Edit>, Vec<String>) {
+    /// The edits, the masked-column descriptions, and whether the decision depends on constants' values.
+    pub fn finish(self) -> (Vec<Edit>, Vec<String>, bool) {
         let _ = self.sql;
-        (self.edits, self.masked)
+        (self.edits, self.masked, self.literal_sensitive)
     }
 
     fn catalog(&self) -> R<&'a Catalog> {
         self.ctx.catalog.ok_or_else(|| {
             Refusal::new(
                 "catalog",
-                "the tenant's catalog is not loaded yet; try again in a moment",
+                "the tenant's catalog is not loaded yet (or is being reloaded after a schema change); try again in a moment",
             )
         })
     }
@@ -133,8 +137,7 @@ impl<'a> Walker<'a> {
 
     /// Whether the role sees everything raw (then statements that cannot be masked are acceptable).
     fn sees_all(&self) -> bool {
-        let r = &self.ctx.policy.role;
-        r.raw == crate::policy::file::RawSet::All && r.unclassified == Unclassified::Allow
+        self.ctx.policy.role.sees_everything()
     }
 
     /// A top-level `RawStmt`.
@@ -159,6 +162,14 @@ impl<'a> Walker<'a> {
         let (ty, body) =
             tagged(node).ok_or_else(|| Refusal::new("parse", "unexpected statement shape"))?;
         use StatementKind as K;
+        // Only plain queries and DML are planned for other literal values: elsewhere constants are setting
+        // values, file names, option values, ...
+        if !matches!(
+            ty,
+            "SelectStmt" | "InsertStmt" | "UpdateStmt" | "DeleteStmt" | "MergeStmt"
+        ) {
+            self.literal_sensitive = true;
+        }
         match ty {
             "SelectStmt" => {
                 if body.get("into_clause").is_some_and(|v| !v.is_null()) {
@@ -660,6 +671,7 @@ impl<'a> Walker<'a> {
             ));
         }
         if name == "set_config" {
+            self.literal_sensitive = true;
             let arg = list(body, "args").first().and_then(const_string);
             let value = list(body, "args").get(1).and_then(const_string);
             match arg {

@@ -1,0 +1,219 @@
+//! Masking against a live schema and real client libraries, through pgveil with the example policy:
+//! schema changes made through pgveil reload the tenant's catalog at once (a PII column added to a table that
+//! had none is never shown raw, not even before the reload); the DETAIL of backend errors, which PostgreSQL
+//! fills with whole rows, is withheld from roles with masked columns.
+
+mod support;
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, anyhow, bail, ensure};
+use support::Fixture;
+use support::masking::{masking_proxy, write_policy_dir};
+use tokio_postgres::SimpleQueryMessage;
+
+fn main() -> std::process::ExitCode {
+    support::main_with(&[
+        ("schema_changes_reload_the_catalog", schema_changes),
+        (
+            "error_details_are_withheld_from_masked_roles",
+            details_withheld,
+        ),
+    ])
+}
+
+/// Every value of every row of a simple query, joined.
+fn rows_text(msgs: &[SimpleQueryMessage]) -> String {
+    let mut out = String::new();
+    for m in msgs {
+        if let SimpleQueryMessage::Row(r) = m {
+            for i in 0..r.len() {
+                out.push_str(r.get(i).unwrap_or("NULL"));
+                out.push('|');
+            }
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// The (SQLSTATE, message) of a server error.
+fn db_error(e: &tokio_postgres::Error) -> Option<(String, String)> {
+    e.as_db_error()
+        .map(|d| (d.code().code().to_owned(), d.message().to_owned()))
+}
+
+/// Runs `sql` as the masked client until `done` accepts its rows; in between, only pgveil's refusal for a
+/// catalog being reloaded is accepted, and `check` runs on every result (e.g. "no raw PAN").
+async fn until_reloaded(
+    client: &tokio_postgres::Client,
+    sql: &str,
+    check: impl Fn(&str) -> Result<()>,
+    done: impl Fn(&str) -> bool,
+) -> Result<(String, usize)> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut refusals = 0;
+    loop {
+        match client.simple_query(sql).await {
+            Ok(msgs) => {
+                let text = rows_text(&msgs);
+                check(&text)?;
+                if done(&text) {
+                    return Ok((text, refusals));
+                }
+            }
+            Err(e) => {
+                let (code, msg) = db_error(&e).ok_or_else(|| anyhow!("{e:#}"))?;
+                ensure!(
+                    code == "42501" && msg.contains("catalog"),
+                    "unexpected error for {sql:?}: {code} {msg}"
+                );
+                refusals += 1;
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("the catalog was not reloaded within 20 s (catalog timer: 1 h)");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn schema_changes(fx: &Fixture) -> Result<()> {
+    let dir = write_policy_dir(fx, "policies-ddl")?;
+    let proxy = masking_proxy(fx, dir)?;
+    let engine = proxy
+        .shared
+        .masking
+        .clone()
+        .ok_or_else(|| anyhow!("no engine"))?;
+    let changes = || engine.stats.schema_changes.load(Ordering::Relaxed);
+    fx.block_on(async {
+        let admin = fx.connect_to(proxy.addr, "globex", "admin").await?;
+        let analyst = fx.connect_to(proxy.addr, "globex", "analyst").await?;
+        let before = changes();
+
+        // A new table is usable by the masked role without waiting for the one-hour timer.
+        admin
+            .batch_execute(
+                "CREATE TABLE ddl_probe (id int PRIMARY KEY, note text); INSERT INTO ddl_probe VALUES (1, 'plain')",
+            )
+            .await?;
+        ensure!(changes() > before, "CREATE TABLE was not reported");
+        let (text, _) =
+            until_reloaded(&analyst, "SELECT note FROM ddl_probe", |_| Ok(()), |t| {
+                t.contains("plain")
+            })
+            .await?;
+        ensure!(text == "plain|\n", "{text}");
+
+        // A PII column (`*.card_pan`) added to a table without masked columns: before the reload the stale
+        // catalog would pass the table through unrewritten, so statements are refused until it is reloaded.
+        let raw_pan = "4999777766665555";
+        admin
+            .batch_execute(&format!(
+                "ALTER TABLE ddl_probe ADD COLUMN card_pan text DEFAULT '{raw_pan}'"
+            ))
+            .await?;
+        let no_raw = |t: &str| -> Result<()> {
+            ensure!(
+                !t.contains("49997777"),
+                "raw PAN shown after ALTER TABLE: {t}"
+            );
+            Ok(())
+        };
+        let (text, refusals) = until_reloaded(&analyst, "SELECT * FROM ddl_probe", no_raw, |t| {
+            t.contains("5555")
+        })
+        .await?;
+        ensure!(text.contains("************5555"), "{text}");
+        println!("first statement after ALTER TABLE: {refusals} refusal(s) while the catalog reloaded");
+
+        // DDL inside a transaction is reported when the transaction ends (here: rolled back).
+        let n = changes();
+        admin
+            .batch_execute("BEGIN; ALTER TABLE ddl_probe ADD COLUMN email text; ROLLBACK")
+            .await?;
+        ensure!(changes() > n, "rolled-back DDL was not reported");
+        until_reloaded(&analyst, "SELECT id FROM ddl_probe", |_| Ok(()), |t| {
+            t == "1|\n"
+        })
+        .await?;
+
+        // A session that ends inside the transaction of a schema change reports it too.
+        let n = changes();
+        {
+            let quitter = fx.connect_to(proxy.addr, "globex", "admin").await?;
+            quitter
+                .batch_execute("BEGIN; CREATE TABLE ddl_orphan (x int)")
+                .await?;
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while changes() == n {
+            ensure!(
+                Instant::now() < deadline,
+                "a session that ended mid-DDL did not report it"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+
+        // Dropping the table: the masked role gets a clean refusal, and the session stays usable.
+        admin.batch_execute("DROP TABLE ddl_probe").await?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let e = analyst
+                .simple_query("SELECT * FROM ddl_probe")
+                .await
+                .expect_err("dropped table");
+            let (code, msg) = db_error(&e).ok_or_else(|| anyhow!("{e:#}"))?;
+            ensure!(code == "42501", "{code} {msg}");
+            if msg.contains("unknown-relation") {
+                break;
+            }
+            ensure!(Instant::now() < deadline, "not reloaded after DROP: {msg}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let one = rows_text(&analyst.simple_query("SELECT 1 AS one").await?);
+        ensure!(one == "1|\n", "{one}");
+        Ok(())
+    })
+}
+
+/// A NOT NULL violation makes PostgreSQL print the whole failing row in DETAIL, unmasked PAN and all.
+fn details_withheld(fx: &Fixture) -> Result<()> {
+    let dir = write_policy_dir(fx, "policies-details")?;
+    let proxy = masking_proxy(fx, dir)?;
+    fx.superuser_sql(
+        "acme",
+        "UPDATE payers SET card_pan = '4999111122223333' WHERE id = 7",
+    )?;
+    let sql = "UPDATE payers SET full_name = NULL WHERE id = 7";
+    fx.block_on(async {
+        // `support` may update payers and sees e-mail and phone raw, but not the PAN.
+        let support = fx.connect_to(proxy.addr, "acme", "support").await?;
+        let e = support.batch_execute(sql).await.expect_err("NOT NULL");
+        let d = e.as_db_error().ok_or_else(|| anyhow!("{e:#}"))?;
+        ensure!(d.code().code() == "23502", "{d:?}");
+        let detail = d.detail().unwrap_or("");
+        ensure!(
+            !detail.contains("49991111") && detail.contains("withheld"),
+            "DETAIL reached a masked role: {detail}"
+        );
+        let one = rows_text(&support.simple_query("SELECT 1").await?);
+        ensure!(one == "1|\n", "session not usable after the error: {one}");
+
+        // The unrestricted role gets PostgreSQL's DETAIL (so the check above can fail).
+        let admin = fx.connect_to(proxy.addr, "acme", "admin").await?;
+        let e = admin.batch_execute(sql).await.expect_err("NOT NULL");
+        let detail = e
+            .as_db_error()
+            .and_then(|d| d.detail())
+            .unwrap_or("")
+            .to_owned();
+        ensure!(
+            detail.contains("4999111122223333"),
+            "admin's DETAIL: {detail}"
+        );
+        Ok(())
+    })
+}
