@@ -1,10 +1,13 @@
 //! Masking against a live schema and real client libraries, through pgveil with the example policy:
 //! schema changes made through pgveil reload the tenant's catalog at once (a PII column added to a table that
 //! had none is never shown raw, not even before the reload); the DETAIL of backend errors, which PostgreSQL
-//! fills with whole rows, is withheld from roles with masked columns.
+//! fills with whole rows, is withheld from roles with masked columns; catalog introspection by real clients
+//! (SQLAlchemy reflection, asyncpg and psycopg type introspection, psql's `\d` family) gives a masked role
+//! exactly what a direct connection gets, and the refusal rate on it is reported.
 
 mod support;
 
+use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -20,6 +23,7 @@ fn main() -> std::process::ExitCode {
             "error_details_are_withheld_from_masked_roles",
             details_withheld,
         ),
+        ("client_introspection_is_transparent", introspection),
     ])
 }
 
@@ -216,4 +220,164 @@ fn details_withheld(fx: &Fixture) -> Result<()> {
         );
         Ok(())
     })
+}
+
+/// Objects whose use makes clients introspect types (enum, domain, composite, range, arrays of them), a view
+/// and a comment. Created before the proxy starts, as the tenant's application user.
+const INTRO_SETUP: &str = r#"
+SET ROLE acme_app;
+CREATE TYPE intro_state AS ENUM ('open', 'won', 'lost');
+CREATE DOMAIN intro_amount AS numeric(12,2) CHECK (VALUE >= 0);
+CREATE TYPE intro_addr AS (city text, zip text);
+CREATE TYPE intro_period AS RANGE (subtype = date);
+CREATE TABLE intro_cases (
+  id int PRIMARY KEY, state intro_state NOT NULL, states intro_state[], amount intro_amount,
+  addr intro_addr, addrs intro_addr[], period intro_period,
+  merchant_id bigint REFERENCES merchants (id), UNIQUE (merchant_id, id), CHECK (id > 0));
+CREATE INDEX intro_cases_state_idx ON intro_cases (state) WHERE amount > 0;
+COMMENT ON TABLE intro_cases IS 'introspection probe';
+INSERT INTO intro_cases VALUES
+  (1, 'open', '{open,won}', 12.5, ROW('Paris', '75001'), ARRAY[ROW('Lyon', '69001')::intro_addr], '[2026-01-01,2026-02-01)', 1),
+  (2, 'lost', '{}', 0, NULL, NULL, 'empty', NULL);
+CREATE VIEW intro_view AS SELECT id, state FROM intro_cases;
+"#;
+
+/// Runs tests/py/introspect.py for `client` and returns its JSON output.
+fn run_client(client: &str, conninfo: &str, password: &str) -> Result<serde_json::Value> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/introspect.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .arg(client)
+        .arg(conninfo)
+        .env("PGPASSWORD", password)
+        .env("PGCONNECT_TIMEOUT", "10")
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "{client} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// psql's describe commands; returns stdout and stderr.
+fn psql(conninfo: &str, password: &str) -> Result<String> {
+    let mut cmd = Command::new("psql");
+    cmd.arg(conninfo).arg("-X").arg("-q");
+    for c in [
+        "\\d intro_cases",
+        "\\d+ payers",
+        "\\dt",
+        "\\dv",
+        "\\di",
+        "\\ds",
+        "\\dT+",
+        "\\dD",
+        "\\df",
+        "\\dn",
+        "\\l",
+    ] {
+        cmd.arg("-c").arg(c);
+    }
+    let out = cmd
+        .env("PGPASSWORD", password)
+        .env("PGCONNECT_TIMEOUT", "10")
+        .output()?;
+    Ok(format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    ))
+}
+
+fn introspection(fx: &Fixture) -> Result<()> {
+    fx.superuser_sql("acme", INTRO_SETUP)?;
+    let proxy = masking_proxy(fx, write_policy_dir(fx, "policies-intro")?)?;
+    let engine = proxy
+        .shared
+        .masking
+        .clone()
+        .ok_or_else(|| anyhow!("no engine"))?;
+    let decided = || {
+        let s = &engine.stats;
+        s.hits.load(Ordering::Relaxed)
+            + s.misses.load(Ordering::Relaxed)
+            + s.plan_hits.load(Ordering::Relaxed)
+    };
+    let refused = || engine.stats.refused.load(Ordering::Relaxed);
+    let token = fx.token("intro@acme", "acme", "analyst");
+    let masked = format!(
+        "host=127.0.0.1 port={} dbname=acme user=intro sslmode=disable",
+        proxy.addr.port()
+    );
+    let (user, password) = fx.creds("acme");
+    let direct = format!(
+        "host=127.0.0.1 port={} dbname=acme user={user} sslmode=disable",
+        fx.env.cluster.port()
+    );
+    let mut report = Vec::new();
+    let (mut total, mut total_refused) = (0, 0);
+    for client in ["sqlalchemy", "asyncpg", "psycopg", "psql"] {
+        let (d0, r0) = (decided(), refused());
+        let (via, raw) = if client == "psql" {
+            let via = psql(&masked, &token)?;
+            let raw = psql(&direct, &password)?;
+            ensure!(!raw.contains("ERROR"), "psql direct: {raw}");
+            (
+                serde_json::Value::String(via),
+                serde_json::Value::String(raw),
+            )
+        } else {
+            let via = run_client(client, &masked, &token)?;
+            let raw = run_client(client, &direct, &password)?;
+            (via, raw)
+        };
+        // Each client really looked at the probe objects (so equal outputs mean something).
+        let marker = match client {
+            "sqlalchemy" => "introspection probe",
+            "asyncpg" => "Lyon",
+            "psycopg" => "'won'",
+            _ => "intro_cases_state_idx",
+        };
+        ensure!(
+            raw.to_string().contains(marker),
+            "{client} output lacks {marker}: {raw:#}"
+        );
+        let (n, r) = (decided() - d0, refused() - r0);
+        ensure!(n > 0, "{client}: no statement reached the masking engine");
+        ensure!(
+            !raw.to_string().contains("ERROR"),
+            "{client} fails even directly: {raw:#}"
+        );
+        if via != raw {
+            let (a, b) = (via.as_object(), raw.as_object());
+            let diff: Vec<String> = match (a, b) {
+                (Some(a), Some(b)) => a
+                    .iter()
+                    .filter(|(k, v)| b.get(*k) != Some(v))
+                    .map(|(k, v)| {
+                        format!(
+                            "{k}: via pgveil {v} / direct {}",
+                            b.get(k).unwrap_or(&serde_json::Value::Null)
+                        )
+                    })
+                    .collect(),
+                _ => vec![format!("via pgveil:\n{via}\ndirect:\n{raw}")],
+            };
+            bail!(
+                "{client} introspection differs through pgveil:\n{}",
+                diff.join("\n")
+            );
+        }
+        total += n;
+        total_refused += r;
+        report.push(format!("{client} {n} statements, {r} refused"));
+    }
+    println!(
+        "introspection as masked role analyst: {} — total {total} statements, {total_refused} refused ({:.1}%)",
+        report.join("; "),
+        100.0 * total_refused as f64 / total as f64
+    );
+    ensure!(total_refused == 0, "introspection statements were refused");
+    Ok(())
 }

@@ -6,7 +6,7 @@
 #   apt:  postgresql (server binaries under /usr/lib/postgresql/*/bin), postgresql-client, clang,
 #         libclang-dev, pgbouncer, and the basics to build Rust code and install Python packages;
 #         chromium and chromium-driver (Debian's browser, for the security page test);
-#   pip:  psycopg[binary], asyncpg, pyotp and moto[server] (each only when its import fails);
+#   pip:  psycopg[binary], asyncpg, pyotp, sqlalchemy and moto[server] (each only when its import fails);
 #   npm:  playwright-core in tests/browser (drives Debian's chromium; no browser is downloaded) and
 #         node-postgres (pg) in tests/node;
 #   Rust: rustup's stable toolchain, only when no cargo is found.
@@ -89,6 +89,8 @@ pip_missing=()
 python3 -c 'import psycopg' >/dev/null 2>&1 || pip_missing+=('psycopg[binary]')
 python3 -c 'import asyncpg' >/dev/null 2>&1 || pip_missing+=(asyncpg)
 python3 -c 'import pyotp' >/dev/null 2>&1 || pip_missing+=(pyotp)
+# tests/masking_live.rs compares SQLAlchemy reflection through pgveil with a direct connection.
+python3 -c 'import sqlalchemy' >/dev/null 2>&1 || pip_missing+=(sqlalchemy)
 # tests/secrets.rs starts `moto_server` (or `python3 -m moto.server`) on a free loopback port.
 python3 -c 'import moto.server, flask, werkzeug' >/dev/null 2>&1 || pip_missing+=('moto[server]')
 if [ "${#pip_missing[@]}" -gt 0 ]; then
@@ -100,7 +102,7 @@ if [ "${#pip_missing[@]}" -gt 0 ]; then
     if grep -q -- '--root-user-action' <<<"$pip_help"; then pip_args+=(--root-user-action=ignore); fi
     if [ "$(id -u)" -ne 0 ]; then pip_args+=(--user); fi
     python3 -m pip "${pip_args[@]}" "${pip_missing[@]}"
-    python3 -c 'import psycopg, asyncpg, pyotp, moto.server'
+    python3 -c 'import psycopg, asyncpg, pyotp, sqlalchemy, moto.server'
 fi
 
 # ---- playwright-core for the browser test (uses /usr/bin/chromium; never downloads a browser) ---------

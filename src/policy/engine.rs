@@ -72,10 +72,12 @@ struct Planned {
 pub struct EngineStats {
     /// Decisions served from the cache.
     pub hits: AtomicU64,
-    /// Decisions computed.
+    /// Decisions computed (every decision is a hit, a plan hit or a miss).
     pub misses: AtomicU64,
     /// Decisions served from a literal-normalized plan (same statement, other literals).
     pub plan_hits: AtomicU64,
+    /// Statements refused (cached or not).
+    pub refused: AtomicU64,
     /// Policy reloads that failed (the previous policy stayed).
     pub rejected_reloads: AtomicU64,
     /// Schema changes reported by sessions (each makes the tenant's catalog stale until reloaded).
@@ -258,6 +260,14 @@ impl MaskingEngine {
 
     /// Decides with the cache.
     pub fn check_cached(&self, sql: &str, tenant: &TenantId, role: &RoleName) -> Decision {
+        let d = self.check_uncounted(sql, tenant, role);
+        if matches!(d, Decision::Deny(_)) {
+            self.stats.refused.fetch_add(1, Ordering::Relaxed);
+        }
+        d
+    }
+
+    fn check_uncounted(&self, sql: &str, tenant: &TenantId, role: &RoleName) -> Decision {
         let key = self.cache_key(sql, tenant, role);
         let hit = self.cache.lock().expect("cache lock").get(&key).cloned();
         if let Some(c) = hit {
