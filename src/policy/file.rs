@@ -475,6 +475,12 @@ impl Policy {
         }
     }
 
+    /// Whether the role is `unrestricted` (per-tenant overrides cannot change that); `None` when the policy
+    /// does not define it. Cheaper than [`Policy::effective`], for the per-statement question.
+    pub fn unrestricted(&self, role: &RoleName) -> Option<bool> {
+        self.roles.get(role).map(|r| r.unrestricted)
+    }
+
     /// The roles the policy defines.
     pub fn roles(&self) -> impl Iterator<Item = &RoleName> {
         self.roles.keys()
