@@ -100,7 +100,8 @@ enum PolicyCommand {
         #[arg(long, short)]
         config: PathBuf,
         /// A catalog saved by `pgveil policy catalog`, used for the tenant it was saved from; repeat for
-        /// several tenants. With any --catalog nothing is connected to: a case of a tenant without a file fails.
+        /// several tenants. With any --catalog nothing is connected to: a case of a tenant without a file is an
+        /// error (no live load).
         #[arg(long = "catalog", value_name = "FILE")]
         catalogs: Vec<PathBuf>,
     },
