@@ -236,11 +236,12 @@ impl SecretsConfig {
         }
     }
 
-    fn problems(&self, problems: &mut Vec<String>) {
+    /// `offline`: the secrets file need not exist (tools that read no secret).
+    fn problems(&self, problems: &mut Vec<String>, offline: bool) {
         match self.backend {
             SecretBackend::File => match &self.path {
                 None => problems.push("secrets: backend = \"file\" needs path".to_owned()),
-                Some(p) if !p.exists() => {
+                Some(p) if !offline && !p.exists() => {
                     problems.push(format!("secrets: file {} does not exist", p.display()))
                 }
                 Some(_) => {}
@@ -434,6 +435,17 @@ fn default_catalog_refresh() -> Duration {
 impl Config {
     /// Reads, parses and validates a config file. Relative paths inside it are resolved against its folder.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Config::load_checked(path, false)
+    }
+
+    /// Loads a config for tools that connect to nothing (`pgveil policy explain|test --catalog`): like
+    /// [`Config::load`], but files only needed to serve clients or reach backends (TLS certificate and key,
+    /// the secrets file, backend CA bundles) need not exist on this machine.
+    pub fn load_offline(path: &Path) -> Result<Config, ConfigError> {
+        Config::load_checked(path, true)
+    }
+
+    fn load_checked(path: &Path, offline: bool) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
@@ -445,10 +457,11 @@ impl Config {
         if let Some(base) = path.parent() {
             cfg.resolve_paths(base);
         }
-        cfg.validate().map_err(|problems| ConfigError::Invalid {
-            path: path.to_owned(),
-            problems,
-        })?;
+        cfg.problems(offline)
+            .map_err(|problems| ConfigError::Invalid {
+                path: path.to_owned(),
+                problems,
+            })?;
         Ok(cfg)
     }
 
@@ -485,6 +498,11 @@ impl Config {
 
     /// Checks everything that can be checked without I/O beyond file existence; returns every problem.
     pub fn validate(&self) -> Result<(), Vec<String>> {
+        self.problems(false)
+    }
+
+    /// [`Config::validate`]; `offline` skips the existence of files only needed to serve or connect.
+    fn problems(&self, offline: bool) -> Result<(), Vec<String>> {
         let mut problems = Vec::new();
         if self.tls.is_none() && !self.listen.allow_plaintext_loopback {
             problems.push(
@@ -492,7 +510,7 @@ impl Config {
                     .to_owned(),
             );
         }
-        if let Some(tls) = &self.tls {
+        if let Some(tls) = self.tls.as_ref().filter(|_| !offline) {
             for p in [&tls.cert, &tls.key] {
                 if !p.exists() {
                     problems.push(format!("tls: file {} does not exist", p.display()));
@@ -523,7 +541,7 @@ impl Config {
         if self.auth.issuer.is_empty() {
             problems.push("auth.issuer is empty".to_owned());
         }
-        self.secrets.problems(&mut problems);
+        self.secrets.problems(&mut problems, offline);
         if self.roles.is_empty() {
             problems.push("roles is empty: no token could be accepted".to_owned());
         }
@@ -562,7 +580,7 @@ impl Config {
                 (BackendTlsMode::VerifyFull, None) => {
                     problems.push(format!("{at}: tls = \"verify-full\" needs ca_bundle"))
                 }
-                (_, Some(ca)) if !ca.exists() => {
+                (_, Some(ca)) if !offline && !ca.exists() => {
                     problems.push(format!("{at}: ca_bundle {} does not exist", ca.display()))
                 }
                 _ => {}

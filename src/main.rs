@@ -74,7 +74,8 @@ enum PolicyCommand {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Show the decision, masked columns and rewritten SQL for one statement, against the tenant's live catalog.
+    /// Show the decision, masked columns and rewritten SQL for one statement, against the tenant's live catalog
+    /// or a saved one (--catalog).
     Explain {
         /// Path of pgveil.toml.
         #[arg(long, short)]
@@ -85,6 +86,11 @@ enum PolicyCommand {
         /// Role.
         #[arg(long)]
         role: String,
+        /// Use this catalog, saved by `pgveil policy catalog` from the same tenant, instead of the live one:
+        /// nothing is connected to and no secret is read (the secrets file, TLS files and CA bundles the
+        /// config names need not exist).
+        #[arg(long, value_name = "FILE")]
+        catalog: Option<PathBuf>,
         /// The SQL text.
         sql: String,
     },
@@ -93,6 +99,24 @@ enum PolicyCommand {
         /// Path of pgveil.toml.
         #[arg(long, short)]
         config: PathBuf,
+        /// A catalog saved by `pgveil policy catalog`, used for the tenant it was saved from; repeat for
+        /// several tenants. With any --catalog nothing is connected to: a case of a tenant without a file is an
+        /// error (no live load).
+        #[arg(long = "catalog", value_name = "FILE")]
+        catalogs: Vec<PathBuf>,
+    },
+    /// Save a tenant's live catalog (schema metadata only: names, types, dependencies; no rows, credentials
+    /// or keys) to a JSON file for `policy explain|test --catalog`.
+    Catalog {
+        /// Path of pgveil.toml.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Tenant id.
+        #[arg(long)]
+        tenant: String,
+        /// Output file (replaced atomically).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
     },
 }
 
@@ -203,29 +227,55 @@ fn policy(cmd: PolicyCommand) -> Result<()> {
             config,
             tenant,
             role,
+            catalog,
             sql,
         } => {
-            let cfg = Config::load(&config)?;
+            let files: Vec<PathBuf> = catalog.into_iter().collect();
+            let cfg = policy_config(&config, &files)?;
+            let catalogs = tool::Catalogs::from_args(&files)?;
             print!(
                 "{}",
                 rt.block_on(tool::explain(
                     &cfg,
+                    &catalogs,
                     &TenantId::new(tenant),
                     &RoleName::new(role),
                     &sql
                 ))?
             );
         }
-        PolicyCommand::Test { config } => {
-            let cfg = Config::load(&config)?;
-            let (report, ok) = rt.block_on(tool::test(&cfg))?;
+        PolicyCommand::Test { config, catalogs } => {
+            let cfg = policy_config(&config, &catalogs)?;
+            let catalogs = tool::Catalogs::from_args(&catalogs)?;
+            let (report, ok) = rt.block_on(tool::test(&cfg, &catalogs))?;
             print!("{report}");
             if !ok {
                 bail!("policy tests failed");
             }
         }
+        PolicyCommand::Catalog {
+            config,
+            tenant,
+            out,
+        } => {
+            let cfg = Config::load(&config)?;
+            print!(
+                "{}",
+                rt.block_on(tool::save_catalog(&cfg, &TenantId::new(tenant), &out))?
+            );
+        }
     }
     Ok(())
+}
+
+/// The config for `policy explain|test`: with saved catalogs nothing is connected to, so files only needed to
+/// connect (secrets file, TLS files, CA bundles) may be missing.
+fn policy_config(path: &Path, catalogs: &[PathBuf]) -> Result<Config> {
+    Ok(if catalogs.is_empty() {
+        Config::load(path)?
+    } else {
+        Config::load_offline(path)?
+    })
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {

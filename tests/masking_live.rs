@@ -3,11 +3,13 @@
 //! had none is never shown raw, not even before the reload); the DETAIL of backend errors, which PostgreSQL
 //! fills with whole rows, is withheld from roles with masked columns; catalog introspection by real clients
 //! (SQLAlchemy reflection, asyncpg and psycopg type introspection, psql's `\d` family) gives a masked role
-//! exactly what a direct connection gets, and the refusal rate on it is reported.
+//! exactly what a direct connection gets, and the refusal rate on it is reported. The `pgveil policy` tools save
+//! a live catalog to a file and explain against it offline, with the same output as against the live database.
 
 mod support;
 
-use std::process::Command;
+use std::path::Path;
+use std::process::{Command, Output};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -24,6 +26,10 @@ fn main() -> std::process::ExitCode {
             details_withheld,
         ),
         ("client_introspection_is_transparent", introspection),
+        (
+            "policy_explain_with_a_saved_catalog_matches_live_without_connecting",
+            saved_catalog_tools,
+        ),
     ])
 }
 
@@ -379,5 +385,158 @@ fn introspection(fx: &Fixture) -> Result<()> {
         100.0 * total_refused as f64 / total as f64
     );
     ensure!(total_refused == 0, "introspection statements were refused");
+    Ok(())
+}
+
+/// Runs the real `pgveil` binary.
+fn pgveil(args: &[&str]) -> Result<Output> {
+    Ok(Command::new(env!("CARGO_BIN_EXE_pgveil"))
+        .args(args)
+        .env("PGVEIL_LOG", "warn")
+        .output()?)
+}
+
+fn stdout_of(args: &[&str]) -> Result<String> {
+    let o = pgveil(args)?;
+    ensure!(
+        o.status.success(),
+        "pgveil {args:?} failed: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    Ok(String::from_utf8(o.stdout)?)
+}
+
+fn stderr_of_failure(args: &[&str]) -> Result<String> {
+    let o = pgveil(args)?;
+    ensure!(!o.status.success(), "pgveil {args:?} succeeded");
+    Ok(String::from_utf8_lossy(&o.stderr).into_owned())
+}
+
+fn path_str(p: &Path) -> Result<&str> {
+    p.to_str()
+        .ok_or_else(|| anyhow!("non-UTF-8 path {}", p.display()))
+}
+
+/// `pgveil policy catalog` saves acme's live catalog (schema only: no credentials, keys or rows); with a config
+/// whose secrets file does not exist, `policy explain --catalog` and `policy test --catalog` work and explain
+/// prints exactly what live explain printed, while the same commands without `--catalog` cannot even start.
+fn saved_catalog_tools(fx: &Fixture) -> Result<()> {
+    let dir = write_policy_dir(fx, "policies-tools")?;
+    std::fs::write(
+        dir.join("payments.tests.toml"),
+        pgveil::demo::env::EXAMPLE_POLICY_TESTS,
+    )?;
+    let base = std::fs::read_to_string(&fx.env.config_path)?;
+    let live_text = format!("{base}\n[policy]\ndir = {dir:?}\n");
+    let live = fx.env.dir().join("tools-live.toml");
+    std::fs::write(&live, &live_text)?;
+    let secrets = fx.env.secrets_path();
+    let missing = fx.env.dir().join("no-such-secrets.json");
+    let offline_text = live_text.replace(&format!("{secrets:?}"), &format!("{missing:?}"));
+    ensure!(
+        offline_text != live_text,
+        "secrets path not found in the config"
+    );
+    let offline = fx.env.dir().join("tools-offline.toml");
+    std::fs::write(&offline, &offline_text)?;
+    let (live, offline) = (path_str(&live)?, path_str(&offline)?);
+    let file = fx.env.dir().join("acme.catalog.json");
+    let file = path_str(&file)?;
+
+    let summary = stdout_of(&[
+        "policy", "catalog", "--config", live, "--tenant", "acme", "--out", file,
+    ])?;
+    ensure!(summary.contains("catalog written to"), "{summary}");
+    let text = std::fs::read_to_string(file)?;
+    let v: serde_json::Value = serde_json::from_str(&text)?;
+    ensure!(v["format"] == 1 && v["tenant"] == "acme", "{text}");
+    ensure!(
+        v["relations"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|r| r["name"] == "payers")),
+        "no payers in the saved catalog"
+    );
+    // Schema metadata only: no credentials, no key material, no rows.
+    let (_, password) = fx.creds("acme");
+    let secrets_json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&secrets)?)?;
+    let key = secrets_json["tenants/acme/pseudonym"]
+        .as_str()
+        .ok_or_else(|| anyhow!("no pseudonym key"))?
+        .to_owned();
+    let email = fx
+        .superuser_sql("acme", "SELECT email FROM payers ORDER BY id LIMIT 1")?
+        .trim()
+        .to_owned();
+    ensure!(email.contains('@'), "{email}");
+    for (what, s) in [
+        ("password", &password),
+        ("pseudonym key", &key),
+        ("row", &email),
+    ] {
+        ensure!(
+            !text.contains(s.as_str()),
+            "the saved catalog holds a {what}"
+        );
+    }
+
+    // Without --catalog the offline config is refused: it cannot reach any database.
+    let e = stderr_of_failure(&[
+        "policy", "explain", "--config", offline, "--tenant", "acme", "--role", "analyst",
+        "SELECT 1",
+    ])?;
+    ensure!(e.contains("no-such-secrets.json"), "{e}");
+    let e = stderr_of_failure(&["policy", "test", "--config", offline])?;
+    ensure!(e.contains("no-such-secrets.json"), "{e}");
+
+    let (mut rewrites, mut refusals) = (0, 0);
+    for (role, sql) in [
+        ("analyst", "SELECT * FROM payers"),
+        (
+            "analyst",
+            "SELECT p.email, m.name FROM payers p JOIN payments x ON x.payer_id = p.id JOIN merchants m ON m.id = x.merchant_id",
+        ),
+        ("analyst", "SELECT most_common_vals FROM pg_stats"),
+        ("analyst", "SELECT name FROM merchants"),
+        ("support", "SELECT * FROM payers"),
+        ("admin", "SELECT email FROM payers"),
+    ] {
+        let args = ["--tenant", "acme", "--role", role, sql];
+        let want = stdout_of(&[&["policy", "explain", "--config", live][..], &args].concat())?;
+        let got = stdout_of(
+            &[
+                &["policy", "explain", "--config", offline, "--catalog", file][..],
+                &args,
+            ]
+            .concat(),
+        )?;
+        ensure!(got == want, "{sql}: saved\n{got}\nlive\n{want}");
+        rewrites += usize::from(want.contains("decision: rewrite"));
+        refusals += usize::from(want.contains("decision: refuse"));
+    }
+    ensure!(
+        rewrites >= 3 && refusals >= 1,
+        "{rewrites} rewrites, {refusals} refusals"
+    );
+
+    let report = stdout_of(&["policy", "test", "--config", offline, "--catalog", file])?;
+    ensure!(report.contains("case(s), all passed"), "{report}");
+
+    // The file is acme's: explaining for globex with it is refused rather than guessed.
+    let e = stderr_of_failure(&[
+        "policy",
+        "explain",
+        "--config",
+        offline,
+        "--catalog",
+        file,
+        "--tenant",
+        "globex",
+        "--role",
+        "analyst",
+        "SELECT 1",
+    ])?;
+    ensure!(e.contains("no saved catalog"), "{e}");
     Ok(())
 }

@@ -4,18 +4,30 @@
 //! Classification propagates: a column of a partition or inheritance child has its parent column's class, a
 //! generated column the class of a column it is computed from, and a view or materialized view column the
 //! class of the classified columns its defining expression reads.
+//!
+//! [`saved`] writes a snapshot to a JSON file and reads it back, for the policy tools to work offline.
 
 pub mod load;
+pub mod saved;
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::functions::{ColumnType, TypeFamily};
+
+static NEXT_VERSION: AtomicU64 = AtomicU64::new(1);
+
+/// A version number no other snapshot of this process has (live loads and saved files alike).
+pub fn fresh_version() -> u64 {
+    NEXT_VERSION.fetch_add(1, Ordering::SeqCst)
+}
 
 /// Schemas whose relations are PostgreSQL's own.
 pub const SYSTEM_SCHEMAS: &[&str] = &["pg_catalog", "information_schema"];
 
-/// One column.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One column (saved catalogs store it as is).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Column {
     /// Name.
     pub name: String,

@@ -120,8 +120,9 @@ pub enum MaskError {
     NoKey,
 }
 
-/// Broad type families the functions care about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Broad type families the functions care about. Saved catalogs spell them in lower case (`"text"`, `"json"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum TypeFamily {
     /// text, varchar, char, name, citext.
     Text,

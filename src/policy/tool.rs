@@ -1,8 +1,9 @@
-//! `pgveil policy check | explain | test`: the security team's tools, against live tenant catalogs.
+//! `pgveil policy check | explain | test | catalog`: the security team's tools, against live tenant catalogs or
+//! catalogs saved to files (`pgveil policy catalog`), which need no database, secret store or credentials.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,6 +11,7 @@ use serde::Deserialize;
 
 use super::Decision;
 use super::catalog::Catalog;
+use super::catalog::saved::{self, SavedError};
 use super::engine::{MaskingEngine, TenantState};
 use super::functions::PseudonymKey;
 use crate::config::Config;
@@ -35,6 +37,22 @@ pub enum ToolError {
     /// A catalog could not be loaded.
     #[error("tenant {0}: catalog: {1}")]
     Catalog(TenantId, super::catalog::load::LoadError),
+    /// A saved catalog could not be read or written.
+    #[error(transparent)]
+    Saved(#[from] SavedError),
+    /// Saved catalogs were given, but none of them is of this tenant.
+    #[error("tenant {0}: no saved catalog of this tenant among the --catalog files{1}")]
+    NoSavedCatalog(TenantId, String),
+    /// Two saved catalogs of the same tenant.
+    #[error("tenant {tenant}: two saved catalogs ({} and {}); give one per tenant", .first.display(), .second.display())]
+    DuplicateCatalog {
+        /// The tenant.
+        tenant: TenantId,
+        /// The first file.
+        first: PathBuf,
+        /// The second file.
+        second: PathBuf,
+    },
     /// Test case file problems.
     #[error("{0}")]
     Cases(String),
@@ -55,6 +73,88 @@ async fn live_catalog(
     super::catalog::load::load(t, &*secrets(cfg).await, Duration::from_secs(15))
         .await
         .map_err(|e| ToolError::Catalog(tenant.clone(), e))
+}
+
+/// Where `explain` and `test` get each tenant's catalog.
+#[derive(Debug)]
+pub enum Catalogs {
+    /// From the tenant's database, with credentials from the configured secret store.
+    Live,
+    /// From files written by `pgveil policy catalog`, each of the tenant it was saved from. Nothing is
+    /// connected to and no secret is read; a tenant without a file is an error, never a live load.
+    Saved(HashMap<TenantId, (PathBuf, Catalog)>),
+}
+
+impl Catalogs {
+    /// Reads saved catalog files (at least one; two of the same tenant are refused).
+    pub fn saved(paths: &[PathBuf]) -> Result<Catalogs, ToolError> {
+        let mut map: HashMap<TenantId, (PathBuf, Catalog)> = HashMap::new();
+        for p in paths {
+            let s = saved::load(p)?;
+            if let Some((first, _)) = map.get(&s.tenant) {
+                return Err(ToolError::DuplicateCatalog {
+                    tenant: s.tenant,
+                    first: first.clone(),
+                    second: p.clone(),
+                });
+            }
+            map.insert(s.tenant, (p.clone(), s.catalog));
+        }
+        Ok(Catalogs::Saved(map))
+    }
+
+    /// `Live` without files, else the saved files.
+    pub fn from_args(paths: &[PathBuf]) -> Result<Catalogs, ToolError> {
+        if paths.is_empty() {
+            Ok(Catalogs::Live)
+        } else {
+            Catalogs::saved(paths)
+        }
+    }
+
+    /// The catalog of `tenant` (a tenant of the config).
+    async fn get(&self, cfg: &Config, tenant: &TenantId) -> Result<Catalog, ToolError> {
+        match self {
+            Catalogs::Live => live_catalog(cfg, &Router::from_config(cfg)?, tenant).await,
+            Catalogs::Saved(map) => {
+                if cfg.tenant(tenant).is_none() {
+                    return Err(ToolError::UnknownTenant(tenant.clone()));
+                }
+                match map.get(tenant) {
+                    Some((_, cat)) => Ok(cat.clone()),
+                    None => {
+                        let mut have: Vec<String> = map
+                            .iter()
+                            .map(|(t, (p, _))| format!("{} ({t})", p.display()))
+                            .collect();
+                        have.sort();
+                        Err(ToolError::NoSavedCatalog(
+                            tenant.clone(),
+                            format!(": {}", have.join(", ")),
+                        ))
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Loads the live catalog of `tenant` and writes it to `out` (schema metadata only; atomically). Returns a
+/// one-line summary.
+pub async fn save_catalog(
+    cfg: &Config,
+    tenant: &TenantId,
+    out: &Path,
+) -> Result<String, ToolError> {
+    let cat = live_catalog(cfg, &Router::from_config(cfg)?, tenant).await?;
+    saved::save(out, tenant, &cat)?;
+    Ok(format!(
+        "tenant {tenant}: {} relation(s), {} function(s), {} operator(s) outside the system schemas; catalog written to {}\n",
+        cat.relations.len(),
+        cat.functions.len(),
+        cat.operators.len(),
+        out.display()
+    ))
 }
 
 /// A placeholder key: explain/test output never shows a tenant's real key material.
@@ -131,14 +231,25 @@ pub async fn check(cfg: &Config) -> Result<String, ToolError> {
 /// The decision, rewritten SQL and masked columns for one statement.
 pub async fn explain(
     cfg: &Config,
+    catalogs: &Catalogs,
     tenant: &TenantId,
     role: &RoleName,
     sql: &str,
 ) -> Result<String, ToolError> {
     let pc = cfg.policy.as_ref().ok_or(ToolError::NoPolicy)?;
     let engine = MaskingEngine::new(&pc.dir)?;
-    let router = Router::from_config(cfg)?;
-    let cat = live_catalog(cfg, &router, tenant).await?;
+    let cat = catalogs.get(cfg, tenant).await?;
+    Ok(explain_with(&engine, cat, tenant, role, sql))
+}
+
+/// [`explain`] with the policy loaded and the catalog at hand.
+fn explain_with(
+    engine: &MaskingEngine,
+    cat: Catalog,
+    tenant: &TenantId,
+    role: &RoleName,
+    sql: &str,
+) -> String {
     let version = cat.version;
     engine.set_tenant(
         tenant.clone(),
@@ -168,7 +279,7 @@ pub async fn explain(
             let _ = writeln!(out, "decision: refuse\n{} {}", e.code, e.message);
         }
     }
-    Ok(out)
+    out
 }
 
 #[derive(Deserialize)]
@@ -193,10 +304,9 @@ struct Case {
 }
 
 /// Runs the `*.tests.toml` cases next to the policies; returns the report and whether all passed.
-pub async fn test(cfg: &Config) -> Result<(String, bool), ToolError> {
+pub async fn test(cfg: &Config, catalogs: &Catalogs) -> Result<(String, bool), ToolError> {
     let pc = cfg.policy.as_ref().ok_or(ToolError::NoPolicy)?;
     let engine = MaskingEngine::new(&pc.dir)?;
-    let router = Router::from_config(cfg)?;
     let dir = if pc.dir.is_dir() {
         pc.dir.clone()
     } else {
@@ -217,7 +327,7 @@ pub async fn test(cfg: &Config) -> Result<(String, bool), ToolError> {
             toml::from_str(&text).map_err(|e| ToolError::Cases(format!("{}: {e}", f.display())))?;
         for c in cases.cases {
             if !loaded.contains_key(&c.tenant) {
-                let cat = live_catalog(cfg, &router, &c.tenant).await?;
+                let cat = catalogs.get(cfg, &c.tenant).await?;
                 engine.set_tenant(
                     c.tenant.clone(),
                     TenantState {
@@ -266,3 +376,6 @@ pub async fn test(cfg: &Config) -> Result<(String, bool), ToolError> {
     );
     Ok((out, ok))
 }
+
+#[cfg(test)]
+mod tests;

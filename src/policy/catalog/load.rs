@@ -4,7 +4,6 @@
 use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -15,8 +14,6 @@ use super::{Catalog, Column, QualName, Relation, SYSTEM_SCHEMAS};
 use crate::policy::functions::TypeFamily;
 use crate::route::Tenant;
 use crate::secret::{DbCredentials, ExposeSecret, SecretError, SecretStore};
-
-static NEXT_VERSION: AtomicU64 = AtomicU64::new(1);
 
 /// Errors loading a catalog.
 #[derive(Debug, thiserror::Error)]
@@ -102,7 +99,7 @@ async fn query_catalog(client: &tokio_postgres::Client) -> Result<Catalog, LoadE
         .await?
         .get(0);
     let mut cat = Catalog {
-        version: NEXT_VERSION.fetch_add(1, Ordering::SeqCst),
+        version: super::fresh_version(),
         search_path,
         ..Catalog::default()
     };
