@@ -132,12 +132,16 @@ fn schema_changes(fx: &Fixture) -> Result<()> {
             );
             Ok(())
         };
+        let altered = Instant::now();
         let (text, refusals) = until_reloaded(&analyst, "SELECT * FROM ddl_probe", no_raw, |t| {
             t.contains("5555")
         })
         .await?;
         ensure!(text.contains("************5555"), "{text}");
-        println!("first statement after ALTER TABLE: {refusals} refusal(s) while the catalog reloaded");
+        println!(
+            "first statement after ALTER TABLE: {refusals} refusal(s) while the catalog reloaded; masked result after {:.1} ms",
+            altered.elapsed().as_secs_f64() * 1e3
+        );
 
         // DDL inside a transaction is reported when the transaction ends (here: rolled back).
         let n = changes();

@@ -8,6 +8,7 @@
 //! [`saved`] writes a snapshot to a JSON file and reads it back, for the policy tools to work offline.
 
 pub mod load;
+pub mod pool;
 pub mod saved;
 
 use std::collections::{HashMap, HashSet};

@@ -104,6 +104,8 @@ pub struct MaskingEngine {
     /// Tenants to reload now, and the wake-up of the refresh task.
     requested: Mutex<HashSet<TenantId>>,
     wake: tokio::sync::Notify,
+    /// A pooled connection per tenant for catalog loads.
+    loader: super::catalog::pool::CatalogPools,
     /// Counters.
     pub stats: EngineStats,
 }
@@ -123,6 +125,7 @@ impl MaskingEngine {
             generation: AtomicU64::new(0),
             requested: Mutex::new(HashSet::new()),
             wake: tokio::sync::Notify::new(),
+            loader: super::catalog::pool::CatalogPools::default(),
             stats: EngineStats::default(),
         })
     }
@@ -416,14 +419,17 @@ impl MaskingEngine {
         key: Option<&SecretId>,
     ) {
         let started = self.generation.load(Ordering::Acquire);
-        let catalog =
-            match super::catalog::load::load(tenant, secrets, Duration::from_secs(30)).await {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(tenant = %tenant.id, error = %e, "catalog load failed");
-                    return;
-                }
-            };
+        let catalog = match self
+            .loader
+            .load(tenant, secrets, Duration::from_secs(30))
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(tenant = %tenant.id, error = %e, "catalog load failed");
+                return;
+            }
+        };
         let key = match key {
             None => None,
             Some(id) => match secrets.fetch(id).await {

@@ -19,7 +19,7 @@ pub fn write_policy_dir(fx: &Fixture, name: &str) -> Result<PathBuf> {
 }
 
 /// Starts a pgveil with the policy in `dir` (catalog timer: one hour, so only schema changes reported by
-/// sessions reload a catalog during a test) and waits for the `acme` and `globex` catalogs. Roles `admin`,
+/// sessions reload a catalog during a test) and waits for the `acme`, `globex` and `tlsco` (TLS backend) catalogs. Roles `admin`,
 /// `analyst`, `tiny` and `support` are accepted.
 pub fn masking_proxy(fx: &Fixture, dir: PathBuf) -> Result<Running> {
     let running = fx.start_server(
@@ -48,7 +48,12 @@ pub fn masking_proxy(fx: &Fixture, dir: PathBuf) -> Result<Running> {
         .clone()
         .ok_or_else(|| anyhow!("no masking engine"))?;
     let ready = fx.block_on(engine.wait_ready(
-        &[TenantId::new("acme"), TenantId::new("globex")],
+        &[
+            TenantId::new("acme"),
+            TenantId::new("globex"),
+            // Its backend requires TLS: catalog loads go over TLS too.
+            TenantId::new("tlsco"),
+        ],
         Duration::from_secs(30),
     ));
     ensure!(ready, "tenant catalogs did not load");

@@ -33,6 +33,9 @@ pub enum LoadError {
     /// Timed out.
     #[error("timed out")]
     Timeout,
+    /// The connection pool failed.
+    #[error("pool: {0}")]
+    Pool(String),
 }
 
 /// Loads the catalog of `tenant`.
@@ -89,7 +92,7 @@ async fn load_inner(tenant: &Tenant, secrets: &dyn SecretStore) -> Result<Catalo
     query_catalog(&client).await
 }
 
-async fn query_catalog(client: &tokio_postgres::Client) -> Result<Catalog, LoadError> {
+pub(super) async fn query_catalog(client: &tokio_postgres::Client) -> Result<Catalog, LoadError> {
     // One repeatable-read transaction: every query sees the same schema.
     client
         .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
@@ -364,7 +367,7 @@ fn column_names(v: &serde_json::Value, names: &mut Vec<String>, opaque: &mut boo
 }
 
 /// tokio-postgres TLS via tokio-rustls with the tenant's backend TLS config.
-struct RustlsConnect(Arc<rustls::ClientConfig>, String);
+pub(super) struct RustlsConnect(pub(super) Arc<rustls::ClientConfig>, pub(super) String);
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> TlsConnect<S> for RustlsConnect {
     type Stream = RustlsStream<S>;
@@ -384,7 +387,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> TlsConnect<S> for Rustl
     }
 }
 
-struct RustlsStream<S>(tokio_rustls::client::TlsStream<S>);
+pub(super) struct RustlsStream<S>(tokio_rustls::client::TlsStream<S>);
 
 impl<S: AsyncRead + AsyncWrite + Unpin> tokio_postgres::tls::TlsStream for RustlsStream<S> {
     fn channel_binding(&self) -> ChannelBinding {
