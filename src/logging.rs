@@ -19,11 +19,12 @@ pub fn filter(spec: &str) -> EnvFilter {
     let global_trace = lowered.split(',').any(|d| d.trim() == "trace");
     for target in CAPPED {
         // Keep the operator's own, stricter choice for a capped target; otherwise cap it.
-        if global_trace || !lowered.contains(target) || lowered.contains(&format!("{target}=trace"))
+        if (global_trace
+            || !lowered.contains(target)
+            || lowered.contains(&format!("{target}=trace")))
+            && let Ok(d) = format!("{target}=debug").parse()
         {
-            if let Ok(d) = format!("{target}=debug").parse() {
-                f = f.add_directive(d);
-            }
+            f = f.add_directive(d);
         }
     }
     f

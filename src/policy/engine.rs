@@ -208,16 +208,18 @@ impl MaskingEngine {
 
     /// Decides on `sql` for (tenant, role) without the cache; also returns the masked columns.
     pub fn decide(&self, sql: &str, tenant: &TenantId, role: &RoleName) -> (Decision, Vec<String>) {
-        let (d, masked, _) = self.decide_planned(sql, tenant, role);
+        let (d, masked, _) = self.decide_planned(sql, tenant, role, self.current(tenant));
         (d, masked)
     }
 
-    /// [`MaskingEngine::decide`], with the decision's plan for other literal values when it has one.
+    /// [`MaskingEngine::decide`] on the given tenant state (the one the cache key was made from), with the
+    /// decision's plan for other literal values when it has one.
     fn decide_planned(
         &self,
         sql: &str,
         tenant: &TenantId,
         role: &RoleName,
+        state: Option<Arc<TenantState>>,
     ) -> (Decision, Vec<String>, Option<(Normalized, Template)>) {
         let snap = self.policy.load();
         let Some(eff) = snap.policy.effective(tenant, role) else {
@@ -232,7 +234,6 @@ impl MaskingEngine {
         if eff.role.unrestricted {
             return (Decision::Allow, Vec::new(), None);
         }
-        let state = self.current(tenant);
         let ctx = Context {
             policy: &eff,
             catalog: state.as_ref().map(|s| &s.catalog),
@@ -247,15 +248,17 @@ impl MaskingEngine {
         }
     }
 
-    fn cache_key(&self, sql: &str, tenant: &TenantId, role: &RoleName) -> CacheKey {
-        self.cache_key_for(sql.into(), tenant, role)
-    }
-
-    fn cache_key_for(&self, sql: Box<str>, tenant: &TenantId, role: &RoleName) -> CacheKey {
+    fn cache_key(
+        &self,
+        sql: Box<str>,
+        tenant: &TenantId,
+        role: &RoleName,
+        state: Option<&TenantState>,
+    ) -> CacheKey {
         CacheKey {
             sql,
             policy: self.policy.load().version,
-            catalog: self.current(tenant).map(|t| t.catalog.version).unwrap_or(0),
+            catalog: state.map(|t| t.catalog.version).unwrap_or(0),
             tenant: tenant.clone(),
             role: role.clone(),
         }
@@ -271,7 +274,10 @@ impl MaskingEngine {
     }
 
     fn check_uncounted(&self, sql: &str, tenant: &TenantId, role: &RoleName) -> Decision {
-        let key = self.cache_key(sql, tenant, role);
+        // One snapshot of the tenant's state for the keys and the decision: a decision taken without a catalog
+        // (stale or not loaded) must never be filed under a catalog version.
+        let state = self.current(tenant);
+        let key = self.cache_key(sql.into(), tenant, role, state.as_deref());
         let hit = self.cache.lock().expect("cache lock").get(&key).cloned();
         if let Some(c) = hit {
             self.stats.hits.fetch_add(1, Ordering::Relaxed);
@@ -282,7 +288,7 @@ impl MaskingEngine {
         let norm = (key.catalog != 0).then(|| normalize(sql)).flatten();
         let plan_key = norm
             .as_ref()
-            .map(|n| self.cache_key_for(n.key.as_str().into(), tenant, role));
+            .map(|n| self.cache_key(n.key.as_str().into(), tenant, role, state.as_deref()));
         if let (Some(n), Some(pk)) = (&norm, &plan_key) {
             let plan = self.plans.lock().expect("plan lock").get(pk).cloned();
             if let Some(p) = plan {
@@ -303,7 +309,7 @@ impl MaskingEngine {
             }
         }
         self.stats.misses.fetch_add(1, Ordering::Relaxed);
-        let (decision, masked, template) = self.decide_planned(sql, tenant, role);
+        let (decision, masked, template) = self.decide_planned(sql, tenant, role, state);
         let fingerprint = pg_query::fingerprint(sql, 0, pg_query::FingerprintOptions::FULL_RELNAME)
             .map(|f| f.hex)
             .unwrap_or_else(|_| "unparsable".into());
@@ -533,5 +539,49 @@ impl StatementPolicy for MaskingEngine {
             .policy
             .effective(&who.tenant, &who.role)
             .is_none_or(|e| !e.role.sees_everything())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::catalog::fixture;
+
+    #[test]
+    fn a_stale_catalog_refuses_until_a_load_that_started_after_the_change() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            dir.path().join("payments.toml"),
+            crate::demo::env::EXAMPLE_POLICY,
+        )
+        .expect("write policy");
+        let e = MaskingEngine::new(dir.path()).expect("policy");
+        let (t, r) = (TenantId::new("acme"), RoleName::new("analyst"));
+        e.set_tenant(
+            t.clone(),
+            TenantState {
+                catalog: fixture::catalog(),
+                key: Some(PseudonymKey::new(b"unit-test-key")),
+            },
+        );
+        let sql = "SELECT email FROM payers WHERE id = 1";
+        assert!(matches!(e.check_cached(sql, &t, &r), Decision::Rewrite(_)));
+        let before_change = e.generation.load(Ordering::Acquire);
+        e.schema_changed_in(&t);
+        // Neither the exact-text cache nor the literal-normalized plan answers for a stale catalog.
+        assert!(matches!(e.check_cached(sql, &t, &r), Decision::Deny(_)));
+        let other = "SELECT email FROM payers WHERE id = 2";
+        assert!(matches!(e.check_cached(other, &t, &r), Decision::Deny(_)));
+        // A load that started before the change does not make it current.
+        e.loaded(&t, before_change);
+        assert!(e.is_stale(&t));
+        assert!(matches!(e.check_cached(sql, &t, &r), Decision::Deny(_)));
+        e.loaded(&t, e.generation.load(Ordering::Acquire));
+        assert!(!e.is_stale(&t));
+        // The refusals were not cached under the (unchanged) catalog version.
+        assert!(matches!(e.check_cached(sql, &t, &r), Decision::Rewrite(_)));
+        assert!(matches!(e.check_cached(other, &t, &r), Decision::Rewrite(_)));
+        assert_eq!(e.stats.refused.load(Ordering::Relaxed), 3);
+        assert_eq!(e.stats.schema_changes.load(Ordering::Relaxed), 1);
     }
 }
