@@ -27,6 +27,10 @@ fn main() -> std::process::ExitCode {
         ),
         ("client_introspection_is_transparent", introspection),
         (
+            "new_literals_are_served_from_the_normalized_plan",
+            literal_plans,
+        ),
+        (
             "policy_explain_with_a_saved_catalog_matches_live_without_connecting",
             saved_catalog_tools,
         ),
@@ -543,4 +547,44 @@ fn saved_catalog_tools(fx: &Fixture) -> Result<()> {
     ])?;
     ensure!(e.contains("no saved catalog"), "{e}");
     Ok(())
+}
+
+/// Simple-protocol statements that differ only in literals: after the first, each is answered from the
+/// literal-normalized plan, with its own literals (right rows) and masked values.
+fn literal_plans(fx: &Fixture) -> Result<()> {
+    let proxy = masking_proxy(fx, write_policy_dir(fx, "policies-plans")?)?;
+    let engine = proxy
+        .shared
+        .masking
+        .clone()
+        .ok_or_else(|| anyhow!("no engine"))?;
+    let hits = || engine.stats.plan_hits.load(Ordering::Relaxed);
+    fx.block_on(async {
+        let analyst = fx.connect_to(proxy.addr, "acme", "analyst").await?;
+        let direct = fx.direct("acme").await?;
+        let before = hits();
+        for id in 1..=20 {
+            let sql = format!(
+                "SELECT x.id, p.email, x.card_pan, x.amount FROM payments x JOIN payers p ON p.id = x.payer_id \
+                 WHERE x.id = {id} AND p.full_name <> 'x''y'"
+            );
+            let masked = rows_text(&analyst.simple_query(&sql).await?);
+            let raw = rows_text(&direct.simple_query(&sql).await?);
+            let (m, r): (Vec<&str>, Vec<&str>) = (masked.split('|').collect(), raw.split('|').collect());
+            ensure!(m.len() == 5 && r.len() == 5, "{masked} / {raw}");
+            ensure!(m[0] == id.to_string() && m[0] == r[0], "wrong row for id {id}: {masked}");
+            let domain = r[1].split('@').nth(1).unwrap_or("");
+            ensure!(
+                m[1] == format!("****@{domain}") && m[1] != r[1],
+                "email for id {id}: {} (raw {})",
+                m[1],
+                r[1]
+            );
+            ensure!(m[2].starts_with("************") && m[2] != r[2], "pan: {}", m[2]);
+            ensure!(m[3] == r[3], "unmasked column differs: {masked} / {raw}");
+        }
+        let served = hits() - before;
+        ensure!(served >= 19, "only {served} of 19 statements came from the plan");
+        Ok(())
+    })
 }

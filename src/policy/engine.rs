@@ -580,7 +580,10 @@ mod tests {
         assert!(!e.is_stale(&t));
         // The refusals were not cached under the (unchanged) catalog version.
         assert!(matches!(e.check_cached(sql, &t, &r), Decision::Rewrite(_)));
-        assert!(matches!(e.check_cached(other, &t, &r), Decision::Rewrite(_)));
+        assert!(matches!(
+            e.check_cached(other, &t, &r),
+            Decision::Rewrite(_)
+        ));
         assert_eq!(e.stats.refused.load(Ordering::Relaxed), 3);
         assert_eq!(e.stats.schema_changes.load(Ordering::Relaxed), 1);
     }
