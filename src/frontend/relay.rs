@@ -497,7 +497,9 @@ impl<'a> Relay<'a> {
     /// Registers a denial and returns the SQL that makes the backend fail in its place.
     fn deny(&mut self, err: PgError) -> String {
         let marker = format!("pgveil:{:016x}", rand::random::<u64>());
-        tracing::info!(code = err.code, reason = %err.message, "statement refused");
+        // Not the message: a parse error quotes the statement (literals included); the masking engine's audit
+        // event carries the rule that refused it.
+        tracing::info!(code = err.code, "statement refused");
         let sql = format!("SELECT \"{marker}\"");
         self.denials.push((marker, err));
         sql

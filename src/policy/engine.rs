@@ -54,8 +54,18 @@ struct CacheKey {
 #[derive(Clone)]
 struct Cached {
     decision: Decision,
+    /// For refusals, the rule that refused (`parse`, `denied-function`, ...); never text from the statement.
+    rule: &'static str,
     fingerprint: Arc<str>,
     masked: Arc<[String]>,
+}
+
+/// One decision with what caching and auditing it need.
+struct Decided {
+    decision: Decision,
+    rule: &'static str,
+    masked: Vec<String>,
+    plan: Option<(Normalized, Template)>,
 }
 
 /// A decision planned for every statement with the same literal-normalized text.
@@ -208,8 +218,8 @@ impl MaskingEngine {
 
     /// Decides on `sql` for (tenant, role) without the cache; also returns the masked columns.
     pub fn decide(&self, sql: &str, tenant: &TenantId, role: &RoleName) -> (Decision, Vec<String>) {
-        let (d, masked, _) = self.decide_planned(sql, tenant, role, self.current(tenant));
-        (d, masked)
+        let d = self.decide_planned(sql, tenant, role, self.current(tenant));
+        (d.decision, d.masked)
     }
 
     /// [`MaskingEngine::decide`] on the given tenant state (the one the cache key was made from), with the
@@ -220,19 +230,22 @@ impl MaskingEngine {
         tenant: &TenantId,
         role: &RoleName,
         state: Option<Arc<TenantState>>,
-    ) -> (Decision, Vec<String>, Option<(Normalized, Template)>) {
+    ) -> Decided {
+        let decided = |decision, rule, masked, plan| Decided {
+            decision,
+            rule,
+            masked,
+            plan,
+        };
         let snap = self.policy.load();
         let Some(eff) = snap.policy.effective(tenant, role) else {
-            return (
-                Decision::Deny(PgError::insufficient_privilege(format!(
-                    "pgveil: role {role} has no masking policy; every statement is refused (rule no-policy)"
-                ))),
-                Vec::new(),
-                None,
-            );
+            let e = PgError::insufficient_privilege(format!(
+                "pgveil: role {role} has no masking policy; every statement is refused (rule no-policy)"
+            ));
+            return decided(Decision::Deny(e), "no-policy", Vec::new(), None);
         };
         if eff.role.unrestricted {
-            return (Decision::Allow, Vec::new(), None);
+            return decided(Decision::Allow, "", Vec::new(), None);
         }
         let ctx = Context {
             policy: &eff,
@@ -242,9 +255,13 @@ impl MaskingEngine {
         };
         let checked = check(sql, &ctx);
         match checked.outcome {
-            Outcome::Allow => (Decision::Allow, Vec::new(), checked.template),
-            Outcome::Rewrite { sql, masked } => (Decision::Rewrite(sql), masked, checked.template),
-            Outcome::Refuse(r) => (Decision::Deny(r.to_pg_error()), Vec::new(), None),
+            Outcome::Allow => decided(Decision::Allow, "", Vec::new(), checked.template),
+            Outcome::Rewrite { sql, masked } => {
+                decided(Decision::Rewrite(sql), "", masked, checked.template)
+            }
+            Outcome::Refuse(r) => {
+                decided(Decision::Deny(r.to_pg_error()), r.rule, Vec::new(), None)
+            }
         }
     }
 
@@ -300,6 +317,7 @@ impl MaskingEngine {
                     self.stats.plan_hits.fetch_add(1, Ordering::Relaxed);
                     let c = Cached {
                         decision,
+                        rule: "",
                         fingerprint: p.fingerprint,
                         masked: p.masked,
                     };
@@ -309,12 +327,18 @@ impl MaskingEngine {
             }
         }
         self.stats.misses.fetch_add(1, Ordering::Relaxed);
-        let (decision, masked, template) = self.decide_planned(sql, tenant, role, state);
+        let Decided {
+            decision,
+            rule,
+            masked,
+            plan: template,
+        } = self.decide_planned(sql, tenant, role, state);
         let fingerprint = pg_query::fingerprint(sql, 0, pg_query::FingerprintOptions::FULL_RELNAME)
             .map(|f| f.hex)
             .unwrap_or_else(|_| "unparsable".into());
         let c = Cached {
             decision,
+            rule,
             fingerprint: fingerprint.into(),
             masked: masked.into(),
         };
@@ -503,14 +527,15 @@ fn policy_stamp(path: &Path) -> Vec<(PathBuf, Option<SystemTime>, u64)> {
 }
 
 /// One structured audit event per decided statement (target `pgveil::audit`): the fingerprint of the statement
-/// with literals removed (never its text), the decision, the refusal's SQLSTATE and the masked columns.
+/// with literals removed (never its text), the decision, the refusal's SQLSTATE and rule (its reason; not the
+/// message, which can quote the statement) and the masked columns.
 fn audit(c: &Cached, tenant: &TenantId, role: &RoleName) {
     let (decision, code) = match &c.decision {
         Decision::Allow => ("allowed", ""),
         Decision::Rewrite(_) => ("rewritten", ""),
         Decision::Deny(e) => ("refused", e.code),
     };
-    tracing::info!(target: "pgveil::audit", %tenant, %role, fingerprint = %c.fingerprint, decision, code, masked = ?c.masked, "statement");
+    tracing::info!(target: "pgveil::audit", %tenant, %role, fingerprint = %c.fingerprint, decision, code, rule = c.rule, masked = ?c.masked, "statement");
 }
 
 impl StatementPolicy for MaskingEngine {
@@ -547,8 +572,8 @@ mod tests {
     use super::*;
     use crate::policy::catalog::fixture;
 
-    #[test]
-    fn a_stale_catalog_refuses_until_a_load_that_started_after_the_change() {
+    /// An engine with the example policy and the fixture catalog for `acme`.
+    fn engine() -> (MaskingEngine, tempfile::TempDir) {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(
             dir.path().join("payments.toml"),
@@ -556,14 +581,87 @@ mod tests {
         )
         .expect("write policy");
         let e = MaskingEngine::new(dir.path()).expect("policy");
-        let (t, r) = (TenantId::new("acme"), RoleName::new("analyst"));
         e.set_tenant(
-            t.clone(),
+            TenantId::new("acme"),
             TenantState {
                 catalog: fixture::catalog(),
                 key: Some(PseudonymKey::new(b"unit-test-key")),
             },
         );
+        (e, dir)
+    }
+
+    /// A log sink for a test subscriber.
+    #[derive(Clone, Default)]
+    struct Capture(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Capture {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("capture").extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn audit_events_have_decision_rule_and_masked_columns_but_never_literals() {
+        let (e, _dir) = engine();
+        let (t, r) = (TenantId::new("acme"), RoleName::new("analyst"));
+        let capture = Capture::default();
+        let sink = capture.clone();
+        let sub = tracing_subscriber::fmt()
+            .with_writer(move || sink.clone())
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .finish();
+        tracing::subscriber::with_default(sub, || {
+            for sql in [
+                "SELECT email FROM payers WHERE full_name = 'Zqx-literal-1'",
+                "SELECT email FROM payers WHERE full_name = 'Zqx-literal-2'", // from the plan
+                "SELECT email FROM payers WHERE full_name = 'Zqx-literal-2'", // exact cache
+                "SELECT * FROM pg_stats WHERE tablename = 'Zqx-literal-3'",
+                "SELECT 'Zqx-literal-4' FROM WHERE",
+                "SELECT 1 + 1",
+            ] {
+                e.check_cached(sql, &t, &r);
+            }
+        });
+        let out = String::from_utf8(capture.0.lock().expect("capture").clone()).expect("utf-8");
+        let lines: Vec<&str> = out
+            .lines()
+            .filter(|l| l.contains("pgveil::audit"))
+            .collect();
+        assert_eq!(lines.len(), 6, "{out}");
+        assert!(
+            !out.contains("Zqx-literal"),
+            "a literal reached the audit log:\n{out}"
+        );
+        for l in &lines[..3] {
+            assert!(
+                l.contains("rewritten") && l.contains("public.payers.email"),
+                "{l}"
+            );
+            assert!(l.contains("fingerprint="), "{l}");
+        }
+        assert!(
+            lines[3].contains("refused")
+                && lines[3].contains("denied-relation")
+                && lines[3].contains("42501")
+        );
+        assert!(
+            lines[4].contains("refused")
+                && lines[4].contains("rule=\"parse\"")
+                && lines[4].contains("42601")
+        );
+        assert!(lines[5].contains("allowed"), "{}", lines[5]);
+    }
+
+    #[test]
+    fn a_stale_catalog_refuses_until_a_load_that_started_after_the_change() {
+        let (e, _dir) = engine();
+        let (t, r) = (TenantId::new("acme"), RoleName::new("analyst"));
         let sql = "SELECT email FROM payers WHERE id = 1";
         assert!(matches!(e.check_cached(sql, &t, &r), Decision::Rewrite(_)));
         let before_change = e.generation.load(Ordering::Acquire);
