@@ -68,11 +68,16 @@ enum Command {
 
 #[derive(Subcommand)]
 enum PolicyCommand {
-    /// Validate the policy files; list unclassified columns of every reachable tenant.
+    /// Validate the policy files; list unclassified columns of every reachable tenant (or of the tenants of
+    /// the saved catalogs given with --catalog).
     Check {
         /// Path of pgveil.toml.
         #[arg(long, short)]
         config: PathBuf,
+        /// A catalog saved by `pgveil policy catalog`; repeat for several tenants. With any --catalog nothing
+        /// is connected to: tenants without a file are reported as not listed.
+        #[arg(long = "catalog", value_name = "FILE")]
+        catalogs: Vec<PathBuf>,
     },
     /// Show the decision, masked columns and rewritten SQL for one statement, against the tenant's live catalog
     /// or a saved one (--catalog).
@@ -219,9 +224,10 @@ fn policy(cmd: PolicyCommand) -> Result<()> {
     use pgveil::policy::tool;
     let rt = runtime()?;
     match cmd {
-        PolicyCommand::Check { config } => {
-            let cfg = Config::load(&config)?;
-            print!("{}", rt.block_on(tool::check(&cfg))?);
+        PolicyCommand::Check { config, catalogs } => {
+            let cfg = policy_config(&config, &catalogs)?;
+            let catalogs = tool::Catalogs::from_args(&catalogs)?;
+            print!("{}", rt.block_on(tool::check(&cfg, &catalogs))?);
         }
         PolicyCommand::Explain {
             config,

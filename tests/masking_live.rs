@@ -31,7 +31,7 @@ fn main() -> std::process::ExitCode {
             literal_plans,
         ),
         (
-            "policy_explain_with_a_saved_catalog_matches_live_without_connecting",
+            "policy_check_and_explain_with_a_saved_catalog_match_live_without_connecting",
             saved_catalog_tools,
         ),
     ])
@@ -488,6 +488,36 @@ fn saved_catalog_tools(fx: &Fixture) -> Result<()> {
             "the saved catalog holds a {what}"
         );
     }
+
+    // `policy check`: live, every reachable tenant's unclassified columns; offline, the same list for the
+    // tenant of the saved file and "not available" for the others.
+    let live_check = stdout_of(&["policy", "check", "--config", live])?;
+    let acme_block = |report: &str| -> Result<String> {
+        let start = report
+            .find("tenant acme:")
+            .ok_or_else(|| anyhow!("no acme section in\n{report}"))?;
+        let rest = &report[start..];
+        let end = rest[1..].find("\ntenant ").map_or(rest.len(), |i| i + 2);
+        Ok(rest[..end].to_owned())
+    };
+    let acme = acme_block(&live_check)?;
+    ensure!(
+        live_check.contains("policy ok")
+            && acme.contains("  public.merchants: id, name")
+            && acme.contains("  public.payers: id\n")
+            && !acme.contains("card_pan"),
+        "{live_check}"
+    );
+    ensure!(live_check.contains("tenant globex: "), "{live_check}");
+    let offline_check = stdout_of(&["policy", "check", "--config", offline, "--catalog", file])?;
+    ensure!(
+        acme_block(&offline_check)? == acme,
+        "saved\n{offline_check}\nlive\n{live_check}"
+    );
+    ensure!(
+        offline_check.contains("tenant globex: catalog not available"),
+        "{offline_check}"
+    );
 
     // Without --catalog the offline config is refused: it cannot reach any database.
     let e = stderr_of_failure(&[
