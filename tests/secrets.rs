@@ -272,14 +272,14 @@ fn cold_connect_latency(fx: &Fixture) -> Result<()> {
     Ok(())
 }
 
+/// When each connection attempt started and whether it succeeded.
+type Attempts = Vec<(Instant, Result<(), String>)>;
+
 /// New clients connecting every `every` and holding their sessions (so each needs a new backend connection),
 /// recording when each attempt started and whether it succeeded.
 struct Load {
     stop: tokio::sync::watch::Sender<bool>,
-    task: tokio::task::JoinHandle<(
-        Vec<(Instant, Result<(), String>)>,
-        Vec<tokio_postgres::Client>,
-    )>,
+    task: tokio::task::JoinHandle<(Attempts, Vec<tokio_postgres::Client>)>,
 }
 
 impl Load {
