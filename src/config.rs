@@ -77,6 +77,9 @@ pub struct Config {
     /// HTTP API (enrolment, login, admin) and security page. Needs `[control]`.
     #[serde(default)]
     pub api: Option<crate::api::ApiConfig>,
+    /// Prometheus `/metrics` over plain HTTP (bind it to a loopback or internal address).
+    #[serde(default)]
+    pub metrics: Option<crate::telemetry::MetricsConfig>,
 }
 
 /// The masking engine's settings.

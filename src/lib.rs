@@ -25,5 +25,6 @@ pub mod revoke;
 pub mod route;
 pub mod secret;
 pub mod server;
+pub mod telemetry;
 pub mod tls;
 pub mod token;

@@ -321,13 +321,22 @@ fn serve(path: &Path, threads: usize) -> Result<()> {
         } else {
             None
         };
+        let metrics = match &cfg.metrics {
+            Some(m) => Some(pgveil::telemetry::MetricsServer::bind(m).await?),
+            None => None,
+        };
         let proxy = server.run(stop_signal(), Duration::from_secs(30));
-        match api {
-            Some(api) => {
-                tokio::join!(proxy, api.run(stop_signal()));
+        let api = async move {
+            if let Some(api) = api {
+                api.run(stop_signal()).await;
             }
-            None => proxy.await,
-        }
+        };
+        let metrics = async move {
+            if let Some(m) = metrics {
+                m.run(stop_signal()).await;
+            }
+        };
+        tokio::join!(proxy, api, metrics);
         Ok(())
     })
 }

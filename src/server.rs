@@ -248,13 +248,17 @@ impl Server {
                     };
                     let shared = shared.clone();
                     tasks.spawn(async move {
+                        metrics::counter!("pgveil_client_connections_total").increment(1);
+                        metrics::gauge!("pgveil_client_connections").increment(1.0);
                         let n = shared.clients.fetch_add(1, Ordering::SeqCst) + 1;
                         if n > shared.cfg.listen.max_clients {
+                            metrics::counter!("pgveil_auth_total", "result" => "refused", "sqlstate" => "53300").increment(1);
                             too_many(tcp).await;
                         } else {
                             crate::frontend::session::serve(tcp, peer, shared.clone()).await;
                         }
                         shared.clients.fetch_sub(1, Ordering::SeqCst);
+                        metrics::gauge!("pgveil_client_connections").decrement(1.0);
                     });
                 }
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}

@@ -34,6 +34,10 @@ fn main() -> std::process::ExitCode {
             "policy_check_and_explain_with_a_saved_catalog_match_live_without_connecting",
             saved_catalog_tools,
         ),
+        (
+            "metrics_count_decisions_without_naming_anyone",
+            metrics_endpoint,
+        ),
     ])
 }
 
@@ -615,6 +619,123 @@ fn literal_plans(fx: &Fixture) -> Result<()> {
         }
         let served = hits() - before;
         ensure!(served >= 19, "only {served} of 19 statements came from the plan");
+        Ok(())
+    })
+}
+
+/// One scrape of `/metrics` (plain HTTP/1.1 over a TCP stream): (series -> value), and the whole text.
+async fn scrape(
+    addr: std::net::SocketAddr,
+) -> Result<(std::collections::HashMap<String, f64>, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await?;
+    let raw = String::from_utf8(raw)?;
+    let (head, body) = raw
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow!("no HTTP body: {raw}"))?;
+    ensure!(head.starts_with("HTTP/1.1 200"), "{head}");
+    ensure!(
+        head.to_ascii_lowercase()
+            .contains("content-type: text/plain"),
+        "{head}"
+    );
+    let mut out = std::collections::HashMap::new();
+    for line in body
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        if let Some((series, value)) = line.rsplit_once(' ') {
+            out.insert(series.to_owned(), value.parse::<f64>().unwrap_or(f64::NAN));
+        }
+    }
+    Ok((out, body.to_owned()))
+}
+
+/// `/metrics` counts connections, authentications, statements by decision, cache results and checkouts, with
+/// labels of fixed values only: no tenant, role, user, SQL text or secret appears in it.
+fn metrics_endpoint(fx: &Fixture) -> Result<()> {
+    // The recorder first: the proxy's catalog loads at start are counted too.
+    let (addr, stop_tx, serving, before) = fx.block_on(async {
+        let server = pgveil::telemetry::MetricsServer::bind(&pgveil::telemetry::MetricsConfig {
+            addr: "127.0.0.1:0".parse()?,
+        })
+        .await?;
+        let addr = server.local_addr();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let serving = tokio::spawn(server.run(async {
+            let _ = stop_rx.await;
+        }));
+        let (before, _) = scrape(addr).await?;
+        anyhow::Ok((addr, stop_tx, serving, before))
+    })?;
+    let proxy = masking_proxy(fx, write_policy_dir(fx, "policies-metrics")?)?;
+    fx.block_on(async {
+        let sql = "SELECT email FROM payers WHERE id = 3";
+        let analyst = fx.connect_to(proxy.addr, "acme", "analyst").await?;
+        for _ in 0..3 {
+            analyst.simple_query(sql).await?;
+        }
+        analyst
+            .simple_query("SELECT email FROM payers WHERE id = 4")
+            .await?;
+        let refused = analyst
+            .simple_query("SELECT most_common_vals FROM pg_stats")
+            .await
+            .expect_err("pg_stats is denied");
+        ensure!(
+            db_error(&refused).is_some_and(|(c, _)| c == "42501"),
+            "{refused:#}"
+        );
+        let bad = fx.conn_str(proxy.addr, "acme", "tester", "not-a-token");
+        ensure!(support::connect(&bad).await.is_err(), "a bad token got in");
+        drop(analyst);
+
+        let (after, text) = scrape(addr).await?;
+        let delta = |series: &str| {
+            after.get(series).copied().unwrap_or(0.0) - before.get(series).copied().unwrap_or(0.0)
+        };
+        for (series, at_least) in [
+            ("pgveil_client_connections_total", 2.0),
+            ("pgveil_auth_total{result=\"ok\",sqlstate=\"\"}", 1.0),
+            (
+                "pgveil_auth_total{result=\"refused\",sqlstate=\"28P01\"}",
+                1.0,
+            ),
+            ("pgveil_statements_total{decision=\"rewritten\"}", 4.0),
+            ("pgveil_statements_total{decision=\"refused\"}", 1.0),
+            ("pgveil_rewrite_cache_total{result=\"hit\"}", 2.0),
+            ("pgveil_rewrite_cache_total{result=\"plan\"}", 1.0),
+            ("pgveil_pool_checkouts_total{result=\"immediate\"}", 1.0),
+        ] {
+            ensure!(
+                delta(series) >= at_least,
+                "{series}: {} -> {} (want +{at_least})\n{text}",
+                before.get(series).copied().unwrap_or(0.0),
+                after.get(series).copied().unwrap_or(0.0)
+            );
+        }
+        ensure!(
+            delta("pgveil_catalog_loads_total{result=\"ok\"}") >= 3.0,
+            "the proxy's catalog loads (acme, globex, tlsco) not counted\n{text}"
+        );
+        let (_, password) = fx.creds("acme");
+        for secretish in [
+            "acme",
+            "analyst",
+            "tester",
+            "payers",
+            "pg_stats",
+            "not-a-token",
+            &password,
+        ] {
+            ensure!(!text.contains(secretish), "/metrics holds {secretish:?}");
+        }
+        let _ = stop_tx.send(());
+        serving.await?;
         Ok(())
     })
 }

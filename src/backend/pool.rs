@@ -233,9 +233,16 @@ impl Pools {
             recycle: None,
         };
         match pool.timeout_get(&immediate).await {
-            Ok(conn) => return Ok(conn),
+            Ok(conn) => {
+                metrics::counter!("pgveil_pool_checkouts_total", "result" => "immediate")
+                    .increment(1);
+                return Ok(conn);
+            }
             Err(managed::PoolError::Timeout(_)) => {}
-            Err(managed::PoolError::Backend(b)) => return Err(CheckoutError::Backend(b)),
+            Err(managed::PoolError::Backend(b)) => {
+                metrics::counter!("pgveil_pool_checkouts_total", "result" => "error").increment(1);
+                return Err(CheckoutError::Backend(b));
+            }
             Err(_) => return Err(CheckoutError::Closed),
         }
         let timeouts = Timeouts {
@@ -243,11 +250,20 @@ impl Pools {
             create: Some(self.connect_timeout),
             recycle: None,
         };
-        pool.timeout_get(&timeouts).await.map_err(|e| match e {
+        let started = std::time::Instant::now();
+        let got = pool.timeout_get(&timeouts).await.map_err(|e| match e {
             managed::PoolError::Timeout(_) => CheckoutError::Timeout,
             managed::PoolError::Backend(b) => CheckoutError::Backend(b),
             _ => CheckoutError::Closed,
-        })
+        });
+        let result = match &got {
+            Ok(_) => "waited",
+            Err(CheckoutError::Timeout) => "timeout",
+            Err(_) => "error",
+        };
+        metrics::counter!("pgveil_pool_checkouts_total", "result" => result).increment(1);
+        metrics::histogram!("pgveil_pool_wait_seconds").record(started.elapsed().as_secs_f64());
+        got
     }
 
     /// Closes every pool (shutdown): idle connections are dropped, waiting checkouts fail.

@@ -114,9 +114,18 @@ async fn start(
     )
     .await
     {
-        Ok(who) => Some((stream, startup, who)),
-        Err(AuthError::Gone) => None,
+        Ok(who) => {
+            metrics::counter!("pgveil_auth_total", "result" => "ok", "sqlstate" => "").increment(1);
+            Some((stream, startup, who))
+        }
+        Err(AuthError::Gone) => {
+            metrics::counter!("pgveil_auth_total", "result" => "gone", "sqlstate" => "")
+                .increment(1);
+            None
+        }
         Err(AuthError::Refused(e)) => {
+            metrics::counter!("pgveil_auth_total", "result" => "refused", "sqlstate" => e.code)
+                .increment(1);
             refuse(&mut stream, e).await;
             None
         }
@@ -325,6 +334,12 @@ pub(super) fn checkout_error(e: &CheckoutError, who: &Identity) -> PgError {
         CheckoutError::Closed => PgError::shutting_down(),
         CheckoutError::Backend(b) => {
             tracing::warn!(error = %b, "backend unavailable");
+            let kind = match b {
+                BackendError::Secret { .. } => "secret",
+                BackendError::Incomplete(_) => "incomplete",
+                BackendError::Connect(_) => "connect",
+            };
+            metrics::counter!("pgveil_backend_errors_total", "kind" => kind).increment(1);
             match b {
                 BackendError::Secret { .. } => PgError::credentials_unavailable(),
                 BackendError::Incomplete(_) => PgError::backend_unavailable(),

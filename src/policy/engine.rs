@@ -152,11 +152,14 @@ impl MaskingEngine {
                 let version = self.policy.load().version + 1;
                 self.policy
                     .store(Arc::new(PolicySnapshot { version, policy }));
+                metrics::counter!("pgveil_policy_reloads_total", "result" => "ok").increment(1);
                 tracing::info!(version, "policy reloaded");
                 Ok(version)
             }
             Err(e) => {
                 self.stats.rejected_reloads.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("pgveil_policy_reloads_total", "result" => "rejected")
+                    .increment(1);
                 tracing::error!(error = %e, "policy reload rejected; the previous policy stays in force");
                 Err(e)
             }
@@ -199,6 +202,7 @@ impl MaskingEngine {
             self.stale_count.store(stale.len(), Ordering::Release);
         }
         self.stats.schema_changes.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("pgveil_schema_changes_total").increment(1);
         self.requested
             .lock()
             .expect("requested lock")
@@ -209,6 +213,7 @@ impl MaskingEngine {
     /// A load of the tenant's catalog that started at generation `started` completed.
     fn loaded(&self, tenant: &TenantId, started: u64) {
         self.stats.catalog_loads.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("pgveil_catalog_loads_total", "result" => "ok").increment(1);
         let mut stale = self.stale.lock().expect("stale lock");
         if stale.get(tenant).is_some_and(|g| *g <= started) {
             stale.remove(tenant);
@@ -298,6 +303,7 @@ impl MaskingEngine {
         let hit = self.cache.lock().expect("cache lock").get(&key).cloned();
         if let Some(c) = hit {
             self.stats.hits.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("pgveil_rewrite_cache_total", "result" => "hit").increment(1);
             audit(&c, tenant, role);
             return c.decision;
         }
@@ -315,6 +321,8 @@ impl MaskingEngine {
                 };
                 if let Some(decision) = decision {
                     self.stats.plan_hits.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!("pgveil_rewrite_cache_total", "result" => "plan")
+                        .increment(1);
                     let c = Cached {
                         decision,
                         rule: "",
@@ -327,6 +335,7 @@ impl MaskingEngine {
             }
         }
         self.stats.misses.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("pgveil_rewrite_cache_total", "result" => "miss").increment(1);
         let Decided {
             decision,
             rule,
@@ -456,6 +465,7 @@ impl MaskingEngine {
         {
             Ok(c) => c,
             Err(e) => {
+                metrics::counter!("pgveil_catalog_loads_total", "result" => "error").increment(1);
                 tracing::warn!(tenant = %tenant.id, error = %e, "catalog load failed");
                 return;
             }
@@ -535,6 +545,7 @@ fn audit(c: &Cached, tenant: &TenantId, role: &RoleName) {
         Decision::Rewrite(_) => ("rewritten", ""),
         Decision::Deny(e) => ("refused", e.code),
     };
+    metrics::counter!("pgveil_statements_total", "decision" => decision).increment(1);
     tracing::info!(target: "pgveil::audit", %tenant, %role, fingerprint = %c.fingerprint, decision, code, rule = c.rule, masked = ?c.masked, "statement");
 }
 
