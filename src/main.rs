@@ -171,12 +171,22 @@ enum CertsCommand {
 }
 
 fn main() -> Result<()> {
-    tracing_subscriber::fmt()
+    use std::io::IsTerminal as _;
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(pgveil::logging::filter(
             &std::env::var("PGVEIL_LOG").unwrap_or_else(|_| "info".into()),
         ))
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    let format = std::env::var("PGVEIL_LOG_FORMAT").unwrap_or_default();
+    if format == "json" {
+        // JSON lines: one object per event, with the session span (client, user, tenant, role).
+        logs.json().init();
+    } else {
+        logs.with_ansi(std::io::stderr().is_terminal()).init();
+        if !format.is_empty() && format != "text" {
+            tracing::warn!(%format, "PGVEIL_LOG_FORMAT is json or text; using text");
+        }
+    }
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config, threads } => serve(&config, threads),

@@ -1,5 +1,7 @@
 //! `pgveil demo` as a user runs it: the binary starts, prints ready-to-paste psql commands that work, its
-//! `token mint` hint works, and Ctrl-C stops everything and removes the environment.
+//! `token mint` hint works, and Ctrl-C stops everything and removes the environment. Its log, as JSON lines
+//! (`PGVEIL_LOG_FORMAT=json`), has an audit record per statement of a masked role naming the user and client,
+//! and never a statement's literal or a token.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -15,10 +17,12 @@ fn psql(conn: &str, token: &str, sql: &str) -> std::process::Output {
 
 #[test]
 fn demo_runs_prints_working_commands_and_cleans_up() {
+    let log = tempfile::NamedTempFile::new().expect("log file");
     let mut child = Command::new(env!("CARGO_BIN_EXE_pgveil"))
         .args(["demo", "--listen", "127.0.0.1:0"])
+        .env("PGVEIL_LOG_FORMAT", "json")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(log.reopen().expect("log file"))
         .spawn()
         .expect("pgveil demo starts");
     let mut lines = Vec::new();
@@ -72,6 +76,15 @@ fn demo_runs_prints_working_commands_and_cleans_up() {
             "{conn}"
         );
     }
+    // bob (analyst, masked) runs a statement with a literal: audited by fingerprint, never by its text.
+    let canary = "audit-canary-4711@example.org";
+    let (token, conn) = &commands[1];
+    let o = psql(
+        conn,
+        token,
+        &format!("SELECT count(*) FROM payers WHERE email = '{canary}'"),
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     // Cross-tenant: acme's token asking for globex is refused.
     let (token, conn) = &commands[1];
     let o = psql(
@@ -132,4 +145,47 @@ fn demo_runs_prints_working_commands_and_cleans_up() {
     );
     let o = psql(&commands[0].1, &commands[0].0, "SELECT 1");
     assert!(!o.status.success(), "proxy still answering after Ctrl-C");
+
+    let text = std::fs::read_to_string(log.path()).expect("log");
+    let mut audited = Vec::new();
+    // The demo's own progress messages are plain lines ("pgveil demo: ..."); pgveil's log events are JSON.
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with("pgveil demo:") && !l.trim().is_empty())
+    {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+        if v["target"] == "pgveil::audit" {
+            audited.push(v);
+        }
+    }
+    let bob = audited
+        .iter()
+        .filter(|v| v["span"]["user"] == "bob@acme.example")
+        .collect::<Vec<_>>();
+    assert!(
+        bob.len() >= 2,
+        "expected bob's statements in the audit records:\n{text}"
+    );
+    for v in &bob {
+        let f = &v["fields"];
+        assert!(
+            v["span"]["client"]
+                .as_str()
+                .is_some_and(|c| c.starts_with("127.0.0.1:")),
+            "{v}"
+        );
+        assert!(
+            f["tenant"] == "acme" && f["role"] == "analyst" && f["decision"].is_string(),
+            "{v}"
+        );
+        assert!(
+            f["fingerprint"].as_str().is_some_and(|s| s.len() == 16),
+            "{v}"
+        );
+    }
+    assert!(!text.contains(canary), "a literal reached the log");
+    for (token, _) in &commands {
+        assert!(!text.contains(token.as_str()), "a token reached the log");
+    }
 }

@@ -9,6 +9,7 @@ use deadpool::managed::Object;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
+use tracing::Instrument as _;
 
 use super::auth::{AuthError, Authenticated, authenticate};
 use super::handshake::{Hello, negotiate, refuse};
@@ -40,14 +41,15 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
         }
     };
     let who = &auth.identity;
+    // Every event of the session (audit events included) carries who and from where.
     let span = tracing::info_span!("session", client = %peer, user = %who.user, tenant = %who.tenant, role = %who.role);
-    let _enter = span.enter();
-    drop(_enter);
     // Registered before the backend is checked out, so a revocation racing with start-up still ends it.
     let guard = shared
         .sessions
         .register(who.user.as_str(), &who.token_id, auth.issued_at);
-    run_session(&mut stream, &startup, &auth, guard.killed.clone(), &shared).await;
+    run_session(&mut stream, &startup, &auth, guard.killed.clone(), &shared)
+        .instrument(span)
+        .await;
 }
 
 /// Handshake and authentication, under the startup timeout.
