@@ -25,6 +25,7 @@ use crate::policy::Decision;
 use crate::proto::PgError;
 use crate::proto::messages;
 use crate::proto::startup::StartupMessage;
+use crate::revoke::NewSession;
 use crate::server::Shared;
 
 /// Serves one accepted TCP connection to the end.
@@ -44,9 +45,27 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     // Every event of the session (audit events included) carries who and from where.
     let span = tracing::info_span!("session", client = %peer, user = %who.user, tenant = %who.tenant, role = %who.role);
     // Registered before the backend is checked out, so a revocation racing with start-up still ends it.
-    let guard = shared
-        .sessions
-        .register(who.user.as_str(), &who.token_id, auth.issued_at);
+    let cap = shared.cfg.tenant(&who.tenant).and_then(|t| t.max_clients);
+    let guard = match shared.sessions.register(NewSession {
+        user: who.user.as_str(),
+        tenant: who.tenant.as_str(),
+        jti: &who.token_id,
+        iat: auth.issued_at,
+        max_per_user: shared.cfg.listen.max_sessions_per_user,
+        max_per_tenant: cap,
+    }) {
+        Ok(g) => {
+            metrics::counter!("pgveil_auth_total", "result" => "ok", "sqlstate" => "").increment(1);
+            g
+        }
+        Err(e) => {
+            tracing::info!(parent: &span, cap = %e, "session refused: connection cap");
+            metrics::counter!("pgveil_auth_total", "result" => "refused", "sqlstate" => "53300")
+                .increment(1);
+            refuse(&mut stream, PgError::too_many_connections(e.to_string())).await;
+            return;
+        }
+    };
     run_session(&mut stream, &startup, &auth, guard.killed.clone(), &shared)
         .instrument(span)
         .await;
@@ -116,10 +135,8 @@ async fn start(
     )
     .await
     {
-        Ok(who) => {
-            metrics::counter!("pgveil_auth_total", "result" => "ok", "sqlstate" => "").increment(1);
-            Some((stream, startup, who))
-        }
+        // Counted as "ok" once the session is registered within its caps (`serve`).
+        Ok(who) => Some((stream, startup, who)),
         Err(AuthError::Gone) => {
             metrics::counter!("pgveil_auth_total", "result" => "gone", "sqlstate" => "")
                 .increment(1);

@@ -103,6 +103,7 @@ mod tests {
             tls: Default::default(),
             ca_bundle: None,
             pool_size: None,
+            max_clients: None,
             pool_mode: None,
             live_since: live.map(|l| parse_time(l).unwrap()),
             require_mfa: require,

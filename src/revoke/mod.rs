@@ -7,4 +7,4 @@ mod cache;
 mod sessions;
 
 pub use cache::{RevocationCache, Revoked};
-pub use sessions::{SessionGuard, SessionRegistry};
+pub use sessions::{CapReached, NewSession, SessionGuard, SessionRegistry};

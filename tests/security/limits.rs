@@ -7,7 +7,7 @@ use anyhow::{Result, ensure};
 use pgveil::server::ServerOptions;
 
 use super::common::{eventually, expect_refused, healthy};
-use crate::support::Fixture;
+use crate::support::{Fixture, connect};
 
 pub fn too_many_clients(fx: &Fixture) -> Result<()> {
     let srv = fx.start_server(|c| c.listen.max_clients = 2, ServerOptions::default())?;
@@ -29,6 +29,45 @@ pub fn too_many_clients(fx: &Fixture) -> Result<()> {
         // Once a slot is free again, a new client gets in.
         eventually(|| healthy(fx, srv.addr, "acme")).await?;
         b.simple_query("SELECT 1").await?;
+        Ok(())
+    })
+}
+
+/// `listen.max_sessions_per_user` and a tenant's `max_clients`: the session over the cap is refused (53300,
+/// FATAL, naming the cap), others are not affected, and a freed place is usable again.
+pub fn session_caps(fx: &Fixture) -> Result<()> {
+    let srv = fx.start_server(
+        |c| {
+            c.listen.max_sessions_per_user = Some(2);
+            for t in c.tenants.iter_mut().filter(|t| t.id.as_str() == "acme") {
+                t.max_clients = Some(3);
+            }
+        },
+        ServerOptions::default(),
+    )?;
+    let [alice, bob, carol] = ["alice", "bob", "carol"].map(|u| fx.token(u, "acme", "admin"));
+    let conn = |token: &str| fx.conn_str(srv.addr, "acme", "tester", token);
+    fx.block_on(async {
+        let a1 = connect(&conn(&alice)).await?;
+        let a2 = connect(&conn(&alice)).await?;
+        let r = expect_refused(&conn(&alice), "53300", &[&alice]).await?;
+        ensure!(r.text.contains("too many sessions for this user"), "{r:?}");
+        let b1 = connect(&conn(&bob)).await?;
+        // acme has 3 sessions: carol's first one is over the tenant's cap.
+        let r = expect_refused(&conn(&carol), "53300", &[&carol]).await?;
+        ensure!(
+            r.text.contains("too many sessions for this tenant"),
+            "{r:?}"
+        );
+        // Another tenant is not affected.
+        healthy(fx, srv.addr, "globex").await?;
+        // The refusals did not take places: once alice leaves one, carol gets in.
+        drop(a1);
+        let carol_conn = conn(&carol);
+        let c1 = eventually(|| connect(&carol_conn)).await?;
+        for c in [&a2, &b1, &c1] {
+            c.simple_query("SELECT 1").await?;
+        }
         Ok(())
     })
 }
