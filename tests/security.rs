@@ -114,6 +114,7 @@ fn main() -> std::process::ExitCode {
         // 8-10. limits and backend failures
         ("limits::too_many_clients", limits::too_many_clients),
         ("limits::session_caps", limits::session_caps),
+        ("limits::idle_timeouts", limits::idle_timeouts),
         ("limits::pool_exhaustion", limits::pool_exhaustion),
         ("limits::backend_down", limits::backend_down),
         // 11. secrets

@@ -122,6 +122,13 @@ pub struct ListenConfig {
     /// Maximum concurrent sessions of one user (token subject) on this instance; absent: no cap.
     #[serde(default)]
     pub max_sessions_per_user: Option<usize>,
+    /// Close sessions whose client sends nothing for this long outside a transaction (57P05); absent: never.
+    #[serde(default, with = "humantime_serde")]
+    pub client_idle_timeout: Option<Duration>,
+    /// Close sessions whose client sends nothing for this long inside a transaction (25P03; the transaction is
+    /// rolled back and its backend freed); absent: never.
+    #[serde(default, with = "humantime_serde")]
+    pub idle_transaction_timeout: Option<Duration>,
 }
 
 impl Default for ListenConfig {
@@ -134,6 +141,8 @@ impl Default for ListenConfig {
             max_query_bytes: default_max_query_bytes(),
             max_clients: default_max_clients(),
             max_sessions_per_user: None,
+            client_idle_timeout: None,
+            idle_transaction_timeout: None,
         }
     }
 }
@@ -532,6 +541,19 @@ impl Config {
         }
         if self.listen.max_query_bytes < 1024 || self.listen.max_query_bytes > 1 << 30 {
             problems.push("listen.max_query_bytes must be between 1024 and 1073741824".to_owned());
+        }
+        for (name, t) in [
+            ("client_idle_timeout", self.listen.client_idle_timeout),
+            (
+                "idle_transaction_timeout",
+                self.listen.idle_transaction_timeout,
+            ),
+        ] {
+            if t.is_some_and(|t| t.is_zero()) {
+                problems.push(format!(
+                    "listen.{name} must be positive (leave it out for none)"
+                ));
+            }
         }
         if self.listen.max_sessions_per_user == Some(0) {
             problems.push("listen.max_sessions_per_user must be at least 1".to_owned());

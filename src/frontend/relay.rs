@@ -60,6 +60,17 @@ pub enum RelayEnd {
     /// Transaction mode: the transaction ended (ReadyForQuery idle) with nothing pending in either
     /// direction; the backend can serve another client.
     Release,
+    /// The client sent nothing for longer than its idle timeout; it was sent the FATAL error.
+    IdleTimeout,
+}
+
+/// How long a client may stay silent while the backend waits for it (`None`: no limit).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct IdleTimeouts {
+    /// Outside a transaction (57P05).
+    pub session: Option<std::time::Duration>,
+    /// Inside a transaction (25P03).
+    pub transaction: Option<std::time::Duration>,
 }
 
 /// Protocol state that outlives one relay run (the backend's view of the conversation).
@@ -101,6 +112,8 @@ pub struct Relay<'a> {
     denials: Vec<(String, PgError)>,
     /// Transaction-mode state (`None` in session mode).
     pub txn: Option<TxnCtx>,
+    /// Idle limits for the client.
+    pub idle: IdleTimeouts,
     /// Output buffers (to backend, to client), kept between runs.
     out_bufs: (BytesMut, BytesMut),
     /// The policy wants schema-changing commands reported and errors/notices shown to it.
@@ -137,6 +150,7 @@ impl<'a> Relay<'a> {
             // Allocated on first use, then kept: an idle client that never sent anything costs little.
             out_bufs: (BytesMut::new(), BytesMut::new()),
             watch_backend: policy.watches_backend(),
+            idle: IdleTimeouts::default(),
             ddl_pending: false,
         }
     }
@@ -168,6 +182,8 @@ impl<'a> Relay<'a> {
         let (mut flush_b, mut flush_c) = (false, false);
         let mut ending: Option<RelayEnd> = None;
         let mut watch_shutdown = true;
+        let idle_on = self.idle.session.is_some() || self.idle.transaction.is_some();
+        let mut last_activity = tokio::time::Instant::now();
 
         // Bytes that arrived with the startup packet are processed before reading more.
         if let Step::End(end) =
@@ -200,24 +216,66 @@ impl<'a> Relay<'a> {
                 ending = Some(RelayEnd::Shutdown);
                 continue;
             }
+            // The client's turn: the backend has answered everything and nothing waits to be written.
+            let idle_limit = if self.state.in_flight == 0
+                && to_b.is_empty()
+                && to_c.is_empty()
+                && !flush_b
+                && !flush_c
+            {
+                if self.state.txn_status == b'I' {
+                    self.idle.session
+                } else {
+                    self.idle.transaction
+                }
+            } else {
+                None
+            };
+            let idle_deadline = idle_limit.map(|d| last_activity + d);
             cin.reserve(READ_CHUNK);
             bin.reserve(READ_CHUNK);
             tokio::select! {
+                () = async {
+                    match idle_deadline {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                }, if idle_deadline.is_some() => {
+                    let err = if self.state.txn_status == b'I' {
+                        PgError::idle_session_timeout()
+                    } else {
+                        PgError::idle_in_transaction_timeout()
+                    };
+                    tracing::info!(code = err.code, "client idle timeout");
+                    self.state.mid_frame |= csplit.mid_frame();
+                    err.encode(&mut to_c);
+                    ending = Some(RelayEnd::IdleTimeout);
+                },
                 r = cr.read_buf(&mut cin), if to_b.len() < HIGH_WATER => match r {
                     Ok(0) | Err(_) => {
                         self.state.mid_frame |= csplit.mid_frame() || !cin.is_empty();
                         ending = Some(RelayEnd::ClientGone);
                     }
-                    Ok(_) => if let Step::End(end) = self.on_client_bytes(&mut cin, &mut csplit, &mut to_b, &mut to_c, statements) {
-                        ending = Some(end);
-                    },
+                    Ok(_) => {
+                        if idle_on {
+                            last_activity = tokio::time::Instant::now();
+                        }
+                        if let Step::End(end) = self.on_client_bytes(&mut cin, &mut csplit, &mut to_b, &mut to_c, statements) {
+                            ending = Some(end);
+                        }
+                    }
                 },
                 r = br.read_buf(&mut bin), if to_c.len() < HIGH_WATER => match r {
                     Ok(0) | Err(_) => {
                         PgError::backend_lost().encode(&mut to_c);
                         ending = Some(RelayEnd::BackendGone);
                     }
-                    Ok(_) => if let Err(e) = self.on_backend_bytes(&mut bin, &mut bsplit, &mut to_c, params, statements) {
+                    Ok(_) => if let Err(e) = {
+                        if idle_on {
+                            last_activity = tokio::time::Instant::now();
+                        }
+                        self.on_backend_bytes(&mut bin, &mut bsplit, &mut to_c, params, statements)
+                    } {
                         tracing::warn!(error = %e, "backend protocol error");
                         PgError::backend_lost().encode(&mut to_c);
                         ending = Some(RelayEnd::BackendGone);

@@ -14,7 +14,7 @@ use tracing::Instrument as _;
 use super::auth::{AuthError, Authenticated, authenticate};
 use super::handshake::{Hello, negotiate, refuse};
 use super::params::{requested_settings, set_config_statement};
-use super::relay::{Relay, RelayEnd};
+use super::relay::{IdleTimeouts, Relay, RelayEnd};
 use super::txn::{TxnCtx, ensure_settings};
 use crate::backend::pool::{BackendError, CheckoutError, PooledConn};
 use crate::backend::reset::{reset, run_queries};
@@ -250,6 +250,10 @@ async fn run_session(
     }
     handle.set_backend(Some((conn.target.clone(), conn.key)));
     let mut relay = Relay::new(who, &*shared.policy, shared.cfg.listen.max_query_bytes);
+    relay.idle = IdleTimeouts {
+        session: shared.cfg.listen.client_idle_timeout,
+        transaction: shared.cfg.listen.idle_transaction_timeout,
+    };
     let mut shutdown = shared.shutdown.clone();
     // A revoked token or disabled user ends the session at once (not at its next idle point, as a drain
     // does): the relay is dropped mid-flight and the backend is cancelled and closed.

@@ -25,7 +25,7 @@ use tokio::sync::watch;
 use super::handshake::refuse;
 use super::params::set_config_statement;
 use super::prepared::TxnStatements;
-use super::relay::{Relay, RelayEnd};
+use super::relay::{IdleTimeouts, Relay, RelayEnd};
 use super::sqlscan;
 use crate::backend::pool::PooledConn;
 use crate::backend::reset::{query_rows, reset, rollback, run_queries};
@@ -167,6 +167,8 @@ enum Idle {
     Shutdown,
     /// The session's token was revoked or its user disabled.
     Killed,
+    /// The client sent nothing for `listen.client_idle_timeout`.
+    TimedOut,
 }
 
 async fn wait_for_client(
@@ -174,8 +176,10 @@ async fn wait_for_client(
     cin: &mut BytesMut,
     shutdown: &mut watch::Receiver<bool>,
     killed: &mut watch::Receiver<bool>,
+    idle_timeout: Option<std::time::Duration>,
 ) -> Idle {
     let mut watching = true;
+    let deadline = idle_timeout.map(|d| tokio::time::Instant::now() + d);
     loop {
         if *killed.borrow() {
             return Idle::Killed;
@@ -194,6 +198,12 @@ async fn wait_for_client(
                 drop(r);
                 return Idle::Killed;
             }
+            () = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            }, if deadline.is_some() => return Idle::TimedOut,
         }
     }
 }
@@ -210,6 +220,10 @@ pub async fn serve(
 ) {
     let mut relay = Relay::new(who, &*shared.policy, shared.cfg.listen.max_query_bytes);
     relay.txn = Some(ctx);
+    relay.idle = IdleTimeouts {
+        session: shared.cfg.listen.client_idle_timeout,
+        transaction: shared.cfg.listen.idle_transaction_timeout,
+    };
     let mut shutdown = shared.shutdown.clone();
     let mut held: Option<PooledConn> = None;
     let mut cin = BytesMut::new();
@@ -218,8 +232,16 @@ pub async fn serve(
         let conn = match held.as_mut() {
             Some(conn) => conn,
             None => {
-                match wait_for_client(stream, &mut cin, &mut shutdown, killed).await {
+                let limit = shared.cfg.listen.client_idle_timeout;
+                match wait_for_client(stream, &mut cin, &mut shutdown, killed, limit).await {
                     Idle::Data => {}
+                    Idle::TimedOut => {
+                        tracing::info!(code = "57P05", "client idle timeout");
+                        let mut out = BytesMut::new();
+                        PgError::idle_session_timeout().encode(&mut out);
+                        let _ = stream.write_all(&out).await;
+                        return;
+                    }
                     Idle::Gone => return,
                     Idle::Killed => {
                         terminated(stream).await;

@@ -158,6 +158,22 @@ impl PgError {
             format!("message exceeds the {limit}-byte limit"),
         )
     }
+    /// 57P05: the client sent nothing for `listen.client_idle_timeout` outside a transaction.
+    pub fn idle_session_timeout() -> Self {
+        Self::new(
+            Severity::Fatal,
+            "57P05",
+            "terminating connection due to idle-session timeout",
+        )
+    }
+    /// 25P03: the client sent nothing for `listen.idle_transaction_timeout` inside a transaction.
+    pub fn idle_in_transaction_timeout() -> Self {
+        Self::new(
+            Severity::Fatal,
+            "25P03",
+            "terminating connection due to idle-in-transaction timeout",
+        )
+    }
     /// 57P01: pgveil is shutting down.
     pub fn shutting_down() -> Self {
         Self::new(

@@ -4,10 +4,12 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
+use pgveil::config::PoolMode;
 use pgveil::server::ServerOptions;
+use tokio::io::AsyncWriteExt;
 
-use super::common::{eventually, expect_refused, healthy};
-use crate::support::{Fixture, connect};
+use super::common::{eventually, expect_refused, healthy, raw_session};
+use crate::support::{Fixture, connect, raw};
 
 pub fn too_many_clients(fx: &Fixture) -> Result<()> {
     let srv = fx.start_server(|c| c.listen.max_clients = 2, ServerOptions::default())?;
@@ -70,6 +72,67 @@ pub fn session_caps(fx: &Fixture) -> Result<()> {
         }
         Ok(())
     })
+}
+
+/// `listen.client_idle_timeout` and `listen.idle_transaction_timeout`, in session and transaction mode: a
+/// silent client gets 57P05 (idle) or 25P03 (in a transaction) and is closed; the transaction is rolled back
+/// and the only backend serves the next client; a client that keeps talking is never cut off.
+pub fn idle_timeouts(fx: &Fixture) -> Result<()> {
+    for mode in [PoolMode::Session, PoolMode::Transaction] {
+        let srv = fx.start_server(
+            |c| {
+                c.pool.size = 1;
+                c.pool.mode = mode;
+                c.listen.client_idle_timeout = Some(Duration::from_millis(400));
+                c.listen.idle_transaction_timeout = Some(Duration::from_millis(600));
+            },
+            ServerOptions::default(),
+        )?;
+        fx.block_on(async {
+            // Idle outside a transaction.
+            let mut s = raw_session(fx, srv.addr, "acme").await?;
+            raw::simple_query(&mut s, "SELECT 1")
+                .await?
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            raw::expect_fatal(&mut s, "57P05").await?;
+
+            // Idle inside a transaction that wrote a row: rolled back, backend freed.
+            let mut s = raw_session(fx, srv.addr, "acme").await?;
+            for sql in ["BEGIN", "CREATE TABLE idle_probe_never_committed (id int)"] {
+                raw::simple_query(&mut s, sql)
+                    .await?
+                    .map_err(|e| anyhow::anyhow!("{sql}: {e}"))?;
+            }
+            raw::expect_fatal(&mut s, "25P03").await?;
+            let c = eventually(|| fx.connect_to(srv.addr, "acme", "admin")).await?;
+            let n: i64 = c
+                .query_one(
+                    "SELECT count(*) FROM pg_class WHERE relname = 'idle_probe_never_committed'",
+                    &[],
+                )
+                .await?
+                .get(0);
+            ensure!(n == 0, "{mode:?}: the idle transaction was not rolled back");
+            drop(c);
+
+            // A client that keeps talking (more often than the timeout), in and out of transactions, stays.
+            let mut s = raw_session(fx, srv.addr, "acme").await?;
+            for i in 0..20 {
+                let sql = match i % 4 {
+                    0 => "BEGIN",
+                    3 => "COMMIT",
+                    _ => "SELECT 1",
+                };
+                raw::simple_query(&mut s, sql)
+                    .await?
+                    .map_err(|e| anyhow::anyhow!("{mode:?} {i}: {e}"))?;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            s.write_all(&raw::terminate()).await?;
+            anyhow::Ok(())
+        })?;
+    }
+    Ok(())
 }
 
 pub fn pool_exhaustion(fx: &Fixture) -> Result<()> {
