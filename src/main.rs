@@ -43,6 +43,9 @@ enum Command {
         /// Proxy address.
         #[arg(long, default_value = "127.0.0.1:6432")]
         listen: SocketAddr,
+        /// HTTP API address (login with TOTP, security page).
+        #[arg(long, default_value = "127.0.0.1:8432")]
+        api_listen: SocketAddr,
     },
     /// Validate a config file and report every problem.
     Check {
@@ -190,7 +193,7 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config, threads } => serve(&config, threads),
-        Command::Demo { listen } => demo(listen),
+        Command::Demo { listen, api_listen } => demo(listen, api_listen),
         Command::Check { config } => {
             Config::load(&config)?;
             println!("{}: ok", config.display());
@@ -402,10 +405,11 @@ fn mint(
     Ok(())
 }
 
-fn demo(listen: SocketAddr) -> Result<()> {
+fn demo(listen: SocketAddr, api_listen: SocketAddr) -> Result<()> {
     eprintln!("pgveil demo: starting a throwaway PostgreSQL and sample tenants...");
     let mut opts = EnvOptions::demo(listen);
     opts.masking = true;
+    opts.api = Some(api_listen);
     let env = DemoEnv::create(&opts).context("building the demo environment")?;
     let rt = runtime()?;
     rt.block_on(async {
@@ -417,13 +421,36 @@ fn demo(listen: SocketAddr) -> Result<()> {
             .await
             .with_context(|| format!("starting the proxy on {listen} (is the port free? try --listen 127.0.0.1:0)"))?;
         let addr = server.local_addr();
+        let shared = server.shared();
+        let api = pgveil::api::ApiServer::bind(
+            env.config.clone(),
+            pgveil::api::ApiOptions {
+                secrets: shared.secrets.clone(),
+                clock: shared.clock.clone(),
+                local_proxy: shared.revocations.clone().map(|r| (r, shared.sessions.clone())),
+                proxy_port: addr.port(),
+            },
+        )
+        .await
+        .with_context(|| format!("starting the API on {api_listen} (is the port free? try --api-listen 127.0.0.1:0)"))?;
+        let api_addr = api.local_addr();
+        let ttl = Duration::from_secs(8 * 3600);
+        let dana = pgveil::demo::mfa::enroll_demo_user(
+            &env.config,
+            &*shared.secrets,
+            "dana@acme.example",
+            &TenantId::new("acme"),
+            &RoleName::new("analyst"),
+            ttl,
+        )
+        .await
+        .context("enrolling the demo user")?;
         if let Some(m) = &server.shared().masking {
             let tenants: Vec<TenantId> = env.tenants.iter().map(|t| TenantId::new(t.id.clone())).collect();
             if !m.wait_ready(&tenants, Duration::from_secs(30)).await {
                 eprintln!("pgveil demo: tenant catalogs not loaded yet; masked roles are refused until they are");
             }
         }
-        let ttl = Duration::from_secs(8 * 3600);
         let alice = env.mint("alice@acme.example", "acme", "admin", true, ttl)?;
         let bob = env.mint("bob@acme.example", "acme", "analyst", true, ttl)?;
         let carol = env.mint("carol@globex.example", "globex", "analyst", false, ttl)?;
@@ -439,6 +466,12 @@ fn demo(listen: SocketAddr) -> Result<()> {
              PGPASSWORD='{bob}' psql \"host={host} port={port} dbname=acme user=bob sslmode=require\"\n\n\
              carol, globex, role analyst (no MFA in her token):\n  \
              PGPASSWORD='{carol}' psql \"host={host} port={port} dbname=globex user=carol sslmode=require\"\n\n\
+             dana, acme, role analyst, enrolled in TOTP: log in through the API (https://localhost:{api_port}) like a user.\n  \
+             TOTP secret (demo only; add it to an authenticator app): {totp_secret}\n  \
+             otpauth URI (for a QR code generator): {totp_uri}\n  \
+             Get a token (asks for the current 6-digit code; the assertion stands in for the web-app's first factor):\n  \
+             PGVEIL_ASSERTION='{assertion}' pgveil login --api https://localhost:{api_port} --ca {ca} --email {dana_email}\n  \
+             Recovery codes (each works once instead of a code): {recovery}\n\n\
              Try: SELECT full_name, email, card_pan FROM payers LIMIT 5;\n\
              alice (admin) sees raw data; bob and carol (analyst) see masked PII: pseudonymized names, ****@domain\n\
              e-mails, ************1234 card numbers, birth years, /24 networks (policy: {pdir}/payments.toml).\n\
@@ -451,8 +484,17 @@ fn demo(listen: SocketAddr) -> Result<()> {
             dir = env.dir().display(),
             cfg = env.config_path.display(),
             pdir = env.dir().join("policies").display(),
+            api_port = api_addr.port(),
+            totp_secret = dana.secret_base32,
+            totp_uri = dana.otpauth_uri,
+            assertion = dana.assertion,
+            dana_email = dana.email,
+            recovery = dana.recovery_codes.join(" "),
         );
-        server.run(stop_signal(), Duration::from_secs(5)).await;
+        tokio::join!(
+            server.run(stop_signal(), Duration::from_secs(5)),
+            api.run(stop_signal())
+        );
         anyhow::Ok(())
     })?;
     drop(env);

@@ -19,7 +19,13 @@ fn psql(conn: &str, token: &str, sql: &str) -> std::process::Output {
 fn demo_runs_prints_working_commands_and_cleans_up() {
     let log = tempfile::NamedTempFile::new().expect("log file");
     let mut child = Command::new(env!("CARGO_BIN_EXE_pgveil"))
-        .args(["demo", "--listen", "127.0.0.1:0"])
+        .args([
+            "demo",
+            "--listen",
+            "127.0.0.1:0",
+            "--api-listen",
+            "127.0.0.1:0",
+        ])
         .env("PGVEIL_LOG_FORMAT", "json")
         .stdout(Stdio::piped())
         .stderr(log.reopen().expect("log file"))
@@ -76,6 +82,112 @@ fn demo_runs_prints_working_commands_and_cleans_up() {
             "{conn}"
         );
     }
+    // dana is enrolled in TOTP: `pgveil login` as printed, with a code from an independent implementation
+    // (pyotp), gives a token that reaches acme masked; a recovery code works once.
+    let secret = text
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("TOTP secret (demo only; add it to an authenticator app): ")
+        })
+        .expect("TOTP secret line")
+        .trim()
+        .to_owned();
+    let login_line = text
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("PGVEIL_ASSERTION='"))
+        .expect("login line");
+    let (assertion, args) = login_line
+        .strip_prefix("PGVEIL_ASSERTION='")
+        .and_then(|l| l.split_once("' pgveil login "))
+        .expect("login line format");
+    let login = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_pgveil"))
+            .arg("login")
+            .args(args.split_whitespace())
+            .args(extra)
+            .env("PGVEIL_ASSERTION", assertion)
+            .stdin(Stdio::null())
+            .output()
+            .expect("pgveil login runs")
+    };
+    let code = Command::new("python3")
+        .args([
+            "-c",
+            "import pyotp, sys; print(pyotp.TOTP(sys.argv[1]).now())",
+            &secret,
+        ])
+        .output()
+        .expect("python3 with pyotp");
+    assert!(
+        code.status.success(),
+        "{}",
+        String::from_utf8_lossy(&code.stderr)
+    );
+    let code = String::from_utf8(code.stdout).unwrap().trim().to_owned();
+    let logged_in = login(&["--code", &code]);
+    assert!(
+        logged_in.status.success(),
+        "login: {}",
+        String::from_utf8_lossy(&logged_in.stderr)
+    );
+    let out = String::from_utf8(logged_in.stdout).unwrap();
+    let token = out
+        .split("PGPASSWORD='")
+        .nth(1)
+        .and_then(|t| t.split('\'').next())
+        .expect("token in the login output")
+        .to_owned();
+    let port = out
+        .split("PGPORT='")
+        .nth(1)
+        .and_then(|t| t.split('\'').next())
+        .expect("port in the login output")
+        .to_owned();
+    let dana_conn = format!("host=localhost port={port} dbname=acme user=dana sslmode=require");
+    let o = psql(
+        &dana_conn,
+        &token,
+        "SELECT email, card_pan FROM payers ORDER BY id LIMIT 3",
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let rows = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        rows.lines().count() == 3
+            && rows
+                .lines()
+                .all(|l| l.starts_with("****@") && l.contains("|************")),
+        "dana sees: {rows}"
+    );
+    let recovery = text
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("Recovery codes (each works once instead of a code): ")
+        })
+        .expect("recovery codes line")
+        .split_whitespace()
+        .next()
+        .expect("a recovery code")
+        .to_owned();
+    let r = login(&["--recovery", "--code", &recovery]);
+    assert!(
+        r.status.success(),
+        "recovery code refused: {}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    assert!(
+        !login(&["--recovery", "--code", &recovery]).status.success(),
+        "a recovery code worked twice"
+    );
+
+    // The TOTP code again is a replay: refused (after the recovery codes: a failure starts a back-off).
+    assert!(
+        !login(&["--code", &code]).status.success(),
+        "a TOTP code was accepted twice"
+    );
+
     // bob (analyst, masked) runs a statement with a literal: audited by fingerprint, never by its text.
     let canary = "audit-canary-4711@example.org";
     let (token, conn) = &commands[1];

@@ -54,7 +54,19 @@ pub struct EnvOptions {
     /// Enable masking with the example policy (`policies/payments.toml`, embedded) and per-tenant pseudonym
     /// keys in the secret store.
     pub masking: bool,
+    /// Also a control database (`pgveil_control` in the same cluster) and the HTTP API on this address, with
+    /// the web-app first factor; its keys go to the secret store.
+    pub api: Option<SocketAddr>,
 }
+
+/// Control database, its owner and the secret ids of the API's keys (with `EnvOptions::api`).
+const CONTROL_DB: &str = "pgveil_control";
+const CONTROL_DB_USER: &str = "pgveil_ctl";
+const CONTROL_DB_SECRET: &str = "pgveil/control/db";
+const TOTP_KEY_SECRET: &str = "pgveil/totp_key";
+const ADMIN_KEY_SECRET: &str = "pgveil/admin_key";
+/// Secret id of the web-app assertion key (the demo signs assertions with it, as a web-app would).
+pub const WEBAPP_KEY_SECRET: &str = "pgveil/webapp_key";
 
 /// The example policy shipped in `policies/`, embedded for the demo.
 pub const EXAMPLE_POLICY: &str = include_str!("../../policies/payments.toml");
@@ -86,6 +98,7 @@ impl EnvOptions {
             pool_size: 10,
             allow_plaintext_loopback: true,
             masking: false,
+            api: None,
         }
     }
 }
@@ -174,6 +187,24 @@ impl DemoEnv {
                     "host": cluster.host(), "port": cluster.port(), "dbname": t.id,
                 }),
             );
+        }
+        if opts.api.is_some() {
+            let password = random_password();
+            cluster.create_user(CONTROL_DB_USER, &password, PasswordMethod::Scram)?;
+            cluster.create_database(CONTROL_DB, CONTROL_DB_USER)?;
+            secrets.insert(
+                CONTROL_DB_SECRET.into(),
+                serde_json::json!({
+                    "username": CONTROL_DB_USER, "password": password,
+                    "host": cluster.host(), "port": cluster.port(), "dbname": CONTROL_DB,
+                }),
+            );
+            secrets.insert(
+                TOTP_KEY_SECRET.into(),
+                crate::mfa::crypto::SecretBox::generate_key_hex().into(),
+            );
+            secrets.insert(ADMIN_KEY_SECRET.into(), random_password().into());
+            secrets.insert(WEBAPP_KEY_SECRET.into(), random_password().into());
         }
         let secrets_path = dir.path().join("secrets.json");
         write_private(
@@ -312,6 +343,14 @@ fn render_config(opts: &EnvOptions, certs: &DevCerts, secrets: &Path) -> String 
             let _ = writeln!(s, "{:?} = \"tenants/{}/pseudonym\"", t.id, t.id);
         }
         s.push('\n');
+    }
+    if let Some(addr) = opts.api {
+        let _ = writeln!(
+            s,
+            "[control]\nsecret = {CONTROL_DB_SECRET:?}\ntotp_key_secret = {TOTP_KEY_SECRET:?}\n\n\
+             [api]\naddr = \"{addr}\"\nadmin_key_secret = {ADMIN_KEY_SECRET:?}\nproxy_host = \"localhost\"\n\
+             [api.webapp]\nkey_secret = {WEBAPP_KEY_SECRET:?}\nmax_age = \"8h\"\n"
+        );
     }
     for t in &opts.tenants {
         let _ = writeln!(

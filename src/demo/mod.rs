@@ -2,3 +2,4 @@
 pub mod cluster;
 pub mod data;
 pub mod env;
+pub mod mfa;
