@@ -481,6 +481,15 @@ fn rotation_pending(fx: &Fixture) -> Result<()> {
         );
         all_work(&held).await?;
         all_work(&clients).await?;
+        anyhow::Ok(())
+    })?;
+    // After finishSecret, AWSCURRENT is the new version: a fresh instance that does not look at AWSPENDING
+    // connects with it (moto, like other non-AWS implementations, keeps returning the old version to a
+    // GetSecretValue without VersionStage; pgveil always names the stage).
+    let fresh = aws_server(fx, st, |_| {})?;
+    fx.block_on(async {
+        let c = Connector::new(fx, fresh.addr, "acme").connect().await?;
+        c.simple_query("SELECT 1").await?;
         Ok(())
     })
 }

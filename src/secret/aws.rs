@@ -176,7 +176,13 @@ fn map_error(id: &SecretId, e: SdkError<GetSecretValueError, HttpResponse>) -> S
 
 impl SecretStore for AwsSecretStore {
     fn fetch<'a>(&'a self, id: &'a SecretId) -> BoxFuture<'a, Result<SecretString, SecretError>> {
-        Box::pin(self.get(id, self.version_stage.as_deref()))
+        // Always name the stage: AWSCURRENT unless configured. AWS defaults to it anyway, but other
+        // implementations of the API (moto) return a stale "default version" after a rotation promotes a new
+        // version with UpdateSecretVersionStage.
+        Box::pin(self.get(
+            id,
+            Some(self.version_stage.as_deref().unwrap_or("AWSCURRENT")),
+        ))
     }
 
     fn fetch_pending<'a>(
