@@ -11,7 +11,7 @@ clients=${2:-4}
 cargo build --release --quiet --bin pgveil
 bin=target/release/pgveil
 out=$(mktemp)
-"$bin" demo --listen 127.0.0.1:0 >"$out" 2>/dev/null &
+"$bin" demo --listen 127.0.0.1:0 --api-listen 127.0.0.1:0 >"$out" 2>/dev/null &
 demo=$!
 trap 'kill -INT $demo 2>/dev/null; wait $demo 2>/dev/null; rm -f "$out" "$script"' EXIT
 for _ in $(seq 1 120); do grep -q "pgveil demo ready" "$out" && break; sleep 0.5; done

@@ -25,7 +25,7 @@ trap cleanup EXIT
 fail() { echo "$1" >&2; [ -f "$work/pgveil.log" ] && tail -5 "$work/pgveil.log" >&2; exit 1; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-"$bin" demo --listen 127.0.0.1:0 >"$work/demo.out" 2>/dev/null &
+"$bin" demo --listen 127.0.0.1:0 --api-listen 127.0.0.1:0 >"$work/demo.out" 2>/dev/null &
 pids+=($!)
 for _ in $(seq 1 120); do grep -q "pgveil demo ready" "$work/demo.out" && break; sleep 0.5; done
 grep -q "pgveil demo ready" "$work/demo.out" || { echo "demo did not start" >&2; exit 1; }
