@@ -29,6 +29,19 @@ cleanup() {
     rm -rf "$work"
 }
 trap cleanup EXIT
+# The demo's config without its control database and API: the benchmark measures the proxy alone.
+proxy_config() {
+    python3 - "$1" <<'PY'
+import re, sys
+skip = False
+for line in open(sys.argv[1]):
+    m = re.match(r"^\[+([^\]]+)\]+\s*$", line)
+    if m:
+        skip = m.group(1).split(".")[0] in ("control", "api")
+    if not skip:
+        sys.stdout.write(line)
+PY
+}
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # 1. Throwaway PostgreSQL with the demo tenants (the demo's own proxy stays idle).
@@ -47,7 +60,7 @@ PGPASSWORD=$dbpass pgbench -i -q -s "$scale" -h 127.0.0.1 -p "$dbport" -U "$dbus
 # 2. pgveil in transaction mode.
 vport=$(free_port)
 sed -e "s/^addr = .*/addr = \"127.0.0.1:$vport\"/" -e "s/^size = .*/size = $pool\nmode = \"transaction\"\nmax_prepared_statements = 200/" \
-    -e 's/^checkout_timeout = .*/checkout_timeout = "60s"/' "$envdir/pgveil.toml" >"$work/pgveil.toml"
+    -e 's/^checkout_timeout = .*/checkout_timeout = "60s"/' <(proxy_config "$envdir/pgveil.toml") >"$work/pgveil.toml"
 "$bin" serve --threads 1 --config "$work/pgveil.toml" >"$work/pgveil.log" 2>&1 &
 vpid=$!
 pids+=($vpid)
