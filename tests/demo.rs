@@ -15,24 +15,40 @@ fn psql(conn: &str, token: &str, sql: &str) -> std::process::Output {
         .expect("psql runs")
 }
 
+/// The demo process; stopped with SIGINT (so it removes its environment) if the test fails before it does.
+struct Demo(std::process::Child);
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = Command::new("kill")
+                .args(["-INT", &self.0.id().to_string()])
+                .status();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 #[test]
 fn demo_runs_prints_working_commands_and_cleans_up() {
     let log = tempfile::NamedTempFile::new().expect("log file");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pgveil"))
-        .args([
-            "demo",
-            "--listen",
-            "127.0.0.1:0",
-            "--api-listen",
-            "127.0.0.1:0",
-        ])
-        .env("PGVEIL_LOG_FORMAT", "json")
-        .stdout(Stdio::piped())
-        .stderr(log.reopen().expect("log file"))
-        .spawn()
-        .expect("pgveil demo starts");
+    let mut child = Demo(
+        Command::new(env!("CARGO_BIN_EXE_pgveil"))
+            .args([
+                "demo",
+                "--listen",
+                "127.0.0.1:0",
+                "--api-listen",
+                "127.0.0.1:0",
+            ])
+            .env("PGVEIL_LOG_FORMAT", "json")
+            .stdout(Stdio::piped())
+            .stderr(log.reopen().expect("log file"))
+            .spawn()
+            .expect("pgveil demo starts"),
+    );
     let mut lines = Vec::new();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut out = BufReader::new(child.0.stdout.take().unwrap());
     loop {
         let mut line = String::new();
         if out.read_line(&mut line).unwrap() == 0 {
@@ -246,10 +262,10 @@ fn demo_runs_prints_working_commands_and_cleans_up() {
         .trim();
     assert!(std::path::Path::new(dir).exists());
     Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
+        .args(["-INT", &child.0.id().to_string()])
         .status()
         .unwrap();
-    let status = child.wait().unwrap();
+    let status = child.0.wait().unwrap();
     assert!(status.success(), "demo exit status {status}");
     assert!(
         !std::path::Path::new(dir).exists(),
