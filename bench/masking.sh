@@ -23,19 +23,8 @@ cleanup() {
 }
 trap cleanup EXIT
 fail() { echo "$1" >&2; [ -f "$work/pgveil.log" ] && tail -5 "$work/pgveil.log" >&2; exit 1; }
-# The demo's config without its control database and API: the benchmark measures the proxy alone.
-proxy_config() {
-    python3 - "$1" <<'PY'
-import re, sys
-skip = False
-for line in open(sys.argv[1]):
-    m = re.match(r"^\[+([^\]]+)\]+\s*$", line)
-    if m:
-        skip = m.group(1).split(".")[0] in ("control", "api")
-    if not skip:
-        sys.stdout.write(line)
-PY
-}
+# shellcheck source=bench/lib.sh
+source bench/lib.sh  # the working directory is the repository root (cd above)
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 "$bin" demo --listen 127.0.0.1:0 --api-listen 127.0.0.1:0 >"$work/demo.out" 2>/dev/null &
@@ -58,7 +47,7 @@ class = "pii.address"
 EOF
 vport=$(free_port)
 sed -e "s/^addr = .*/addr = \"127.0.0.1:$vport\"/" -e "s/^size = .*/size = 16\nmode = \"transaction\"\nmax_prepared_statements = 200/" \
-    -e "s|^dir = \"policies\"|dir = \"$work/policies\"|" <(proxy_config "$envdir/pgveil.toml") >"$work/pgveil.toml"
+    -e "s|^dir = \"policies\"|dir = \"$work/policies\"|" <(proxy_config "$envdir/pgveil.toml" control api) >"$work/pgveil.toml"
 grep -q "^dir = \"$work/policies\"" "$work/pgveil.toml" || { echo "policy dir not replaced" >&2; exit 1; }
 "$bin" serve --threads 1 --config "$work/pgveil.toml" >"$work/pgveil.log" 2>&1 &
 vpid=$!

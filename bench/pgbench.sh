@@ -29,20 +29,8 @@ cleanup() {
     rm -rf "$work"
 }
 trap cleanup EXIT
-# The demo's config without its control database, API and masking policy: the benchmark measures the proxy's
-# relay and pooling alone (bench/masking.sh measures masking).
-proxy_config() {
-    python3 - "$1" <<'PY'
-import re, sys
-skip = False
-for line in open(sys.argv[1]):
-    m = re.match(r"^\[+([^\]]+)\]+\s*$", line)
-    if m:
-        skip = m.group(1).split(".")[0] in ("control", "api", "policy")
-    if not skip:
-        sys.stdout.write(line)
-PY
-}
+# shellcheck source=bench/lib.sh
+source bench/lib.sh  # the working directory is the repository root (cd above)
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # 1. Throwaway PostgreSQL with the demo tenants (the demo's own proxy stays idle).
@@ -58,10 +46,11 @@ superuser "SELECT 1" >/dev/null
 echo "initialising pgbench tables, scale $scale..." >&2
 PGPASSWORD=$dbpass pgbench -i -q -s "$scale" -h 127.0.0.1 -p "$dbport" -U "$dbuser" acme >/dev/null 2>&1
 
-# 2. pgveil in transaction mode.
+# 2. pgveil in transaction mode, without the demo's control database, API and masking policy: this measures
+#    the relay and pooling alone (bench/masking.sh measures masking).
 vport=$(free_port)
 sed -e "s/^addr = .*/addr = \"127.0.0.1:$vport\"/" -e "s/^size = .*/size = $pool\nmode = \"transaction\"\nmax_prepared_statements = 200/" \
-    -e 's/^checkout_timeout = .*/checkout_timeout = "60s"/' <(proxy_config "$envdir/pgveil.toml") >"$work/pgveil.toml"
+    -e 's/^checkout_timeout = .*/checkout_timeout = "60s"/' <(proxy_config "$envdir/pgveil.toml" control api policy) >"$work/pgveil.toml"
 "$bin" serve --threads 1 --config "$work/pgveil.toml" >"$work/pgveil.log" 2>&1 &
 vpid=$!
 pids+=($vpid)

@@ -318,19 +318,7 @@ fn serve(path: &Path, threads: usize) -> Result<()> {
     rt.block_on(async {
         let server = Server::bind(cfg.clone(), ServerOptions::default()).await?;
         let api = if cfg.api.is_some() {
-            let shared = server.shared();
-            // The API shares the proxy's (cached) secret store.
-            let secrets = shared.secrets.clone();
-            let opts = pgveil::api::ApiOptions {
-                secrets,
-                clock: shared.clock.clone(),
-                local_proxy: shared
-                    .revocations
-                    .clone()
-                    .map(|r| (r, shared.sessions.clone())),
-                proxy_port: server.local_addr().port(),
-            };
-            Some(pgveil::api::ApiServer::bind(cfg.clone(), opts).await?)
+            Some(pgveil::api::ApiServer::bind(cfg.clone(), api_options(&server)).await?)
         } else {
             None
         };
@@ -352,6 +340,21 @@ fn serve(path: &Path, threads: usize) -> Result<()> {
         tokio::join!(proxy, api, metrics);
         Ok(())
     })
+}
+
+/// Options for an API next to `server`: its (cached) secret store and clock, revocations applied to its
+/// sessions at once, connection strings pointing at its port.
+fn api_options(server: &Server) -> pgveil::api::ApiOptions {
+    let shared = server.shared();
+    pgveil::api::ApiOptions {
+        secrets: shared.secrets.clone(),
+        clock: shared.clock.clone(),
+        local_proxy: shared
+            .revocations
+            .clone()
+            .map(|r| (r, shared.sessions.clone())),
+        proxy_port: server.local_addr().port(),
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.
@@ -422,15 +425,7 @@ fn demo(listen: SocketAddr, api_listen: SocketAddr) -> Result<()> {
             .with_context(|| format!("starting the proxy on {listen} (is the port free? try --listen 127.0.0.1:0)"))?;
         let addr = server.local_addr();
         let shared = server.shared();
-        let api = pgveil::api::ApiServer::bind(
-            env.config.clone(),
-            pgveil::api::ApiOptions {
-                secrets: shared.secrets.clone(),
-                clock: shared.clock.clone(),
-                local_proxy: shared.revocations.clone().map(|r| (r, shared.sessions.clone())),
-                proxy_port: addr.port(),
-            },
-        )
+        let api = pgveil::api::ApiServer::bind(env.config.clone(), api_options(&server))
         .await
         .with_context(|| format!("starting the API on {api_listen} (is the port free? try --api-listen 127.0.0.1:0)"))?;
         let api_addr = api.local_addr();
@@ -445,7 +440,7 @@ fn demo(listen: SocketAddr, api_listen: SocketAddr) -> Result<()> {
         )
         .await
         .context("enrolling the demo user")?;
-        if let Some(m) = &server.shared().masking {
+        if let Some(m) = &shared.masking {
             let tenants: Vec<TenantId> = env.tenants.iter().map(|t| TenantId::new(t.id.clone())).collect();
             if !m.wait_ready(&tenants, Duration::from_secs(30)).await {
                 eprintln!("pgveil demo: tenant catalogs not loaded yet; masked roles are refused until they are");

@@ -149,18 +149,15 @@ fn demo_runs_prints_working_commands_and_cleans_up() {
         String::from_utf8_lossy(&logged_in.stderr)
     );
     let out = String::from_utf8(logged_in.stdout).unwrap();
-    let token = out
-        .split("PGPASSWORD='")
-        .nth(1)
-        .and_then(|t| t.split('\'').next())
-        .expect("token in the login output")
-        .to_owned();
-    let port = out
-        .split("PGPORT='")
-        .nth(1)
-        .and_then(|t| t.split('\'').next())
-        .expect("port in the login output")
-        .to_owned();
+    // `export PGHOST='...' PGPORT='...' ... PGPASSWORD='...'`
+    let exported = |var: &str| {
+        out.split(&format!("{var}='"))
+            .nth(1)
+            .and_then(|t| t.split('\'').next())
+            .unwrap_or_else(|| panic!("no {var} in the login output: {out}"))
+            .to_owned()
+    };
+    let (token, port) = (exported("PGPASSWORD"), exported("PGPORT"));
     let dana_conn = format!("host=localhost port={port} dbname=acme user=dana sslmode=require");
     let o = psql(
         &dana_conn,

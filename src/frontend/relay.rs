@@ -73,6 +73,16 @@ pub struct IdleTimeouts {
     pub transaction: Option<std::time::Duration>,
 }
 
+impl IdleTimeouts {
+    /// `listen.client_idle_timeout` and `listen.idle_transaction_timeout`.
+    pub fn from_listen(listen: &crate::config::ListenConfig) -> Self {
+        Self {
+            session: listen.client_idle_timeout,
+            transaction: listen.idle_transaction_timeout,
+        }
+    }
+}
+
 /// Protocol state that outlives one relay run (the backend's view of the conversation).
 #[derive(Debug, Clone)]
 pub struct RelayState {

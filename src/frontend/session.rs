@@ -250,10 +250,7 @@ async fn run_session(
     }
     handle.set_backend(Some((conn.target.clone(), conn.key)));
     let mut relay = Relay::new(who, &*shared.policy, shared.cfg.listen.max_query_bytes);
-    relay.idle = IdleTimeouts {
-        session: shared.cfg.listen.client_idle_timeout,
-        transaction: shared.cfg.listen.idle_transaction_timeout,
-    };
+    relay.idle = IdleTimeouts::from_listen(&shared.cfg.listen);
     let mut shutdown = shared.shutdown.clone();
     // A revoked token or disabled user ends the session at once (not at its next idle point, as a drain
     // does): the relay is dropped mid-flight and the backend is cancelled and closed.
@@ -357,17 +354,13 @@ pub(super) fn checkout_error(e: &CheckoutError, who: &Identity) -> PgError {
         CheckoutError::Closed => PgError::shutting_down(),
         CheckoutError::Backend(b) => {
             tracing::warn!(error = %b, "backend unavailable");
-            let kind = match b {
-                BackendError::Secret { .. } => "secret",
-                BackendError::Incomplete(_) => "incomplete",
-                BackendError::Connect(_) => "connect",
+            let (kind, err) = match b {
+                BackendError::Secret { .. } => ("secret", PgError::credentials_unavailable()),
+                BackendError::Incomplete(_) => ("incomplete", PgError::backend_unavailable()),
+                BackendError::Connect(_) => ("connect", PgError::backend_unavailable()),
             };
             metrics::counter!("pgveil_backend_errors_total", "kind" => kind).increment(1);
-            match b {
-                BackendError::Secret { .. } => PgError::credentials_unavailable(),
-                BackendError::Incomplete(_) => PgError::backend_unavailable(),
-                BackendError::Connect(_) => PgError::backend_unavailable(),
-            }
+            err
         }
     }
 }

@@ -220,10 +220,7 @@ pub async fn serve(
 ) {
     let mut relay = Relay::new(who, &*shared.policy, shared.cfg.listen.max_query_bytes);
     relay.txn = Some(ctx);
-    relay.idle = IdleTimeouts {
-        session: shared.cfg.listen.client_idle_timeout,
-        transaction: shared.cfg.listen.idle_transaction_timeout,
-    };
+    relay.idle = IdleTimeouts::from_listen(&shared.cfg.listen);
     let mut shutdown = shared.shutdown.clone();
     let mut held: Option<PooledConn> = None;
     let mut cin = BytesMut::new();
