@@ -385,6 +385,13 @@ fn mint(
     if !cfg.roles.contains(&RoleName::new(role)) {
         bail!("role {role:?} is not in {}", config.display());
     }
+    if ttl > cfg.auth.max_token_ttl {
+        bail!(
+            "--ttl {} exceeds auth.max_token_ttl ({}): such a token would be refused",
+            humantime::format_duration(ttl),
+            humantime::format_duration(cfg.auth.max_token_ttl)
+        );
+    }
     let pem = runtime()?.block_on(async {
         let store = pgveil::secret::store_from_config(&cfg.secrets, true).await;
         pgveil::secret::fetch_text(&*store, key_id).await

@@ -5,9 +5,11 @@
 //! Admin endpoints authenticate with an admin API key held in the secret store (`api.admin_key_secret`),
 //! sent as `Authorization: Bearer <key>` and compared in constant time.
 
+pub mod client_ip;
 pub mod fetch;
 pub mod first_factor;
 pub mod oidc;
+mod revoke;
 mod page;
 pub mod routes;
 
@@ -69,6 +71,10 @@ pub struct ApiConfig {
     /// Brute-force throttling.
     #[serde(default)]
     pub throttle: ThrottleConfig,
+    /// Load balancers / reverse proxies (CIDRs) whose `Forwarded` / `X-Forwarded-For` headers name the
+    /// client address the throttles count. Empty (default): the TCP peer is the client.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
 }
 
 fn default_addr() -> SocketAddr {
@@ -96,9 +102,30 @@ impl ApiConfig {
         if self.oidc.is_none() && self.webapp.is_none() && !self.insecure_no_first_factor {
             problems.push("[api] needs a first factor: [api.oidc] and/or [api.webapp]".into());
         }
+        if self.insecure_no_first_factor && !demo_mode() {
+            problems.push(
+                "api.insecure_no_first_factor is refused outside the demo (it issues tokens without any first \
+                 factor; only `PGVEIL_DEMO=1` accepts it)"
+                    .into(),
+            );
+        }
+        if let Err(e) = client_ip::TrustedProxies::parse(&self.trusted_proxies) {
+            problems.push(format!("api.trusted_proxies: {e}"));
+        }
+        if let Some(w) = &self.webapp
+            && (w.max_age.is_zero() || w.max_age > Duration::from_secs(3600))
+        {
+            problems.push("api.webapp.max_age must be between 1s and 1h".into());
+        }
         if let Some(o) = &self.oidc {
             if o.jwks_file.is_none() == o.jwks_url.is_none() {
                 problems.push("api.oidc: set exactly one of jwks_file and jwks_url".into());
+            }
+            if o.jwks_url
+                .as_deref()
+                .is_some_and(|u| !u.get(..8).is_some_and(|p| p.eq_ignore_ascii_case("https://")))
+            {
+                problems.push("api.oidc.jwks_url must be an https:// URL".into());
             }
             if o.issuer.is_empty() || o.audience.is_empty() {
                 problems.push("api.oidc: issuer and audience must be set".into());
@@ -113,6 +140,11 @@ impl ApiConfig {
             problems.push("api.throttle: max failures must be at least 1".into());
         }
     }
+}
+
+/// Whether `PGVEIL_DEMO=1` is set (the only way to accept `api.insecure_no_first_factor`).
+fn demo_mode() -> bool {
+    std::env::var("PGVEIL_DEMO").as_deref() == Ok("1")
 }
 
 /// Errors starting the API.
@@ -167,6 +199,7 @@ pub struct ApiState {
     pub(crate) clock: Clock,
     pub(crate) local_proxy: Option<(Arc<RevocationCache>, Arc<SessionRegistry>)>,
     pub(crate) proxy_port: u16,
+    pub(crate) trusted_proxies: Arc<client_ip::TrustedProxies>,
 }
 
 /// A bound API server.
@@ -212,7 +245,7 @@ impl ApiServer {
             None => None,
         };
         if api.insecure_no_first_factor {
-            if std::env::var("PGVEIL_DEMO").as_deref() != Ok("1") {
+            if !demo_mode() {
                 return Err(ApiError::Config(
                     "api.insecure_no_first_factor is for demos only (set PGVEIL_DEMO=1 to accept it)",
                 ));
@@ -223,6 +256,10 @@ impl ApiServer {
         }
         let mut server_tls = (*crate::tls::server_config(&tls_cfg.cert, &tls_cfg.key)?).clone();
         server_tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let trusted_proxies = Arc::new(
+            client_ip::TrustedProxies::parse(&api.trusted_proxies)
+                .map_err(|_| ApiError::Config("api.trusted_proxies is invalid"))?,
+        );
         let listener = TcpListener::bind(api.addr)
             .await
             .map_err(|e| ApiError::Io(format!("cannot listen on {}: {e}", api.addr)))?;
@@ -238,6 +275,7 @@ impl ApiServer {
             clock: opts.clock,
             local_proxy: opts.local_proxy,
             proxy_port: api.proxy_port.unwrap_or(opts.proxy_port),
+            trusted_proxies,
             api,
             cfg,
         });
@@ -274,6 +312,7 @@ impl ApiServer {
             };
             let tls = self.tls.clone();
             let app = app.clone();
+            let proxies = self.state.trusted_proxies.clone();
             tokio::spawn(async move {
                 let Ok(Ok(stream)) =
                     tokio::time::timeout(Duration::from_secs(10), tls.accept(tcp)).await
@@ -281,7 +320,8 @@ impl ApiServer {
                     return;
                 };
                 let svc = app.map_request(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                    req.extensions_mut().insert(routes::ClientIp(peer.ip()));
+                    let ip = proxies.client_ip(peer.ip(), req.headers());
+                    req.extensions_mut().insert(routes::ClientIp(ip));
                     req
                 });
                 let _ = hyper::server::conn::http1::Builder::new()

@@ -17,6 +17,7 @@ use super::ApiState;
 use super::first_factor::FirstFactorInput;
 use super::routes::{self, ApiError, ClientIp};
 use crate::mfa::SecondFactor;
+use crate::mfa::totp::normalize_code;
 
 pub(super) fn routes() -> Router<Arc<ApiState>> {
     Router::new()
@@ -81,16 +82,28 @@ ol.codes{{columns:2;font-family:monospace;font-size:1.05rem}} .qr svg,.qr img{{w
     r
 }
 
-fn error_page(f: &PageForm, e: ApiError) -> Response {
-    let retry = e
-        .retry_after
-        .map(|s| format!(" Try again in {s} seconds."))
-        .unwrap_or_default();
-    let body = format!(
-        r#"<div class="card"><p class="err" id="error" data-code="{code}">{msg}.{retry}</p>
-<form method="post" action="/security/login">{h}<button>Back</button></form></div>"#,
+/// "Try again in 1 second." / "... in 5 seconds."
+fn retry_text(e: &ApiError) -> String {
+    e.retry_after
+        .map(|s| format!(" Try again in {s} second{}.", if s == 1 { "" } else { "s" }))
+        .unwrap_or_default()
+}
+
+fn error_card(e: &ApiError) -> String {
+    format!(
+        r#"<p class="err" id="error" data-code="{code}">{msg}.{retry}</p>"#,
         code = e.code,
         msg = esc(&e.message),
+        retry = retry_text(e)
+    )
+}
+
+/// An error, with "Back" to the landing page (a GET that issues nothing: never a token).
+fn error_page(f: &PageForm, e: ApiError) -> Response {
+    let body = format!(
+        r#"<div class="card">{err}
+<form method="get" action="/security">{h}<button id="back">Back</button></form></div>"#,
+        err = error_card(&e),
         h = hidden(f)
     );
     page(e.status, "Error", &body)
@@ -149,21 +162,29 @@ async fn enroll(
     Extension(ip): Extension<ClientIp>,
     Form(f): Form<PageForm>,
 ) -> Response {
-    let e = match routes::enroll(&st, &f.email, &f.first, ip.0).await {
-        Ok(e) => e,
-        Err(e) => return error_page(&f, e),
+    match routes::enroll(&st, &f.email, &f.first, ip.0).await {
+        Ok(e) => enrol_page(&f, &e, None),
+        Err(e) => error_page(&f, e),
+    }
+}
+
+/// The enrolment step (QR code, secret, first code); `error` when a first code was refused.
+fn enrol_page(f: &PageForm, e: &routes::EnrollOut, error: Option<ApiError>) -> Response {
+    let (status, err) = match &error {
+        Some(x) => (x.status, format!(r#"<div class="card">{}</div>"#, error_card(x))),
+        None => (StatusCode::OK, String::new()),
     };
     let body = format!(
-        r#"<div class="card"><h2>1. Scan this QR code</h2><p>Use Okta Verify, Microsoft Authenticator, Google Authenticator or any TOTP app.</p>
+        r#"{err}<div class="card"><h2>1. Scan this QR code</h2><p>Use Okta Verify, Microsoft Authenticator, Google Authenticator or any TOTP app.</p>
 <div class="qr"><img alt="QR code" src="data:image/png;base64,{png}"></div>
 <p>Or type this secret: <code id="secret">{secret}</code></p></div>
 <div class="card"><h2>2. Enter the first code</h2><form method="post" action="/security/confirm">{h}
-<p><input type="text" name="code" id="confirm-code" inputmode="numeric" autocomplete="one-time-code" maxlength="6"></p><button id="confirm">Confirm</button></form></div>"#,
+<p><input type="text" name="code" id="confirm-code" inputmode="numeric" autocomplete="one-time-code" maxlength="9"></p><button id="confirm">Confirm</button></form></div>"#,
         png = e.qr_png_base64,
         secret = esc(&e.secret),
-        h = hidden(&f)
+        h = hidden(f)
     );
-    page(StatusCode::OK, "Enable 2FA", &body)
+    page(status, "Enable 2FA", &body)
 }
 
 async fn confirm(
@@ -173,6 +194,13 @@ async fn confirm(
 ) -> Response {
     let codes = match routes::confirm(&st, &f.email, &f.first, &f.code, ip.0).await {
         Ok(c) => c,
+        // A wrong first code: back to the same enrolment step (same secret), never to a login.
+        Err(e) if matches!(e.code, "invalid_code" | "throttled" | "locked_out") => {
+            return match routes::pending_enrolment(&st, &f.email, &f.first, ip.0).await {
+                Ok(pending) => enrol_page(&f, &pending, Some(e)),
+                Err(_) => error_page(&f, e),
+            };
+        }
         Err(e) => return error_page(&f, e),
     };
     let items: String = codes
@@ -193,9 +221,12 @@ async fn login(
     Form(f): Form<PageForm>,
 ) -> Response {
     let code = f.code.trim();
+    let digits = normalize_code(code);
     let second = match code.len() {
         0 => None,
-        6 if code.bytes().all(|b| b.is_ascii_digit()) => Some(SecondFactor::Totp(code)),
+        _ if digits.len() == 6 && digits.bytes().all(|b| b.is_ascii_digit()) => {
+            Some(SecondFactor::Totp(code))
+        }
         _ => Some(SecondFactor::Recovery(code)),
     };
     let out = match routes::login(&st, &f.email, &f.first, second, ip.0).await {

@@ -19,6 +19,7 @@ use crate::control::epoch;
 use crate::control::users::User;
 use crate::ids::{RoleName, TenantId, UserId};
 use crate::mfa::policy::MfaRequirement;
+use crate::mfa::recovery::RecoveryError;
 use crate::mfa::{MfaError, SecondFactor};
 use crate::secret::ExposeSecret;
 
@@ -40,7 +41,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self {
             status,
             code,
@@ -48,7 +49,7 @@ impl ApiError {
             retry_after: None,
         }
     }
-    fn internal(e: impl std::fmt::Display) -> Self {
+    pub(crate) fn internal(e: impl std::fmt::Display) -> Self {
         tracing::error!(error = %e, "API internal error");
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -78,9 +79,22 @@ impl From<MfaError> for ApiError {
                     e.to_string(),
                 )
             },
+            MfaError::Recovery(RecoveryError::Busy) => ApiError {
+                retry_after: Some(1),
+                ..ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "busy",
+                    "too many recovery code checks in progress; try again shortly",
+                )
+            },
             other => ApiError::internal(other),
         }
     }
+}
+
+/// Emails are stored lower-cased and trimmed; lookups use the same form.
+pub(crate) fn normalize_email(email: &str) -> String {
+    email.trim().to_lowercase()
 }
 
 impl IntoResponse for ApiError {
@@ -99,7 +113,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-type ApiResult<T> = Result<T, ApiError>;
+pub(crate) type ApiResult<T> = Result<T, ApiError>;
 
 /// The API's routes.
 pub fn router(state: Arc<ApiState>) -> Router {
@@ -116,9 +130,24 @@ pub fn router(state: Arc<ApiState>) -> Router {
         )
         .route("/v1/admin/users/{email}/disable", post(admin_disable))
         .route("/v1/admin/users/{email}/enable", post(admin_enable))
-        .route("/v1/admin/tokens/revoke", post(admin_revoke))
+        .route("/v1/admin/tokens/revoke", post(super::revoke::admin_revoke))
         .merge(super::page::routes())
+        .layer(axum::middleware::map_response(security_headers))
         .with_state(state)
+}
+
+/// Headers on every API response: tokens, codes and secrets must never be cached (`no-store`), the API is
+/// only ever reached over TLS (HSTS), and no response is content-sniffed. Handlers may set stricter ones.
+async fn security_headers(mut r: Response) -> Response {
+    let h = r.headers_mut();
+    for (name, value) in [
+        (header::CACHE_CONTROL, "no-store"),
+        (header::STRICT_TRANSPORT_SECURITY, "max-age=31536000"),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+    ] {
+        h.entry(name).or_insert(HeaderValue::from_static(value));
+    }
+    r
 }
 
 // ---- operations -----------------------------------------------------------------------------------
@@ -131,12 +160,15 @@ pub(crate) async fn authenticate_user(
     ip: IpAddr,
 ) -> ApiResult<(User, Option<&'static str>)> {
     let now = (st.clock)();
-    st.mfa.check_ip(ip, now).await?;
+    // The first factor is checked before any IP budget: a client that presents a valid one is never held
+    // back by failures of others behind the same address (garbage only slows down more garbage).
     let amr = match st.first.verify(first, email, now).await {
         Ok(a) => a,
         Err(e) => {
             tracing::info!(client = %ip, reason = %e, "first factor refused");
-            st.mfa.first_factor_failed(ip, now).await?;
+            if let Some(th) = st.mfa.first_factor_failed(ip, now).await? {
+                return Err(MfaError::Throttled(th).into());
+            }
             return Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "first_factor_invalid",
@@ -147,7 +179,7 @@ pub(crate) async fn authenticate_user(
     let user = st
         .mfa
         .db()
-        .user(email)
+        .user(&normalize_email(email))
         .await
         .map_err(ApiError::internal)?
         .ok_or_else(|| {
@@ -180,6 +212,23 @@ pub(crate) async fn enroll(
 ) -> ApiResult<EnrollOut> {
     let (user, _) = authenticate_user(st, email, first, ip).await?;
     let e = st.mfa.enroll(&user, (st.clock)()).await?;
+    Ok(EnrollOut {
+        otpauth_uri: e.otpauth_uri,
+        secret: e.secret_base32,
+        qr_svg: e.qr_svg,
+        qr_png_base64: e.qr_png_base64,
+    })
+}
+
+/// The unconfirmed enrolment shown again after a wrong first code (same secret).
+pub(crate) async fn pending_enrolment(
+    st: &ApiState,
+    email: &str,
+    first: &FirstFactorInput,
+    ip: IpAddr,
+) -> ApiResult<EnrollOut> {
+    let (user, _) = authenticate_user(st, email, first, ip).await?;
+    let e = st.mfa.pending_enrolment(&user).await?;
     Ok(EnrollOut {
         otpauth_uri: e.otpauth_uri,
         secret: e.secret_base32,
@@ -263,7 +312,19 @@ pub(crate) async fn login(
         }
         None => {}
     }
-    let ttl = st.api.token_ttl;
+    let iat = epoch(now).map_err(ApiError::internal)?;
+    if iat < user.tokens_valid_after {
+        // Re-enabled within the second it was disabled: a token stamped with this second would be refused.
+        return Err(ApiError {
+            retry_after: Some((user.tokens_valid_after - iat) as u64),
+            ..ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "throttled",
+                "this user's tokens were just revoked; try again in a second",
+            )
+        });
+    }
+    let ttl = st.api.token_ttl.min(st.cfg.auth.max_token_ttl);
     let (token, claims) = st
         .signer
         .mint_with_claims(
@@ -275,7 +336,6 @@ pub(crate) async fn login(
             now,
         )
         .map_err(ApiError::internal)?;
-    let iat = epoch(now).map_err(ApiError::internal)?;
     st.mfa
         .db()
         .record_token(&claims.jti, user.id, &amr, iat, claims.exp)
@@ -388,7 +448,7 @@ async fn recover_json(
 
 // ---- admin -----------------------------------------------------------------------------------------
 
-fn require_admin(st: &ApiState, headers: &HeaderMap) -> ApiResult<()> {
+pub(crate) fn require_admin(st: &ApiState, headers: &HeaderMap) -> ApiResult<()> {
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -418,7 +478,7 @@ async fn admin_create_user(
     Json(u): Json<NewUser>,
 ) -> ApiResult<Response> {
     require_admin(&st, &headers)?;
-    let email = u.email.trim().to_lowercase();
+    let email = normalize_email(&u.email);
     if !email.contains('@')
         || email.len() > 254
         || email.chars().any(|c| c.is_whitespace() || c.is_control())
@@ -507,7 +567,7 @@ async fn set_disabled(
     if !st
         .mfa
         .db()
-        .set_disabled(&email.to_lowercase(), disabled, now)
+        .set_disabled(&normalize_email(email), disabled, now)
         .await
         .map_err(ApiError::internal)?
     {
@@ -522,33 +582,9 @@ async fn set_disabled(
     Ok(Json(json!({ "email": email, "disabled": disabled })))
 }
 
-#[derive(Deserialize)]
-struct RevokeBody {
-    jti: String,
-}
-
-async fn admin_revoke(
-    State(st): State<Arc<ApiState>>,
-    headers: HeaderMap,
-    Json(b): Json<RevokeBody>,
-) -> ApiResult<Json<serde_json::Value>> {
-    require_admin(&st, &headers)?;
-    let now = epoch((st.clock)()).map_err(ApiError::internal)?;
-    // Unknown jti (e.g. minted by `pgveil token mint`): keep the revocation for the longest token lifetime.
-    let horizon = now + 7 * 24 * 3600;
-    st.mfa
-        .db()
-        .revoke_token(&b.jti, now, horizon)
-        .await
-        .map_err(ApiError::internal)?;
-    tracing::info!(jti = %b.jti, "token revoked by admin");
-    apply_locally(&st).await;
-    Ok(Json(json!({ "jti": b.jti, "revoked": true })))
-}
-
 /// Applies a revocation to the proxy in this process at once (other instances follow within
 /// `control.revocation_refresh`).
-async fn apply_locally(st: &ApiState) {
+pub(crate) async fn apply_locally(st: &ApiState) {
     if let Some((cache, sessions)) = &st.local_proxy
         && let Err(e) = cache.refresh(sessions).await
     {

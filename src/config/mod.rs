@@ -171,6 +171,14 @@ pub struct AuthConfig {
     /// reads it.
     #[serde(default)]
     pub signing_key_secret: Option<SecretId>,
+    /// Longest token lifetime (`exp - iat`) minted (`pgveil token mint`, the API) or accepted; revocations
+    /// of tokens whose expiry is unknown are kept this long. Default 7 days.
+    #[serde(default = "default_max_token_ttl", with = "humantime_serde")]
+    pub max_token_ttl: Duration,
+}
+
+fn default_max_token_ttl() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
 }
 
 /// Which secret store backend.
@@ -505,6 +513,9 @@ impl Config {
         if let Some(api) = &mut self.api {
             api.resolve_paths(base);
         }
+        if let Some(ca) = self.control.as_mut().and_then(|c| c.ca_bundle.as_mut()) {
+            fix(ca);
+        }
         for t in &mut self.tenants {
             if let Some(ca) = &mut t.ca_bundle {
                 fix(ca);
@@ -579,6 +590,11 @@ impl Config {
         if self.auth.issuer.is_empty() {
             problems.push("auth.issuer is empty".to_owned());
         }
+        if self.auth.max_token_ttl < Duration::from_secs(60)
+            || self.auth.max_token_ttl > Duration::from_secs(366 * 24 * 3600)
+        {
+            problems.push("auth.max_token_ttl must be between 1m and 366d".to_owned());
+        }
         self.secrets.problems(&mut problems, offline);
         if self.roles.is_empty() {
             problems.push("roles is empty: no token could be accepted".to_owned());
@@ -643,7 +659,7 @@ impl Config {
             }
         }
         if let Some(control) = &self.control {
-            control.validate(&mut problems);
+            control.validate(&mut problems, offline);
         }
         if let Some(api) = &self.api {
             if self.control.is_none() {
@@ -653,6 +669,9 @@ impl Config {
                 problems.push("[api] needs auth.signing_key_secret to mint tokens".to_owned());
             }
             api.validate(&mut problems);
+            if api.token_ttl > self.auth.max_token_ttl {
+                problems.push("api.token_ttl must not exceed auth.max_token_ttl".to_owned());
+            }
         }
         if problems.is_empty() {
             Ok(())

@@ -148,3 +148,50 @@ fn session_caps_must_be_positive() {
     c.tenants[0].max_clients = Some(50);
     assert_eq!(c.validate(), Ok(()));
 }
+
+#[test]
+fn api_control_and_token_lifetime_checks() {
+    let cfg = Config::parse(
+        r#"
+        roles = ["a"]
+        [listen]
+        allow_plaintext_loopback = true
+        [auth]
+        verifying_key_secrets = ["pgveil/verify"]
+        signing_key_secret = "pgveil/sign"
+        max_token_ttl = "1d"
+        [secrets]
+        backend = "aws"
+        [control]
+        secret = "pgveil/control"
+        totp_key_secret = "pgveil/totp"
+        tls = "verify-full"
+        [api]
+        admin_key_secret = "pgveil/admin"
+        token_ttl = "2d"
+        insecure_no_first_factor = true
+        trusted_proxies = ["10.0.0.0/8", "not-a-cidr"]
+        [api.oidc]
+        issuer = "https://idp.example"
+        audience = "pgveil"
+        jwks_url = "http://idp.example/jwks.json"
+        [[tenant]]
+        id = "acme"
+        secret = "s"
+        "#,
+    )
+    .unwrap();
+    let all = cfg.validate().unwrap_err().join("\n");
+    for needle in [
+        "control: tls = \"verify-full\" needs ca_bundle",
+        "api.token_ttl must not exceed auth.max_token_ttl",
+        "insecure_no_first_factor is refused outside the demo",
+        "api.trusted_proxies: \"not-a-cidr\"",
+        "jwks_url must be an https:// URL",
+    ] {
+        assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+    }
+    assert_eq!(cfg.auth.max_token_ttl, Duration::from_secs(86_400));
+    let default = minimal("verifying_key_secrets = [\"v\"]", "backend = \"aws\"", "s");
+    assert_eq!(default.auth.max_token_ttl, Duration::from_secs(7 * 86_400));
+}

@@ -8,7 +8,8 @@ use super::ControlError;
 const MIGRATION_LOCK: i64 = 0x7067_7665_696c;
 
 /// `(version, SQL)`: append only; never edit a released migration.
-pub const MIGRATIONS: &[(i32, &str)] = &[(
+pub const MIGRATIONS: &[(i32, &str)] = &[
+    (
     1,
     r#"
 CREATE TABLE users (
@@ -56,7 +57,20 @@ CREATE TABLE auth_throttle (
     locked_until  bigint
 );
 "#,
-)];
+    ),
+    (
+        2,
+        r#"
+-- Recovery codes issued from now on are stored as HMAC-SHA256(key derived from control.totp_key_secret,
+-- user id || code): one indexed lookup per attempt. Rows issued before keep their Argon2id hash (mac NULL).
+ALTER TABLE recovery_codes ADD COLUMN mac bytea;
+ALTER TABLE recovery_codes ALTER COLUMN hash DROP NOT NULL;
+CREATE UNIQUE INDEX recovery_codes_mac ON recovery_codes (user_id, mac) WHERE mac IS NOT NULL;
+-- Last counted failure (epoch seconds): counters older than the lockout period start again.
+ALTER TABLE auth_throttle ADD COLUMN updated_at bigint NOT NULL DEFAULT 0;
+"#,
+    ),
+];
 
 /// Applies every migration not yet recorded in `schema_migrations`.
 pub async fn migrate(client: &mut Client) -> Result<(), ControlError> {

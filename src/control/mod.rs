@@ -6,13 +6,16 @@
 //! starting together do not race.
 
 mod migrate;
+pub mod tls;
 pub mod users;
 
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use serde::Deserialize;
 
+use crate::config::BackendTlsMode;
 use crate::ids::SecretId;
 use crate::secret::{DbCredentials, ExposeSecret, SecretError, SecretStore};
 
@@ -38,6 +41,14 @@ pub struct ControlConfig {
     /// If the control database cannot be read for this long, new connections are refused (fail closed).
     #[serde(default = "default_max_stale", with = "humantime_serde")]
     pub revocation_max_stale: Duration,
+    /// TLS to the control database: `disable` (default; loopback or a trusted private link only),
+    /// `require` (encrypted, server not authenticated) or `verify-full` (recommended: certificate and host
+    /// name checked against `ca_bundle`).
+    #[serde(default)]
+    pub tls: BackendTlsMode,
+    /// CA bundle (PEM) for `tls = "verify-full"`, e.g. the RDS CA bundle.
+    #[serde(default)]
+    pub ca_bundle: Option<PathBuf>,
 }
 
 fn default_pool_size() -> usize {
@@ -51,8 +62,18 @@ fn default_max_stale() -> Duration {
 }
 
 impl ControlConfig {
-    /// Adds every problem with this section to `problems`.
-    pub fn validate(&self, problems: &mut Vec<String>) {
+    /// Adds every problem with this section to `problems` (`offline`: files need not exist).
+    pub fn validate(&self, problems: &mut Vec<String>, offline: bool) {
+        match (self.tls, &self.ca_bundle) {
+            (BackendTlsMode::VerifyFull, None) => {
+                problems.push("control: tls = \"verify-full\" needs ca_bundle".into())
+            }
+            (_, Some(ca)) if !offline && !ca.exists() => problems.push(format!(
+                "control: ca_bundle {} does not exist",
+                ca.display()
+            )),
+            _ => {}
+        }
         if self.secret.as_str().is_empty() {
             problems.push("control.secret is empty".into());
         }
@@ -89,6 +110,9 @@ pub enum ControlError {
     /// A time value is out of range.
     #[error("time out of range")]
     Clock,
+    /// The TLS configuration (CA bundle) could not be loaded.
+    #[error("control database TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 impl From<deadpool_postgres::PoolError> for ControlError {
@@ -126,13 +150,21 @@ impl ControlDb {
             .dbname(creds.dbname.as_deref().unwrap_or("pgveil_control"))
             .application_name("pgveil-control")
             .connect_timeout(Duration::from_secs(10));
-        let mgr = Manager::from_config(
-            pg,
-            tokio_postgres::NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
+        let mcfg = || ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let mgr = match cfg.tls {
+            BackendTlsMode::Disable => {
+                pg.ssl_mode(tokio_postgres::config::SslMode::Disable);
+                Manager::from_config(pg, tokio_postgres::NoTls, mcfg())
+            }
+            mode => {
+                let verify = mode == BackendTlsMode::VerifyFull;
+                let client = crate::tls::backend_client_config(cfg.ca_bundle.as_deref(), verify)?;
+                pg.ssl_mode(tokio_postgres::config::SslMode::Require);
+                Manager::from_config(pg, tls::RustlsMakeConnect(client), mcfg())
+            }
+        };
         let pool = Pool::builder(mgr)
             .max_size(cfg.pool_size)
             .runtime(deadpool_postgres::Runtime::Tokio1)

@@ -22,10 +22,14 @@ pub struct User {
     pub disabled: bool,
     /// Whether a TOTP enrolment is confirmed.
     pub mfa_enrolled: bool,
+    /// Tokens issued before this time (epoch seconds) are refused.
+    #[serde(skip)]
+    pub tokens_valid_after: i64,
 }
 
 const USER_COLUMNS: &str = "u.id, u.email, u.tenant, u.role, u.disabled, \
-     EXISTS (SELECT 1 FROM totp_enrolments e WHERE e.user_id = u.id AND e.confirmed_at IS NOT NULL)";
+     EXISTS (SELECT 1 FROM totp_enrolments e WHERE e.user_id = u.id AND e.confirmed_at IS NOT NULL), \
+     u.tokens_valid_after";
 
 fn user_from(row: &Row) -> User {
     User {
@@ -35,6 +39,7 @@ fn user_from(row: &Row) -> User {
         role: RoleName::new(row.get::<_, String>(3)),
         disabled: row.get(4),
         mfa_enrolled: row.get(5),
+        tokens_valid_after: row.get(6),
     }
 }
 
@@ -74,9 +79,10 @@ impl ControlDb {
         self.user(email).await
     }
 
-    /// The user with this email.
+    /// The user with this email (emails are stored trimmed and lower-cased; so is the lookup).
     pub async fn user(&self, email: &str) -> Result<Option<User>, ControlError> {
         let c = self.client().await?;
+        let email = email.trim().to_lowercase();
         let row = c
             .query_opt(
                 &format!("SELECT {USER_COLUMNS} FROM users u WHERE u.email = $1"),
@@ -100,7 +106,8 @@ impl ControlDb {
         Ok(rows.iter().map(user_from).collect())
     }
 
-    /// Disables (or re-enables) a user; disabling also invalidates every token issued so far.
+    /// Disables (or re-enables) a user; disabling also invalidates every token issued so far, including
+    /// in the current second (`iat` has whole seconds, so tokens are valid from the next one).
     /// Returns false if there is no such user.
     pub async fn set_disabled(
         &self,
@@ -112,7 +119,7 @@ impl ControlDb {
         let n = c
             .execute(
                 "UPDATE users SET disabled = $2, \
-                 tokens_valid_after = CASE WHEN $2 THEN greatest(tokens_valid_after, $3) ELSE tokens_valid_after END \
+                 tokens_valid_after = CASE WHEN $2 THEN greatest(tokens_valid_after, $3 + 1) ELSE tokens_valid_after END \
                  WHERE email = $1",
                 &[&email, &disabled, &now],
             )
@@ -138,8 +145,8 @@ impl ControlDb {
         Ok(())
     }
 
-    /// Revokes a token id until `expires_at` (after which the token is refused for expiry anyway). Uses the
-    /// recorded expiry when the token was issued by the API.
+    /// Revokes a token id until `default_expiry` (after which the token is refused for expiry anyway), or the
+    /// recorded expiry when the token was issued by the API. Revoking again only extends the expiry.
     pub async fn revoke_token(
         &self,
         jti: &str,
@@ -150,7 +157,7 @@ impl ControlDb {
         c.execute(
             "INSERT INTO revoked_tokens (jti, revoked_at, expires_at) \
              VALUES ($1, $2, coalesce((SELECT expires_at FROM issued_tokens WHERE jti = $1), $3)) \
-             ON CONFLICT (jti) DO NOTHING",
+             ON CONFLICT (jti) DO UPDATE SET expires_at = greatest(revoked_tokens.expires_at, EXCLUDED.expires_at)",
             &[&jti, &now, &default_expiry],
         )
         .await?;

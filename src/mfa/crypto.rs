@@ -1,6 +1,10 @@
 //! Encryption of TOTP secrets at rest: AES-256-GCM under a key fetched from the secret store. Each secret is
 //! sealed with a fresh random 96-bit nonce and bound to its user id (associated data), so a ciphertext copied
 //! onto another user's row does not decrypt.
+//!
+//! The same secret-store key also yields, through HKDF-SHA256 (domain-separated), the HMAC-SHA256 key that
+//! recovery codes are stored under ([`SecretBox::code_mac`]). Recovery codes carry ~74 random bits, so a keyed
+//! hash protects them as well as a slow password hash would, at the cost of one HMAC per attempt.
 
 use std::fmt;
 
@@ -8,6 +12,7 @@ use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use base64::Engine as _;
 use rand::RngExt;
+use ring::{hkdf, hmac};
 
 use crate::secret::{ExposeSecret, SecretString};
 
@@ -27,10 +32,14 @@ pub enum CryptoError {
     Seal,
 }
 
-/// An AES-256-GCM key. `Debug` never shows it.
+/// HKDF info naming the recovery-code MAC key (never change: stored MACs depend on it).
+const CODE_MAC_INFO: &[u8] = b"pgveil recovery code mac v1";
+
+/// An AES-256-GCM key and the recovery-code HMAC key derived from it. `Debug` never shows them.
 #[derive(Clone)]
 pub struct SecretBox {
     cipher: Aes256Gcm,
+    code_mac: hmac::Key,
 }
 
 impl fmt::Debug for SecretBox {
@@ -54,7 +63,22 @@ impl SecretBox {
             return Err(CryptoError::BadKey);
         }
         let cipher = Aes256Gcm::new_from_slice(&bytes).map_err(|_| CryptoError::BadKey)?;
-        Ok(SecretBox { cipher })
+        let code_mac = hkdf::Salt::new(hkdf::HKDF_SHA256, &[])
+            .extract(&bytes)
+            .expand(&[CODE_MAC_INFO], hmac::HMAC_SHA256)
+            .map_err(|_| CryptoError::BadKey)?
+            .into();
+        Ok(SecretBox { cipher, code_mac })
+    }
+
+    /// HMAC-SHA256 of a normalized recovery code, bound to its user (so a MAC copied onto another user's
+    /// row does not match).
+    pub fn code_mac(&self, user: &[u8], code: &str) -> Vec<u8> {
+        let mut ctx = hmac::Context::with_key(&self.code_mac);
+        ctx.update(&(user.len() as u32).to_be_bytes());
+        ctx.update(user);
+        ctx.update(code.as_bytes());
+        ctx.sign().as_ref().to_vec()
     }
 
     /// A fresh random key as 64 hex characters (for `pgveil` setup and tests).
@@ -117,6 +141,19 @@ mod tests {
             SecretBox::from_secret(&SecretString::from(SecretBox::generate_key_hex())).unwrap();
         assert!(other.open(&sealed, b"user-1").is_err(), "wrong key");
         assert!(!format!("{b:?}").contains(|c: char| c.is_ascii_digit()));
+    }
+
+    #[test]
+    fn code_mac_is_keyed_and_bound_to_the_user() {
+        let key = SecretString::from(SecretBox::generate_key_hex());
+        let b = SecretBox::from_secret(&key).unwrap();
+        let same = SecretBox::from_secret(&key).unwrap();
+        assert_eq!(b.code_mac(b"u1", "ABCD"), same.code_mac(b"u1", "ABCD"));
+        assert_ne!(b.code_mac(b"u1", "ABCD"), b.code_mac(b"u2", "ABCD"));
+        assert_ne!(b.code_mac(b"u1", "ABCD"), b.code_mac(b"u1", "ABCE"));
+        let other =
+            SecretBox::from_secret(&SecretString::from(SecretBox::generate_key_hex())).unwrap();
+        assert_ne!(b.code_mac(b"u1", "ABCD"), other.code_mac(b"u1", "ABCD"));
     }
 
     #[test]

@@ -1,50 +1,106 @@
-//! One-time recovery codes: 10 per enrolment, shown once, stored only as Argon2id hashes. Hashing and
-//! verifying run on the blocking thread pool (`spawn_blocking`), never on the reactor threads.
+//! One-time recovery codes: 10 per enrolment, shown once.
+//!
+//! Stored as HMAC-SHA256 under a key derived from the secret store ([`SecretBox::code_mac`]), bound to the
+//! user: checking a code is one HMAC and one indexed conditional `UPDATE`, so a burst of wrong codes costs
+//! no more than a burst of wrong TOTP codes. Codes carry ~74 random bits, so without the key a stolen table
+//! is useless, and even with it exhaustive search is out of reach: a slow hash adds nothing.
+//!
+//! Codes issued before (rows with an Argon2id `hash` and no `mac`) still work. Verifying them is expensive
+//! (~19 MiB and tens of ms per hash, up to 10 hashes per attempt), so it runs on the blocking pool under a
+//! process-wide bound of [`LEGACY_CONCURRENCY`] attempts with at most [`LEGACY_QUEUE`] waiting; beyond that
+//! the attempt is refused as busy. Memory stays flat under any burst.
+
+use std::sync::{Arc, LazyLock};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use argon2::Argon2;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::{PasswordHash, PasswordVerifier};
 use rand::RngExt;
+use tokio::sync::Semaphore;
+
+use super::crypto::SecretBox;
 
 /// Codes issued per enrolment.
 pub const CODES_PER_ENROLMENT: usize = 10;
 /// Alphabet without look-alike characters (no 0/O, 1/I/L).
 const ALPHABET: &[u8] = b"23456789ABCDEFGHJKMNPQRSTUVWXYZ";
 /// Characters per code (about 74 bits), printed in groups of 4: `XXXX-XXXX-XXXX-XXX`.
-const CODE_CHARS: usize = 15;
+pub const CODE_CHARS: usize = 15;
+/// Legacy (Argon2id) verifications running at once in this process.
+pub const LEGACY_CONCURRENCY: usize = 2;
+/// Legacy verifications allowed to wait for a slot; further ones are refused as busy.
+pub const LEGACY_QUEUE: usize = 8;
 
-/// Errors hashing recovery codes.
+static LEGACY_SLOTS: LazyLock<Arc<Semaphore>> =
+    LazyLock::new(|| Arc::new(Semaphore::new(LEGACY_CONCURRENCY)));
+/// Legacy checks admitted (running or waiting).
+static LEGACY_ADMITTED: AtomicUsize = AtomicUsize::new(0);
+
+/// One admitted legacy check; released when dropped (also when the request is cancelled).
+struct Admitted;
+
+impl Admitted {
+    fn try_new() -> Option<Admitted> {
+        let before = LEGACY_ADMITTED.fetch_add(1, Ordering::SeqCst);
+        let admitted = Admitted;
+        (before < LEGACY_QUEUE + LEGACY_CONCURRENCY).then_some(admitted)
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        LEGACY_ADMITTED.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Errors checking recovery codes.
 #[derive(Debug, thiserror::Error)]
 pub enum RecoveryError {
-    /// Argon2 failed (should not happen with valid parameters).
-    #[error("recovery code hashing failed")]
-    Hash,
+    /// Too many legacy verifications are running or waiting.
+    #[error("too many recovery code checks in progress")]
+    Busy,
     /// The blocking task panicked or was cancelled.
     #[error("recovery code hashing task failed")]
     Task,
 }
 
-/// Fresh recovery codes (plain text, to be shown once) and their hashes (to be stored).
-pub async fn generate() -> Result<(Vec<String>, Vec<String>), RecoveryError> {
+/// Fresh recovery codes (plain text, to be shown once) and their MACs for `user` (to be stored).
+pub fn generate(keys: &SecretBox, user: &[u8]) -> (Vec<String>, Vec<Vec<u8>>) {
     let codes: Vec<String> = (0..CODES_PER_ENROLMENT).map(|_| new_code()).collect();
-    let to_hash = codes.clone();
-    let hashes = tokio::task::spawn_blocking(move || {
-        to_hash
-            .iter()
-            .map(|c| hash(&normalize(c)))
-            .collect::<Result<Vec<_>, _>>()
-    })
-    .await
-    .map_err(|_| RecoveryError::Task)??;
-    Ok((codes, hashes))
+    let macs = codes
+        .iter()
+        .map(|c| keys.code_mac(user, &normalize(c)))
+        .collect();
+    (codes, macs)
 }
 
-/// The index of the first hash in `hashes` that `code` matches, if any.
-pub async fn find_match(code: &str, hashes: Vec<String>) -> Result<Option<usize>, RecoveryError> {
+/// The MAC to look `code` up by, or None if it cannot be a recovery code (wrong length or alphabet).
+pub fn lookup_mac(keys: &SecretBox, user: &[u8], code: &str) -> Option<Vec<u8>> {
     let code = normalize(code);
-    if code.len() != CODE_CHARS {
+    let well_formed = code.len() == CODE_CHARS && code.bytes().all(|b| ALPHABET.contains(&b));
+    well_formed.then(|| keys.code_mac(user, &code))
+}
+
+/// The index of the first legacy Argon2id hash in `hashes` that `code` matches, if any (bounded, see the
+/// module comment).
+pub async fn find_legacy_match(
+    code: &str,
+    hashes: Vec<String>,
+) -> Result<Option<usize>, RecoveryError> {
+    let code = normalize(code);
+    if code.len() != CODE_CHARS || hashes.is_empty() {
         return Ok(None);
     }
+    let admitted = Admitted::try_new().ok_or(RecoveryError::Busy)?;
+    let permit = LEGACY_SLOTS
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| RecoveryError::Task)?;
+    // The permit and the admission move into the blocking task: they are held until the hashing is done,
+    // even if the request is cancelled meanwhile.
     tokio::task::spawn_blocking(move || {
+        let _held = (permit, admitted);
         let argon = Argon2::default();
         hashes.iter().position(|h| {
             PasswordHash::new(h)
@@ -56,7 +112,7 @@ pub async fn find_match(code: &str, hashes: Vec<String>) -> Result<Option<usize>
 }
 
 /// Upper case, without separators or spaces: users may type codes either way.
-fn normalize(code: &str) -> String {
+pub fn normalize(code: &str) -> String {
     code.chars()
         .filter(|c| c.is_ascii_alphanumeric())
         .map(|c| c.to_ascii_uppercase())
@@ -75,34 +131,59 @@ fn new_code() -> String {
         .join("-")
 }
 
-fn hash(code: &str) -> Result<String, RecoveryError> {
-    let salt_bytes: [u8; 16] = rand::rng().random();
-    let salt = SaltString::encode_b64(&salt_bytes).map_err(|_| RecoveryError::Hash)?;
-    Argon2::default()
-        .hash_password(code.as_bytes(), &salt)
-        .map(|h| h.to_string())
-        .map_err(|_| RecoveryError::Hash)
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use argon2::password_hash::{PasswordHasher, SaltString};
 
-    #[tokio::test]
-    async fn codes_hash_and_match() {
-        let (codes, hashes) = generate().await.unwrap();
-        assert_eq!(codes.len(), CODES_PER_ENROLMENT);
-        assert!(hashes.iter().all(|h| h.starts_with("$argon2id$")));
-        assert_eq!(
-            find_match(&codes[3], hashes.clone()).await.unwrap(),
-            Some(3)
-        );
-        let typed = codes[7].replace('-', " ").to_lowercase();
-        assert_eq!(find_match(&typed, hashes.clone()).await.unwrap(), Some(7));
-        assert_eq!(
-            find_match("AAAA-AAAA-AAAA-AAA", hashes).await.unwrap(),
-            None
-        );
+    use super::*;
+    use crate::secret::SecretString;
+
+    fn keys() -> SecretBox {
+        SecretBox::from_secret(&SecretString::from(SecretBox::generate_key_hex())).unwrap()
+    }
+
+    #[test]
+    fn codes_and_macs() {
+        let k = keys();
+        let (codes, macs) = generate(&k, b"user-1");
+        assert_eq!((codes.len(), macs.len()), (CODES_PER_ENROLMENT, CODES_PER_ENROLMENT));
         assert_eq!(codes[0].len(), CODE_CHARS + 3);
+        assert_eq!(lookup_mac(&k, b"user-1", &codes[3]).as_ref(), Some(&macs[3]));
+        let typed = codes[7].replace('-', " ").to_lowercase();
+        assert_eq!(lookup_mac(&k, b"user-1", &typed).as_ref(), Some(&macs[7]));
+        assert_ne!(lookup_mac(&k, b"user-2", &codes[3]).as_ref(), Some(&macs[3]));
+        assert_eq!(lookup_mac(&k, b"user-1", "AAAA-AAAA"), None, "too short");
+        assert_eq!(lookup_mac(&k, b"user-1", "0000-0000-0000-000"), None, "not the alphabet");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn legacy_argon2_codes_match_under_a_bound() {
+        let salt = SaltString::encode_b64(&[7u8; 16]).unwrap();
+        let hash = Argon2::default()
+            .hash_password(b"ABCDEFGHJKMNPQR", &salt)
+            .unwrap()
+            .to_string();
+        let hashes = vec!["garbage".to_owned(), hash];
+        assert_eq!(
+            find_legacy_match("abcd-efgh-jkmn-pqr", hashes.clone()).await.unwrap(),
+            Some(1)
+        );
+        assert_eq!(find_legacy_match("AAAA-AAAA-AAAA-AAA", hashes.clone()).await.unwrap(), None);
+        // (One test: the bound is process-wide.) A burst: at most LEGACY_QUEUE + LEGACY_CONCURRENCY are
+        // admitted, the rest refused as busy at once.
+        let hash = hashes[1].clone();
+        let tasks: Vec<_> = (0..40)
+            .map(|_| tokio::spawn(find_legacy_match("AAAA-AAAA-AAAA-AAA", vec![hash.clone(); 3])))
+            .collect();
+        let mut busy = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(None) => {}
+                Err(RecoveryError::Busy) => busy += 1,
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(busy >= 40 - LEGACY_QUEUE - LEGACY_CONCURRENCY, "{busy} refused");
+        assert_eq!(LEGACY_ADMITTED.load(Ordering::SeqCst), 0);
     }
 }

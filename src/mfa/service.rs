@@ -1,5 +1,6 @@
 //! The MFA operations the API exposes: enrol, confirm, check a second factor, recover. Every code check is
-//! throttled per user and per client IP, and every one-time use is settled in the control database.
+//! reserved against the user's budget before it runs (see [`super::throttle`]) and backs off per client IP,
+//! and every one-time use is settled in the control database.
 
 use std::net::IpAddr;
 use std::time::SystemTime;
@@ -32,7 +33,7 @@ pub enum MfaError {
     /// A stored secret could not be decrypted.
     #[error(transparent)]
     Crypto(#[from] CryptoError),
-    /// Recovery code hashing failed.
+    /// A recovery code could not be checked (busy, or the check failed).
     #[error(transparent)]
     Recovery(#[from] RecoveryError),
 }
@@ -110,7 +111,7 @@ impl MfaService {
         now: SystemTime,
     ) -> Result<Vec<String>, MfaError> {
         let t = epoch(now)?;
-        self.check_throttle(user, ip, t).await?;
+        self.check_ip(ip, t).await?;
         let enrolment = self
             .db
             .enrolment(user.id)
@@ -119,6 +120,7 @@ impl MfaService {
         if enrolment.confirmed_at.is_some() {
             return Err(MfaError::AlreadyEnrolled);
         }
+        self.reserve(user, t).await?;
         let secret = TotpSecret::from_bytes(
             self.secret_box
                 .open(&enrolment.sealed, user.id.as_bytes())?,
@@ -126,17 +128,15 @@ impl MfaService {
         let Some(step) = secret.matching_step(code, now) else {
             return Err(self.failed(user, ip, t).await);
         };
-        let (codes, hashes) = recovery::generate().await?;
+        let (codes, macs) = recovery::generate(&self.secret_box, user.id.as_bytes());
         if !self
             .db
-            .confirm_enrolment(user.id, &enrolment.sealed, step as i64, t, &hashes)
+            .confirm_enrolment(user.id, &enrolment.sealed, step as i64, t, &macs)
             .await?
         {
             return Err(self.failed(user, ip, t).await);
         }
-        self.throttle
-            .clear(&self.db, &Scope::User(user.email.clone()))
-            .await?;
+        self.succeeded(user).await?;
         tracing::info!(user = %user.email, "TOTP enrolment confirmed");
         Ok(codes)
     }
@@ -150,11 +150,12 @@ impl MfaService {
         now: SystemTime,
     ) -> Result<&'static str, MfaError> {
         let t = epoch(now)?;
-        self.check_throttle(user, ip, t).await?;
+        self.check_ip(ip, t).await?;
         let enrolment = self.db.enrolment(user.id).await?;
         if enrolment.as_ref().and_then(|e| e.confirmed_at).is_none() {
             return Err(MfaError::NotEnrolled);
         }
+        self.reserve(user, t).await?;
         let ok = match factor {
             SecondFactor::Totp(code) => {
                 let sealed = enrolment.map(|e| e.sealed).unwrap_or_default();
@@ -170,9 +171,7 @@ impl MfaService {
         if !ok {
             return Err(self.failed(user, ip, t).await);
         }
-        self.throttle
-            .clear(&self.db, &Scope::User(user.email.clone()))
-            .await?;
+        self.succeeded(user).await?;
         Ok(match factor {
             SecondFactor::Totp(_) => "otp",
             SecondFactor::Recovery(_) => "mfa",
@@ -188,63 +187,106 @@ impl MfaService {
         now: SystemTime,
     ) -> Result<(), MfaError> {
         let t = epoch(now)?;
-        self.check_throttle(user, ip, t).await?;
+        self.check_ip(ip, t).await?;
+        self.reserve(user, t).await?;
         if !self.use_recovery_code(user, code, t).await? {
             return Err(self.failed(user, ip, t).await);
         }
         self.db.reset_enrolment(user.id).await?;
-        self.throttle
-            .clear(&self.db, &Scope::User(user.email.clone()))
-            .await?;
+        self.succeeded(user).await?;
         tracing::info!(user = %user.email, "enrolment reset with a recovery code");
         Ok(())
     }
 
-    /// Counts a failed first-factor attempt against the client IP (and is throttled like codes).
-    pub async fn first_factor_failed(&self, ip: IpAddr, now: SystemTime) -> Result<(), MfaError> {
-        self.throttle
-            .fail(&self.db, &Scope::Ip(ip), epoch(now)?)
-            .await?;
-        Ok(())
-    }
-
-    /// Whether the client IP may make an attempt now.
-    pub async fn check_ip(&self, ip: IpAddr, now: SystemTime) -> Result<(), MfaError> {
-        if let Some(t) = self
-            .throttle
-            .check(&self.db, &Scope::Ip(ip), epoch(now)?)
-            .await?
-        {
-            return Err(MfaError::Throttled(t));
+    /// Counts a refused first factor against the client IP's unauthenticated budget; returns the error to
+    /// report (a back-off, once the budget is spent).
+    pub async fn first_factor_failed(
+        &self,
+        ip: IpAddr,
+        now: SystemTime,
+    ) -> Result<Option<Throttled>, MfaError> {
+        let t = epoch(now)?;
+        let scope = Scope::Unauthenticated(ip);
+        if let Some(th) = self.throttle.check(&self.db, &scope, t).await? {
+            return Ok(Some(th));
         }
-        Ok(())
+        self.throttle.fail(&self.db, &scope, t).await?;
+        Ok(None)
     }
 
+    /// The secret of the user's unconfirmed enrolment, shown again when a first code was wrong.
+    pub async fn pending_enrolment(&self, user: &User) -> Result<EnrolmentStart, MfaError> {
+        let enrolment = self
+            .db
+            .enrolment(user.id)
+            .await?
+            .ok_or(MfaError::NotEnrolled)?;
+        if enrolment.confirmed_at.is_some() {
+            return Err(MfaError::AlreadyEnrolled);
+        }
+        let secret = TotpSecret::from_bytes(
+            self.secret_box
+                .open(&enrolment.sealed, user.id.as_bytes())?,
+        );
+        let otpauth_uri = secret.otpauth_uri(&user.email);
+        let (qr_svg, qr_png_base64) = qr_codes(&otpauth_uri).unwrap_or_default();
+        Ok(EnrolmentStart {
+            secret_base32: secret.base32(),
+            otpauth_uri,
+            qr_svg,
+            qr_png_base64,
+        })
+    }
+
+    /// One recovery code check: a MAC lookup, or (codes issued before MACs) the bounded legacy check.
     async fn use_recovery_code(&self, user: &User, code: &str, t: i64) -> Result<bool, MfaError> {
-        let rows = self.db.unused_recovery_codes(user.id).await?;
+        let Some(mac) = recovery::lookup_mac(&self.secret_box, user.id.as_bytes(), code) else {
+            return Ok(false);
+        };
+        if self.db.use_recovery_mac(user.id, &mac, t).await? {
+            return Ok(true);
+        }
+        let rows = self.db.legacy_recovery_codes(user.id).await?;
+        if rows.is_empty() {
+            return Ok(false);
+        }
         let (ids, hashes): (Vec<i64>, Vec<String>) = rows.into_iter().unzip();
-        match recovery::find_match(code, hashes).await? {
+        match recovery::find_legacy_match(code, hashes).await? {
             Some(i) => Ok(self.db.use_recovery_code(ids[i], t).await?),
             None => Ok(false),
         }
     }
 
-    async fn check_throttle(&self, user: &User, ip: IpAddr, t: i64) -> Result<(), MfaError> {
-        for scope in [Scope::User(user.email.clone()), Scope::Ip(ip)] {
-            if let Some(th) = self.throttle.check(&self.db, &scope, t).await? {
-                return Err(MfaError::Throttled(th));
-            }
+    /// Refuses the attempt while the client IP is backing off.
+    async fn check_ip(&self, ip: IpAddr, t: i64) -> Result<(), MfaError> {
+        match self.throttle.check(&self.db, &Scope::Ip(ip), t).await? {
+            Some(th) => Err(MfaError::Throttled(th)),
+            None => Ok(()),
         }
+    }
+
+    /// Reserves one guess against the user's budget (counted as a failure until it succeeds).
+    async fn reserve(&self, user: &User, t: i64) -> Result<(), MfaError> {
+        let scope = Scope::User(user.email.clone());
+        match self.throttle.reserve(&self.db, &scope, t).await? {
+            Ok(_) => Ok(()),
+            Err(th) => Err(MfaError::Throttled(th)),
+        }
+    }
+
+    /// Refunds the reserved guess after a success.
+    async fn succeeded(&self, user: &User) -> Result<(), MfaError> {
+        self.throttle
+            .clear(&self.db, &Scope::User(user.email.clone()))
+            .await?;
         Ok(())
     }
 
-    /// Records a failure for the user and the IP; returns the error to report.
+    /// Records a failure for the IP (the user's was reserved before the check); returns the error to report.
     async fn failed(&self, user: &User, ip: IpAddr, t: i64) -> MfaError {
         tracing::info!(user = %user.email, client = %ip, "second factor refused");
-        for scope in [Scope::User(user.email.clone()), Scope::Ip(ip)] {
-            if let Err(e) = self.throttle.fail(&self.db, &scope, t).await {
-                return e.into();
-            }
+        if let Err(e) = self.throttle.fail(&self.db, &Scope::Ip(ip), t).await {
+            return e.into();
         }
         MfaError::InvalidCode
     }

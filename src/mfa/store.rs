@@ -49,14 +49,14 @@ impl ControlDb {
     }
 
     /// Confirms the enrolment whose secret is `sealed` with the code of `step`, and stores the recovery code
-    /// hashes, replacing older ones. False if it was confirmed or replaced meanwhile.
+    /// MACs, replacing older codes. False if it was confirmed or replaced meanwhile.
     pub async fn confirm_enrolment(
         &self,
         user: Uuid,
         sealed: &[u8],
         step: i64,
         now: i64,
-        hashes: &[String],
+        macs: &[Vec<u8>],
     ) -> Result<bool, ControlError> {
         let mut c = self.client().await?;
         let tx = c.transaction().await?;
@@ -72,10 +72,10 @@ impl ControlDb {
         }
         tx.execute("DELETE FROM recovery_codes WHERE user_id = $1", &[&user])
             .await?;
-        for h in hashes {
+        for m in macs {
             tx.execute(
-                "INSERT INTO recovery_codes (user_id, hash) VALUES ($1, $2)",
-                &[&user, h],
+                "INSERT INTO recovery_codes (user_id, mac) VALUES ($1, $2)",
+                &[&user, m],
             )
             .await?;
         }
@@ -97,13 +97,32 @@ impl ControlDb {
         Ok(n == 1)
     }
 
-    /// Unused recovery codes of a user: `(id, Argon2id hash)`.
-    pub async fn unused_recovery_codes(
+    /// Uses the unused recovery code of `user` whose MAC is `mac`, in one conditional `UPDATE`; false if
+    /// there is none (wrong code, or used meanwhile).
+    pub async fn use_recovery_mac(
+        &self,
+        user: Uuid,
+        mac: &[u8],
+        now: i64,
+    ) -> Result<bool, ControlError> {
+        let c = self.client().await?;
+        let n = c
+            .execute(
+                "UPDATE recovery_codes SET used_at = $3 \
+                 WHERE user_id = $1 AND mac = $2 AND used_at IS NULL",
+                &[&user, &mac, &now],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// Unused legacy recovery codes of a user (issued before codes were MACed): `(id, Argon2id hash)`.
+    pub async fn legacy_recovery_codes(
         &self,
         user: Uuid,
     ) -> Result<Vec<(i64, String)>, ControlError> {
         let c = self.client().await?;
-        Ok(c.query("SELECT id, hash FROM recovery_codes WHERE user_id = $1 AND used_at IS NULL ORDER BY id", &[&user])
+        Ok(c.query("SELECT id, hash FROM recovery_codes WHERE user_id = $1 AND used_at IS NULL AND mac IS NULL AND hash IS NOT NULL ORDER BY id", &[&user])
             .await?
             .iter()
             .map(|r| (r.get(0), r.get(1)))

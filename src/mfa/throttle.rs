@@ -1,9 +1,17 @@
-//! Brute-force throttling shared by every instance through the control database: each failed attempt (wrong,
-//! stale or replayed code, wrong recovery code, refused first factor) counts against the user and against the
-//! client IP. Every failure imposes an exponentially growing wait before the next attempt; after
-//! `max_failures` the scope is locked for `lockout`. Client IPs (often shared: offices, NAT) get no back-off,
-//! only the lockout after `ip_max_failures`. A success clears the user's counter (never the IP's).
-//! Times come from the injected clock.
+//! Brute-force throttling shared by every instance through the control database.
+//!
+//! * **Users** (second-factor guesses): every guess is *reserved* before the code is checked, with one
+//!   conditional upsert ([`ThrottleConfig::reserve`]): it counts the guess as a failure and sets the back-off
+//!   (and, at `user_max_failures`, the lockout) in the same statement, and is refused while a back-off or
+//!   lockout is running. PostgreSQL serializes concurrent upserts of one row, so however many requests or
+//!   instances race, at most `user_max_failures` guesses are checked per lockout period. A success clears
+//!   the counter (the reserved failure is refunded).
+//! * **Client IPs** are often shared (offices, NAT, load balancers), so they are never locked out: beyond
+//!   their budget each further failure doubles a wait (up to `max_backoff`). Failures without a valid first
+//!   factor count in a separate budget ([`Scope::Unauthenticated`]) that requests presenting a valid first
+//!   factor never consult, so a flood of garbage cannot lock real users out.
+//!
+//! Counters restart after `lockout` without failures. Times come from the injected clock.
 
 use std::time::Duration;
 
@@ -15,10 +23,10 @@ use crate::control::{ControlDb, ControlError};
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ThrottleConfig {
-    /// Failures per user before a lockout.
+    /// Second-factor guesses per user before a lockout (at most this many per lockout period).
     #[serde(default = "default_user_max")]
     pub user_max_failures: u32,
-    /// Failures per client IP before a lockout.
+    /// Failures per client IP (in each of its two budgets) before each further one doubles a wait.
     #[serde(default = "default_ip_max")]
     pub ip_max_failures: u32,
     /// Wait after the first failure; doubled with each further failure.
@@ -63,10 +71,12 @@ fn default_lockout() -> Duration {
 /// What is counted: a user or a client address.
 #[derive(Debug, Clone)]
 pub enum Scope {
-    /// A user, by email.
+    /// A user, by email: second-factor guesses (reserved before checking).
     User(String),
-    /// A client IP address.
+    /// A client IP address: refused second factors of users who presented a valid first factor.
     Ip(std::net::IpAddr),
+    /// A client IP address: refused first factors (garbage assertions, forged ID tokens).
+    Unauthenticated(std::net::IpAddr),
 }
 
 impl Scope {
@@ -74,6 +84,15 @@ impl Scope {
         match self {
             Scope::User(e) => format!("user:{e}"),
             Scope::Ip(ip) => format!("ip:{ip}"),
+            Scope::Unauthenticated(ip) => format!("ip-unauth:{ip}"),
+        }
+    }
+
+    fn label(&self) -> &'static str {
+        match self {
+            Scope::User(_) => "user",
+            Scope::Ip(_) => "ip",
+            Scope::Unauthenticated(_) => "ip_unauthenticated",
         }
     }
 }
@@ -87,12 +106,59 @@ pub struct Throttled {
     pub locked: bool,
 }
 
+/// The failure count of a row after this attempt: 1 when the row's lockout is over or its last failure is
+/// older than the lockout period (`$2` = now, `$3` = lockout seconds).
+const NEXT_FAILURES: &str = "CASE WHEN (t.locked_until IS NOT NULL AND t.locked_until <= $2::bigint) \
+     OR t.updated_at + $3::bigint <= $2::bigint THEN 1 ELSE t.failures + 1 END";
+
 impl ThrottleConfig {
-    fn max_for(&self, scope: &Scope) -> u32 {
-        match scope {
-            Scope::User(_) => self.user_max_failures,
-            Scope::Ip(_) => self.ip_max_failures,
+    fn secs(d: Duration) -> i64 {
+        i64::try_from(d.as_secs()).unwrap_or(i64::MAX / 4)
+    }
+
+    /// Reserves one guess for a user at `now` (epoch seconds), counted as a failure until
+    /// [`clear`](Self::clear)ed by a success. `Ok(Err(..))`: no guess may be made now.
+    pub async fn reserve(
+        &self,
+        db: &ControlDb,
+        user: &Scope,
+        now: i64,
+    ) -> Result<Result<u32, Throttled>, ControlError> {
+        let c = db.client().await?;
+        let key = user.key();
+        let (base, max_wait, lockout) = (
+            Self::secs(self.base_backoff),
+            Self::secs(self.max_backoff),
+            Self::secs(self.lockout),
+        );
+        let max = i32::try_from(self.user_max_failures).unwrap_or(i32::MAX);
+        let f = NEXT_FAILURES;
+        // The wait after failure f is base * 2^(f-1), at most max_backoff; failure `max` starts the lockout.
+        let sql = format!(
+            "INSERT INTO auth_throttle AS t (scope, failures, next_allowed, locked_until, updated_at) \
+             VALUES ($1, 1, $2::bigint + least($4::bigint, $5::bigint), CASE WHEN 1 >= $6::int THEN $2::bigint + $3::bigint END, $2::bigint) \
+             ON CONFLICT (scope) DO UPDATE SET \
+               failures = {f}, \
+               next_allowed = $2::bigint + least($4::bigint * (1::bigint << least(({f}) - 1, 20)), $5::bigint), \
+               locked_until = CASE WHEN ({f}) >= $6::int THEN $2::bigint + $3::bigint END, \
+               updated_at = $2::bigint \
+             WHERE (t.locked_until IS NULL OR t.locked_until <= $2::bigint) AND t.next_allowed <= $2::bigint \
+             RETURNING failures"
+        );
+        let row = c
+            .query_opt(&sql, &[&key, &now, &lockout, &base, &max_wait, &max])
+            .await?;
+        if let Some(row) = row {
+            let failures = row.get::<_, i32>(0).max(1) as u32;
+            if failures >= self.user_max_failures {
+                tracing::warn!(scope = user.label(), failures, "authentication locked out");
+            }
+            return Ok(Ok(failures));
         }
+        Ok(Err(self.check(db, user, now).await?.unwrap_or(Throttled {
+            retry_after: 1,
+            locked: false,
+        })))
     }
 
     /// Whether an attempt in `scope` is allowed at `now` (epoch seconds).
@@ -129,41 +195,43 @@ impl ThrottleConfig {
         Ok(None)
     }
 
-    /// Records a failed attempt; an expired lockout starts a fresh count.
+    /// Records a failure of a client IP (either budget): no lockout; from the `ip_max_failures`th failure on,
+    /// each one imposes a wait (`base_backoff`, doubled with each further failure, up to `max_backoff`).
     pub async fn fail(&self, db: &ControlDb, scope: &Scope, now: i64) -> Result<(), ControlError> {
         let c = db.client().await?;
-        let key = scope.key();
+        let (base, max_wait, lockout) = (
+            Self::secs(self.base_backoff),
+            Self::secs(self.max_backoff),
+            Self::secs(self.lockout),
+        );
+        let max = i32::try_from(self.ip_max_failures).unwrap_or(i32::MAX);
+        let f = NEXT_FAILURES;
+        // No wait (within the budget): 0, so a clock that moves backwards can never block a scope.
+        let sql = format!(
+            "INSERT INTO auth_throttle AS t (scope, failures, next_allowed, updated_at) \
+             VALUES ($1, 1, CASE WHEN 1 >= $6::int THEN $2::bigint + least($4::bigint, $5::bigint) ELSE 0 END, $2::bigint) \
+             ON CONFLICT (scope) DO UPDATE SET \
+               failures = {f}, \
+               next_allowed = CASE WHEN ({f}) >= $6::int \
+                 THEN $2::bigint + least($4::bigint * (1::bigint << least(({f}) - $6::int, 20)), $5::bigint) ELSE 0 END, \
+               locked_until = NULL, \
+               updated_at = $2::bigint \
+             RETURNING failures"
+        );
         let failures: i32 = c
             .query_one(
-                "INSERT INTO auth_throttle AS t (scope, failures, next_allowed) VALUES ($1, 1, $2) \
-                 ON CONFLICT (scope) DO UPDATE SET \
-                   failures = CASE WHEN t.locked_until IS NOT NULL AND t.locked_until <= $2 THEN 1 ELSE t.failures + 1 END, \
-                   locked_until = CASE WHEN t.locked_until IS NOT NULL AND t.locked_until <= $2 THEN NULL ELSE t.locked_until END \
-                 RETURNING failures",
-                &[&key, &now],
+                &sql,
+                &[&scope.key(), &now, &lockout, &base, &max_wait, &max],
             )
             .await?
             .get(0);
-        let failures = failures.max(1) as u32;
-        let wait = if matches!(scope, Scope::Ip(_)) {
-            0
-        } else {
-            self.base_backoff
-                .saturating_mul(1u32 << (failures - 1).min(20))
-                .min(self.max_backoff)
-                .as_secs() as i64
-        };
-        let locked_until =
-            (failures >= self.max_for(scope)).then(|| now + self.lockout.as_secs() as i64);
-        if locked_until.is_some() {
-            tracing::warn!(scope = %match scope { Scope::User(_) => "user", Scope::Ip(_) => "ip" }, failures, "authentication locked out");
+        if failures == max {
+            tracing::warn!(
+                scope = scope.label(),
+                failures,
+                "client IP over its failure budget: backing off"
+            );
         }
-        c.execute(
-            "UPDATE auth_throttle SET next_allowed = $2, locked_until = coalesce($3, locked_until) WHERE scope = $1",
-            // No wait (client IPs): 0, so a clock that moves backwards can never block a scope.
-            &[&key, &(if wait > 0 { now + wait } else { 0 }), &locked_until],
-        )
-        .await?;
         Ok(())
     }
 

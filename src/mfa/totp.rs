@@ -77,7 +77,8 @@ impl TotpSecret {
     /// The step whose code equals `code`, among the current step at `now` and one either side; the latest
     /// one if several match. Every candidate is computed and compared in constant time.
     pub fn matching_step(&self, code: &str, now: SystemTime) -> Option<u64> {
-        let code = code.trim();
+        let code = normalize_code(code);
+        let code = code.as_str();
         if code.len() != DIGITS || !code.bytes().all(|b| b.is_ascii_digit()) {
             return None;
         }
@@ -92,6 +93,13 @@ impl TotpSecret {
         }
         found
     }
+}
+
+/// A code as typed: apps show `798 155` (sometimes `798-155`), so spaces and dashes are dropped.
+pub fn normalize_code(code: &str) -> String {
+    code.chars()
+        .filter(|c| !c.is_whitespace() && *c != '-')
+        .collect()
 }
 
 /// The time step containing `t`.
@@ -157,6 +165,9 @@ mod tests {
         );
         assert_eq!(s.matching_step(&s.code_at_step(cur - 2), now), None);
         assert_eq!(s.matching_step(&s.code_at_step(cur + 2), now), None);
+        let spaced = format!("{} {}", &s.code_at_step(cur)[..3], &s.code_at_step(cur)[3..]);
+        assert_eq!(s.matching_step(&spaced, now), Some(cur), "as apps show it");
+        assert_eq!(s.matching_step(&format!(" {spaced}\u{a0}"), now), Some(cur));
         assert_eq!(s.matching_step("12345", now), None);
         assert_eq!(s.matching_step("abcdef", now), None);
     }

@@ -63,6 +63,9 @@ pub enum TokenError {
     /// `iss` is not the expected issuer.
     #[error("token issuer is not accepted")]
     WrongIssuer,
+    /// `exp - iat` exceeds the configured maximum token lifetime (`auth.max_token_ttl`).
+    #[error("token lifetime exceeds the configured maximum")]
+    LifetimeTooLong,
     /// A key could not be loaded or used; the message describes the problem, never the key.
     #[error("token key error: {0}")]
     Key(String),
@@ -91,6 +94,7 @@ impl TokenError {
             TokenError::Expired => "expired",
             TokenError::NotYetValid => "not_yet_valid",
             TokenError::WrongIssuer => "wrong_issuer",
+            TokenError::LifetimeTooLong => "lifetime_too_long",
             TokenError::Key(_) => "key",
             TokenError::Clock => "clock",
             TokenError::Io { .. } => "io",
@@ -186,6 +190,7 @@ pub struct TokenVerifier {
     keys: Vec<DecodingKey>,
     issuer: String,
     validation: Validation,
+    max_ttl: Option<i64>,
 }
 
 impl fmt::Debug for TokenVerifier {
@@ -233,7 +238,15 @@ impl TokenVerifier {
             keys,
             issuer: issuer.to_owned(),
             validation,
+            max_ttl: None,
         })
+    }
+
+    /// Refuses tokens whose lifetime (`exp - iat`) exceeds `max_ttl` (`auth.max_token_ttl`), whoever minted
+    /// them: revocations are kept that long, so no revoked token can outlive its revocation.
+    pub fn with_max_ttl(mut self, max_ttl: Duration) -> Self {
+        self.max_ttl = Some(i64::try_from(max_ttl.as_secs()).unwrap_or(i64::MAX));
+        self
     }
 
     /// Verifies `token` as of `now` and returns its claims.
@@ -256,6 +269,12 @@ impl TokenVerifier {
         }
         if claims.exp < claims.iat {
             return Err(TokenError::Malformed);
+        }
+        if self
+            .max_ttl
+            .is_some_and(|max| claims.exp.saturating_sub(claims.iat) > max)
+        {
+            return Err(TokenError::LifetimeTooLong);
         }
         Ok(claims)
     }

@@ -362,3 +362,20 @@ fn write_keypair_files() {
     ));
     assert_eq!(std::fs::read(&signing).unwrap(), before);
 }
+
+#[test]
+fn lifetime_above_the_configured_maximum_refused() {
+    let mut claims = good_claims();
+    claims["exp"] = json!(NOW + 30 * 86_400);
+    let (token, verifier) = sign_raw(&claims);
+    verifier.verify(&token, t(NOW)).unwrap();
+    let capped = verifier.with_max_ttl(Duration::from_secs(7 * 86_400));
+    assert!(matches!(
+        capped.verify(&token, t(NOW)),
+        Err(TokenError::LifetimeTooLong)
+    ));
+    let f = fixture();
+    let ok = mint(&f.signer, &["otp"]);
+    let capped = f.verifier.with_max_ttl(Duration::from_secs(3600));
+    capped.verify(&ok, t(NOW)).unwrap();
+}

@@ -28,6 +28,8 @@ use tokio_postgres::AsyncMessage;
 
 #[path = "cases.rs"]
 mod mfa_cases;
+#[path = "hardening.rs"]
+mod hardening;
 
 fn main() -> std::process::ExitCode {
     support::main_with(&[
@@ -61,6 +63,28 @@ fn main() -> std::process::ExitCode {
         ("admin_api_requires_key", mfa_cases::admin_key_required),
         ("cli_login_and_user_commands", mfa_cases::cli),
         ("security_page_in_headless_chromium", mfa_cases::browser),
+        (
+            "burst_of_wrong_totp_codes_one_and_two_instances",
+            hardening::totp_burst,
+        ),
+        (
+            "burst_of_wrong_recovery_codes_bounded_and_memory_flat",
+            hardening::recovery_burst,
+        ),
+        (
+            "garbage_assertion_flood_then_valid_user_logs_in",
+            hardening::garbage_flood,
+        ),
+        (
+            "long_ttl_token_revoked_stays_revoked",
+            hardening::long_ttl_revocation,
+        ),
+        ("control_database_tls_verify_full", hardening::control_tls),
+        (
+            "disable_enable_same_second_and_email_case",
+            hardening::disable_same_second,
+        ),
+        ("api_headers_spaced_codes_and_page_back", hardening::api_smaller),
     ])
 }
 
@@ -151,6 +175,8 @@ pub fn mfa_config(fx: &Fixture) -> Config {
         pool_size: 4,
         revocation_refresh: Duration::from_millis(200),
         revocation_max_stale: Duration::from_secs(120),
+        tls: Default::default(),
+        ca_bundle: None,
     });
     cfg.api = Some(ApiConfig {
         addr: "127.0.0.1:0".parse().unwrap(),
@@ -168,6 +194,7 @@ pub fn mfa_config(fx: &Fixture) -> Config {
             ip_max_failures: 100_000,
             ..Default::default()
         },
+        trusted_proxies: Vec::new(),
     });
     cfg
 }
