@@ -73,6 +73,7 @@ impl ControlDb {
                 &[&id, &email, &tenant.as_str(), &role.as_str(), &now],
             )
             .await?;
+        drop(c); // one pooled connection per request at a time (no pool exhaustion under load)
         if n == 0 {
             return Ok(None);
         }
@@ -119,7 +120,7 @@ impl ControlDb {
         let n = c
             .execute(
                 "UPDATE users SET disabled = $2, \
-                 tokens_valid_after = CASE WHEN $2 THEN greatest(tokens_valid_after, $3 + 1) ELSE tokens_valid_after END \
+                 tokens_valid_after = CASE WHEN $2 THEN greatest(tokens_valid_after, $3::bigint + 1) ELSE tokens_valid_after END \
                  WHERE email = $1",
                 &[&email, &disabled, &now],
             )

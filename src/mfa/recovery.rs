@@ -8,14 +8,20 @@
 //! Codes issued before (rows with an Argon2id `hash` and no `mac`) still work. Verifying them is expensive
 //! (~19 MiB and tens of ms per hash, up to 10 hashes per attempt), so it runs on the blocking pool under a
 //! process-wide bound of [`LEGACY_CONCURRENCY`] attempts with at most [`LEGACY_QUEUE`] waiting; beyond that
-//! the attempt is refused as busy. Memory stays flat under any burst.
+//! the attempt is refused as busy. Each running check hashes into one of at most `LEGACY_CONCURRENCY`
+//! reused Argon2 work areas instead of allocating 19 MiB per hash: freed large blocks raise glibc's mmap
+//! threshold and then stay in per-thread arenas, which is how bursts used to leave gigabytes resident.
+//! Memory stays flat under any burst.
 
 use std::sync::{Arc, LazyLock};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use argon2::Argon2;
-use argon2::password_hash::{PasswordHash, PasswordVerifier};
+use std::sync::Mutex;
+
+use argon2::password_hash::PasswordHash;
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 use rand::RngExt;
+use subtle::ConstantTimeEq;
 use tokio::sync::Semaphore;
 
 use super::crypto::SecretBox;
@@ -33,6 +39,10 @@ pub const LEGACY_QUEUE: usize = 8;
 
 static LEGACY_SLOTS: LazyLock<Arc<Semaphore>> =
     LazyLock::new(|| Arc::new(Semaphore::new(LEGACY_CONCURRENCY)));
+/// Reusable Argon2 work areas (at most `LEGACY_CONCURRENCY` ever exist: one per running check).
+static LEGACY_BUFFERS: Mutex<Vec<Vec<Block>>> = Mutex::new(Vec::new());
+/// Largest Argon2 memory cost accepted from a stored hash (64 MiB); pgveil issued 19 MiB ones.
+const MAX_LEGACY_BLOCKS: usize = 64 * 1024;
 /// Legacy checks admitted (running or waiting).
 static LEGACY_ADMITTED: AtomicUsize = AtomicUsize::new(0);
 
@@ -101,14 +111,59 @@ pub async fn find_legacy_match(
     // even if the request is cancelled meanwhile.
     tokio::task::spawn_blocking(move || {
         let _held = (permit, admitted);
-        let argon = Argon2::default();
-        hashes.iter().position(|h| {
-            PasswordHash::new(h)
-                .is_ok_and(|parsed| argon.verify_password(code.as_bytes(), &parsed).is_ok())
-        })
+        let mut blocks = LEGACY_BUFFERS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop()
+            .unwrap_or_default();
+        let found = hashes
+            .iter()
+            .position(|h| verify_legacy(code.as_bytes(), h, &mut blocks));
+        LEGACY_BUFFERS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(blocks);
+        found
     })
     .await
     .map_err(|_| RecoveryError::Task)
+}
+
+/// Whether `code` matches the PHC-format Argon2 hash `hash`, computed in `blocks` (grown as needed, kept).
+fn verify_legacy(code: &[u8], hash: &str, blocks: &mut Vec<Block>) -> bool {
+    let Ok(parsed) = PasswordHash::new(hash) else {
+        return false;
+    };
+    let (Ok(alg), Ok(params)) = (
+        Algorithm::try_from(parsed.algorithm),
+        Params::try_from(&parsed),
+    ) else {
+        return false;
+    };
+    let version = match parsed.version.map(Version::try_from) {
+        None => Version::default(),
+        Some(Ok(v)) => v,
+        Some(Err(_)) => return false,
+    };
+    let (Some(salt), Some(expected)) = (parsed.salt, parsed.hash) else {
+        return false;
+    };
+    let mut salt_buf = [0u8; 64];
+    let Ok(salt) = salt.decode_b64(&mut salt_buf) else {
+        return false;
+    };
+    let n = params.block_count();
+    if n > MAX_LEGACY_BLOCKS {
+        return false;
+    }
+    if blocks.len() < n {
+        blocks.resize(n, Block::default());
+    }
+    let mut out = vec![0u8; expected.len()];
+    Argon2::new(alg, version, params)
+        .hash_password_into_with_memory(code, salt, &mut out, &mut blocks[..n])
+        .is_ok()
+        && bool::from(out.as_slice().ct_eq(expected.as_bytes()))
 }
 
 /// Upper case, without separators or spaces: users may type codes either way.

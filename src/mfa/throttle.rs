@@ -148,6 +148,8 @@ impl ThrottleConfig {
         let row = c
             .query_opt(&sql, &[&key, &now, &lockout, &base, &max_wait, &max])
             .await?;
+        // Back to the pool before `check` takes one: holding two per request can exhaust the pool.
+        drop(c);
         if let Some(row) = row {
             let failures = row.get::<_, i32>(0).max(1) as u32;
             if failures >= self.user_max_failures {

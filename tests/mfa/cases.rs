@@ -355,6 +355,8 @@ pub fn grace_period(fx: &Fixture) -> Result<()> {
     let proxy = start_proxy(
         fx,
         |cfg| {
+            // The tokens below live 30 days, beyond the default maximum lifetime.
+            cfg.auth.max_token_ttl = Duration::from_secs(30 * 86_400);
             for t in &mut cfg.tenants {
                 if t.id.as_str() == "acme" {
                     t.live_since = Some(pgveil::mfa::policy::parse_time(&live_str).unwrap());
