@@ -143,8 +143,8 @@ impl Server {
             let pem = crate::secret::fetch_text(&*secrets, id).await?;
             pems.push(crate::secret::ExposeSecret::expose_secret(&pem).to_owned());
         }
-        let verifier = TokenVerifier::from_pems(&pems, &cfg.auth.issuer)?
-            .with_max_ttl(cfg.auth.max_token_ttl);
+        let verifier =
+            TokenVerifier::from_pems(&pems, &cfg.auth.issuer)?.with_max_ttl(cfg.auth.max_token_ttl);
         let router = Router::from_config(&cfg)?;
         let revocations = match &cfg.control {
             Some(c) => {

@@ -123,7 +123,10 @@ mod tests {
     #[test]
     fn off_by_default_and_for_untrusted_peers() {
         let h = headers(&[("x-forwarded-for", "203.0.113.9")]);
-        assert_eq!(TrustedProxies::default().client_ip(ip("10.0.0.2"), &h), ip("10.0.0.2"));
+        assert_eq!(
+            TrustedProxies::default().client_ip(ip("10.0.0.2"), &h),
+            ip("10.0.0.2")
+        );
         let t = TrustedProxies::parse(&["10.0.0.0/8".into()]).unwrap();
         assert_eq!(t.client_ip(ip("198.51.100.7"), &h), ip("198.51.100.7"));
     }
@@ -135,13 +138,23 @@ mod tests {
         let h = headers(&[("x-forwarded-for", "1.1.1.1, 203.0.113.9, 10.1.1.1")]);
         assert_eq!(t.client_ip(ip("10.0.0.2"), &h), ip("203.0.113.9"));
         let h = headers(&[
-            ("forwarded", r#"for=1.1.1.1, for="[2001:db8::17]:4711";proto=https"#),
+            (
+                "forwarded",
+                r#"for=1.1.1.1, for="[2001:db8::17]:4711";proto=https"#,
+            ),
             ("x-forwarded-for", "9.9.9.9"),
         ]);
         assert_eq!(t.client_ip(ip("192.0.2.1"), &h), ip("2001:db8::17"));
         let h = headers(&[("forwarded", "for=unknown, for=10.2.2.2")]);
-        assert_eq!(t.client_ip(ip("10.0.0.2"), &h), ip("10.2.2.2"), "stops at a non-address");
-        assert_eq!(t.client_ip(ip("::ffff:10.0.0.2"), &HeaderMap::new()), ip("10.0.0.2"));
+        assert_eq!(
+            t.client_ip(ip("10.0.0.2"), &h),
+            ip("10.2.2.2"),
+            "stops at a non-address"
+        );
+        assert_eq!(
+            t.client_ip(ip("::ffff:10.0.0.2"), &HeaderMap::new()),
+            ip("10.0.0.2")
+        );
         assert!(TrustedProxies::parse(&["nope".into()]).is_err());
     }
 }

@@ -9,8 +9,8 @@ pub mod client_ip;
 pub mod fetch;
 pub mod first_factor;
 pub mod oidc;
-mod revoke;
 mod page;
+mod revoke;
 pub mod routes;
 
 use std::net::SocketAddr;
@@ -121,10 +121,10 @@ impl ApiConfig {
             if o.jwks_file.is_none() == o.jwks_url.is_none() {
                 problems.push("api.oidc: set exactly one of jwks_file and jwks_url".into());
             }
-            if o.jwks_url
-                .as_deref()
-                .is_some_and(|u| !u.get(..8).is_some_and(|p| p.eq_ignore_ascii_case("https://")))
-            {
+            if o.jwks_url.as_deref().is_some_and(|u| {
+                !u.get(..8)
+                    .is_some_and(|p| p.eq_ignore_ascii_case("https://"))
+            }) {
                 problems.push("api.oidc.jwks_url must be an https:// URL".into());
             }
             if o.issuer.is_empty() || o.audience.is_empty() {

@@ -171,7 +171,10 @@ async fn enroll(
 /// The enrolment step (QR code, secret, first code); `error` when a first code was refused.
 fn enrol_page(f: &PageForm, e: &routes::EnrollOut, error: Option<ApiError>) -> Response {
     let (status, err) = match &error {
-        Some(x) => (x.status, format!(r#"<div class="card">{}</div>"#, error_card(x))),
+        Some(x) => (
+            x.status,
+            format!(r#"<div class="card">{}</div>"#, error_card(x)),
+        ),
         None => (StatusCode::OK, String::new()),
     };
     let body = format!(

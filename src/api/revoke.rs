@@ -59,7 +59,10 @@ pub(super) async fn admin_revoke(
             let c = unverified_claims(t).ok_or_else(|| {
                 ApiError::new(StatusCode::BAD_REQUEST, "bad_request", "token is malformed")
             })?;
-            (c.jti, c.exp.saturating_add(EXP_LEEWAY_SECS).clamp(now, horizon))
+            (
+                c.jti,
+                c.exp.saturating_add(EXP_LEEWAY_SECS).clamp(now, horizon),
+            )
         }
         _ => {
             return Err(ApiError::new(

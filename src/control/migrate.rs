@@ -10,8 +10,8 @@ const MIGRATION_LOCK: i64 = 0x7067_7665_696c;
 /// `(version, SQL)`: append only; never edit a released migration.
 pub const MIGRATIONS: &[(i32, &str)] = &[
     (
-    1,
-    r#"
+        1,
+        r#"
 CREATE TABLE users (
     id          uuid PRIMARY KEY,
     email       text NOT NULL UNIQUE,

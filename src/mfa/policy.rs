@@ -72,7 +72,8 @@ pub fn parse_time(s: &str) -> Result<SystemTime, String> {
     let s = s.trim();
     let bad = |e: String| format!("{s:?} is not a date (YYYY-MM-DD) or RFC 3339 time: {e}");
     if s.len() == 10 {
-        return humantime::parse_rfc3339_weak(&format!("{s}T00:00:00")).map_err(|e| bad(e.to_string()));
+        return humantime::parse_rfc3339_weak(&format!("{s}T00:00:00"))
+            .map_err(|e| bad(e.to_string()));
     }
     // Without a zone (not RFC 3339, accepted as before): UTC.
     let (local, offset) = split_offset(s).unwrap_or((s, 0));

@@ -13,8 +13,8 @@
 //! threshold and then stay in per-thread arenas, which is how bursts used to leave gigabytes resident.
 //! Memory stays flat under any burst.
 
-use std::sync::{Arc, LazyLock};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock};
 
 use std::sync::Mutex;
 
@@ -201,14 +201,27 @@ mod tests {
     fn codes_and_macs() {
         let k = keys();
         let (codes, macs) = generate(&k, b"user-1");
-        assert_eq!((codes.len(), macs.len()), (CODES_PER_ENROLMENT, CODES_PER_ENROLMENT));
+        assert_eq!(
+            (codes.len(), macs.len()),
+            (CODES_PER_ENROLMENT, CODES_PER_ENROLMENT)
+        );
         assert_eq!(codes[0].len(), CODE_CHARS + 3);
-        assert_eq!(lookup_mac(&k, b"user-1", &codes[3]).as_ref(), Some(&macs[3]));
+        assert_eq!(
+            lookup_mac(&k, b"user-1", &codes[3]).as_ref(),
+            Some(&macs[3])
+        );
         let typed = codes[7].replace('-', " ").to_lowercase();
         assert_eq!(lookup_mac(&k, b"user-1", &typed).as_ref(), Some(&macs[7]));
-        assert_ne!(lookup_mac(&k, b"user-2", &codes[3]).as_ref(), Some(&macs[3]));
+        assert_ne!(
+            lookup_mac(&k, b"user-2", &codes[3]).as_ref(),
+            Some(&macs[3])
+        );
         assert_eq!(lookup_mac(&k, b"user-1", "AAAA-AAAA"), None, "too short");
-        assert_eq!(lookup_mac(&k, b"user-1", "0000-0000-0000-000"), None, "not the alphabet");
+        assert_eq!(
+            lookup_mac(&k, b"user-1", "0000-0000-0000-000"),
+            None,
+            "not the alphabet"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -220,15 +233,27 @@ mod tests {
             .to_string();
         let hashes = vec!["garbage".to_owned(), hash];
         assert_eq!(
-            find_legacy_match("abcd-efgh-jkmn-pqr", hashes.clone()).await.unwrap(),
+            find_legacy_match("abcd-efgh-jkmn-pqr", hashes.clone())
+                .await
+                .unwrap(),
             Some(1)
         );
-        assert_eq!(find_legacy_match("AAAA-AAAA-AAAA-AAA", hashes.clone()).await.unwrap(), None);
+        assert_eq!(
+            find_legacy_match("AAAA-AAAA-AAAA-AAA", hashes.clone())
+                .await
+                .unwrap(),
+            None
+        );
         // (One test: the bound is process-wide.) A burst: at most LEGACY_QUEUE + LEGACY_CONCURRENCY are
         // admitted, the rest refused as busy at once.
         let hash = hashes[1].clone();
         let tasks: Vec<_> = (0..40)
-            .map(|_| tokio::spawn(find_legacy_match("AAAA-AAAA-AAAA-AAA", vec![hash.clone(); 3])))
+            .map(|_| {
+                tokio::spawn(find_legacy_match(
+                    "AAAA-AAAA-AAAA-AAA",
+                    vec![hash.clone(); 3],
+                ))
+            })
             .collect();
         let mut busy = 0;
         for t in tasks {
@@ -238,7 +263,10 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
-        assert!(busy >= 40 - LEGACY_QUEUE - LEGACY_CONCURRENCY, "{busy} refused");
+        assert!(
+            busy >= 40 - LEGACY_QUEUE - LEGACY_CONCURRENCY,
+            "{busy} refused"
+        );
         assert_eq!(LEGACY_ADMITTED.load(Ordering::SeqCst), 0);
     }
 }

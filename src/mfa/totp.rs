@@ -165,7 +165,11 @@ mod tests {
         );
         assert_eq!(s.matching_step(&s.code_at_step(cur - 2), now), None);
         assert_eq!(s.matching_step(&s.code_at_step(cur + 2), now), None);
-        let spaced = format!("{} {}", &s.code_at_step(cur)[..3], &s.code_at_step(cur)[3..]);
+        let spaced = format!(
+            "{} {}",
+            &s.code_at_step(cur)[..3],
+            &s.code_at_step(cur)[3..]
+        );
         assert_eq!(s.matching_step(&spaced, now), Some(cur), "as apps show it");
         assert_eq!(s.matching_step(&format!(" {spaced}\u{a0}"), now), Some(cur));
         assert_eq!(s.matching_step("12345", now), None);

@@ -147,9 +147,8 @@ pub fn ip_lockout(fx: &Fixture) -> Result<()> {
             ip_max_failures: 3,
             ..Default::default()
         };
-        let ip = pgveil::mfa::throttle::Scope::Ip(
-            format!("10.9.8.{}", rand::random::<u8>()).parse()?,
-        );
+        let ip =
+            pgveil::mfa::throttle::Scope::Ip(format!("10.9.8.{}", rand::random::<u8>()).parse()?);
         let now = 1_900_000_000;
         for _ in 0..2 {
             t.fail(&db, &ip, now).await?;

@@ -23,7 +23,11 @@ fn email(tag: &str) -> String {
 
 /// Six-digit codes that match none of the steps the server accepts at `t`.
 fn wrong_codes(secret: &str, t: i64, n: usize) -> Result<Vec<String>> {
-    let valid = [pyotp(secret, t - 30)?, pyotp(secret, t)?, pyotp(secret, t + 30)?];
+    let valid = [
+        pyotp(secret, t - 30)?,
+        pyotp(secret, t)?,
+        pyotp(secret, t + 30)?,
+    ];
     let mut out = Vec::new();
     while out.len() < n {
         let c = format!("{:06}", rand::random::<u32>() % 1_000_000);
@@ -111,7 +115,11 @@ pub fn totp_burst(fx: &Fixture) -> Result<()> {
             if round == 1 {
                 ensure!(checked == max, "all {max} guesses used: {statuses:?}");
                 let (s, v) = apis[1]
-                    .user_call("/v1/login", &e, json!({"code": pyotp(&secret, clock.secs())?}))
+                    .user_call(
+                        "/v1/login",
+                        &e,
+                        json!({"code": pyotp(&secret, clock.secs())?}),
+                    )
                     .await?;
                 ensure!(s == 429 && v["error"]["code"] == "locked_out", "{s} {v}");
             }
@@ -160,7 +168,10 @@ pub fn recovery_burst(fx: &Fixture) -> Result<()> {
         let statuses = burst(&[&a, &b], &e, bodies).await?;
         let checked = count(&statuses, 401);
         eprintln!("recovery burst of 50 against 2 instances: {checked} checked");
-        ensure!(count(&statuses, 200) == 0 && (1..=max).contains(&checked), "{statuses:?}");
+        ensure!(
+            count(&statuses, 200) == 0 && (1..=max).contains(&checked),
+            "{statuses:?}"
+        );
         // The right code still works once the back-off has passed.
         clock.advance(120);
         let (s, v) = a
@@ -197,7 +208,10 @@ pub fn recovery_burst(fx: &Fixture) -> Result<()> {
         });
         let results = futures_util::future::join_all(calls).await;
         let after = rss_mib()?;
-        let statuses: Vec<u16> = results.into_iter().map(|r| r.map(|(s, _)| s)).collect::<Result<_>>()?;
+        let statuses: Vec<u16> = results
+            .into_iter()
+            .map(|r| r.map(|(s, _)| s))
+            .collect::<Result<_>>()?;
         eprintln!(
             "legacy recovery burst of 60: RSS {before} -> {after} MiB; {} checked, {} busy",
             count(&statuses, 401),
@@ -214,7 +228,11 @@ pub fn recovery_burst(fx: &Fixture) -> Result<()> {
         // A legacy code still works (after the back-off of the failure above).
         clock.advance(120);
         let (s, v) = a
-            .user_call("/v1/recover", &users[0], json!({"recovery_code": LEGACY_CODE}))
+            .user_call(
+                "/v1/recover",
+                &users[0],
+                json!({"recovery_code": LEGACY_CODE}),
+            )
             .await?;
         ensure!(s == 200, "legacy code: {s} {v}");
         Ok(())
@@ -244,14 +262,14 @@ async fn curl(api: &Api, path: &str, args: &[&str]) -> Result<(u16, String, Stri
         .output()
         .await
         .context("running curl")?;
-    ensure!(out.status.success(), "curl: {}", String::from_utf8_lossy(&out.stderr));
+    ensure!(
+        out.status.success(),
+        "curl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8(out.stdout)?;
     let (head, body) = text.split_once("\r\n\r\n").context("response")?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .context("status")?
-        .parse()?;
+    let status = head.split_whitespace().nth(1).context("status")?.parse()?;
     Ok((status, head.to_ascii_lowercase(), body.to_owned()))
 }
 
@@ -261,7 +279,14 @@ async fn curl_json(api: &Api, path: &str, body: Value, xff: &str) -> Result<(u16
     let (s, h, b) = curl(
         api,
         path,
-        &["-H", "content-type: application/json", "-H", &xff, "--data", &body],
+        &[
+            "-H",
+            "content-type: application/json",
+            "-H",
+            &xff,
+            "--data",
+            &body,
+        ],
     )
     .await?;
     Ok((s, h, serde_json::from_str(&b).unwrap_or(Value::String(b))))
@@ -317,8 +342,12 @@ pub fn long_ttl_revocation(fx: &Fixture) -> Result<()> {
     let mut cfg = mfa_config(fx);
     cfg.auth.max_token_ttl = month;
     let api = start_api(fx, cfg, &clock, proxy.addr.port())?;
-    let token = fx.env.mint("longlived@acme.example", "acme", "analyst", true, month)?;
-    let by_token = fx.env.mint("longlived@acme.example", "acme", "analyst", true, month)?;
+    let token = fx
+        .env
+        .mint("longlived@acme.example", "acme", "analyst", true, month)?;
+    let by_token = fx
+        .env
+        .mint("longlived@acme.example", "acme", "analyst", true, month)?;
     let too_long = fx.env.mint(
         "longlived@acme.example",
         "acme",
@@ -327,12 +356,15 @@ pub fn long_ttl_revocation(fx: &Fixture) -> Result<()> {
         month + Duration::from_secs(86_400),
     )?;
     let payload = token.split('.').nth(1).context("payload")?;
-    let claims: Value = serde_json::from_slice(
-        &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload)?,
-    )?;
+    let claims: Value = serde_json::from_slice(&base64::Engine::decode(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+        payload,
+    )?)?;
     fx.block_on(async {
         connect_collect(fx, proxy.addr, "acme", &token).await?;
-        let r = connect_collect(fx, proxy.addr, "acme", &too_long).await.map(|_| ());
+        let r = connect_collect(fx, proxy.addr, "acme", &too_long)
+            .await
+            .map(|_| ());
         expect_refused(r, "28P01", "invalid pgveil token")?;
         let (s, v) = api
             .call(
@@ -382,7 +414,10 @@ pub fn control_tls(fx: &Fixture) -> Result<()> {
             let ssl: bool = db
                 .client()
                 .await?
-                .query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[])
+                .query_one(
+                    "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                    &[],
+                )
                 .await?
                 .get(0);
             ensure!(ssl == encrypted, "{mode:?}: ssl = {ssl}");
@@ -417,7 +452,9 @@ pub fn disable_same_second(fx: &Fixture) -> Result<()> {
             ensure!(s == 200, "{action}: {s} {v}");
         }
         tokio::time::sleep(Duration::from_millis(1000)).await;
-        let r = connect_collect(fx, proxy.addr, "acme", &token).await.map(|_| ());
+        let r = connect_collect(fx, proxy.addr, "acme", &token)
+            .await
+            .map(|_| ());
         expect_refused(r, "28000", "revoked")?;
         let (s, v) = api.user_call("/v1/login", &e, json!({})).await?;
         ensure!(s == 429, "login in the same second: {s} {v}");
@@ -475,12 +512,21 @@ pub fn api_smaller(fx: &Fixture) -> Result<()> {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let (s, _, page) = curl(&api, "/security/confirm", &args).await?;
         ensure!(s == 401, "{s} {page}");
-        ensure!(between(&page, "<code id=\"secret\">", "</code>")? == secret, "same secret");
-        ensure!(!page.contains("/security/login"), "no way to a token: {page}");
+        ensure!(
+            between(&page, "<code id=\"secret\">", "</code>")? == secret,
+            "same secret"
+        );
+        ensure!(
+            !page.contains("/security/login"),
+            "no way to a token: {page}"
+        );
         let args = form("000000");
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let (s, _, page) = curl(&api, "/security/confirm", &args).await?;
-        ensure!(s == 429 && page.contains("Try again in 1 second."), "{s} {page}");
+        ensure!(
+            s == 429 && page.contains("Try again in 1 second."),
+            "{s} {page}"
+        );
         Ok(())
     })
 }

@@ -26,10 +26,10 @@ use support::{Fixture, sqlstate};
 use tokio::sync::oneshot;
 use tokio_postgres::AsyncMessage;
 
-#[path = "cases.rs"]
-mod mfa_cases;
 #[path = "hardening.rs"]
 mod hardening;
+#[path = "cases.rs"]
+mod mfa_cases;
 
 fn main() -> std::process::ExitCode {
     support::main_with(&[
@@ -84,7 +84,10 @@ fn main() -> std::process::ExitCode {
             "disable_enable_same_second_and_email_case",
             hardening::disable_same_second,
         ),
-        ("api_headers_spaced_codes_and_page_back", hardening::api_smaller),
+        (
+            "api_headers_spaced_codes_and_page_back",
+            hardening::api_smaller,
+        ),
     ])
 }
 
