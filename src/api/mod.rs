@@ -112,11 +112,6 @@ impl ApiConfig {
         if let Err(e) = client_ip::TrustedProxies::parse(&self.trusted_proxies) {
             problems.push(format!("api.trusted_proxies: {e}"));
         }
-        if let Some(w) = &self.webapp
-            && (w.max_age.is_zero() || w.max_age > Duration::from_secs(3600))
-        {
-            problems.push("api.webapp.max_age must be between 1s and 1h".into());
-        }
         if let Some(o) = &self.oidc {
             if o.jwks_file.is_none() == o.jwks_url.is_none() {
                 problems.push("api.oidc: set exactly one of jwks_file and jwks_url".into());
@@ -240,6 +235,15 @@ impl ApiServer {
             Some(o) => Some(OidcVerifier::new(o.clone()).await?),
             None => None,
         };
+        if api
+            .webapp
+            .as_ref()
+            .is_some_and(|w| w.max_age > Duration::from_secs(15 * 60))
+        {
+            tracing::warn!(
+                "api.webapp.max_age is over 15 minutes: an assertion is a bearer credential (replayable) until it expires"
+            );
+        }
         let webapp = match &api.webapp {
             Some(w) => Some((secrets.fetch(&w.key_secret).await?, w.max_age)),
             None => None,
