@@ -244,7 +244,7 @@ impl MaskFn {
             MaskFn::Email { mask_domain } => {
                 let text = text()?;
                 back(if *mask_domain {
-                    format!("CASE WHEN {col} IS NULL THEN NULL ELSE '****@****' END")
+                    format!("CASE WHEN {text} IS NULL THEN NULL ELSE '****@****' END")
                 } else {
                     // Only a domain name is kept: a value with anything else after its last `@` (several
                     // values concatenated, free text) shows `@****`.

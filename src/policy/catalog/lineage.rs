@@ -183,7 +183,7 @@ impl Lineage<'_> {
                 "" => match node(val) {
                     Some(("ColumnRef", cr)) => {
                         let fields = list(cr, "fields");
-                        if fields.last().and_then(node).is_some_and(|(t, _)| t == "A_Star") {
+                        if fields.last().and_then(node).is_some_and(|(t, _)| t == "AStar") {
                             return None; // `*` expands to several columns
                         }
                         fields.last().and_then(string_of).map(str::to_owned)
@@ -344,7 +344,7 @@ fn whole_row(item: &Item) -> Reads {
 /// `*` are whole rows. Anything else (outer references, composite fields, ambiguity with an item whose
 /// columns are unknown) is not derivable.
 fn column_ref(fields: &[Value], items: &[Item]) -> Reads {
-    let star = |f: &Value| node(f).is_some_and(|(t, _)| t == "A_Star");
+    let star = |f: &Value| node(f).is_some_and(|(t, _)| t == "AStar");
     match fields {
         [f] if star(f) => items
             .iter()

@@ -1,7 +1,7 @@
 //! Loads a tenant's [`Catalog`] from its database with tokio-postgres, using the tenant's credentials from the
 //! secret store and its backend target (host, port, database, TLS) exactly as the pool does.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};

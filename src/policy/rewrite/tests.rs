@@ -105,7 +105,7 @@ fn star_and_projection_are_substituted() {
     );
     assert!(out.ends_with(") AS \"payers\""), "{out}");
     assert!(
-        out.contains("pg_catalog.regexp_replace(\"card_pan\"::text"),
+        out.contains("pg_catalog.regexp_replace(\"card_pan\"::pg_catalog.text"),
         "{out}"
     );
     assert!(out.contains("AS \"email\""), "{out}");
