@@ -328,12 +328,12 @@ fn error_fields(fx: &Fixture) -> Result<()> {
                         e.detail(),
                         e.hint(),
                         e.where_(),
-                        e.internal_query(),
+                        e.position(),
                         e.routine()
                     );
                     no_canary(&format!("{mode}: {sql}"), &fields)?;
                     ensure!(
-                        e.where_().is_none() && e.internal_query().is_none(),
+                        e.where_().is_none() && !matches!(e.position(), Some(tokio_postgres::error::ErrorPosition::Internal { .. })),
                         "{mode}: {sql}: {fields}"
                     );
                 }
