@@ -184,9 +184,17 @@ fn rows_text(msgs: &[SimpleQueryMessage]) -> String {
 
 /// Runs a query whose columns are all text over the simple and the extended protocol; both must agree.
 async fn both(c: &Client, sql: &str) -> Result<String> {
-    let simple = rows_text(&c.simple_query(sql).await.map_err(|e| anyhow!("{sql}: {e:?}"))?);
+    let simple = rows_text(
+        &c.simple_query(sql)
+            .await
+            .map_err(|e| anyhow!("{sql}: {e:?}"))?,
+    );
     let mut extended = String::new();
-    for row in c.query(sql, &[]).await.map_err(|e| anyhow!("{sql}: {e:?}"))? {
+    for row in c
+        .query(sql, &[])
+        .await
+        .map_err(|e| anyhow!("{sql}: {e:?}"))?
+    {
         for i in 0..row.len() {
             let v: Option<String> = row.try_get(i)?;
             extended.push_str(v.as_deref().unwrap_or("NULL"));
@@ -333,7 +341,11 @@ fn error_fields(fx: &Fixture) -> Result<()> {
                     );
                     no_canary(&format!("{mode}: {sql}"), &fields)?;
                     ensure!(
-                        e.where_().is_none() && !matches!(e.position(), Some(tokio_postgres::error::ErrorPosition::Internal { .. })),
+                        e.where_().is_none()
+                            && !matches!(
+                                e.position(),
+                                Some(tokio_postgres::error::ErrorPosition::Internal { .. })
+                            ),
                         "{mode}: {sql}: {fields}"
                     );
                 }
@@ -392,7 +404,11 @@ fn functions_keep_little(fx: &Fixture) -> Result<()> {
                 "{mode}: top-level array read and masked: {}",
                 rows[1]
             );
-            ensure!(rows[2] == "3|\"scalar\"|NULL|NULL|NULL|", "{mode}: {}", rows[2]);
+            ensure!(
+                rows[2] == "3|\"scalar\"|NULL|NULL|NULL|",
+                "{mode}: {}",
+                rows[2]
+            );
             // The default e-mail mask keeps a domain, but only a domain.
             let mail = both(&c, "SELECT email FROM payers WHERE id = 900001").await?;
             ensure!(mail == "****@canary-home.example|\n", "{mode}: {mail}");
@@ -441,7 +457,10 @@ fn own_names(fx: &Fixture) -> Result<()> {
                             e.code().code(),
                             e.message()
                         );
-                        ensure!(!e.message().contains("victim-literal"), "{mode}/{role}: {e:?}");
+                        ensure!(
+                            !e.message().contains("victim-literal"),
+                            "{mode}/{role}: {e:?}"
+                        );
                     }
                 }
                 let one = both(&c, "SELECT 1::text").await?;

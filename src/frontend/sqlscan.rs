@@ -177,12 +177,14 @@ fn decode_uident(raw: &[u8], esc: u8) -> Option<String> {
             _ => 4,
         };
         let hex: String = chars.by_ref().take(digits).collect();
-        let code = u32::from_str_radix(&hex, 16).ok().filter(|_| hex.len() == digits)?;
+        let code = u32::from_str_radix(&hex, 16)
+            .ok()
+            .filter(|_| hex.len() == digits)?;
         match (high.take(), code) {
             (None, 0xD800..=0xDBFF) => high = Some(code),
-            (Some(h), 0xDC00..=0xDFFF) => {
-                out.push(char::from_u32(0x10000 + ((h - 0xD800) << 10) + (code - 0xDC00))?)
-            }
+            (Some(h), 0xDC00..=0xDFFF) => out.push(char::from_u32(
+                0x10000 + ((h - 0xD800) << 10) + (code - 0xDC00),
+            )?),
             (None, c) => out.push(char::from_u32(c)?),
             (Some(_), _) => return None,
         }

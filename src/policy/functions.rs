@@ -259,10 +259,7 @@ impl MaskFn {
                 let text = text()?;
                 let digits = format!("pg_catalog.regexp_replace({text}, '[^0-9]', '', 'g')");
                 let (stars, short) = if *hide_length {
-                    (
-                        "'************'".to_owned(),
-                        "'****************'".to_owned(),
-                    )
+                    ("'************'".to_owned(), "'****************'".to_owned())
                 } else {
                     (
                         format!("pg_catalog.repeat('*', pg_catalog.length({digits}) - 4)"),
@@ -336,7 +333,12 @@ impl MaskFn {
                 }
                 let value =
                     quote_literal(&serde_json::Value::String(replacement.clone()).to_string());
-                let e = json_keys(&format!("{col}::pg_catalog.jsonb"), paths, &value, *case_insensitive);
+                let e = json_keys(
+                    &format!("{col}::pg_catalog.jsonb"),
+                    paths,
+                    &value,
+                    *case_insensitive,
+                );
                 format!("CAST({e} AS {})", ty.sql_type)
             }
         })
@@ -351,12 +353,14 @@ impl MaskFn {
 fn stable_text(col: &str, ty: ColumnType<'_>) -> Option<String> {
     const TEXT_SAFE: &[&str] = &[
         "bool", "uuid", "bit", "varbit", "time", "timetz", "oid", "xml", "tsvector", "tsquery",
-        "macaddr", "macaddr8", "int2", "int4", "int8", "numeric", "text", "varchar", "bpchar", "name",
-        "char", "citext", "json", "jsonb", "inet", "cidr",
+        "macaddr", "macaddr8", "int2", "int4", "int8", "numeric", "text", "varchar", "bpchar",
+        "name", "char", "citext", "json", "jsonb", "inet", "cidr",
     ];
     let base = ty.base;
     Some(match (ty.family, base) {
-        (TypeFamily::Text | TypeFamily::Json | TypeFamily::Inet, _) => format!("{col}::pg_catalog.text"),
+        (TypeFamily::Text | TypeFamily::Json | TypeFamily::Inet, _) => {
+            format!("{col}::pg_catalog.text")
+        }
         (TypeFamily::Date, _) => format!("pg_catalog.to_char({col}, 'YYYY-MM-DD')"),
         (TypeFamily::Timestamp, "timestamptz") => format!(
             "pg_catalog.to_char(pg_catalog.timezone('UTC', {col}::pg_catalog.timestamptz), 'YYYY-MM-DD HH24:MI:SS.US')"
@@ -393,7 +397,11 @@ fn json_keys(doc: &str, paths: &[Vec<String>], value: &str, case_insensitive: bo
         .map(|path| {
             let mut conds = vec![format!("pg_catalog.cardinality(w.k) >= {}", path.len())];
             for (back, key) in path.iter().rev().enumerate() {
-                let key = if case_insensitive { key.to_ascii_lowercase() } else { key.clone() };
+                let key = if case_insensitive {
+                    key.to_ascii_lowercase()
+                } else {
+                    key.clone()
+                };
                 conds.push(format!("{} = {}", key_at(back), quote_literal(&key)));
             }
             format!("({})", conds.join(" AND "))

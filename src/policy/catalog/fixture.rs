@@ -149,8 +149,10 @@ pub fn catalog() -> Catalog {
                 r.reads.insert("id".into(), vec![payers("id")]);
                 r.reads
                     .insert("contact".into(), vec![payers("email"), payers("phone")]);
-                r.reads
-                    .insert("dob".into(), vec![payers("date_of_birth"), payers("date_of_birth")]);
+                r.reads.insert(
+                    "dob".into(),
+                    vec![payers("date_of_birth"), payers("date_of_birth")],
+                );
             }
             _ => {}
         }

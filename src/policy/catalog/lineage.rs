@@ -183,7 +183,11 @@ impl Lineage<'_> {
                 "" => match node(val) {
                     Some(("ColumnRef", cr)) => {
                         let fields = list(cr, "fields");
-                        if fields.last().and_then(node).is_some_and(|(t, _)| t == "AStar") {
+                        if fields
+                            .last()
+                            .and_then(node)
+                            .is_some_and(|(t, _)| t == "AStar")
+                        {
                             return None; // `*` expands to several columns
                         }
                         fields.last().and_then(string_of).map(str::to_owned)
@@ -228,7 +232,9 @@ impl Lineage<'_> {
     /// Adds the items a FROM entry brings into scope.
     fn from_item(&self, f: &Value, scope: &Scope, items: &mut Vec<Item>) {
         let opaque = |alias: Option<&Value>| Item {
-            alias: alias.map(|a| text(a, "aliasname").to_owned()).unwrap_or_default(),
+            alias: alias
+                .map(|a| text(a, "aliasname").to_owned())
+                .unwrap_or_default(),
             cols: None,
         };
         match node(f) {
@@ -417,7 +423,10 @@ mod tests {
         view_reads(def, &cols, &rels())
             .into_iter()
             .map(|(k, v)| {
-                let mut v: Vec<String> = v.into_iter().map(|((_, r), c)| format!("{r}.{c}")).collect();
+                let mut v: Vec<String> = v
+                    .into_iter()
+                    .map(|((_, r), c)| format!("{r}.{c}"))
+                    .collect();
                 v.sort();
                 (k, v)
             })
@@ -435,7 +444,10 @@ mod tests {
 
     #[test]
     fn plain_columns_are_exact() {
-        let r = reads("SELECT p.id, p.email AS mail FROM payers p", &["id", "mail"]);
+        let r = reads(
+            "SELECT p.id, p.email AS mail FROM payers p",
+            &["id", "mail"],
+        );
         assert_eq!(r["id"], ["payers.id"]);
         assert_eq!(r["mail"], ["payers.email"]);
         let r = reads("SELECT 1 AS one, id FROM merchants", &["one", "id"]);
@@ -481,13 +493,19 @@ mod tests {
             "SELECT concat(p.email, ' / ', p.phone, ' / ', p.address) AS contact FROM payers p",
             &["contact"],
         );
-        assert_eq!(r["contact"], ["payers.address", "payers.email", "payers.phone"]);
+        assert_eq!(
+            r["contact"],
+            ["payers.address", "payers.email", "payers.phone"]
+        );
     }
 
     #[test]
     fn what_cannot_be_derived_reads_every_input() {
         for (def, col) in [
-            ("SELECT (SELECT m.name FROM merchants m LIMIT 1) AS x FROM payers p", "x"),
+            (
+                "SELECT (SELECT m.name FROM merchants m LIMIT 1) AS x FROM payers p",
+                "x",
+            ),
             ("SELECT f.x FROM generate_series(1, 2) f(x)", "x"),
             (
                 "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r WHERE n < 3) SELECT n FROM r",

@@ -610,7 +610,9 @@ fn own_statement_names_are_refused_after_parsing() {
 fn other_databases_are_filtered_or_refused() {
     let out = rewritten("SELECT datname FROM pg_database");
     assert!(
-        out.contains("FROM pg_catalog.\"pg_database\" WHERE datname = pg_catalog.current_database()"),
+        out.contains(
+            "FROM pg_catalog.\"pg_database\" WHERE datname = pg_catalog.current_database()"
+        ),
         "{out}"
     );
     let out = rewritten("SELECT * FROM pg_catalog.pg_stat_database d");

@@ -531,9 +531,8 @@ impl<'a> Walker<'a> {
         let rel = match cat.resolve((!schema.is_empty()).then_some(schema), name) {
             // Cluster-wide catalogs show only this tenant's database.
             Resolved::System((sch, n)) => {
-                return Ok(per_database_filter(&sch, &n).map(|w| {
-                    format!("(SELECT * FROM pg_catalog.{} WHERE {w})", quote_ident(&n))
-                }));
+                return Ok(per_database_filter(&sch, &n)
+                    .map(|w| format!("(SELECT * FROM pg_catalog.{} WHERE {w})", quote_ident(&n))));
             }
             Resolved::User(rel) => rel,
             Resolved::Unknown => return Err(unknown(schema, name)),
