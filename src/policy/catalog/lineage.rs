@@ -171,7 +171,7 @@ impl Lineage<'_> {
         }
         let mut items = Vec::new();
         for f in list(sel, "from_clause") {
-            self.from_item(f, &scope, &mut items);
+            self.add_from_item(f, &scope, &mut items);
         }
         let mut out = Vec::new();
         for t in list(sel, "target_list") {
@@ -230,7 +230,7 @@ impl Lineage<'_> {
     }
 
     /// Adds the items a FROM entry brings into scope.
-    fn from_item(&self, f: &Value, scope: &Scope, items: &mut Vec<Item>) {
+    fn add_from_item(&self, f: &Value, scope: &Scope, items: &mut Vec<Item>) {
         let opaque = |alias: Option<&Value>| Item {
             alias: alias
                 .map(|a| text(a, "aliasname").to_owned())
@@ -272,7 +272,7 @@ impl Lineage<'_> {
                 let start = items.len();
                 for side in ["larg", "rarg"] {
                     match j.get(side) {
-                        Some(s) => self.from_item(s, scope, items),
+                        Some(s) => self.add_from_item(s, scope, items),
                         None => items.push(opaque(None)),
                     }
                 }

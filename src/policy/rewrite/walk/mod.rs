@@ -615,7 +615,7 @@ impl<'a> Walker<'a> {
             };
             match (classes.as_slice(), hidden.as_slice()) {
                 (_, []) if !classes.is_empty() => {}
-                ([_], [class]) => out.push((c.name.clone(), function(*class)?)),
+                ([_], [class]) => out.push((c.name.clone(), function(class)?)),
                 // Values derived from several classes (a view's `concat(email, phone)`, a whole-row
                 // reference): no one class's function fits, so the strictest: redact (NULL where a class
                 // asks for NULL).
