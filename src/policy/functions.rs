@@ -349,7 +349,8 @@ impl MaskFn {
 /// formatted explicitly (timestamptz in UTC), floats through `numeric` (not `extra_float_digits`), bytea as
 /// hex (not `bytea_output`), intervals with `to_char` (not `IntervalStyle`). `None` for types whose text
 /// could depend on a setting and that pgveil cannot format explicitly (money follows `lc_monetary`; enums,
-/// arrays, composites and ranges may hold any of the above): masks that need text refuse those columns.
+/// composites, ranges and arrays of other types may hold any of the above): masks that need text refuse
+/// those columns.
 fn stable_text(col: &str, ty: ColumnType<'_>) -> Option<String> {
     const TEXT_SAFE: &[&str] = &[
         "bool", "uuid", "bit", "varbit", "time", "timetz", "oid", "xml", "tsvector", "tsquery",
@@ -374,6 +375,10 @@ fn stable_text(col: &str, ty: ColumnType<'_>) -> Option<String> {
         (_, "bytea") => format!("pg_catalog.encode({col}, 'hex')"),
         (_, "interval") => format!("pg_catalog.to_char({col}, 'YYYY-MM-DD HH24:MI:SS.US')"),
         (_, b) if TEXT_SAFE.contains(&b) => format!("{col}::pg_catalog.text"),
+        // Arrays of those (`_text`, `_int8`, ...): element text and array quoting follow no setting.
+        (_, b) if b.strip_prefix('_').is_some_and(|e| TEXT_SAFE.contains(&e)) => {
+            format!("{col}::pg_catalog.text")
+        }
         _ => return None,
     })
 }
