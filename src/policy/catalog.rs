@@ -163,7 +163,8 @@ impl Catalog {
         direct: &dyn Fn(&str, &str, &str) -> Option<&'p str>,
     ) -> Vec<&'p str> {
         let mut out = Vec::new();
-        self.collect_classes(rel, column, direct, 0, &mut out);
+        let mut seen = HashSet::new();
+        self.collect_classes(rel, column, direct, 0, &mut seen, &mut out);
         out
     }
 
@@ -173,8 +174,14 @@ impl Catalog {
         column: &str,
         direct: &dyn Fn(&str, &str, &str) -> Option<&'p str>,
         depth: usize,
+        seen: &mut HashSet<(String, String, String)>,
         out: &mut Vec<&'p str>,
     ) {
+        // A column reached twice (views over views whose lineage was not derivable read every input) adds
+        // nothing the first visit did not: without this the walk grows exponentially with view nesting.
+        if !seen.insert((rel.schema.clone(), rel.name.clone(), column.to_owned())) {
+            return;
+        }
         if depth > 16 {
             if !out.contains(&TOO_DEEP) {
                 out.push(TOO_DEEP);
@@ -209,7 +216,7 @@ impl Catalog {
             }
         }
         for (r, c) in sources {
-            self.collect_classes(r, c, direct, depth + 1, out);
+            self.collect_classes(r, c, direct, depth + 1, seen, out);
         }
     }
 }
