@@ -12,8 +12,10 @@
 #        Rust: rustup's stable toolchain (minimal profile), only when no cargo is found.
 # tests: everything of "demo", and
 #        apt: pgbouncer (benchmark comparisons), chromium and chromium-driver (Debian's browser, for the
-#             security page test), nodejs and npm, python3 and python3-pip;
-#        pip: psycopg[binary], asyncpg, pyotp, sqlalchemy and moto[server] (each only when its import fails);
+#             security page test), nodejs and npm, python3 and python3-pip, curl and systemd
+#             (systemd-analyze; tests/deb.sh; the service is never started);
+#        pip: psycopg[binary], asyncpg, pyotp, sqlalchemy, moto[server] and pyyaml (tests/deploy.rs reads
+#             the Kubernetes manifests) (each only when its import fails);
 #        npm: playwright-core in tests/browser (drives Debian's chromium; no browser is downloaded) and
 #             node-postgres (pg) in tests/node.
 #
@@ -49,6 +51,9 @@ bootstrap_missing_apt() {
         command -v npm >/dev/null 2>&1 || echo npm
         command -v python3 >/dev/null 2>&1 || echo python3
         python3 -m pip --version >/dev/null 2>&1 || echo python3-pip
+        # tests/deb.sh: fetches /metrics; checks the unit file.
+        command -v curl >/dev/null 2>&1 || echo curl
+        command -v systemd-analyze >/dev/null 2>&1 || echo systemd
     fi
     return 0
 }
@@ -101,6 +106,8 @@ bootstrap_pip() {
     python3 -c 'import sqlalchemy' >/dev/null 2>&1 || pip_missing+=(sqlalchemy)
     # tests/secrets.rs starts `moto_server` (or `python3 -m moto.server`) on a free loopback port.
     python3 -c 'import moto.server, flask, werkzeug' >/dev/null 2>&1 || pip_missing+=('moto[server]')
+    # tests/deploy.rs parses deploy/kubernetes/*.yaml.
+    python3 -c 'import yaml' >/dev/null 2>&1 || pip_missing+=(pyyaml)
     [ "${#pip_missing[@]}" -gt 0 ] || return 0
     bootstrap_log "installing ${pip_missing[*]} (pip)"
     pip_args=(install --quiet --disable-pip-version-check)
@@ -110,7 +117,7 @@ bootstrap_pip() {
     if grep -q -- '--root-user-action' <<<"$pip_help"; then pip_args+=(--root-user-action=ignore); fi
     if [ "$(id -u)" -ne 0 ]; then pip_args+=(--user); fi
     python3 -m pip "${pip_args[@]}" "${pip_missing[@]}" || return
-    python3 -c 'import psycopg, asyncpg, pyotp, sqlalchemy, moto.server'
+    python3 -c 'import psycopg, asyncpg, pyotp, sqlalchemy, moto.server, yaml'
 }
 
 # npm packages of the browser and node-postgres tests (relative to the repository root).

@@ -6,7 +6,8 @@
 # "demo" mode; that file lists what each mode installs): PostgreSQL's server and client, clang/libclang,
 # build tools, pgbouncer, chromium and chromium-driver, node/npm, python3/pip, the Python and npm packages
 # the client tests use, and Rust (rustup) when no cargo is found;
-# then runs `cargo test --locked --release --all-targets "$@"` and exits with its status.
+# then runs `cargo test --locked --release --all-targets "$@"` and, for a whole run (no arguments), the Debian
+# package test tests/deb.sh; exits non-zero when either failed.
 #
 # The tests start their own throwaway PostgreSQL clusters on free ports. Neither script ever starts or
 # stops the system PostgreSQL service.
@@ -25,6 +26,16 @@ if cargo test --locked --release --all-targets "$@" 2>&1 | tee "$log_file"; then
     status=0
 else
     status=${PIPESTATUS[0]}
+fi
+# The Debian package (build, dpkg -i, the unit's command lines, purge; about half a minute), counted as one
+# test in the summary. Only for a whole run: extra arguments select cargo tests.
+if [ "$#" -eq 0 ]; then
+    if bash tests/deb.sh; then
+        echo "test result: ok. 1 passed; 0 failed (tests/deb.sh)" >>"$log_file"
+    else
+        echo "test result: FAILED. 0 passed; 1 failed (tests/deb.sh)" >>"$log_file"
+        [ "$status" -ne 0 ] || status=1
+    fi
 fi
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "\nsummary: %d passed, %d failed\n", p, f }' "$log_file"
