@@ -440,8 +440,13 @@ fn mint(
 /// How to call this binary in a printed command: `pgveil` when that name on PATH is this executable, else its
 /// full path (e.g. `target/release/pgveil` started by demo.sh), so every printed line works as pasted.
 fn self_command() -> String {
-    let Ok(me) = std::env::current_exe().and_then(std::fs::canonicalize) else {
+    let Ok(me) = std::env::current_exe() else {
         return "pgveil".to_owned();
+    };
+    // A rebuild while the demo runs replaces the file: Linux then reports "<path> (deleted)".
+    let me = match std::fs::canonicalize(&me) {
+        Ok(p) => p,
+        Err(_) => PathBuf::from(me.to_string_lossy().trim_end_matches(" (deleted)")),
     };
     let on_path = std::env::var_os("PATH").is_some_and(|path| {
         std::env::split_paths(&path)

@@ -31,6 +31,10 @@ impl Drop for Demo {
     }
 }
 
+/// Held by each test while its demo runs: `bash demo.sh` runs `cargo build`, which relinks target/release/pgveil
+/// (built without the dev-dependencies' features) under the other test's running demo.
+static ONE_DEMO: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Spawns `cmd` (stdout piped) and reads its output up to the "pgveil demo ready" line.
 fn start_demo(mut cmd: Command) -> (Demo, String) {
     let mut child = Demo(
@@ -120,6 +124,7 @@ fn exported(out: &str, var: &str) -> String {
 
 #[test]
 fn demo_runs_prints_working_commands_and_cleans_up() {
+    let _one = ONE_DEMO.lock().unwrap_or_else(|e| e.into_inner());
     let log = tempfile::NamedTempFile::new().expect("log file");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgveil"));
     cmd.args([
@@ -335,6 +340,7 @@ fn demo_runs_prints_working_commands_and_cleans_up() {
 /// cluster and removes the environment.
 #[test]
 fn readme_demo_command_runs_the_demo_and_cleans_up() {
+    let _one = ONE_DEMO.lock().unwrap_or_else(|e| e.into_inner());
     let root = env!("CARGO_MANIFEST_DIR");
     let log = tempfile::NamedTempFile::new().expect("log file");
     let mut cmd = Command::new("bash");
