@@ -27,7 +27,7 @@ if cargo test --locked --release --all-targets "$@" 2>&1 | tee "$log_file"; then
 else
     status=${PIPESTATUS[0]}
 fi
-# The Debian package (build, dpkg -i, the unit's command lines, purge; about half a minute), counted as one
+# The Debian package (build, dpkg -i, the unit's command lines, purge; about a minute), counted as one
 # test in the summary. Only for a whole run: extra arguments select cargo tests.
 if [ "$#" -eq 0 ]; then
     if bash tests/deb.sh; then
