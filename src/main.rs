@@ -182,11 +182,27 @@ fn main() -> std::process::ExitCode {
             if std::env::var_os("RUST_BACKTRACE").is_some_and(|v| v != "0") {
                 eprintln!("Error: {e:?}");
             } else {
-                eprintln!("pgveil: {e:#}");
+                eprintln!("pgveil: {}", one_line(&e));
             }
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes joined with ": ", leaving out a cause whose text its parent already quotes (most
+/// of pgveil's error types print their source).
+fn one_line(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+    }
+    out
 }
 
 fn run() -> Result<()> {
@@ -339,7 +355,9 @@ fn serve(path: &Path, threads: usize) -> Result<()> {
         tokio::spawn(async move {
             while hup.recv().await.is_some() {
                 if policies {
-                    tracing::info!("SIGHUP: masking policies re-read; other settings need a restart");
+                    tracing::info!(
+                        "SIGHUP: masking policies re-read; other settings need a restart"
+                    );
                 } else {
                     tracing::info!("SIGHUP: no [policy] to re-read; other settings need a restart");
                 }

@@ -37,11 +37,7 @@ static ONE_DEMO: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Spawns `cmd` (stdout piped) and reads its output up to the "pgveil demo ready" line.
 fn start_demo(mut cmd: Command) -> (Demo, String) {
-    let mut child = Demo(
-        cmd.stdout(Stdio::piped())
-            .spawn()
-            .expect("the demo starts"),
-    );
+    let mut child = Demo(cmd.stdout(Stdio::piped()).spawn().expect("the demo starts"));
     let mut lines = Vec::new();
     let mut out = BufReader::new(child.0.stdout.take().unwrap());
     loop {
@@ -68,7 +64,11 @@ fn psql_commands(text: &str) -> Vec<(String, String)> {
             Some((token.to_owned(), rest.trim_end_matches('"').to_owned()))
         })
         .collect();
-    assert_eq!(commands.len(), 3, "expected three psql commands in:\n{text}");
+    assert_eq!(
+        commands.len(),
+        3,
+        "expected three psql commands in:\n{text}"
+    );
     commands
 }
 
@@ -375,7 +375,10 @@ fn readme_demo_command_runs_the_demo_and_cleans_up() {
         String::from_utf8_lossy(&masked.stdout).to_string(),
     );
     assert!(
-        raw.lines().count() == 3 && raw.lines().all(|l| l.contains('@') && !l.starts_with("****@")),
+        raw.lines().count() == 3
+            && raw
+                .lines()
+                .all(|l| l.contains('@') && !l.starts_with("****@")),
         "admin sees: {raw}"
     );
     assert!(
@@ -422,7 +425,10 @@ fn readme_demo_command_runs_the_demo_and_cleans_up() {
     let status = child.0.wait().unwrap();
     let stderr = std::fs::read_to_string(log.path()).expect("log");
     assert!(status.success(), "demo exit status {status}:\n{stderr}");
-    assert!(stderr.contains("pgveil demo: stopped and cleaned up"), "{stderr}");
+    assert!(
+        stderr.contains("pgveil demo: stopped and cleaned up"),
+        "{stderr}"
+    );
     assert!(
         !stderr.contains("NOTICE") && !stderr.contains("bootstrap: installing"),
         "the demo's log should be quiet here:\n{stderr}"

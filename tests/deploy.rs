@@ -43,7 +43,9 @@ fn normalize(path: &Path) -> String {
     for c in rel.components() {
         match c {
             Component::ParentDir => {
-                parts.pop().expect("a path that stays inside the repository");
+                parts
+                    .pop()
+                    .expect("a path that stays inside the repository");
             }
             Component::Normal(s) => parts.push(s.to_string_lossy().into_owned()),
             _ => {}
@@ -70,17 +72,18 @@ fn embedded_files() -> BTreeSet<String> {
                 let args = text[at + mac.len()..].trim_start();
                 let args = args.strip_prefix('(').expect("macro call");
                 let arg = args.trim_start();
-                let path = if let Some(rest) = arg.strip_prefix("concat!(env!(\"CARGO_MANIFEST_DIR\")") {
-                    root().join(first_literal(rest).unwrap().trim_start_matches('/'))
-                } else {
-                    assert!(
-                        arg.starts_with('"'),
-                        "{}: {mac} of a non-literal path cannot be checked: {}",
-                        file.display(),
-                        &arg[..arg.len().min(60)]
-                    );
-                    file.parent().unwrap().join(first_literal(arg).unwrap())
-                };
+                let path =
+                    if let Some(rest) = arg.strip_prefix("concat!(env!(\"CARGO_MANIFEST_DIR\")") {
+                        root().join(first_literal(rest).unwrap().trim_start_matches('/'))
+                    } else {
+                        assert!(
+                            arg.starts_with('"'),
+                            "{}: {mac} of a non-literal path cannot be checked: {}",
+                            file.display(),
+                            &arg[..arg.len().min(60)]
+                        );
+                        file.parent().unwrap().join(first_literal(arg).unwrap())
+                    };
                 out.insert(normalize(&path));
             }
         }
@@ -104,12 +107,24 @@ fn manifest_files() -> BTreeSet<String> {
             }
         }
     }
-    for (kind, dir) in [("test", "tests"), ("example", "examples"), ("bench", "benches"), ("bin", "src/bin")] {
-        for t in manifest.get(kind).and_then(|v| v.as_array()).into_iter().flatten() {
+    for (kind, dir) in [
+        ("test", "tests"),
+        ("example", "examples"),
+        ("bench", "benches"),
+        ("bin", "src/bin"),
+    ] {
+        for t in manifest
+            .get(kind)
+            .and_then(|v| v.as_array())
+            .into_iter()
+            .flatten()
+        {
             let name = t["name"].as_str().unwrap();
             let path = match t.get("path") {
                 Some(p) => p.as_str().unwrap().to_owned(),
-                None if root().join(dir).join(format!("{name}.rs")).exists() => format!("{dir}/{name}.rs"),
+                None if root().join(dir).join(format!("{name}.rs")).exists() => {
+                    format!("{dir}/{name}.rs")
+                }
                 None => format!("{dir}/{name}/main.rs"),
             };
             out.insert(path);
@@ -150,9 +165,17 @@ fn copy_sources(stage: &[String]) -> Vec<String> {
         if !words[0].eq_ignore_ascii_case("COPY") || words.iter().any(|w| w.starts_with("--from")) {
             continue;
         }
-        let args: Vec<&str> = words[1..].iter().copied().filter(|w| !w.starts_with("--")).collect();
+        let args: Vec<&str> = words[1..]
+            .iter()
+            .copied()
+            .filter(|w| !w.starts_with("--"))
+            .collect();
         for src in &args[..args.len() - 1] {
-            out.push(src.trim_start_matches("./").trim_end_matches('/').to_owned());
+            out.push(
+                src.trim_start_matches("./")
+                    .trim_end_matches('/')
+                    .to_owned(),
+            );
         }
     }
     out
@@ -200,15 +223,23 @@ fn dockerfile_build_stage_copies_every_file_the_build_reads() {
     let embedded = embedded_files();
     // The scanner finds what we know is embedded (else it is broken, and the check below proves nothing).
     for known in ["policies/payments.toml", "src/demo/schema.sql"] {
-        assert!(embedded.contains(known), "{known} not found among {embedded:?}");
+        assert!(
+            embedded.contains(known),
+            "{known} not found among {embedded:?}"
+        );
     }
     let mut needed: BTreeSet<String> = embedded;
     needed.extend(manifest_files());
     needed.extend(rust_files("src").iter().map(|p| normalize(p)));
     for path in &needed {
-        assert!(root().join(path).exists(), "{path} is read by the build but does not exist");
         assert!(
-            copied.iter().any(|c| path == c || path.starts_with(&format!("{c}/"))),
+            root().join(path).exists(),
+            "{path} is read by the build but does not exist"
+        );
+        assert!(
+            copied
+                .iter()
+                .any(|c| path == c || path.starts_with(&format!("{c}/"))),
             "docker/Dockerfile's build stage does not COPY {path} (COPY sources: {copied:?})"
         );
         if let Some(p) = ignore.iter().find(|p| ignored(p, path)) {
@@ -216,25 +247,41 @@ fn dockerfile_build_stage_copies_every_file_the_build_reads() {
         }
     }
     for c in &copied {
-        assert!(root().join(c).exists(), "COPY {c}: no such file in the repository");
+        assert!(
+            root().join(c).exists(),
+            "COPY {c}: no such file in the repository"
+        );
     }
     // The build output and npm trees never enter the context.
     for kept_out in ["target/release/pgveil", "tests/browser/node_modules/x"] {
-        assert!(ignore.iter().any(|p| ignored(p, kept_out)), "{kept_out} is not in .dockerignore");
+        assert!(
+            ignore.iter().any(|p| ignored(p, kept_out)),
+            "{kept_out} is not in .dockerignore"
+        );
     }
     // pg_query's build script runs bindgen, which needs libclang in the build stage.
     if read("Cargo.lock").contains("name = \"bindgen\"") {
         assert!(
-            build.iter().any(|i| i.starts_with("RUN ") && i.contains("libclang-dev")),
+            build
+                .iter()
+                .any(|i| i.starts_with("RUN ") && i.contains("libclang-dev")),
             "the build stage installs no libclang: {build:#?}"
         );
     }
     // The runtime stage: the binary from the build stage, the example policy, an unprivileged user.
-    assert!(runtime.iter().any(|i| i.starts_with("COPY --from=build /src/target/release/pgveil ")));
+    assert!(
+        runtime
+            .iter()
+            .any(|i| i.starts_with("COPY --from=build /src/target/release/pgveil "))
+    );
     for c in copy_sources(runtime) {
         assert!(root().join(&c).exists(), "runtime COPY {c}: no such file");
     }
-    assert!(runtime.iter().any(|i| i.starts_with("USER ") && !i.contains("root")));
+    assert!(
+        runtime
+            .iter()
+            .any(|i| i.starts_with("USER ") && !i.contains("root"))
+    );
 }
 
 /// `pgveil <sub> --help`: the subcommand exists, and the flags it lists.
@@ -244,18 +291,27 @@ fn help(sub: &[&str]) -> String {
         .arg("--help")
         .output()
         .unwrap();
-    assert!(o.status.success(), "pgveil {sub:?}: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "pgveil {sub:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     String::from_utf8(o.stdout).unwrap()
 }
 
 /// Checks a pgveil command line: the subcommand exists and every `--flag` is one of its flags.
 fn check_command_line(args: &[&str]) {
-    let sub: Vec<&str> = args.iter().copied().take_while(|a| !a.starts_with('-')).collect();
+    let sub: Vec<&str> = args
+        .iter()
+        .copied()
+        .take_while(|a| !a.starts_with('-'))
+        .collect();
     let text = help(&sub);
     for flag in args.iter().filter(|a| a.starts_with("--")) {
         let flag = flag.split('=').next().unwrap();
         assert!(
-            text.split(|c: char| c.is_whitespace() || c == ',').any(|w| w == flag),
+            text.split(|c: char| c.is_whitespace() || c == ',')
+                .any(|w| w == flag),
             "pgveil {sub:?} has no flag {flag}:\n{text}"
         );
     }
@@ -281,7 +337,11 @@ fn check_config(text: &str) -> pgveil::config::Config {
     let dir = tempfile::tempdir().unwrap();
     let etc = dir.path().display().to_string();
     std::fs::create_dir(dir.path().join("policies")).unwrap();
-    std::fs::write(dir.path().join("policies/payments.toml"), read("policies/payments.toml")).unwrap();
+    std::fs::write(
+        dir.path().join("policies/payments.toml"),
+        read("policies/payments.toml"),
+    )
+    .unwrap();
     let path = dir.path().join("pgveil.toml");
     std::fs::write(&path, text.replace("/etc/pgveil", &etc)).unwrap();
     pgveil::config::Config::load_offline(&path).unwrap_or_else(|e| panic!("{e}"))
@@ -297,22 +357,37 @@ fn yaml_documents(rel: &str) -> Vec<Value> {
         .arg(root().join(rel))
         .output()
         .expect("python3 with PyYAML");
-    assert!(o.status.success(), "{rel}: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "{rel}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     serde_json::from_slice::<Vec<Value>>(&o.stdout).unwrap()
 }
 
 #[test]
 fn kubernetes_manifests_name_only_flags_keys_routes_and_ports_that_exist() {
     let docs = yaml_documents("deploy/kubernetes/pgveil.yaml");
-    let by_kind: BTreeMap<&str, &Value> =
-        docs.iter().map(|d| (d["kind"].as_str().unwrap(), d)).collect();
-    for kind in ["Deployment", "Service", "PodDisruptionBudget", "ConfigMap", "ServiceAccount"] {
+    let by_kind: BTreeMap<&str, &Value> = docs
+        .iter()
+        .map(|d| (d["kind"].as_str().unwrap(), d))
+        .collect();
+    for kind in [
+        "Deployment",
+        "Service",
+        "PodDisruptionBudget",
+        "ConfigMap",
+        "ServiceAccount",
+    ] {
         assert!(by_kind.contains_key(kind), "no {kind}");
     }
     let cm = by_kind["ConfigMap"];
     let cfg = check_config(cm["data"]["pgveil.toml"].as_str().unwrap());
     // Stateless replicas: secrets through the cloud role (no file store), one shared control database.
-    assert!(matches!(cfg.secrets.backend, pgveil::config::SecretBackend::Aws));
+    assert!(matches!(
+        cfg.secrets.backend,
+        pgveil::config::SecretBackend::Aws
+    ));
     assert!(cfg.control.is_some() && cfg.api.is_some() && cfg.metrics.is_some());
     let sa = by_kind["ServiceAccount"];
     assert!(sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].is_string());
@@ -325,7 +400,12 @@ fn kubernetes_manifests_name_only_flags_keys_routes_and_ports_that_exist() {
     let containers = pod["spec"]["containers"].as_array().unwrap();
     assert_eq!(containers.len(), 1);
     let c = &containers[0];
-    let args: Vec<&str> = c["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+    let args: Vec<&str> = c["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
     check_command_line(&args);
     let config_arg = args[args.iter().position(|a| *a == "--config").unwrap() + 1];
     let mount = c["volumeMounts"]
@@ -342,11 +422,22 @@ fn kubernetes_manifests_name_only_flags_keys_routes_and_ports_that_exist() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|p| (p["name"].as_str().unwrap(), p["containerPort"].as_u64().unwrap()))
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap(),
+                p["containerPort"].as_u64().unwrap(),
+            )
+        })
         .collect();
     assert_eq!(ports["postgres"], u64::from(cfg.listen.addr.port()));
-    assert_eq!(ports["api"], u64::from(cfg.api.as_ref().unwrap().addr.port()));
-    assert_eq!(ports["metrics"], u64::from(cfg.metrics.as_ref().unwrap().addr.port()));
+    assert_eq!(
+        ports["api"],
+        u64::from(cfg.api.as_ref().unwrap().addr.port())
+    );
+    assert_eq!(
+        ports["metrics"],
+        u64::from(cfg.metrics.as_ref().unwrap().addr.port())
+    );
     // Readiness on the API's health route (TLS), liveness on the proxy port.
     let ready = &c["readinessProbe"]["httpGet"];
     let path = ready["path"].as_str().unwrap();
@@ -358,7 +449,10 @@ fn kubernetes_manifests_name_only_flags_keys_routes_and_ports_that_exist() {
     assert_eq!(ready["port"], "api");
     assert_eq!(c["livenessProbe"]["tcpSocket"]["port"], "postgres");
     let ann = &pod["metadata"]["annotations"];
-    assert_eq!(ann["prometheus.io/port"].as_str().unwrap(), ports["metrics"].to_string());
+    assert_eq!(
+        ann["prometheus.io/port"].as_str().unwrap(),
+        ports["metrics"].to_string()
+    );
     // Unprivileged as the image's user; longer grace than pgveil's 30 s drain.
     let uid = read("docker/Dockerfile")
         .split("--uid ")
@@ -367,32 +461,51 @@ fn kubernetes_manifests_name_only_flags_keys_routes_and_ports_that_exist() {
         .unwrap()
         .parse::<u64>()
         .unwrap();
-    assert_eq!(pod["spec"]["securityContext"]["runAsUser"].as_u64(), Some(uid));
+    assert_eq!(
+        pod["spec"]["securityContext"]["runAsUser"].as_u64(),
+        Some(uid)
+    );
     assert_eq!(pod["spec"]["securityContext"]["runAsNonRoot"], true);
     assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
     assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
-    assert!(pod["spec"]["terminationGracePeriodSeconds"].as_u64().unwrap() > 30);
+    assert!(
+        pod["spec"]["terminationGracePeriodSeconds"]
+            .as_u64()
+            .unwrap()
+            > 30
+    );
 
     for kind in ["Service", "PodDisruptionBudget"] {
         let sel = &by_kind[kind]["spec"]["selector"];
         let sel = sel.get("matchLabels").unwrap_or(sel);
         for (k, v) in sel.as_object().unwrap() {
-            assert_eq!(&labels[k], v, "{kind} selects {k}={v}, which the pods do not carry");
+            assert_eq!(
+                &labels[k], v,
+                "{kind} selects {k}={v}, which the pods do not carry"
+            );
         }
     }
     for p in by_kind["Service"]["spec"]["ports"].as_array().unwrap() {
         let target = p["targetPort"].as_str().unwrap();
-        assert!(ports.contains_key(target), "Service targets unknown port {target}");
+        assert!(
+            ports.contains_key(target),
+            "Service targets unknown port {target}"
+        );
     }
 }
 
 #[test]
 fn debian_package_config_and_unit_name_only_what_exists() {
     let cfg = check_config(&read("deploy/debian/pgveil.toml"));
-    assert!(cfg.policy.is_some(), "the package installs the example policy for [policy]");
+    assert!(
+        cfg.policy.is_some(),
+        "the package installs the example policy for [policy]"
+    );
     let unit = read("deploy/debian/pgveil.service");
     let value = |key: &str| -> Vec<&str> {
-        unit.lines().filter_map(|l| l.strip_prefix(&format!("{key}="))).collect()
+        unit.lines()
+            .filter_map(|l| l.strip_prefix(&format!("{key}=")))
+            .collect()
     };
     for key in ["ExecStart", "ExecStartPre"] {
         let line = value(key)[0];
@@ -405,12 +518,21 @@ fn debian_package_config_and_unit_name_only_what_exists() {
         check_env_var(e.split('=').next().unwrap());
     }
     assert_eq!(value("ExecReload"), ["/bin/kill -HUP $MAINPID"]);
-    for (key, want) in [("User", "pgveil"), ("NoNewPrivileges", "yes"), ("ProtectSystem", "strict")] {
+    for (key, want) in [
+        ("User", "pgveil"),
+        ("NoNewPrivileges", "yes"),
+        ("ProtectSystem", "strict"),
+    ] {
         assert_eq!(value(key), [want], "{key}");
     }
     // The package's files are named by the build script.
     let build = read("deploy/debian/build-deb.sh");
-    for f in ["pgveil.toml", "policies/payments.toml", "pgveil.service", "postinst"] {
+    for f in [
+        "pgveil.toml",
+        "policies/payments.toml",
+        "pgveil.service",
+        "postinst",
+    ] {
         assert!(build.contains(f), "build-deb.sh does not install {f}");
     }
 }
@@ -419,7 +541,10 @@ fn debian_package_config_and_unit_name_only_what_exists() {
 /// also records it (`<kind>!("name"`), with its kind.
 fn exported_metrics() -> BTreeMap<String, &'static str> {
     let described = read("src/telemetry.rs");
-    let sources: String = rust_files("src").iter().map(|f| std::fs::read_to_string(f).unwrap()).collect();
+    let sources: String = rust_files("src")
+        .iter()
+        .map(|f| std::fs::read_to_string(f).unwrap())
+        .collect();
     let mut out = BTreeMap::new();
     for kind in ["counter", "gauge", "histogram"] {
         let mac = format!("describe_{kind}!(");
@@ -427,7 +552,9 @@ fn exported_metrics() -> BTreeMap<String, &'static str> {
             let name = first_literal(&described[at + mac.len()..]).unwrap();
             let recorded = sources.match_indices(&format!("{kind}!(")).any(|(i, m)| {
                 !sources[..i].ends_with("describe_")
-                    && sources[i + m.len()..].trim_start().starts_with(&format!("\"{name}\""))
+                    && sources[i + m.len()..]
+                        .trim_start()
+                        .starts_with(&format!("\"{name}\""))
             });
             if recorded {
                 out.insert(name.to_owned(), kind);
@@ -456,7 +583,10 @@ fn expressions(v: &Value, out: &mut Vec<String>) {
 #[test]
 fn grafana_dashboard_queries_only_exported_metrics() {
     let exported = exported_metrics();
-    assert!(exported.len() >= 10, "the scan found too few metrics: {exported:?}");
+    assert!(
+        exported.len() >= 10,
+        "the scan found too few metrics: {exported:?}"
+    );
     let dashboard: Value = serde_json::from_str(&read("deploy/grafana/pgveil.json")).unwrap();
     let mut exprs = Vec::new();
     expressions(&dashboard, &mut exprs);
@@ -470,22 +600,35 @@ fn grafana_dashboard_queries_only_exported_metrics() {
                 .chars()
                 .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
                 .collect();
-            let (base, series) = match ["_bucket", "_sum", "_count"].iter().find_map(|s| name.strip_suffix(s)) {
-                Some(base) if exported.get(base) == Some(&"histogram") => (base.to_owned(), &name[base.len()..]),
+            let (base, series) = match ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+            {
+                Some(base) if exported.get(base) == Some(&"histogram") => {
+                    (base.to_owned(), &name[base.len()..])
+                }
                 _ => (name.clone(), ""),
             };
-            let kind = exported
-                .get(&base)
-                .unwrap_or_else(|| panic!("the dashboard queries {name}, which pgveil does not export: {expr}"));
-            let in_rate = ["rate(", "increase("].iter().any(|f| expr[..at].ends_with(f));
+            let kind = exported.get(&base).unwrap_or_else(|| {
+                panic!("the dashboard queries {name}, which pgveil does not export: {expr}")
+            });
+            let in_rate = ["rate(", "increase("]
+                .iter()
+                .any(|f| expr[..at].ends_with(f));
             queried.insert(base);
             if expr[..at].ends_with("label_values(") {
                 continue; // a template variable's label lookup: any kind
             }
             match *kind {
-                "counter" => assert!(in_rate, "counter {name} used without rate()/increase(): {expr}"),
+                "counter" => assert!(
+                    in_rate,
+                    "counter {name} used without rate()/increase(): {expr}"
+                ),
                 "gauge" => assert!(!in_rate, "gauge {name} inside rate(): {expr}"),
-                _ => assert!(series == "_bucket" && in_rate, "histogram {name}: rate of _bucket expected: {expr}"),
+                _ => assert!(
+                    series == "_bucket" && in_rate,
+                    "histogram {name}: rate of _bucket expected: {expr}"
+                ),
             }
         }
     }
