@@ -8,4 +8,5 @@ pub mod prepared;
 pub mod relay;
 pub mod session;
 pub mod sqlscan;
+pub mod sqltree;
 pub mod txn;

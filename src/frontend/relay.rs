@@ -92,6 +92,10 @@ pub struct RelayState {
     pub in_flight: usize,
     /// True while a frame is only partly relayed in either direction.
     pub mid_frame: bool,
+    /// Extended-protocol messages (Parse, Bind, Describe, Execute, Close, Flush) were sent since the last
+    /// Sync: the backend may hold an open implicit transaction and portals, or skip everything until a Sync
+    /// after an error. Such a backend must be drained before anything else runs on it.
+    pub unsynced: bool,
 }
 
 impl Default for RelayState {
@@ -100,16 +104,52 @@ impl Default for RelayState {
             txn_status: b'I',
             in_flight: 0,
             mid_frame: false,
+            unsynced: false,
         }
     }
 }
 
 impl RelayState {
-    /// True when the backend is between statements with no transaction open and nothing in flight: it can be
-    /// reset and reused.
+    /// True when every response the backend owes has arrived and no frame is half relayed: after a drain of
+    /// unsynced messages (see [`RelayState::unsynced`]) it can be reset and reused.
     pub fn backend_idle(&self) -> bool {
         self.in_flight == 0 && !self.mid_frame
     }
+}
+
+/// PostgreSQL's own length limits per frontend message type (`PQ_LARGE_MESSAGE_LIMIT` and
+/// `PQ_SMALL_MESSAGE_LIMIT` in postgres.c), length word included. A longer frame is refused with 08P01 as
+/// PostgreSQL would, instead of being forwarded to a backend that would drop the connection.
+fn max_frontend_len(t: u8) -> usize {
+    match t {
+        b'Q' | b'P' | b'B' | b'F' | b'd' => 0x3fff_fffe,
+        _ => 10_000,
+    }
+}
+
+/// Whether a frontend message type belongs to the extended protocol (answered only after a Sync).
+fn extended_tag(t: u8) -> bool {
+    matches!(t, b'P' | b'B' | b'D' | b'E' | b'C' | b'H')
+}
+
+/// Checks the frames starting at `bytes[0]` (whole frames, possibly a last partial one) against PostgreSQL's
+/// length limits, and reports whether any is an extended-protocol message.
+fn scan_frontend(bytes: &[u8]) -> Result<bool, PgError> {
+    let mut extended = false;
+    let mut off = 0;
+    while off + 5 <= bytes.len() {
+        let t = bytes[off];
+        let len = i32::from_be_bytes([bytes[off + 1], bytes[off + 2], bytes[off + 3], bytes[off + 4]]);
+        if len < 4 || len as usize > max_frontend_len(t) {
+            return Err(PgError::protocol_violation(format!(
+                "invalid message length {len} for message type {}",
+                char::from(t)
+            )));
+        }
+        extended |= extended_tag(t);
+        off += 1 + len as usize;
+    }
+    Ok(extended)
 }
 
 /// The relay for one session.
@@ -345,6 +385,12 @@ impl<'a> Relay<'a> {
                 err.encode(to_c);
                 return Step::End(RelayEnd::ClientProtocol(err));
             }
+            // Frames are checked against PostgreSQL's limits from their header, before any is forwarded.
+            let at_boundary = !split.mid_frame();
+            if at_boundary && let Err(err) = scan_frontend(&cin[..cin.len().min(5)]) {
+                err.encode(to_c);
+                return Step::End(RelayEnd::ClientProtocol(err));
+            }
             let item = match split.next(cin, inspects) {
                 Ok(Some(item)) => item,
                 Ok(None) => return Step::Continue,
@@ -359,11 +405,25 @@ impl<'a> Relay<'a> {
             };
             let frame = match item {
                 Item::Forward(bytes) => {
+                    if at_boundary {
+                        match scan_frontend(&bytes) {
+                            Ok(extended) => self.state.unsynced |= extended,
+                            Err(err) => {
+                                err.encode(to_c);
+                                return Step::End(RelayEnd::ClientProtocol(err));
+                            }
+                        }
+                    }
                     to_b.extend_from_slice(&bytes);
                     continue;
                 }
                 Item::Inspect(frame) => frame,
             };
+            if extended_tag(frame[0]) {
+                self.state.unsynced = true;
+            } else if frame[0] == tag::SYNC {
+                self.state.unsynced = false;
+            }
             match self.on_client_frame(&frame, to_b, stmts) {
                 Ok(Step::Continue) => {}
                 Ok(end @ Step::End(_)) => return end,
@@ -461,7 +521,7 @@ impl<'a> Relay<'a> {
                     Decision::Rewrite(s) => s.as_bytes(),
                     Decision::Deny(_) => b"",
                 };
-                match decision {
+                let refused = match decision {
                     Decision::Deny(e) => Some(e),
                     _ => match t.observe(sql, stmts) {
                         Some(e) => Some(e),
@@ -474,7 +534,11 @@ impl<'a> Relay<'a> {
                             t.stmts.parse(name, def.freeze(), stmts, to_b).err()
                         }
                     },
+                };
+                if refused.is_some() && name.is_empty() {
+                    t.stmts.forget_unnamed();
                 }
+                refused
             }
             tag::BIND => {
                 t.unsynced = true;

@@ -15,6 +15,7 @@
 //! connections, and `SET ROLE`/`SET SESSION AUTHORIZATION`. A pinned client's backend is reset like a session
 //! mode backend (`DISCARD ALL`) when it ends.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::BytesMut;
@@ -28,7 +29,7 @@ use super::prepared::TxnStatements;
 use super::relay::{IdleTimeouts, Relay, RelayEnd};
 use super::sqlscan;
 use crate::backend::pool::PooledConn;
-use crate::backend::reset::{query_rows, reset, rollback, run_queries};
+use crate::backend::reset::{drain_unsynced, query_rows, reset, rollback, run_queries};
 use crate::backend::statements::BackendStatements;
 use crate::cancel::CancelHandle;
 use crate::identity::Identity;
@@ -158,6 +159,96 @@ async fn capture_settings(conn: &mut PooledConn, ctx: &mut TxnCtx) {
             conn.broken = true;
         }
     }
+}
+
+/// Transaction-mode login: checks the client's startup settings and returns its state with the server
+/// parameters to greet it with. A free backend (or one that can be opened now) answers it and takes the
+/// settings at once, so a bad value fails the login as in PostgreSQL. When every backend is busy, the login is
+/// answered from the parameters the pool's backends reported at startup (overlaid with the client's settings)
+/// without waiting; its settings are then applied before its first transaction. `None` when the client was
+/// refused (and told).
+pub async fn login(
+    stream: &mut ClientStream,
+    who: &Identity,
+    shared: &Shared,
+    tenant: &Arc<Tenant>,
+    settings: Vec<(String, String)>,
+    requested_db: Option<&str>,
+) -> Option<(TxnCtx, BTreeMap<String, String>)> {
+    // The client's settings go with it to every backend: all of them, checked by the policy once.
+    let pairs: Vec<(&str, &str)> = settings
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect();
+    let sql = match super::session::checked_settings_sql(&pairs, who, shared) {
+        Ok(sql) => sql,
+        Err(e) => {
+            refuse(stream, e).await;
+            return None;
+        }
+    };
+    let ctx = TxnCtx::new(settings, sql, shared.cfg.pool.max_prepared_statements);
+    let free = match shared.pools.try_checkout(tenant, &who.role).await {
+        Ok(free) => free,
+        Err(e) => {
+            refuse(stream, super::session::checkout_error(&e, who)).await;
+            return None;
+        }
+    };
+    let greeting = match free {
+        Some(conn) => return login_on(stream, conn, ctx, requested_db).await,
+        None => shared.pools.greeting(tenant, &who.role),
+    };
+    let Some(greeting) = greeting else {
+        // No backend was ever opened for this pool: wait for one like a transaction would.
+        return match shared.pools.checkout(tenant, &who.role).await {
+            Ok(conn) => login_on(stream, conn, ctx, requested_db).await,
+            Err(e) => {
+                refuse(stream, super::session::checkout_error(&e, who)).await;
+                None
+            }
+        };
+    };
+    if let Some(db) = requested_db
+        && db != greeting.dbname
+    {
+        tracing::info!(database = db, "startup database is not the tenant's");
+        refuse(stream, PgError::unknown_database(db)).await;
+        return None;
+    }
+    tracing::debug!("login answered from the pool's server parameters (no free backend)");
+    metrics::counter!("pgveil_txn_logins_without_backend_total").increment(1);
+    let mut params = greeting.params;
+    for (name, value) in &ctx.settings {
+        if let Some(key) = params.keys().find(|k| k.eq_ignore_ascii_case(name)).cloned() {
+            params.insert(key, value.clone());
+        }
+    }
+    Some((ctx, params))
+}
+
+/// Login on a backend at hand: checks the database name and applies the client's settings on it, then
+/// returns the backend to the pool.
+async fn login_on(
+    stream: &mut ClientStream,
+    mut conn: PooledConn,
+    ctx: TxnCtx,
+    requested_db: Option<&str>,
+) -> Option<(TxnCtx, BTreeMap<String, String>)> {
+    if let Some(db) = requested_db
+        && db != conn.target.dbname
+    {
+        tracing::info!(database = db, "startup database is not the tenant's");
+        refuse(stream, PgError::unknown_database(db)).await;
+        return None; // the backend was not touched: it goes back as it is
+    }
+    if let Err(e) = ensure_settings(&mut conn, &ctx).await {
+        refuse(stream, e).await;
+        discard(conn);
+        return None;
+    }
+    let params = conn.params.clone();
+    Some((ctx, params)) // the backend goes back to the pool until the first transaction
 }
 
 /// How the wait for the client's next transaction ended.
@@ -308,8 +399,9 @@ pub async fn serve(
     }
 }
 
-/// The client left while holding a backend: roll back and return it, reset it if the client was pinned, or
-/// discard it when its state is unknown.
+/// The client left while holding a backend: roll back and return it, drain and reset it when it left
+/// extended-protocol messages without Sync or was pinned, or discard it when responses are still owed (after a
+/// cancel). Every step runs under `pool.reset_timeout`.
 async fn finish(mut conn: PooledConn, relay: &Relay<'_>, end: &RelayEnd) {
     let ctx = relay.txn.as_ref().expect("transaction mode");
     let reusable =
@@ -322,7 +414,14 @@ async fn finish(mut conn: PooledConn, relay: &Relay<'_>, end: &RelayEnd) {
         return;
     }
     let status = relay.state.txn_status;
-    let ok = if ctx.pinned.is_some() {
+    let ok = if relay.state.unsynced {
+        // Parses, portals and settings of the unsynced batch are unknown: drain, then reset like a pinned
+        // backend (pgveil's server-side statements are forgotten with it).
+        let ok = drain_unsynced(&mut conn).await && reset(&mut conn, b'I').await;
+        conn.statements.clear();
+        conn.applied = Some(Vec::new());
+        ok
+    } else if ctx.pinned.is_some() {
         let ok = reset(&mut conn, status).await;
         conn.statements.clear();
         conn.applied = Some(Vec::new());
