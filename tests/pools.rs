@@ -39,6 +39,7 @@ fn main() -> std::process::ExitCode {
         ("txn_login_while_pool_busy", txn_login_while_pool_busy),
         ("frame_claiming_1gib_refused", frame_claiming_1gib_refused),
         ("silent_sockets_do_not_block_clients", silent_sockets_do_not_block_clients),
+        ("state_leak_scenarios_transaction", state_leak_scenarios),
     ])
 }
 
@@ -364,6 +365,56 @@ fn silent_sockets_do_not_block_clients(fx: &Fixture) -> Result<()> {
         let c = fx.connect_to(srv.addr, "acme", "admin").await?;
         c.simple_query("SELECT 1").await?;
         drop(silent);
+        Ok(())
+    })
+}
+
+/// Session state created through spellings the word scan cannot see and inside tenant functions: the next
+/// client of the backend (pool of one, transaction mode) sees none of it.
+fn state_leak_scenarios(fx: &Fixture) -> Result<()> {
+    fx.superuser_sql(
+        "globex",
+        "CREATE OR REPLACE FUNCTION leak_setcfg() RETURNS text LANGUAGE sql AS $$ SELECT set_config('application_name', 'leaked_by_fn', false) $$;
+         CREATE OR REPLACE FUNCTION leak_mktemp() RETURNS void LANGUAGE plpgsql AS $$ BEGIN CREATE TEMP TABLE IF NOT EXISTS leak_fn_temp (x int); END $$;
+         CREATE OR REPLACE FUNCTION leak_lock() RETURNS void LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_advisory_lock(4242); END $$;",
+    )?;
+    let proxy = proxy(fx, PoolMode::Transaction, 1, Duration::from_secs(10))?;
+    let check_temp = |name: &str| format!("SELECT (to_regclass('pg_temp.{name}') IS NULL)::text");
+    let no_setting = |v: &str| format!("SELECT (current_setting('application_name') <> '{v}')::text");
+    let no_lock = "SELECT (count(*) = 0)::text FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()".to_owned();
+    let scenarios: Vec<(&str, &str, String, String)> = vec![
+        ("U& temp table", "tiny", r#"CREATE TABLE U&"pg_t\0065mp".leak_u_temp AS SELECT 1 AS x"#.into(), check_temp("leak_u_temp")),
+        ("U& set_config", "tiny", r#"SELECT U&"set\005fconfig"('application_name', 'leaked_u', false)"#.into(), no_setting("leaked_u")),
+        ("U& set_config, masked role", "analyst", r#"SELECT U&"set\005fconfig"('application_name', 'leaked_um', false)"#.into(), no_setting("leaked_um")),
+        ("function set_config", "tiny", "SELECT leak_setcfg()".into(), no_setting("leaked_by_fn")),
+        ("function temp table", "tiny", "SELECT leak_mktemp()".into(), check_temp("leak_fn_temp")),
+        ("function advisory lock", "tiny", "SELECT leak_lock()".into(), no_lock.clone()),
+        ("plain advisory lock", "tiny", "SELECT pg_advisory_lock(4243)".into(), no_lock),
+    ];
+    fx.block_on(async {
+        let mut leaks = Vec::new();
+        for (what, role, sql, check) in &scenarios {
+            let mut a = raw_client(fx, proxy.addr, "globex", role).await?;
+            let r = a.round(&[Msg::Query(sql)]).await?;
+            ensure!(
+                !r.iter().any(|x| matches!(x, Reply::Error(_))),
+                "{what}: {r:?}"
+            );
+            drop(a);
+            let mut b = raw_client(fx, proxy.addr, "globex", "tiny").await?;
+            let r = tokio::time::timeout(raw::SAFETY, b.round(&[Msg::Query(check)]))
+                .await
+                .with_context(|| format!("{what}: check got no answer"))??;
+            if !r.contains(&Reply::Row(vec![Some("true".into())])) {
+                leaks.push(format!("{what}: {r:?}"));
+            }
+        }
+        ensure!(
+            leaks.is_empty(),
+            "{} of {} scenarios leaked: {leaks:?}",
+            leaks.len(),
+            scenarios.len()
+        );
         Ok(())
     })
 }

@@ -203,7 +203,12 @@ pub struct Pools {
     connect_timeout: Duration,
     reset_timeout: Duration,
     pools: Mutex<HashMap<PoolKey, (Pool, Arc<Mutex<Option<Greeting>>>)>>,
+    /// Per pool: the tenant-defined function names its backends see, and when they were read.
+    functions: Mutex<HashMap<PoolKey, (std::time::Instant, FunctionNames)>>,
 }
+
+/// Lower-case names of the functions outside `pg_catalog` and `information_schema` in a pool's database.
+pub type FunctionNames = Arc<std::collections::HashSet<String>>;
 
 impl Pools {
     /// An empty set of pools.
@@ -219,7 +224,32 @@ impl Pools {
             connect_timeout,
             reset_timeout,
             pools: Mutex::new(HashMap::new()),
+            functions: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The function names last read for (tenant, role class), with when they were read.
+    pub fn functions(
+        &self,
+        tenant: &Arc<Tenant>,
+        role_class: &RoleName,
+    ) -> Option<(std::time::Instant, FunctionNames)> {
+        let key = PoolKey {
+            tenant: tenant.id.clone(),
+            role_class: role_class.clone(),
+        };
+        let map = self.functions.lock().expect("functions lock poisoned");
+        map.get(&key).cloned()
+    }
+
+    /// Records the function names just read for (tenant, role class).
+    pub fn set_functions(&self, tenant: &Arc<Tenant>, role_class: &RoleName, names: FunctionNames) {
+        let key = PoolKey {
+            tenant: tenant.id.clone(),
+            role_class: role_class.clone(),
+        };
+        let mut map = self.functions.lock().expect("functions lock poisoned");
+        map.insert(key, (std::time::Instant::now(), names));
     }
 
     /// The greeting of (tenant, role class)'s backends, once one has been opened.

@@ -10,3 +10,4 @@ pub mod session;
 pub mod sqlscan;
 pub mod sqltree;
 pub mod txn;
+pub mod verify;

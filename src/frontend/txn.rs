@@ -28,7 +28,8 @@ use super::params::set_config_statement;
 use super::prepared::TxnStatements;
 use super::relay::{IdleTimeouts, Relay, RelayEnd};
 use super::sqlscan;
-use crate::backend::pool::PooledConn;
+use super::verify;
+use crate::backend::pool::{FunctionNames, PooledConn};
 use crate::backend::reset::{drain_unsynced, query_rows, reset, rollback, run_queries};
 use crate::backend::statements::BackendStatements;
 use crate::cancel::CancelHandle;
@@ -41,8 +42,6 @@ use crate::server::Shared;
 /// Settings that cannot be re-applied on another backend: a client that changes them is pinned.
 const UNMOVABLE_SETTINGS: &[&str] = &["role", "session_authorization"];
 
-/// Reads back the settings a client changed on its backend.
-const CAPTURE_SETTINGS: &str = "SELECT name, pg_catalog.current_setting(name) FROM pg_catalog.pg_settings WHERE source = 'session' ORDER BY name";
 
 /// A client's transaction-mode state, kept across backends.
 pub struct TxnCtx {
@@ -54,6 +53,13 @@ pub struct TxnCtx {
     pub settings_dirty: bool,
     /// Extended-protocol messages were sent since the last Sync.
     pub unsynced: bool,
+    /// The current transaction may have left state no reading of its SQL can see (it mentions a
+    /// tenant-defined function, or its text needed the parser): verify the backend before releasing it.
+    pub verify: bool,
+    /// The pool's tenant-defined function names, as of the last checkout (see [`super::verify`]).
+    functions: Option<FunctionNames>,
+    /// The client created or replaced a function: read the names again at the next checkout.
+    functions_stale: bool,
     /// The client's settings (name, value), as applied on top of a backend's startup state.
     settings: Vec<(String, String)>,
     /// The statement applying `settings` (already checked by the statement policy).
@@ -72,6 +78,9 @@ impl TxnCtx {
             pinned: None,
             settings_dirty: false,
             unsynced: false,
+            verify: false,
+            functions: None,
+            functions_stale: false,
             settings,
             settings_sql,
         }
@@ -93,6 +102,17 @@ impl TxnCtx {
             self.pinned = Some(why);
         }
         self.settings_dirty |= fx.settings;
+        if super::sqltree::inconclusive(sql)
+            || self
+                .functions
+                .as_ref()
+                .is_some_and(|names| verify::mentions(sql, names))
+        {
+            self.verify = true;
+        }
+        if verify::defines_function(sql) {
+            self.functions_stale = true;
+        }
         if fx.drops_statements {
             self.stmts.on_statements_dropped(stmts);
         }
@@ -128,18 +148,27 @@ pub async fn ensure_settings(conn: &mut PooledConn, ctx: &TxnCtx) -> Result<(), 
     }
 }
 
-/// Reads back the settings the client's last transaction left on `conn` and makes them the client's.
+/// Reads back the settings the client's last transaction left on `conn` and makes them the client's; pins the
+/// client when the backend now holds session-lifetime state (one round trip, see [`super::verify`]).
 async fn capture_settings(conn: &mut PooledConn, ctx: &mut TxnCtx) {
     ctx.settings_dirty = false;
-    match query_rows(conn, CAPTURE_SETTINGS).await {
+    ctx.verify = false;
+    match query_rows(conn, verify::VERIFY_SQL).await {
         Ok((b'I', None, rows)) => {
-            let settings: Vec<(String, String)> = rows
+            let mut settings: Vec<(String, String)> = rows
                 .into_iter()
                 .filter_map(|r| match <[Option<String>; 2]>::try_from(r) {
                     Ok([Some(n), Some(v)]) => Some((n, v)),
                     _ => None,
                 })
                 .collect();
+            if let Some(i) = settings.iter().position(|(n, _)| n == verify::PINS_ROW) {
+                let (_, held) = settings.remove(i);
+                if !held.is_empty() && ctx.pinned.is_none() {
+                    tracing::debug!(state = %held, "client pinned: its transaction left session state");
+                    ctx.pinned = Some("session state left by a function");
+                }
+            }
             if settings
                 .iter()
                 .any(|(n, _)| UNMOVABLE_SETTINGS.contains(&n.as_str()))
@@ -251,6 +280,32 @@ async fn login_on(
     Some((ctx, params)) // the backend goes back to the pool until the first transaction
 }
 
+/// Gives the client the pool's tenant-defined function names, reading them on `conn` when they are older than
+/// [`verify::FUNCTIONS_MAX_AGE`] or the client defined a function; false when reading failed.
+async fn refresh_functions(
+    conn: &mut PooledConn,
+    ctx: &mut TxnCtx,
+    shared: &Shared,
+    tenant: &Arc<Tenant>,
+    role: &crate::ids::RoleName,
+) -> bool {
+    let known = shared
+        .pools
+        .functions(tenant, role)
+        .filter(|(at, _)| !ctx.functions_stale && at.elapsed() < verify::FUNCTIONS_MAX_AGE);
+    if let Some((_, names)) = known {
+        ctx.functions = Some(names);
+        return true;
+    }
+    let Some(names) = verify::load_functions(conn).await else {
+        return false;
+    };
+    shared.pools.set_functions(tenant, role, names.clone());
+    ctx.functions = Some(names);
+    ctx.functions_stale = false;
+    true
+}
+
 /// How the wait for the client's next transaction ended.
 enum Idle {
     Data,
@@ -357,6 +412,11 @@ pub async fn serve(
                     discard(conn);
                     return;
                 }
+                if !refresh_functions(&mut conn, ctx, shared, tenant, &who.role).await {
+                    refuse(stream, PgError::backend_unavailable()).await;
+                    discard(conn);
+                    return;
+                }
                 ctx.stmts.on_checkout(&conn.statements);
                 held.insert(conn)
             }
@@ -379,7 +439,7 @@ pub async fn serve(
         let ctx = relay.txn.as_mut().expect("transaction mode");
         match end {
             RelayEnd::Release => {
-                if ctx.settings_dirty {
+                if ctx.settings_dirty || ctx.verify {
                     capture_settings(conn, ctx).await;
                 }
                 if conn.broken {
@@ -421,7 +481,7 @@ async fn finish(mut conn: PooledConn, relay: &Relay<'_>, end: &RelayEnd) {
         conn.statements.clear();
         conn.applied = Some(Vec::new());
         ok
-    } else if ctx.pinned.is_some() {
+    } else if ctx.pinned.is_some() || ctx.verify {
         let ok = reset(&mut conn, status).await;
         conn.statements.clear();
         conn.applied = Some(Vec::new());
