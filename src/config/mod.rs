@@ -94,6 +94,10 @@ pub struct PolicyConfig {
     /// How often each tenant's catalog snapshot is reloaded.
     #[serde(default = "default_catalog_refresh", with = "humantime_serde")]
     pub catalog_refresh: Duration,
+    /// Byte budget of the decision caches (exact statements and literal-normalized plans, half each); least
+    /// valuable entries are evicted beyond it.
+    #[serde(default = "default_cache_bytes")]
+    pub cache_bytes: u64,
 }
 
 /// Client-facing listener settings.
@@ -465,6 +469,9 @@ fn default_connect_timeout() -> Duration {
 }
 fn default_reset_timeout() -> Duration {
     Duration::from_secs(5)
+}
+fn default_cache_bytes() -> u64 {
+    crate::policy::engine::DEFAULT_CACHE_BYTES
 }
 fn default_catalog_refresh() -> Duration {
     Duration::from_secs(60)

@@ -38,6 +38,7 @@ pub fn masking_proxy(fx: &Fixture, dir: PathBuf) -> Result<Running> {
                 .map(|(t, s)| (TenantId::new(t), SecretId::new(s)))
                 .collect(),
                 catalog_refresh: Duration::from_secs(3600),
+                cache_bytes: pgveil::policy::engine::DEFAULT_CACHE_BYTES,
             })
         },
         ServerOptions::default(),
