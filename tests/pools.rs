@@ -40,6 +40,7 @@ fn main() -> std::process::ExitCode {
         ("frame_claiming_1gib_refused", frame_claiming_1gib_refused),
         ("silent_sockets_do_not_block_clients", silent_sockets_do_not_block_clients),
         ("state_leak_scenarios_transaction", state_leak_scenarios),
+        ("masked_role_big_statements_memory_bounded", big_statements_memory_bounded),
     ])
 }
 
@@ -414,6 +415,65 @@ fn state_leak_scenarios(fx: &Fixture) -> Result<()> {
             "{} of {} scenarios leaked: {leaks:?}",
             leaks.len(),
             scenarios.len()
+        );
+        Ok(())
+    })
+}
+
+/// Resident set size of this process (the proxy runs in it), in bytes.
+fn rss() -> Result<u64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .context("no VmRSS")?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()?;
+    Ok(kb * 1024)
+}
+
+/// The masked role sends 50 distinct 1 MiB statements (half made distinct by a comment, half by a literal):
+/// the decision caches stay within their byte budget, and the process grows by far less than the statements.
+fn big_statements_memory_bounded(fx: &Fixture) -> Result<()> {
+    let dir = support::masking::write_policy_dir(fx, "policy-cache-budget")?;
+    let proxy = support::masking::masking_proxy(fx, dir)?;
+    let engine = proxy.shared.masking.clone().context("masking engine")?;
+    let budget = pgveil::policy::engine::DEFAULT_CACHE_BYTES;
+    fx.block_on(async {
+        let c = fx.connect_to(proxy.addr, "acme", "analyst").await?;
+        let big = |i: usize| {
+            let pad = format!("{i:04}").repeat(256 * 1024);
+            if i % 2 == 0 {
+                format!("SELECT email FROM payers /* {pad} */ WHERE id < 3")
+            } else {
+                format!("SELECT email, '{pad}' AS pad FROM payers WHERE id < 3")
+            }
+        };
+        // Warm up the allocator and the session with one statement of the same shape.
+        c.simple_query(&big(9999)).await?;
+        let before = rss()?;
+        for i in 0..50 {
+            c.simple_query(&big(i)).await?;
+        }
+        let after = rss()?;
+        let held = engine.cache_weight();
+        let growth = after.saturating_sub(before);
+        eprintln!(
+            "50 x 1 MiB statements: RSS {} -> {} MiB (+{} MiB), caches hold {} MiB of a {} MiB budget",
+            before >> 20,
+            after >> 20,
+            growth >> 20,
+            held >> 20,
+            budget >> 20
+        );
+        ensure!(held <= budget, "caches hold {held} bytes, budget {budget}");
+        ensure!(
+            growth < budget + (16 << 20),
+            "RSS grew by {} MiB (budget {} MiB)",
+            growth >> 20,
+            budget >> 20
         );
         Ok(())
     })
