@@ -157,7 +157,8 @@ impl Server {
         let (policy, masking) = match &cfg.policy {
             None => (opts.policy, None),
             Some(pc) => {
-                let engine = Arc::new(MaskingEngine::new(&pc.dir)?.with_cache_budget(pc.cache_bytes));
+                let engine =
+                    Arc::new(MaskingEngine::new(&pc.dir)?.with_cache_budget(pc.cache_bytes));
                 let keys = pc
                     .pseudonym_keys
                     .iter()

@@ -23,24 +23,36 @@ use txpool_raw::{Msg, Raw, Reply};
 
 fn main() -> std::process::ExitCode {
     support::main_with(&[
-        ("unsynced_error_then_exit_session", |fx| unsynced_error_then_exit(fx, PoolMode::Session)),
+        ("unsynced_error_then_exit_session", |fx| {
+            unsynced_error_then_exit(fx, PoolMode::Session)
+        }),
         ("unsynced_error_then_exit_transaction", |fx| {
             unsynced_error_then_exit(fx, PoolMode::Transaction)
         }),
-        ("victim_portal_and_update_session", |fx| victim_portal_and_update(fx, PoolMode::Session)),
+        ("victim_portal_and_update_session", |fx| {
+            victim_portal_and_update(fx, PoolMode::Session)
+        }),
         ("victim_portal_and_update_transaction", |fx| {
             victim_portal_and_update(fx, PoolMode::Transaction)
         }),
-        ("refused_unnamed_parse_session", |fx| refused_unnamed_parse(fx, PoolMode::Session)),
+        ("refused_unnamed_parse_session", |fx| {
+            refused_unnamed_parse(fx, PoolMode::Session)
+        }),
         ("refused_unnamed_parse_transaction", |fx| {
             refused_unnamed_parse(fx, PoolMode::Transaction)
         }),
         ("dead_backends_not_handed_out", dead_backends_not_handed_out),
         ("txn_login_while_pool_busy", txn_login_while_pool_busy),
         ("frame_claiming_1gib_refused", frame_claiming_1gib_refused),
-        ("silent_sockets_do_not_block_clients", silent_sockets_do_not_block_clients),
+        (
+            "silent_sockets_do_not_block_clients",
+            silent_sockets_do_not_block_clients,
+        ),
         ("state_leak_scenarios_transaction", state_leak_scenarios),
-        ("masked_role_big_statements_memory_bounded", big_statements_memory_bounded),
+        (
+            "masked_role_big_statements_memory_bounded",
+            big_statements_memory_bounded,
+        ),
     ])
 }
 
@@ -319,7 +331,9 @@ fn txn_login_while_pool_busy(fx: &Fixture) -> Result<()> {
             .await
             .context("login while every backend is in a transaction")?;
         let q = tokio::spawn(async move {
-            let r = newcomer.query_one("SELECT current_setting('TimeZone')", &[]).await;
+            let r = newcomer
+                .query_one("SELECT current_setting('TimeZone')", &[])
+                .await;
             (r.map(|row| row.get::<_, String>(0)), newcomer)
         });
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -381,16 +395,52 @@ fn state_leak_scenarios(fx: &Fixture) -> Result<()> {
     )?;
     let proxy = proxy(fx, PoolMode::Transaction, 1, Duration::from_secs(10))?;
     let check_temp = |name: &str| format!("SELECT (to_regclass('pg_temp.{name}') IS NULL)::text");
-    let no_setting = |v: &str| format!("SELECT (current_setting('application_name') <> '{v}')::text");
+    let no_setting =
+        |v: &str| format!("SELECT (current_setting('application_name') <> '{v}')::text");
     let no_lock = "SELECT (count(*) = 0)::text FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()".to_owned();
     let scenarios: Vec<(&str, &str, String, String)> = vec![
-        ("U& temp table", "tiny", r#"CREATE TABLE U&"pg_t\0065mp".leak_u_temp AS SELECT 1 AS x"#.into(), check_temp("leak_u_temp")),
-        ("U& set_config", "tiny", r#"SELECT U&"set\005fconfig"('application_name', 'leaked_u', false)"#.into(), no_setting("leaked_u")),
-        ("U& set_config, masked role", "analyst", r#"SELECT U&"set\005fconfig"('application_name', 'leaked_um', false)"#.into(), no_setting("leaked_um")),
-        ("function set_config", "tiny", "SELECT leak_setcfg()".into(), no_setting("leaked_by_fn")),
-        ("function temp table", "tiny", "SELECT leak_mktemp()".into(), check_temp("leak_fn_temp")),
-        ("function advisory lock", "tiny", "SELECT leak_lock()".into(), no_lock.clone()),
-        ("plain advisory lock", "tiny", "SELECT pg_advisory_lock(4243)".into(), no_lock),
+        (
+            "U& temp table",
+            "tiny",
+            r#"CREATE TABLE U&"pg_t\0065mp".leak_u_temp AS SELECT 1 AS x"#.into(),
+            check_temp("leak_u_temp"),
+        ),
+        (
+            "U& set_config",
+            "tiny",
+            r#"SELECT U&"set\005fconfig"('application_name', 'leaked_u', false)"#.into(),
+            no_setting("leaked_u"),
+        ),
+        (
+            "U& set_config, masked role",
+            "analyst",
+            r#"SELECT U&"set\005fconfig"('application_name', 'leaked_um', false)"#.into(),
+            no_setting("leaked_um"),
+        ),
+        (
+            "function set_config",
+            "tiny",
+            "SELECT leak_setcfg()".into(),
+            no_setting("leaked_by_fn"),
+        ),
+        (
+            "function temp table",
+            "tiny",
+            "SELECT leak_mktemp()".into(),
+            check_temp("leak_fn_temp"),
+        ),
+        (
+            "function advisory lock",
+            "tiny",
+            "SELECT leak_lock()".into(),
+            no_lock.clone(),
+        ),
+        (
+            "plain advisory lock",
+            "tiny",
+            "SELECT pg_advisory_lock(4243)".into(),
+            no_lock,
+        ),
     ];
     fx.block_on(async {
         let mut leaks = Vec::new();

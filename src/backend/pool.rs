@@ -171,7 +171,9 @@ impl managed::Manager for Manager {
             tracing::info!(tenant = %self.tenant.id, pid = conn.key.pid, reason = ?why, "idle backend is gone or unfit; discarding it");
             metrics::counter!("pgveil_pool_dead_discarded_total").increment(1);
             conn.broken = true;
-            return Err(RecycleError::message("backend closed or sent data while idle"));
+            return Err(RecycleError::message(
+                "backend closed or sent data while idle",
+            ));
         }
         Ok(())
     }

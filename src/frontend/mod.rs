@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod handshake;
+pub mod limits;
 pub mod params;
 pub mod prepared;
 pub mod relay;

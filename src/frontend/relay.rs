@@ -22,6 +22,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
+use super::limits::{extended_tag, scan_frontend};
 use super::txn::TxnCtx;
 use crate::backend::BackendConn;
 use crate::backend::statements::BackendStatements;
@@ -115,41 +116,6 @@ impl RelayState {
     pub fn backend_idle(&self) -> bool {
         self.in_flight == 0 && !self.mid_frame
     }
-}
-
-/// PostgreSQL's own length limits per frontend message type (`PQ_LARGE_MESSAGE_LIMIT` and
-/// `PQ_SMALL_MESSAGE_LIMIT` in postgres.c), length word included. A longer frame is refused with 08P01 as
-/// PostgreSQL would, instead of being forwarded to a backend that would drop the connection.
-fn max_frontend_len(t: u8) -> usize {
-    match t {
-        b'Q' | b'P' | b'B' | b'F' | b'd' => 0x3fff_fffe,
-        _ => 10_000,
-    }
-}
-
-/// Whether a frontend message type belongs to the extended protocol (answered only after a Sync).
-fn extended_tag(t: u8) -> bool {
-    matches!(t, b'P' | b'B' | b'D' | b'E' | b'C' | b'H')
-}
-
-/// Checks the frames starting at `bytes[0]` (whole frames, possibly a last partial one) against PostgreSQL's
-/// length limits, and reports whether any is an extended-protocol message.
-fn scan_frontend(bytes: &[u8]) -> Result<bool, PgError> {
-    let mut extended = false;
-    let mut off = 0;
-    while off + 5 <= bytes.len() {
-        let t = bytes[off];
-        let len = i32::from_be_bytes([bytes[off + 1], bytes[off + 2], bytes[off + 3], bytes[off + 4]]);
-        if len < 4 || len as usize > max_frontend_len(t) {
-            return Err(PgError::protocol_violation(format!(
-                "invalid message length {len} for message type {}",
-                char::from(t)
-            )));
-        }
-        extended |= extended_tag(t);
-        off += 1 + len as usize;
-    }
-    Ok(extended)
 }
 
 /// The relay for one session.

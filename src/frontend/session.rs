@@ -45,7 +45,11 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, starti
     let Some(_client) = Slot::take(&shared.clients, shared.cfg.listen.max_clients) else {
         metrics::counter!("pgveil_auth_total", "result" => "refused", "sqlstate" => "53300")
             .increment(1);
-        refuse(&mut stream, PgError::too_many_connections("sorry, too many clients already")).await;
+        refuse(
+            &mut stream,
+            PgError::too_many_connections("sorry, too many clients already"),
+        )
+        .await;
         return;
     };
     let who = &auth.identity;

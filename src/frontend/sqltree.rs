@@ -63,7 +63,9 @@ fn node(key: &str, v: &Value, fx: &mut SqlEffects) {
         "ListenStmt" => pin(fx, "LISTEN"),
         "LoadStmt" => pin(fx, "LOAD"),
         "DeclareCursorStmt"
-            if v["options"].as_i64().is_some_and(|o| o & CURSOR_OPT_HOLD != 0) =>
+            if v["options"]
+                .as_i64()
+                .is_some_and(|o| o & CURSOR_OPT_HOLD != 0) =>
         {
             pin(fx, "cursor WITH HOLD")
         }

@@ -42,7 +42,6 @@ use crate::server::Shared;
 /// Settings that cannot be re-applied on another backend: a client that changes them is pinned.
 const UNMOVABLE_SETTINGS: &[&str] = &["role", "session_authorization"];
 
-
 /// A client's transaction-mode state, kept across backends.
 pub struct TxnCtx {
     /// Extended-protocol statements.
@@ -249,7 +248,11 @@ pub async fn login(
     metrics::counter!("pgveil_txn_logins_without_backend_total").increment(1);
     let mut params = greeting.params;
     for (name, value) in &ctx.settings {
-        if let Some(key) = params.keys().find(|k| k.eq_ignore_ascii_case(name)).cloned() {
+        if let Some(key) = params
+            .keys()
+            .find(|k| k.eq_ignore_ascii_case(name))
+            .cloned()
+        {
             params.insert(key, value.clone());
         }
     }

@@ -63,9 +63,7 @@ pub fn mentions(sql: &[u8], names: &HashSet<String>) -> bool {
     let is_ident = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80;
     sql.split(|&b| !is_ident(b))
         .filter(|w| !w.is_empty())
-        .any(|w| {
-            std::str::from_utf8(w).is_ok_and(|w| names.contains(&w.to_lowercase()))
-        })
+        .any(|w| std::str::from_utf8(w).is_ok_and(|w| names.contains(&w.to_lowercase())))
 }
 
 /// Whether client SQL creates or replaces a function or procedure (the names must be read again).

@@ -45,7 +45,9 @@ where
         let budget = budget.max(1);
         // quick_cache sizes its tables from the expected number of entries; statements are typically a few
         // hundred bytes to a few KiB.
-        let estimated = usize::try_from(budget / 2048).unwrap_or(usize::MAX).clamp(16, 1 << 20);
+        let estimated = usize::try_from(budget / 2048)
+            .unwrap_or(usize::MAX)
+            .clamp(16, 1 << 20);
         Self {
             inner: Cache::with_weighter(estimated, budget, ByHeapSize),
             max_entry: budget / 16,
@@ -98,7 +100,10 @@ mod tests {
     fn stays_within_its_byte_budget() {
         let c: ByteCache<String, String> = ByteCache::new(1 << 20);
         for i in 0..2000 {
-            c.insert(format!("SELECT {i} -- {}", "x".repeat(4000)), "r".repeat(1000));
+            c.insert(
+                format!("SELECT {i} -- {}", "x".repeat(4000)),
+                "r".repeat(1000),
+            );
         }
         assert!(c.weight() <= 1 << 20, "{} bytes held", c.weight());
         assert!(c.len() > 100, "evicted too much: {}", c.len());
@@ -113,6 +118,9 @@ mod tests {
             let _ = c.get(&hot);
             c.insert(format!("one-off {i} {}", "z".repeat(4000)), String::new());
         }
-        assert!(c.get(&hot).is_some(), "hot entry evicted by one-off entries");
+        assert!(
+            c.get(&hot).is_some(),
+            "hot entry evicted by one-off entries"
+        );
     }
 }
