@@ -22,6 +22,15 @@ pub fn write_policy_dir(fx: &Fixture, name: &str) -> Result<PathBuf> {
 /// sessions reload a catalog during a test) and waits for the `acme`, `globex` and `tlsco` (TLS backend) catalogs. Roles `admin`,
 /// `analyst`, `tiny` and `support` are accepted.
 pub fn masking_proxy(fx: &Fixture, dir: PathBuf) -> Result<Running> {
+    masking_proxy_with(fx, dir, |_| {})
+}
+
+/// [`masking_proxy`] with a further change to the config (e.g. the pool mode).
+pub fn masking_proxy_with(
+    fx: &Fixture,
+    dir: PathBuf,
+    edit: impl FnOnce(&mut pgveil::config::Config),
+) -> Result<Running> {
     let running = fx.start_server(
         |cfg| {
             let support = RoleName::new("support");
@@ -39,7 +48,8 @@ pub fn masking_proxy(fx: &Fixture, dir: PathBuf) -> Result<Running> {
                 .collect(),
                 catalog_refresh: Duration::from_secs(3600),
                 cache_bytes: pgveil::policy::engine::DEFAULT_CACHE_BYTES,
-            })
+            });
+            edit(cfg);
         },
         ServerOptions::default(),
     )?;
