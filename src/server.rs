@@ -83,8 +83,10 @@ pub struct Shared {
     pub shutdown: watch::Receiver<bool>,
     /// Clock.
     pub clock: Clock,
-    /// Connected clients.
+    /// Authenticated client sessions.
     pub clients: AtomicUsize,
+    /// Connections in their startup phase (handshake and authentication).
+    pub starting: AtomicUsize,
     /// Revoked tokens and disabled users (when a control database is configured).
     pub revocations: Option<Arc<RevocationCache>>,
     /// Live sessions, so revocations can end them.
@@ -156,7 +158,8 @@ impl Server {
         let (policy, masking) = match &cfg.policy {
             None => (opts.policy, None),
             Some(pc) => {
-                let engine = Arc::new(MaskingEngine::new(&pc.dir)?);
+                let engine =
+                    Arc::new(MaskingEngine::new(&pc.dir)?.with_cache_budget(pc.cache_bytes));
                 let keys = pc
                     .pseudonym_keys
                     .iter()
@@ -175,6 +178,7 @@ impl Server {
             secrets.clone(),
             cfg.pool.checkout_timeout,
             cfg.pool.connect_timeout,
+            cfg.pool.reset_timeout,
         );
         let listener =
             TcpListener::bind(cfg.listen.addr)
@@ -202,6 +206,7 @@ impl Server {
             shutdown,
             clock: opts.clock,
             clients: AtomicUsize::new(0),
+            starting: AtomicUsize::new(0),
             revocations,
             sessions,
         });
@@ -251,14 +256,17 @@ impl Server {
                     tasks.spawn(async move {
                         metrics::counter!("pgveil_client_connections_total").increment(1);
                         metrics::gauge!("pgveil_client_connections").increment(1.0);
-                        let n = shared.clients.fetch_add(1, Ordering::SeqCst) + 1;
-                        if n > shared.cfg.listen.max_clients {
-                            metrics::counter!("pgveil_auth_total", "result" => "refused", "sqlstate" => "53300").increment(1);
-                            too_many(tcp).await;
-                        } else {
-                            crate::frontend::session::serve(tcp, peer, shared.clone()).await;
+                        // The startup phase has its own cap; `max_clients` is checked once authenticated
+                        // (`session::serve`).
+                        match Slot::take(&shared.starting, shared.cfg.listen.max_startups) {
+                            Some(slot) => {
+                                crate::frontend::session::serve(tcp, peer, shared.clone(), slot).await;
+                            }
+                            None => {
+                                metrics::counter!("pgveil_auth_total", "result" => "refused", "sqlstate" => "53300").increment(1);
+                                too_many(tcp).await;
+                            }
                         }
-                        shared.clients.fetch_sub(1, Ordering::SeqCst);
                         metrics::gauge!("pgveil_client_connections").decrement(1.0);
                     });
                 }
@@ -281,6 +289,24 @@ impl Server {
         }
         shared.pools.close_all();
         tracing::info!("pgveil stopped");
+    }
+}
+
+/// One place under a counted cap (startup phase or authenticated sessions); released when dropped.
+pub struct Slot<'a>(&'a AtomicUsize);
+
+impl<'a> Slot<'a> {
+    /// Takes a place when fewer than `cap` are taken.
+    pub fn take(counter: &'a AtomicUsize, cap: usize) -> Option<Slot<'a>> {
+        let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+        let slot = Slot(counter);
+        (n <= cap).then_some(slot)
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

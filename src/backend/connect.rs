@@ -66,6 +66,8 @@ pub struct BackendConn {
     /// Transaction mode: the client settings applied on top of the startup state (`None` = unknown, so
     /// `RESET ALL` first).
     pub applied: Option<Vec<(String, String)>>,
+    /// Limit on each internal exchange (reset, drain, rollback, settings); set by the pool.
+    pub reset_timeout: Duration,
 }
 
 /// Why a backend connection could not be opened. Messages never include the password.
@@ -267,6 +269,7 @@ async fn connect_inner(
         target,
         statements: Default::default(),
         applied: Some(Vec::new()),
+        reset_timeout: Duration::from_secs(5),
     })
 }
 

@@ -2,6 +2,7 @@
 //! reset that makes a backend safe to hand to the next session.
 
 pub mod connect;
+pub mod health;
 pub mod pool;
 pub mod reset;
 pub mod statements;

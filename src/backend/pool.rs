@@ -8,6 +8,7 @@ use std::time::Duration;
 use deadpool::managed::{self, Metrics, RecycleError, RecycleResult, Timeouts};
 
 use super::connect::{self, BackendConn, BackendTarget, ConnectError};
+use super::health;
 use crate::ids::{RoleName, TenantId};
 use crate::route::Tenant;
 use crate::secret::{DbCredentials, SecretError, SecretStore, SecretString};
@@ -53,6 +54,19 @@ pub struct Manager {
     tenant: Arc<Tenant>,
     secrets: Arc<dyn SecretStore>,
     connect_timeout: Duration,
+    reset_timeout: Duration,
+    /// What the last backend opened for this pool reported at startup (for logins answered without one).
+    greeting: Arc<Mutex<Option<Greeting>>>,
+}
+
+/// What a pool's backends tell a new connection: the server parameters and the database they serve.
+/// Transaction mode answers a login with it when no backend is free.
+#[derive(Debug, Clone)]
+pub struct Greeting {
+    /// ParameterStatus values at startup.
+    pub params: std::collections::BTreeMap<String, String>,
+    /// The database the backends are connected to.
+    pub dbname: String,
 }
 
 impl Manager {
@@ -137,14 +151,29 @@ impl managed::Manager for Manager {
     type Error = BackendError;
 
     async fn create(&self) -> Result<BackendConn, BackendError> {
-        let conn = self.connect_rotating().await?;
+        let mut conn = self.connect_rotating().await?;
+        conn.reset_timeout = self.reset_timeout;
         tracing::debug!(tenant = %self.tenant.id, pid = conn.key.pid, "backend connection opened");
+        *self.greeting.lock().expect("greeting lock poisoned") = Some(Greeting {
+            params: conn.params.clone(),
+            dbname: conn.target.dbname.clone(),
+        });
         Ok(conn)
     }
 
     async fn recycle(&self, conn: &mut BackendConn, _: &Metrics) -> RecycleResult<BackendError> {
         if conn.broken {
             return Err(RecycleError::message("connection is broken"));
+        }
+        // Without a round trip: a backend that closed or spoke while idle is dropped here, and deadpool moves
+        // on to the next idle one or opens a new one, so the client never sees it.
+        if let Some(why) = health::check_idle(conn) {
+            tracing::info!(tenant = %self.tenant.id, pid = conn.key.pid, reason = ?why, "idle backend is gone or unfit; discarding it");
+            metrics::counter!("pgveil_pool_dead_discarded_total").increment(1);
+            conn.broken = true;
+            return Err(RecycleError::message(
+                "backend closed or sent data while idle",
+            ));
         }
         Ok(())
     }
@@ -174,8 +203,14 @@ pub struct Pools {
     secrets: Arc<dyn SecretStore>,
     checkout_timeout: Duration,
     connect_timeout: Duration,
-    pools: Mutex<HashMap<PoolKey, Pool>>,
+    reset_timeout: Duration,
+    pools: Mutex<HashMap<PoolKey, (Pool, Arc<Mutex<Option<Greeting>>>)>>,
+    /// Per pool: the tenant-defined function names its backends see, and when they were read.
+    functions: Mutex<HashMap<PoolKey, (std::time::Instant, FunctionNames)>>,
 }
+
+/// Lower-case names of the functions outside `pg_catalog` and `information_schema` in a pool's database.
+pub type FunctionNames = Arc<std::collections::HashSet<String>>;
 
 impl Pools {
     /// An empty set of pools.
@@ -183,16 +218,57 @@ impl Pools {
         secrets: Arc<dyn SecretStore>,
         checkout_timeout: Duration,
         connect_timeout: Duration,
+        reset_timeout: Duration,
     ) -> Self {
         Self {
             secrets,
             checkout_timeout,
             connect_timeout,
+            reset_timeout,
             pools: Mutex::new(HashMap::new()),
+            functions: Mutex::new(HashMap::new()),
         }
     }
 
+    /// The function names last read for (tenant, role class), with when they were read.
+    pub fn functions(
+        &self,
+        tenant: &Arc<Tenant>,
+        role_class: &RoleName,
+    ) -> Option<(std::time::Instant, FunctionNames)> {
+        let key = PoolKey {
+            tenant: tenant.id.clone(),
+            role_class: role_class.clone(),
+        };
+        let map = self.functions.lock().expect("functions lock poisoned");
+        map.get(&key).cloned()
+    }
+
+    /// Records the function names just read for (tenant, role class).
+    pub fn set_functions(&self, tenant: &Arc<Tenant>, role_class: &RoleName, names: FunctionNames) {
+        let key = PoolKey {
+            tenant: tenant.id.clone(),
+            role_class: role_class.clone(),
+        };
+        let mut map = self.functions.lock().expect("functions lock poisoned");
+        map.insert(key, (std::time::Instant::now(), names));
+    }
+
+    /// The greeting of (tenant, role class)'s backends, once one has been opened.
+    pub fn greeting(&self, tenant: &Arc<Tenant>, role_class: &RoleName) -> Option<Greeting> {
+        let greeting = self.entry(tenant, role_class).1;
+        greeting.lock().expect("greeting lock poisoned").clone()
+    }
+
     fn pool(&self, tenant: &Arc<Tenant>, role_class: &RoleName) -> Pool {
+        self.entry(tenant, role_class).0
+    }
+
+    fn entry(
+        &self,
+        tenant: &Arc<Tenant>,
+        role_class: &RoleName,
+    ) -> (Pool, Arc<Mutex<Option<Greeting>>>) {
         let key = PoolKey {
             tenant: tenant.id.clone(),
             role_class: role_class.clone(),
@@ -201,32 +277,36 @@ impl Pools {
         pools
             .entry(key)
             .or_insert_with(|| {
+                let greeting = Arc::new(Mutex::new(None));
                 let manager = Manager {
                     tenant: tenant.clone(),
                     secrets: self.secrets.clone(),
                     connect_timeout: self.connect_timeout,
+                    reset_timeout: self.reset_timeout,
+                    greeting: greeting.clone(),
                 };
                 // LIFO: the most recently used backends stay hot (CPU caches, plan caches, pgveil's statement
                 // cache); idle ones are the ones left alone.
-                Pool::builder(manager)
+                let pool = Pool::builder(manager)
                     .max_size(tenant.pool_size)
                     .queue_mode(deadpool::managed::QueueMode::Lifo)
                     .runtime(deadpool::Runtime::Tokio1)
                     .build()
-                    .expect("runtime is set")
+                    .expect("runtime is set");
+                (pool, greeting)
             })
             .clone()
     }
 
-    /// Checks out a backend for (tenant, role class), waiting at most the configured checkout timeout.
-    pub async fn checkout(
+    /// A backend for (tenant, role class) if one is free or can be opened now (no waiting in the queue).
+    pub async fn try_checkout(
         &self,
         tenant: &Arc<Tenant>,
         role_class: &RoleName,
-    ) -> Result<PooledConn, CheckoutError> {
+    ) -> Result<Option<PooledConn>, CheckoutError> {
         let pool = self.pool(tenant, role_class);
         // Fast path (every transaction in transaction mode): a free backend, no timers. Recycling is a flag
-        // check, so it needs no timeout.
+        // check and one non-blocking read, so it needs no timeout.
         let immediate = Timeouts {
             wait: Some(Duration::ZERO),
             create: Some(self.connect_timeout),
@@ -236,15 +316,27 @@ impl Pools {
             Ok(conn) => {
                 metrics::counter!("pgveil_pool_checkouts_total", "result" => "immediate")
                     .increment(1);
-                return Ok(conn);
+                Ok(Some(conn))
             }
-            Err(managed::PoolError::Timeout(_)) => {}
+            Err(managed::PoolError::Timeout(_)) => Ok(None),
             Err(managed::PoolError::Backend(b)) => {
                 metrics::counter!("pgveil_pool_checkouts_total", "result" => "error").increment(1);
-                return Err(CheckoutError::Backend(b));
+                Err(CheckoutError::Backend(b))
             }
-            Err(_) => return Err(CheckoutError::Closed),
+            Err(_) => Err(CheckoutError::Closed),
         }
+    }
+
+    /// Checks out a backend for (tenant, role class), waiting at most the configured checkout timeout.
+    pub async fn checkout(
+        &self,
+        tenant: &Arc<Tenant>,
+        role_class: &RoleName,
+    ) -> Result<PooledConn, CheckoutError> {
+        if let Some(conn) = self.try_checkout(tenant, role_class).await? {
+            return Ok(conn);
+        }
+        let pool = self.pool(tenant, role_class);
         let timeouts = Timeouts {
             wait: Some(self.checkout_timeout),
             create: Some(self.connect_timeout),
@@ -268,7 +360,7 @@ impl Pools {
 
     /// Closes every pool (shutdown): idle connections are dropped, waiting checkouts fail.
     pub fn close_all(&self) {
-        for pool in self.pools.lock().expect("pools lock poisoned").values() {
+        for (pool, _) in self.pools.lock().expect("pools lock poisoned").values() {
             pool.close();
         }
     }
@@ -279,7 +371,7 @@ impl Pools {
             .lock()
             .expect("pools lock poisoned")
             .iter()
-            .map(|(k, p)| {
+            .map(|(k, (p, _))| {
                 let s = p.status();
                 (k.clone(), s.size, s.available)
             })

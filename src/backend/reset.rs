@@ -1,6 +1,10 @@
-//! Statements pgveil itself runs on a backend, outside any client's conversation: the reset before a backend
-//! is reused (`ROLLBACK` when needed, then `DISCARD ALL`) and the session settings a client asked for at
-//! startup.
+//! Statements pgveil itself runs on a backend, outside any client's conversation: the drain of a batch a client
+//! left without Sync, the reset before a backend is reused (`ROLLBACK` when needed, then `DISCARD ALL`) and the
+//! session settings a client asked for at startup.
+//!
+//! Every exchange here runs under the backend's `reset_timeout` (`pool.reset_timeout`): a backend that does not
+//! answer in time is marked broken and cancelled, so its caller closes it instead of waiting forever or handing
+//! it to the next client.
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -30,6 +34,9 @@ pub enum InternalError {
     /// Unexpected bytes from the server.
     #[error("backend protocol: {0}")]
     Protocol(&'static str),
+    /// The server did not answer within `pool.reset_timeout`.
+    #[error("backend did not answer within the reset timeout")]
+    Timeout,
 }
 
 /// Runs each SQL string as its own simple Query (pipelined) and waits for all of them. Returns the first
@@ -39,11 +46,24 @@ pub async fn run_queries(
     conn: &mut BackendConn,
     sqls: &[&str],
 ) -> Result<(u8, Option<ServerError>), InternalError> {
-    let r = run_inner(conn, sqls, None).await;
-    if r.is_err() {
-        conn.broken = true;
+    let limit = conn.reset_timeout;
+    let r = tokio::time::timeout(limit, run_inner(conn, sqls, None))
+        .await
+        .unwrap_or(Err(InternalError::Timeout));
+    if let Err(e) = &r {
+        gone_wrong(conn, e);
     }
     r
+}
+
+/// Marks a connection broken after a failed internal exchange; a timeout also cancels what the server is doing
+/// (the caller closes the connection).
+fn gone_wrong(conn: &mut BackendConn, e: &InternalError) {
+    conn.broken = true;
+    if matches!(e, InternalError::Timeout) {
+        metrics::counter!("pgveil_backend_reset_timeouts_total").increment(1);
+        crate::cancel::send_cancel_detached(conn.target.clone(), conn.key);
+    }
 }
 
 /// Text rows of a query result.
@@ -56,9 +76,12 @@ pub async fn query_rows(
     sql: &str,
 ) -> Result<(u8, Option<ServerError>, Rows), InternalError> {
     let mut rows = Vec::new();
-    let r = run_inner(conn, &[sql], Some(&mut rows)).await;
-    if r.is_err() {
-        conn.broken = true;
+    let limit = conn.reset_timeout;
+    let r = tokio::time::timeout(limit, run_inner(conn, &[sql], Some(&mut rows)))
+        .await
+        .unwrap_or(Err(InternalError::Timeout));
+    if let Err(e) = &r {
+        gone_wrong(conn, e);
     }
     r.map(|(status, err)| (status, err, rows))
 }
@@ -191,4 +214,98 @@ pub async fn reset(conn: &mut BackendConn, txn_status: u8) -> bool {
             false
         }
     }
+}
+
+/// Ends the extended-protocol batch a departed client left without Sync, so the backend is idle again:
+/// `ROLLBACK` (a Query: outside an error it aborts the batch's implicit or explicit transaction, which a bare
+/// Sync would commit), `Sync` (ends the skip-until-Sync state after an error; everything before it is ignored
+/// then), `ROLLBACK` again (an explicit transaction aborted by that error), and a marker query whose answer,
+/// recognised by a random column name, proves that every earlier response has been read. Open portals die
+/// with the transaction. True when the backend ended idle; otherwise it is marked broken (and cancelled on
+/// timeout).
+pub async fn drain_unsynced(conn: &mut BackendConn) -> bool {
+    let marker = format!("pgveil_drain_{:016x}", rand::random::<u64>());
+    let limit = conn.reset_timeout;
+    let r = tokio::time::timeout(limit, drain_inner(conn, &marker))
+        .await
+        .unwrap_or(Err(InternalError::Timeout));
+    match r {
+        Ok(b'I') => {
+            metrics::counter!("pgveil_backend_drains_total", "result" => "idle").increment(1);
+            true
+        }
+        other => {
+            tracing::warn!(result = ?other.as_ref().map(|s| char::from(*s)), "draining an unsynced backend failed; discarding it");
+            metrics::counter!("pgveil_backend_drains_total", "result" => "failed").increment(1);
+            if let Err(e) = &other {
+                gone_wrong(conn, e);
+            }
+            conn.broken = true;
+            false
+        }
+    }
+}
+
+async fn drain_inner(conn: &mut BackendConn, marker: &str) -> Result<u8, InternalError> {
+    let mut out = BytesMut::new();
+    messages::query(&mut out, "ROLLBACK");
+    messages::sync(&mut out);
+    messages::query(&mut out, "ROLLBACK");
+    messages::query(&mut out, &format!("SELECT 1 AS \"{marker}\""));
+    conn.stream.write_all(&out).await?;
+    let mut seen_marker = false;
+    loop {
+        let (t, body) = next_frame_skipping(conn).await?;
+        match t {
+            b'T' if body.windows(marker.len()).any(|w| w == marker.as_bytes()) => {
+                seen_marker = true;
+            }
+            tag::READY_FOR_QUERY if seen_marker => {
+                return body
+                    .first()
+                    .copied()
+                    .ok_or(InternalError::Protocol("empty ReadyForQuery"));
+            }
+            _ => {} // the client's leftovers and our statements' own responses
+        }
+    }
+}
+
+/// The next backend message; the payload of messages larger than an internal exchange allows (a departed
+/// client's rows) is skipped and returned empty.
+async fn next_frame_skipping(conn: &mut BackendConn) -> Result<(u8, BytesMut), InternalError> {
+    while conn.rbuf.len() < 5 {
+        read_more(conn).await?;
+    }
+    let len = (&conn.rbuf[1..5]).get_i32();
+    if len < 4 {
+        return Err(InternalError::Protocol("invalid message length"));
+    }
+    let total = 1 + len as usize;
+    if total <= MAX_INTERNAL_MESSAGE {
+        while conn.rbuf.len() < total {
+            read_more(conn).await?;
+        }
+        let frame = conn.rbuf.split_to(total);
+        return Ok((frame[0], BytesMut::from(&frame[5..])));
+    }
+    let t = conn.rbuf[0];
+    let mut left = total;
+    loop {
+        let n = left.min(conn.rbuf.len());
+        conn.rbuf.advance(n);
+        left -= n;
+        if left == 0 {
+            return Ok((t, BytesMut::new()));
+        }
+        read_more(conn).await?;
+    }
+}
+
+async fn read_more(conn: &mut BackendConn) -> Result<(), InternalError> {
+    conn.rbuf.reserve(16 * 1024);
+    if conn.stream.read_buf(&mut conn.rbuf).await? == 0 {
+        return Err(InternalError::Protocol("server closed the connection"));
+    }
+    Ok(())
 }

@@ -94,6 +94,10 @@ pub struct PolicyConfig {
     /// How often each tenant's catalog snapshot is reloaded.
     #[serde(default = "default_catalog_refresh", with = "humantime_serde")]
     pub catalog_refresh: Duration,
+    /// Byte budget of the decision caches (exact statements and literal-normalized plans, half each); least
+    /// valuable entries are evicted beyond it.
+    #[serde(default = "default_cache_bytes")]
+    pub cache_bytes: u64,
 }
 
 /// Client-facing listener settings.
@@ -116,9 +120,15 @@ pub struct ListenConfig {
     /// Largest `Query`/`Parse` message accepted, in bytes (other messages, e.g. COPY data, are streamed).
     #[serde(default = "default_max_query_bytes")]
     pub max_query_bytes: usize,
-    /// Maximum number of concurrent client connections.
+    /// Maximum number of concurrent authenticated client sessions. Connections still in their startup phase
+    /// (handshake and authentication) count against `max_startups` instead, so sockets that never
+    /// authenticate cannot keep real clients out.
     #[serde(default = "default_max_clients")]
     pub max_clients: usize,
+    /// Maximum number of connections in their startup phase (before authentication completes) at once;
+    /// beyond it new connections get 53300. Each is also bounded in time by `startup_timeout`.
+    #[serde(default = "default_max_startups")]
+    pub max_startups: usize,
     /// Maximum concurrent sessions of one user (token subject) on this instance; absent: no cap.
     #[serde(default)]
     pub max_sessions_per_user: Option<usize>,
@@ -140,6 +150,7 @@ impl Default for ListenConfig {
             max_startup_packet: default_max_startup_packet(),
             max_query_bytes: default_max_query_bytes(),
             max_clients: default_max_clients(),
+            max_startups: default_max_startups(),
             max_sessions_per_user: None,
             client_idle_timeout: None,
             idle_transaction_timeout: None,
@@ -351,6 +362,11 @@ pub struct PoolDefaults {
     /// Timeout for opening a backend connection (TCP + TLS + authentication).
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// Limit on each step pgveil runs on a backend outside a client's conversation (draining unsynced
+    /// messages, rollback, `DISCARD ALL`, applying or reading back settings). A backend that does not answer in
+    /// time is cancelled and closed, never returned to its pool.
+    #[serde(default = "default_reset_timeout", with = "humantime_serde")]
+    pub reset_timeout: Duration,
 }
 
 impl Default for PoolDefaults {
@@ -361,6 +377,7 @@ impl Default for PoolDefaults {
             checkout_timeout: default_checkout_timeout(),
             max_prepared_statements: default_max_prepared_statements(),
             connect_timeout: default_connect_timeout(),
+            reset_timeout: default_reset_timeout(),
         }
     }
 }
@@ -422,6 +439,9 @@ fn default_max_query_bytes() -> usize {
 fn default_max_clients() -> usize {
     10_000
 }
+fn default_max_startups() -> usize {
+    1_000
+}
 fn default_issuer() -> String {
     "pgveil".to_owned()
 }
@@ -454,6 +474,12 @@ fn default_max_prepared_statements() -> usize {
 }
 fn default_connect_timeout() -> Duration {
     Duration::from_secs(10)
+}
+fn default_reset_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_cache_bytes() -> u64 {
+    crate::policy::engine::DEFAULT_CACHE_BYTES
 }
 fn default_catalog_refresh() -> Duration {
     Duration::from_secs(60)
@@ -616,6 +642,9 @@ impl Config {
         }
         if self.pool.max_prepared_statements == 0 {
             problems.push("pool.max_prepared_statements must be at least 1".to_owned());
+        }
+        if self.pool.reset_timeout.is_zero() {
+            problems.push("pool.reset_timeout must be more than 0".to_owned());
         }
         let mut seen = HashSet::new();
         for (i, t) in self.tenants.iter().enumerate() {

@@ -3,9 +3,12 @@
 
 pub mod auth;
 pub mod handshake;
+pub mod limits;
 pub mod params;
 pub mod prepared;
 pub mod relay;
 pub mod session;
 pub mod sqlscan;
+pub mod sqltree;
 pub mod txn;
+pub mod verify;

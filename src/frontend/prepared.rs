@@ -197,6 +197,13 @@ impl TxnStatements {
         Ok(())
     }
 
+    /// A refused Parse of the unnamed statement: as in PostgreSQL, where a Parse of the unnamed statement
+    /// first drops the previous one, the client has no unnamed statement afterwards (Bind gets 26000).
+    pub fn forget_unnamed(&mut self) {
+        self.unnamed = None;
+        self.unnamed_on_backend = false;
+    }
+
     /// A denial replaced a message with a Parse of the unnamed statement.
     pub fn on_denial_parse(&mut self) {
         self.push(tag::PARSE_COMPLETE, false, None, true);

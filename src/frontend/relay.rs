@@ -22,6 +22,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
+use super::limits::{extended_tag, scan_frontend};
 use super::txn::TxnCtx;
 use crate::backend::BackendConn;
 use crate::backend::statements::BackendStatements;
@@ -92,6 +93,10 @@ pub struct RelayState {
     pub in_flight: usize,
     /// True while a frame is only partly relayed in either direction.
     pub mid_frame: bool,
+    /// Extended-protocol messages (Parse, Bind, Describe, Execute, Close, Flush) were sent since the last
+    /// Sync: the backend may hold an open implicit transaction and portals, or skip everything until a Sync
+    /// after an error. Such a backend must be drained before anything else runs on it.
+    pub unsynced: bool,
 }
 
 impl Default for RelayState {
@@ -100,13 +105,14 @@ impl Default for RelayState {
             txn_status: b'I',
             in_flight: 0,
             mid_frame: false,
+            unsynced: false,
         }
     }
 }
 
 impl RelayState {
-    /// True when the backend is between statements with no transaction open and nothing in flight: it can be
-    /// reset and reused.
+    /// True when every response the backend owes has arrived and no frame is half relayed: after a drain of
+    /// unsynced messages (see [`RelayState::unsynced`]) it can be reset and reused.
     pub fn backend_idle(&self) -> bool {
         self.in_flight == 0 && !self.mid_frame
     }
@@ -345,6 +351,12 @@ impl<'a> Relay<'a> {
                 err.encode(to_c);
                 return Step::End(RelayEnd::ClientProtocol(err));
             }
+            // Frames are checked against PostgreSQL's limits from their header, before any is forwarded.
+            let at_boundary = !split.mid_frame();
+            if at_boundary && let Err(err) = scan_frontend(&cin[..cin.len().min(5)]) {
+                err.encode(to_c);
+                return Step::End(RelayEnd::ClientProtocol(err));
+            }
             let item = match split.next(cin, inspects) {
                 Ok(Some(item)) => item,
                 Ok(None) => return Step::Continue,
@@ -359,11 +371,25 @@ impl<'a> Relay<'a> {
             };
             let frame = match item {
                 Item::Forward(bytes) => {
+                    if at_boundary {
+                        match scan_frontend(&bytes) {
+                            Ok(extended) => self.state.unsynced |= extended,
+                            Err(err) => {
+                                err.encode(to_c);
+                                return Step::End(RelayEnd::ClientProtocol(err));
+                            }
+                        }
+                    }
                     to_b.extend_from_slice(&bytes);
                     continue;
                 }
                 Item::Inspect(frame) => frame,
             };
+            if extended_tag(frame[0]) {
+                self.state.unsynced = true;
+            } else if frame[0] == tag::SYNC {
+                self.state.unsynced = false;
+            }
             match self.on_client_frame(&frame, to_b, stmts) {
                 Ok(Step::Continue) => {}
                 Ok(end @ Step::End(_)) => return end,
@@ -461,7 +487,7 @@ impl<'a> Relay<'a> {
                     Decision::Rewrite(s) => s.as_bytes(),
                     Decision::Deny(_) => b"",
                 };
-                match decision {
+                let refused = match decision {
                     Decision::Deny(e) => Some(e),
                     _ => match t.observe(sql, stmts) {
                         Some(e) => Some(e),
@@ -474,7 +500,11 @@ impl<'a> Relay<'a> {
                             t.stmts.parse(name, def.freeze(), stmts, to_b).err()
                         }
                     },
+                };
+                if refused.is_some() && name.is_empty() {
+                    t.stmts.forget_unnamed();
                 }
+                refused
             }
             tag::BIND => {
                 t.unsynced = true;

@@ -15,9 +15,8 @@ use super::auth::{AuthError, Authenticated, authenticate};
 use super::handshake::{Hello, negotiate, refuse};
 use super::params::{requested_settings, set_config_statement};
 use super::relay::{IdleTimeouts, Relay, RelayEnd};
-use super::txn::{TxnCtx, ensure_settings};
 use crate::backend::pool::{BackendError, CheckoutError, PooledConn};
-use crate::backend::reset::{reset, run_queries};
+use crate::backend::reset::{drain_unsynced, reset, run_queries};
 use crate::config::PoolMode;
 use crate::identity::Identity;
 use crate::net::ClientStream;
@@ -26,13 +25,15 @@ use crate::proto::PgError;
 use crate::proto::messages;
 use crate::proto::startup::StartupMessage;
 use crate::revoke::NewSession;
-use crate::server::Shared;
+use crate::server::{Shared, Slot};
 
-/// Serves one accepted TCP connection to the end.
-pub async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+/// Serves one accepted TCP connection to the end. `starting` is its place under `listen.max_startups`, given
+/// up once authentication ends; an authenticated session then takes one under `listen.max_clients`.
+pub async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, starting: Slot<'_>) {
     let _ = tcp.set_nodelay(true);
     let timeout = shared.cfg.listen.startup_timeout;
     let started = tokio::time::timeout(timeout, start(tcp, peer, &shared)).await;
+    drop(starting);
     let (mut stream, startup, auth) = match started {
         Ok(Some(s)) => s,
         Ok(None) => return,
@@ -41,9 +42,22 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
             return;
         }
     };
+    let Some(_client) = Slot::take(&shared.clients, shared.cfg.listen.max_clients) else {
+        metrics::counter!("pgveil_auth_total", "result" => "refused", "sqlstate" => "53300")
+            .increment(1);
+        refuse(
+            &mut stream,
+            PgError::too_many_connections("sorry, too many clients already"),
+        )
+        .await;
+        return;
+    };
     let who = &auth.identity;
-    // Every event of the session (audit events included) carries who and from where.
-    let span = tracing::info_span!("session", client = %peer, user = %who.user, tenant = %who.tenant, role = %who.role);
+    // The token's subject is the session's user; the startup packet's user name is only informational (clients
+    // must send one; pgveil does not compare it). Both are on every event of the session (audit included),
+    // with where it comes from.
+    let startup_user = startup.get("user").unwrap_or_default();
+    let span = tracing::info_span!("session", client = %peer, user = %who.user, startup_user = %startup_user, tenant = %who.tenant, role = %who.role);
     // Registered before the backend is checked out, so a revocation racing with start-up still ends it.
     let cap = shared.cfg.tenant(&who.tenant).and_then(|t| t.max_clients);
     let guard = match shared.sessions.register(NewSession {
@@ -183,6 +197,20 @@ async fn run_session(
         refuse(stream, PgError::unknown_database(db)).await;
         return;
     }
+    if tenant.pool_mode == PoolMode::Transaction {
+        let Some((ctx, params)) =
+            super::txn::login(stream, who, shared, &tenant, settings, requested_db).await
+        else {
+            return;
+        };
+        let handle = shared.cancel.register();
+        if greet(stream, &params, &handle, auth).await.is_err() {
+            return;
+        }
+        tracing::info!(transaction_mode = true, "session started");
+        super::txn::serve(stream, who, shared, &tenant, ctx, &handle, &mut killed).await;
+        return;
+    }
     let mut conn: PooledConn = match shared.pools.checkout(&tenant, &who.role).await {
         Ok(c) => c,
         Err(e) => {
@@ -197,57 +225,17 @@ async fn run_session(
         refuse(stream, PgError::unknown_database(db)).await;
         return; // the backend was not touched: it goes back as it is
     }
-    let txn_mode = tenant.pool_mode == PoolMode::Transaction;
-    let ctx = if txn_mode {
-        // The client's settings go with it to every backend: all of them, checked by the policy once.
-        let pairs: Vec<(&str, &str)> = settings
-            .iter()
-            .map(|(n, v)| (n.as_str(), v.as_str()))
-            .collect();
-        let sql = match checked_settings_sql(&pairs, who, shared) {
-            Ok(sql) => sql,
-            Err(e) => {
-                refuse(stream, e).await;
-                return; // the backend was not touched
-            }
-        };
-        let ctx = TxnCtx::new(settings, sql, shared.cfg.pool.max_prepared_statements);
-        if let Err(e) = ensure_settings(&mut conn, &ctx).await {
-            refuse(stream, e).await;
-            finish(conn, false, b'I', shared).await;
-            return;
-        }
-        Some(ctx)
-    } else {
-        if let Err(e) = apply_settings(&mut conn, &settings, who, shared).await {
-            refuse(stream, e).await;
-            finish(conn, true, b'I', shared).await;
-            return;
-        }
-        None
-    };
-
+    if let Err(e) = apply_settings(&mut conn, &settings, who, shared).await {
+        refuse(stream, e).await;
+        finish(conn, true, Leftover::Synced(b'I'), shared).await;
+        return;
+    }
     let handle = shared.cancel.register();
-    let mut out = BytesMut::with_capacity(512);
-    messages::auth_ok(&mut out);
-    for (name, value) in &conn.params {
-        messages::parameter_status(&mut out, name, value);
-    }
-    messages::backend_key_data(&mut out, handle.pid, handle.secret);
-    if let Some(notice) = &auth.notice {
-        PgError::encode_notice("01000", notice, &mut out);
-    }
-    messages::ready_for_query(&mut out, b'I');
-    if stream.write_all(&out).await.is_err() {
-        finish(conn, true, b'I', shared).await;
+    if greet(stream, &conn.params, &handle, auth).await.is_err() {
+        finish(conn, true, Leftover::Synced(b'I'), shared).await;
         return;
     }
-    tracing::info!(transaction_mode = txn_mode, "session started");
-    if let Some(ctx) = ctx {
-        drop(conn); // back to the pool until the first transaction
-        super::txn::serve(stream, who, shared, &tenant, ctx, &handle, &mut killed).await;
-        return;
-    }
+    tracing::info!(transaction_mode = false, "session started");
     handle.set_backend(Some((conn.target.clone(), conn.key)));
     let mut relay = Relay::new(who, &*shared.policy, shared.cfg.listen.max_query_bytes);
     relay.idle = IdleTimeouts::from_listen(&shared.cfg.listen);
@@ -268,7 +256,7 @@ async fn run_session(
             .encode(&mut out);
         let _ = stream.write_all(&out).await;
         crate::cancel::send_cancel_detached(conn.target.clone(), conn.key);
-        finish(conn, false, b'I', shared).await;
+        finish(conn, false, Leftover::Synced(b'I'), shared).await;
         return;
     };
     tracing::info!(end = ?end, "session ended");
@@ -277,7 +265,33 @@ async fn run_session(
         // A statement may still be running for a client that is gone: stop it before dropping the link.
         crate::cancel::send_cancel_detached(conn.target.clone(), conn.key);
     }
-    finish(conn, reusable, relay.state.txn_status, shared).await;
+    let status = if relay.state.unsynced {
+        Leftover::Unsynced
+    } else {
+        Leftover::Synced(relay.state.txn_status)
+    };
+    finish(conn, reusable, status, shared).await;
+}
+
+/// Completes the login: AuthenticationOk, the server parameters, the client's own cancel key, the grace-period
+/// notice if any, ReadyForQuery.
+async fn greet(
+    stream: &mut ClientStream,
+    params: &std::collections::BTreeMap<String, String>,
+    handle: &crate::cancel::CancelHandle,
+    auth: &Authenticated,
+) -> std::io::Result<()> {
+    let mut out = BytesMut::with_capacity(512);
+    messages::auth_ok(&mut out);
+    for (name, value) in params {
+        messages::parameter_status(&mut out, name, value);
+    }
+    messages::backend_key_data(&mut out, handle.pid, handle.secret);
+    if let Some(notice) = &auth.notice {
+        PgError::encode_notice("01000", notice, &mut out);
+    }
+    messages::ready_for_query(&mut out, b'I');
+    stream.write_all(&out).await
 }
 
 /// Applies the client's startup settings in one statement (skipping values already in force), checked by the
@@ -315,7 +329,7 @@ async fn apply_settings(
 }
 
 /// The statement applying startup settings, checked by the statement policy like any client SQL.
-fn checked_settings_sql(
+pub(super) fn checked_settings_sql(
     settings: &[(&str, &str)],
     who: &Identity,
     shared: &Shared,
@@ -334,11 +348,27 @@ fn checked_settings_sql(
     }
 }
 
-/// Returns a backend to its pool after resetting it, or removes it from the pool.
-async fn finish(mut conn: PooledConn, reusable: bool, txn_status: u8, _shared: &Shared) {
-    if reusable && !conn.broken && reset(&mut conn, txn_status).await {
-        drop(conn); // back to the pool, clean
-        return;
+/// What a departed client left on its backend (all responses read).
+#[derive(Debug, Clone, Copy)]
+enum Leftover {
+    /// Everything was synced; the last ReadyForQuery said this transaction status.
+    Synced(u8),
+    /// Extended-protocol messages after the last Sync: drain first.
+    Unsynced,
+}
+
+/// Returns a backend to its pool after draining and resetting it, or removes it from the pool.
+async fn finish(mut conn: PooledConn, reusable: bool, left: Leftover, _shared: &Shared) {
+    if reusable && !conn.broken {
+        let status = match left {
+            Leftover::Synced(status) => status,
+            Leftover::Unsynced => b'I', // once drained
+        };
+        let drained = matches!(left, Leftover::Synced(_)) || drain_unsynced(&mut conn).await;
+        if drained && reset(&mut conn, status).await {
+            drop(conn); // back to the pool, clean
+            return;
+        }
     }
     conn.broken = true;
     let _ = Object::take(conn); // dropped: closes the socket

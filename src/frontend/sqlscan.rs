@@ -35,9 +35,13 @@ const PINNING_WORDS: &[(&str, &str)] = &[
     ("dblink_connect_u", "dblink connection"),
 ];
 
-/// Scans one SQL string (a Query or a Parse text).
+/// Scans one SQL string (a Query or a Parse text). Text the fast scan cannot read conclusively (escapes) is
+/// also read from its parse tree ([`super::sqltree`]).
 pub fn scan(sql: &[u8]) -> SqlEffects {
     let mut fx = SqlEffects::default();
+    if super::sqltree::inconclusive(sql) {
+        super::sqltree::add_effects(sql, &mut fx);
+    }
     scan_words(sql, &mut fx);
     let mut lex = Lexer { s: sql, i: 0 };
     let mut first: Option<Vec<u8>> = None;
@@ -87,7 +91,7 @@ fn classify(kw: &[u8], saw_hold: bool, fx: &mut SqlEffects) {
 }
 
 /// Whole-word, case-insensitive matches anywhere in the text.
-fn scan_words(sql: &[u8], fx: &mut SqlEffects) {
+pub(super) fn scan_words(sql: &[u8], fx: &mut SqlEffects) {
     let is_ident = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80;
     for word in sql.split(|&b| !is_ident(b)) {
         if word.len() < 4 {

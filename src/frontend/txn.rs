@@ -15,6 +15,7 @@
 //! connections, and `SET ROLE`/`SET SESSION AUTHORIZATION`. A pinned client's backend is reset like a session
 //! mode backend (`DISCARD ALL`) when it ends.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::BytesMut;
@@ -27,8 +28,9 @@ use super::params::set_config_statement;
 use super::prepared::TxnStatements;
 use super::relay::{IdleTimeouts, Relay, RelayEnd};
 use super::sqlscan;
-use crate::backend::pool::PooledConn;
-use crate::backend::reset::{query_rows, reset, rollback, run_queries};
+use super::verify;
+use crate::backend::pool::{FunctionNames, PooledConn};
+use crate::backend::reset::{drain_unsynced, query_rows, reset, rollback, run_queries};
 use crate::backend::statements::BackendStatements;
 use crate::cancel::CancelHandle;
 use crate::identity::Identity;
@@ -40,9 +42,6 @@ use crate::server::Shared;
 /// Settings that cannot be re-applied on another backend: a client that changes them is pinned.
 const UNMOVABLE_SETTINGS: &[&str] = &["role", "session_authorization"];
 
-/// Reads back the settings a client changed on its backend.
-const CAPTURE_SETTINGS: &str = "SELECT name, pg_catalog.current_setting(name) FROM pg_catalog.pg_settings WHERE source = 'session' ORDER BY name";
-
 /// A client's transaction-mode state, kept across backends.
 pub struct TxnCtx {
     /// Extended-protocol statements.
@@ -53,6 +52,13 @@ pub struct TxnCtx {
     pub settings_dirty: bool,
     /// Extended-protocol messages were sent since the last Sync.
     pub unsynced: bool,
+    /// The current transaction may have left state no reading of its SQL can see (it mentions a
+    /// tenant-defined function, or its text needed the parser): verify the backend before releasing it.
+    pub verify: bool,
+    /// The pool's tenant-defined function names, as of the last checkout (see [`super::verify`]).
+    functions: Option<FunctionNames>,
+    /// The client created or replaced a function: read the names again at the next checkout.
+    functions_stale: bool,
     /// The client's settings (name, value), as applied on top of a backend's startup state.
     settings: Vec<(String, String)>,
     /// The statement applying `settings` (already checked by the statement policy).
@@ -71,6 +77,9 @@ impl TxnCtx {
             pinned: None,
             settings_dirty: false,
             unsynced: false,
+            verify: false,
+            functions: None,
+            functions_stale: false,
             settings,
             settings_sql,
         }
@@ -92,6 +101,17 @@ impl TxnCtx {
             self.pinned = Some(why);
         }
         self.settings_dirty |= fx.settings;
+        if super::sqltree::inconclusive(sql)
+            || self
+                .functions
+                .as_ref()
+                .is_some_and(|names| verify::mentions(sql, names))
+        {
+            self.verify = true;
+        }
+        if verify::defines_function(sql) {
+            self.functions_stale = true;
+        }
         if fx.drops_statements {
             self.stmts.on_statements_dropped(stmts);
         }
@@ -127,18 +147,27 @@ pub async fn ensure_settings(conn: &mut PooledConn, ctx: &TxnCtx) -> Result<(), 
     }
 }
 
-/// Reads back the settings the client's last transaction left on `conn` and makes them the client's.
+/// Reads back the settings the client's last transaction left on `conn` and makes them the client's; pins the
+/// client when the backend now holds session-lifetime state (one round trip, see [`super::verify`]).
 async fn capture_settings(conn: &mut PooledConn, ctx: &mut TxnCtx) {
     ctx.settings_dirty = false;
-    match query_rows(conn, CAPTURE_SETTINGS).await {
+    ctx.verify = false;
+    match query_rows(conn, verify::VERIFY_SQL).await {
         Ok((b'I', None, rows)) => {
-            let settings: Vec<(String, String)> = rows
+            let mut settings: Vec<(String, String)> = rows
                 .into_iter()
                 .filter_map(|r| match <[Option<String>; 2]>::try_from(r) {
                     Ok([Some(n), Some(v)]) => Some((n, v)),
                     _ => None,
                 })
                 .collect();
+            if let Some(i) = settings.iter().position(|(n, _)| n == verify::PINS_ROW) {
+                let (_, held) = settings.remove(i);
+                if !held.is_empty() && ctx.pinned.is_none() {
+                    tracing::debug!(state = %held, "client pinned: its transaction left session state");
+                    ctx.pinned = Some("session state left by a function");
+                }
+            }
             if settings
                 .iter()
                 .any(|(n, _)| UNMOVABLE_SETTINGS.contains(&n.as_str()))
@@ -158,6 +187,126 @@ async fn capture_settings(conn: &mut PooledConn, ctx: &mut TxnCtx) {
             conn.broken = true;
         }
     }
+}
+
+/// Transaction-mode login: checks the client's startup settings and returns its state with the server
+/// parameters to greet it with. A free backend (or one that can be opened now) answers it and takes the
+/// settings at once, so a bad value fails the login as in PostgreSQL. When every backend is busy, the login is
+/// answered from the parameters the pool's backends reported at startup (overlaid with the client's settings)
+/// without waiting; its settings are then applied before its first transaction. `None` when the client was
+/// refused (and told).
+pub async fn login(
+    stream: &mut ClientStream,
+    who: &Identity,
+    shared: &Shared,
+    tenant: &Arc<Tenant>,
+    settings: Vec<(String, String)>,
+    requested_db: Option<&str>,
+) -> Option<(TxnCtx, BTreeMap<String, String>)> {
+    // The client's settings go with it to every backend: all of them, checked by the policy once.
+    let pairs: Vec<(&str, &str)> = settings
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect();
+    let sql = match super::session::checked_settings_sql(&pairs, who, shared) {
+        Ok(sql) => sql,
+        Err(e) => {
+            refuse(stream, e).await;
+            return None;
+        }
+    };
+    let ctx = TxnCtx::new(settings, sql, shared.cfg.pool.max_prepared_statements);
+    let free = match shared.pools.try_checkout(tenant, &who.role).await {
+        Ok(free) => free,
+        Err(e) => {
+            refuse(stream, super::session::checkout_error(&e, who)).await;
+            return None;
+        }
+    };
+    let greeting = match free {
+        Some(conn) => return login_on(stream, conn, ctx, requested_db).await,
+        None => shared.pools.greeting(tenant, &who.role),
+    };
+    let Some(greeting) = greeting else {
+        // No backend was ever opened for this pool: wait for one like a transaction would.
+        return match shared.pools.checkout(tenant, &who.role).await {
+            Ok(conn) => login_on(stream, conn, ctx, requested_db).await,
+            Err(e) => {
+                refuse(stream, super::session::checkout_error(&e, who)).await;
+                None
+            }
+        };
+    };
+    if let Some(db) = requested_db
+        && db != greeting.dbname
+    {
+        tracing::info!(database = db, "startup database is not the tenant's");
+        refuse(stream, PgError::unknown_database(db)).await;
+        return None;
+    }
+    tracing::debug!("login answered from the pool's server parameters (no free backend)");
+    metrics::counter!("pgveil_txn_logins_without_backend_total").increment(1);
+    let mut params = greeting.params;
+    for (name, value) in &ctx.settings {
+        if let Some(key) = params
+            .keys()
+            .find(|k| k.eq_ignore_ascii_case(name))
+            .cloned()
+        {
+            params.insert(key, value.clone());
+        }
+    }
+    Some((ctx, params))
+}
+
+/// Login on a backend at hand: checks the database name and applies the client's settings on it, then
+/// returns the backend to the pool.
+async fn login_on(
+    stream: &mut ClientStream,
+    mut conn: PooledConn,
+    ctx: TxnCtx,
+    requested_db: Option<&str>,
+) -> Option<(TxnCtx, BTreeMap<String, String>)> {
+    if let Some(db) = requested_db
+        && db != conn.target.dbname
+    {
+        tracing::info!(database = db, "startup database is not the tenant's");
+        refuse(stream, PgError::unknown_database(db)).await;
+        return None; // the backend was not touched: it goes back as it is
+    }
+    if let Err(e) = ensure_settings(&mut conn, &ctx).await {
+        refuse(stream, e).await;
+        discard(conn);
+        return None;
+    }
+    let params = conn.params.clone();
+    Some((ctx, params)) // the backend goes back to the pool until the first transaction
+}
+
+/// Gives the client the pool's tenant-defined function names, reading them on `conn` when they are older than
+/// [`verify::FUNCTIONS_MAX_AGE`] or the client defined a function; false when reading failed.
+async fn refresh_functions(
+    conn: &mut PooledConn,
+    ctx: &mut TxnCtx,
+    shared: &Shared,
+    tenant: &Arc<Tenant>,
+    role: &crate::ids::RoleName,
+) -> bool {
+    let known = shared
+        .pools
+        .functions(tenant, role)
+        .filter(|(at, _)| !ctx.functions_stale && at.elapsed() < verify::FUNCTIONS_MAX_AGE);
+    if let Some((_, names)) = known {
+        ctx.functions = Some(names);
+        return true;
+    }
+    let Some(names) = verify::load_functions(conn).await else {
+        return false;
+    };
+    shared.pools.set_functions(tenant, role, names.clone());
+    ctx.functions = Some(names);
+    ctx.functions_stale = false;
+    true
 }
 
 /// How the wait for the client's next transaction ended.
@@ -266,6 +415,11 @@ pub async fn serve(
                     discard(conn);
                     return;
                 }
+                if !refresh_functions(&mut conn, ctx, shared, tenant, &who.role).await {
+                    refuse(stream, PgError::backend_unavailable()).await;
+                    discard(conn);
+                    return;
+                }
                 ctx.stmts.on_checkout(&conn.statements);
                 held.insert(conn)
             }
@@ -288,7 +442,7 @@ pub async fn serve(
         let ctx = relay.txn.as_mut().expect("transaction mode");
         match end {
             RelayEnd::Release => {
-                if ctx.settings_dirty {
+                if ctx.settings_dirty || ctx.verify {
                     capture_settings(conn, ctx).await;
                 }
                 if conn.broken {
@@ -308,8 +462,9 @@ pub async fn serve(
     }
 }
 
-/// The client left while holding a backend: roll back and return it, reset it if the client was pinned, or
-/// discard it when its state is unknown.
+/// The client left while holding a backend: roll back and return it, drain and reset it when it left
+/// extended-protocol messages without Sync or was pinned, or discard it when responses are still owed (after a
+/// cancel). Every step runs under `pool.reset_timeout`.
 async fn finish(mut conn: PooledConn, relay: &Relay<'_>, end: &RelayEnd) {
     let ctx = relay.txn.as_ref().expect("transaction mode");
     let reusable =
@@ -322,7 +477,14 @@ async fn finish(mut conn: PooledConn, relay: &Relay<'_>, end: &RelayEnd) {
         return;
     }
     let status = relay.state.txn_status;
-    let ok = if ctx.pinned.is_some() {
+    let ok = if relay.state.unsynced {
+        // Parses, portals and settings of the unsynced batch are unknown: drain, then reset like a pinned
+        // backend (pgveil's server-side statements are forgotten with it).
+        let ok = drain_unsynced(&mut conn).await && reset(&mut conn, b'I').await;
+        conn.statements.clear();
+        conn.applied = Some(Vec::new());
+        ok
+    } else if ctx.pinned.is_some() || ctx.verify {
         let ok = reset(&mut conn, status).await;
         conn.statements.clear();
         conn.applied = Some(Vec::new());

@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 
+use super::cache::{ByteCache, HeapSize};
 use super::catalog::Catalog;
 use super::file::{Policy, PolicyError};
 use super::functions::PseudonymKey;
@@ -22,8 +23,8 @@ use crate::proto::PgError;
 use crate::route::Router;
 use crate::secret::{ExposeSecret, SecretStore};
 
-/// Largest number of cached rewrite results (the cache is cleared when full).
-const CACHE_CAPACITY: usize = 10_000;
+/// Default byte budget of the decision caches (exact texts and literal-normalized plans, half each).
+pub const DEFAULT_CACHE_BYTES: u64 = 32 << 20;
 
 /// A policy with its version.
 pub struct PolicySnapshot {
@@ -48,6 +49,30 @@ struct CacheKey {
     catalog: u64,
     tenant: TenantId,
     role: RoleName,
+}
+
+impl HeapSize for CacheKey {
+    fn heap_size(&self) -> usize {
+        self.sql.len() + self.tenant.as_str().len() + self.role.as_str().len()
+    }
+}
+
+impl HeapSize for Cached {
+    fn heap_size(&self) -> usize {
+        let decision = match &self.decision {
+            Decision::Rewrite(s) => s.len(),
+            Decision::Allow | Decision::Deny(_) => 64,
+        };
+        decision + self.fingerprint.len() + self.masked.iter().map(String::len).sum::<usize>()
+    }
+}
+
+impl HeapSize for Planned {
+    fn heap_size(&self) -> usize {
+        self.template.as_ref().map_or(0, |t| t.heap_size())
+            + self.fingerprint.len()
+            + self.masked.iter().map(String::len).sum::<usize>()
+    }
 }
 
 /// A cached decision with what its audit event needs.
@@ -101,9 +126,9 @@ pub struct MaskingEngine {
     policy_path: PathBuf,
     policy: ArcSwap<PolicySnapshot>,
     tenants: ArcSwap<HashMap<TenantId, Arc<TenantState>>>,
-    cache: Mutex<HashMap<CacheKey, Cached>>,
+    cache: ByteCache<CacheKey, Cached>,
     /// Literal-normalized plans, keyed like `cache` but by the normalized text.
-    plans: Mutex<HashMap<CacheKey, Planned>>,
+    plans: ByteCache<CacheKey, Planned>,
     /// Tenants whose schema changed since their catalog was loaded, with the generation of the latest change.
     /// Their statements are decided as if no catalog were loaded (refused where one is needed).
     stale: Mutex<HashMap<TenantId, u64>>,
@@ -128,8 +153,8 @@ impl MaskingEngine {
             policy_path: policy_path.to_owned(),
             policy: ArcSwap::from_pointee(PolicySnapshot { version: 1, policy }),
             tenants: ArcSwap::from_pointee(HashMap::new()),
-            cache: Mutex::new(HashMap::new()),
-            plans: Mutex::new(HashMap::new()),
+            cache: ByteCache::new(DEFAULT_CACHE_BYTES / 2),
+            plans: ByteCache::new(DEFAULT_CACHE_BYTES / 2),
             stale: Mutex::new(HashMap::new()),
             stale_count: AtomicUsize::new(0),
             generation: AtomicU64::new(0),
@@ -270,6 +295,18 @@ impl MaskingEngine {
         }
     }
 
+    /// Sets the byte budget of the decision caches (`policy.cache_bytes`), emptying them.
+    pub fn with_cache_budget(mut self, bytes: u64) -> Self {
+        self.cache = ByteCache::new(bytes / 2);
+        self.plans = ByteCache::new(bytes / 2);
+        self
+    }
+
+    /// Bytes held by the decision caches (estimated), for metrics and tests.
+    pub fn cache_weight(&self) -> u64 {
+        self.cache.weight() + self.plans.weight()
+    }
+
     fn cache_key(
         &self,
         sql: Box<str>,
@@ -300,7 +337,7 @@ impl MaskingEngine {
         // (stale or not loaded) must never be filed under a catalog version.
         let state = self.current(tenant);
         let key = self.cache_key(sql.into(), tenant, role, state.as_deref());
-        let hit = self.cache.lock().expect("cache lock").get(&key).cloned();
+        let hit = self.cache.get(&key);
         if let Some(c) = hit {
             self.stats.hits.fetch_add(1, Ordering::Relaxed);
             metrics::counter!("pgveil_rewrite_cache_total", "result" => "hit").increment(1);
@@ -313,7 +350,7 @@ impl MaskingEngine {
             .as_ref()
             .map(|n| self.cache_key(n.key.as_str().into(), tenant, role, state.as_deref()));
         if let (Some(n), Some(pk)) = (&norm, &plan_key) {
-            let plan = self.plans.lock().expect("plan lock").get(pk).cloned();
+            let plan = self.plans.get(pk);
             if let Some(p) = plan {
                 let decision = match &p.template {
                     None => Some(Decision::Allow),
@@ -363,11 +400,7 @@ impl MaskingEngine {
                 Decision::Rewrite(_) => Some(Arc::new(t)),
                 _ => None,
             };
-            let mut plans = self.plans.lock().expect("plan lock");
-            if plans.len() >= CACHE_CAPACITY {
-                plans.clear();
-            }
-            plans.insert(
+            self.plans.insert(
                 pk,
                 Planned {
                     template,
@@ -376,11 +409,7 @@ impl MaskingEngine {
                 },
             );
         }
-        let mut cache = self.cache.lock().expect("cache lock");
-        if cache.len() >= CACHE_CAPACITY {
-            cache.clear();
-        }
-        cache.insert(key, c.clone());
+        self.cache.insert(key, c.clone());
         c.decision
     }
 

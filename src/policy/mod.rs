@@ -7,6 +7,7 @@
 //! snapshots), [`rewrite`] (parse tree walk and relation substitution), [`firewall`] (denied functions,
 //! relations and settings), [`kinds`] (statement kinds), [`engine`] (snapshots, cache, reload).
 
+pub mod cache;
 pub mod catalog;
 pub mod engine;
 pub mod file;

@@ -25,6 +25,9 @@ pub struct Claims {
     pub iat: i64,
     /// Expiry, seconds since the Unix epoch.
     pub exp: i64,
+    /// Not-before, seconds since the Unix epoch (optional; pgveil does not set it, other issuers may).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<i64>,
     /// Unique token id, for revocation.
     pub jti: String,
     /// Issuer.

@@ -174,6 +174,7 @@ impl TokenSigner {
             amr,
             iat,
             exp,
+            nbf: None,
             jti: uuid::Uuid::new_v4().to_string(),
             iss: self.issuer.clone(),
         };
@@ -265,6 +266,12 @@ impl TokenVerifier {
             return Err(TokenError::Expired);
         }
         if claims.iat > now.saturating_add(MAX_IAT_SKEW_SECS) {
+            return Err(TokenError::NotYetValid);
+        }
+        if claims
+            .nbf
+            .is_some_and(|nbf| nbf > now.saturating_add(EXP_LEEWAY_SECS))
+        {
             return Err(TokenError::NotYetValid);
         }
         if claims.exp < claims.iat {

@@ -239,6 +239,29 @@ fn iat_far_in_future_rejected() {
 }
 
 #[test]
+fn nbf_in_the_future_rejected() {
+    let mut claims = good_claims();
+    claims["nbf"] = json!(NOW + 600);
+    let (token, verifier) = sign_raw(&claims);
+    assert!(matches!(
+        verifier.verify(&token, t(NOW)),
+        Err(TokenError::NotYetValid)
+    ));
+    // Within the leeway, and once the time has come, it is accepted.
+    verifier
+        .verify(&token, t(NOW + 600 - EXP_LEEWAY_SECS as u64))
+        .unwrap();
+    verifier.verify(&token, t(NOW + 601)).unwrap();
+    // A malformed nbf is refused, not ignored.
+    claims["nbf"] = json!("soon");
+    let (token, verifier) = sign_raw(&claims);
+    assert!(matches!(
+        verifier.verify(&token, t(NOW)),
+        Err(TokenError::Malformed)
+    ));
+}
+
+#[test]
 fn wrong_issuer() {
     let f = fixture();
     let verifier =

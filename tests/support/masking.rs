@@ -47,6 +47,7 @@ pub fn masking_proxy_with(
                 .map(|(t, s)| (TenantId::new(t), SecretId::new(s)))
                 .collect(),
                 catalog_refresh: Duration::from_secs(3600),
+                cache_bytes: pgveil::policy::engine::DEFAULT_CACHE_BYTES,
             });
             edit(cfg);
         },

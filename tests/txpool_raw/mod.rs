@@ -1,3 +1,4 @@
+#![allow(dead_code)]
 //! A minimal raw protocol client for exact reply comparisons: sends scripted frontend messages and records
 //! every reply (tags, error codes, rows), so a proxy's answers can be compared with PostgreSQL's own.
 
@@ -17,6 +18,8 @@ pub enum Msg<'a> {
     Describe(char, &'a str),
     /// Execute(portal), all rows.
     Execute(&'a str),
+    /// Execute(portal, at most n rows).
+    ExecuteMax(&'a str, i32),
     /// Close(kind, name).
     Close(char, &'a str),
     /// Sync.
@@ -121,6 +124,22 @@ impl Raw {
 
     /// Sends `msgs` in one write and reads replies until every Sync/Query got its ReadyForQuery.
     pub async fn round(&mut self, msgs: &[Msg<'_>]) -> Result<Vec<Reply>> {
+        let mut expect = self.send(msgs).await?;
+        let mut replies = Vec::new();
+        while expect > 0 {
+            let Some(r) = self.next_reply().await? else {
+                continue;
+            };
+            if matches!(r, Reply::Ready(_)) {
+                expect -= 1;
+            }
+            replies.push(r);
+        }
+        Ok(replies)
+    }
+
+    /// Sends `msgs` in one write; returns how many ReadyForQuery they will be answered with.
+    pub async fn send(&mut self, msgs: &[Msg<'_>]) -> Result<usize> {
         let mut out = BytesMut::new();
         let mut expect = 0;
         for m in msgs {
@@ -149,6 +168,10 @@ impl Raw {
                     cstr(b, p);
                     b.put_i32(0);
                 }),
+                Msg::ExecuteMax(p, n) => frame(&mut out, b'E', |b| {
+                    cstr(b, p);
+                    b.put_i32(*n);
+                }),
                 Msg::Close(k, n) => frame(&mut out, b'C', |b| {
                     b.put_u8(*k as u8);
                     cstr(b, n);
@@ -165,34 +188,38 @@ impl Raw {
             }
         }
         self.s.write_all(&out).await?;
-        let mut replies = Vec::new();
-        while expect > 0 {
-            let (tag, body) = self.read().await?;
-            let r = match tag {
-                b'1' => Reply::ParseComplete,
-                b'2' => Reply::BindComplete,
-                b'3' => Reply::CloseComplete,
-                b't' => {
-                    Reply::ParameterDescription(i16::from_be_bytes(body[..2].try_into()?) as usize)
-                }
-                b'T' => Reply::RowDescription(column_names(&body)),
-                b'n' => Reply::NoData,
-                b'D' => Reply::Row(row(&body)),
-                b'C' => {
-                    Reply::Complete(String::from_utf8_lossy(&body[..body.len() - 1]).into_owned())
-                }
-                b'E' => Reply::Error(error_code(&body).unwrap_or_default()),
-                b'Z' => {
-                    expect -= 1;
-                    Reply::Ready(body[0] as char)
-                }
-                b's' => Reply::Suspended,
-                b'I' => Reply::EmptyQuery,
-                _ => continue, // ParameterStatus, notices
-            };
-            replies.push(r);
+        Ok(expect)
+    }
+
+    /// The next backend reply (`None` for ParameterStatus, notices and other messages not compared).
+    pub async fn next_reply(&mut self) -> Result<Option<Reply>> {
+        let (tag, body) = self.read().await?;
+        Ok(Some(match tag {
+            b'1' => Reply::ParseComplete,
+            b'2' => Reply::BindComplete,
+            b'3' => Reply::CloseComplete,
+            b't' => Reply::ParameterDescription(i16::from_be_bytes(body[..2].try_into()?) as usize),
+            b'T' => Reply::RowDescription(column_names(&body)),
+            b'n' => Reply::NoData,
+            b'D' => Reply::Row(row(&body)),
+            b'C' => Reply::Complete(String::from_utf8_lossy(&body[..body.len() - 1]).into_owned()),
+            b'E' => Reply::Error(error_code(&body).unwrap_or_default()),
+            b'Z' => Reply::Ready(body[0] as char),
+            b's' => Reply::Suspended,
+            b'I' => Reply::EmptyQuery,
+            _ => return Ok(None), // ParameterStatus, notices
+        }))
+    }
+
+    /// Reads replies until one matches `pred` (returned), failing on a closed connection.
+    pub async fn until(&mut self, pred: impl Fn(&Reply) -> bool) -> Result<Reply> {
+        loop {
+            if let Some(r) = self.next_reply().await?
+                && pred(&r)
+            {
+                return Ok(r);
+            }
         }
-        Ok(replies)
     }
 }
 

@@ -81,6 +81,17 @@ pub struct Template {
 }
 
 impl Template {
+    /// Approximate bytes owned (for the caches' byte budget).
+    pub fn heap_size(&self) -> usize {
+        self.pieces
+            .iter()
+            .map(|p| match p {
+                Piece::Text(t) => t.len() + 24,
+                Piece::Literal(_) => 24,
+            })
+            .sum()
+    }
+
     /// The plan of `sql` (normalized as `norm`) rewritten with `edits`; `None` when an edit covers part of a
     /// literal (then only the exact text can be cached).
     pub fn build(sql: &str, norm: &Normalized, edits: &[Edit]) -> Option<Template> {

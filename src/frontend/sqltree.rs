@@ -1,0 +1,101 @@
+//! Transaction mode: the exact reading of a statement's session effects, from libpg_query's parse tree, for the
+//! statements the fast scan ([`super::sqlscan`]) cannot read conclusively.
+//!
+//! The fast scan matches whole words in the raw text. Two spellings hide words from it: Unicode escapes in
+//! identifiers and strings (`U&"pg_t\0065mp"`, `U&"set\005fconfig"`) and backslash escapes in `E''` strings
+//! (a `DO` body or an `EXECUTE`d string spelled `E'pg_\x61dvisory_lock(1)'`). For text containing `&` or `\`,
+//! the statement is parsed with the PostgreSQL grammar, which decodes both, and every decoded name and string
+//! in the tree goes through the same word rules; statement kinds come from the tree's node types. A statement
+//! that does not parse fails on the server too, so it changes nothing and the fast scan's result stands.
+
+use serde_json::Value;
+
+use super::sqlscan::{SqlEffects, scan_words};
+
+/// `DeclareCursorStmt.options` bit for `WITH HOLD` (`CURSOR_OPT_HOLD` in parsenodes.h).
+const CURSOR_OPT_HOLD: i64 = 0x0020;
+
+/// Whether the fast scan may miss a word in `sql` (escapes that only the real lexer decodes).
+pub fn inconclusive(sql: &[u8]) -> bool {
+    sql.iter().any(|&b| b == b'&' || b == b'\\')
+}
+
+/// Adds the effects the parse tree of `sql` shows to `fx` (nothing when it does not parse).
+pub fn add_effects(sql: &[u8], fx: &mut SqlEffects) {
+    let Ok(text) = std::str::from_utf8(sql) else {
+        return;
+    };
+    let Ok(parsed) = pg_query::parse(text, 0) else {
+        return;
+    };
+    let Ok(tree) = serde_json::to_value(&parsed.protobuf) else {
+        // Cannot be read: on the safe side, as if it changed settings and pinned.
+        fx.settings = true;
+        fx.pins = fx.pins.or(Some("statement pgveil could not inspect"));
+        return;
+    };
+    walk(&tree, fx);
+}
+
+fn walk(v: &Value, fx: &mut SqlEffects) {
+    match v {
+        Value::Object(map) => {
+            for (k, child) in map {
+                node(k, child, fx);
+                walk(child, fx);
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|i| walk(i, fx)),
+        Value::String(s) => scan_words(s.as_bytes(), fx),
+        _ => {}
+    }
+}
+
+fn node(key: &str, v: &Value, fx: &mut SqlEffects) {
+    let pin = |fx: &mut SqlEffects, why| fx.pins = fx.pins.or(Some(why));
+    match key {
+        "VariableSetStmt" | "DoStmt" | "CallStmt" => fx.settings = true,
+        "DiscardStmt" | "DeallocateStmt" => {
+            fx.settings = true;
+            fx.drops_statements = true;
+        }
+        "PrepareStmt" => pin(fx, "SQL PREPARE"),
+        "ListenStmt" => pin(fx, "LISTEN"),
+        "LoadStmt" => pin(fx, "LOAD"),
+        "DeclareCursorStmt"
+            if v["options"]
+                .as_i64()
+                .is_some_and(|o| o & CURSOR_OPT_HOLD != 0) =>
+        {
+            pin(fx, "cursor WITH HOLD")
+        }
+        "relpersistence" if v.as_str() == Some("t") => pin(fx, "temporary object"),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::sqlscan::scan;
+
+    #[test]
+    fn escaped_spellings_are_read_exactly() {
+        let s = |sql: &str| scan(sql.as_bytes());
+        assert_eq!(
+            s(r#"CREATE TABLE U&"pg_t\0065mp".t AS SELECT 1 AS x"#).pins,
+            Some("temporary object")
+        );
+        assert!(s(r#"SELECT U&"set\005fconfig"('application_name', 'x', false)"#).settings);
+        assert_eq!(
+            s(r#"SELECT U&"pg_advisory\005flock"(1)"#).pins,
+            Some("session advisory lock")
+        );
+        assert_eq!(
+            s(r"DO E'BEGIN PERFORM pg_\x61dvisory_lock(7); END'").pins,
+            Some("session advisory lock")
+        );
+        assert!(s(r#"EXECUTE U&"pgveil\005fps\005f1""#).reserved);
+        // Ordinary statements with `&` keep no effects.
+        assert_eq!(s("SELECT 5 & 3, ARRAY[1] && ARRAY[1]"), Default::default());
+    }
+}
