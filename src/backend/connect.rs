@@ -66,6 +66,9 @@ pub struct BackendConn {
     /// Transaction mode: the client settings applied on top of the startup state (`None` = unknown, so
     /// `RESET ALL` first).
     pub applied: Option<Vec<(String, String)>>,
+    /// Session defaults read once for inspected roles (`frontend::guard`): `client_min_messages` and
+    /// `current_schemas(false)` as the connection started with them.
+    pub defaults: Option<(String, Vec<String>)>,
 }
 
 /// Why a backend connection could not be opened. Messages never include the password.
@@ -267,6 +270,7 @@ async fn connect_inner(
         target,
         statements: Default::default(),
         applied: Some(Vec::new()),
+        defaults: None,
     })
 }
 

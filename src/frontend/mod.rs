@@ -2,6 +2,7 @@
 //! the startup packet), token authentication, session setup, and the relay.
 
 pub mod auth;
+pub mod guard;
 pub mod handshake;
 pub mod params;
 pub mod prepared;

@@ -28,6 +28,7 @@ use crate::backend::statements::BackendStatements;
 use crate::identity::Identity;
 use crate::net::ClientStream;
 use crate::policy::{Decision, StatementPolicy};
+use crate::policy::settings::reported_value_ok;
 use crate::proto::PgError;
 use crate::proto::error::parse_fields;
 use crate::proto::frame::{FrameError, FrameSplitter, Item, payload};
@@ -130,7 +131,16 @@ pub struct Relay<'a> {
     watch_backend: bool,
     /// A schema-changing command completed and its transaction has not ended yet.
     ddl_pending: bool,
+    /// The policy epoch under which this session first created lasting state (a Parse, SQL `PREPARE`,
+    /// `DECLARE`); [`UNINSPECTED`] when it was not inspected then. Once the epoch changes, the session ends
+    /// before more of its messages reach the backend: that state holds decisions of another version.
+    state_epoch: Option<u64>,
+    /// Set by the ParameterStatus watchdog: end the session (FATAL, backend discarded).
+    fatal: Option<PgError>,
 }
+
+/// The epoch of state created while the session was not inspected (its statements were not rewritten).
+const UNINSPECTED: u64 = u64::MAX;
 
 impl Drop for Relay<'_> {
     fn drop(&mut self) {
@@ -162,6 +172,8 @@ impl<'a> Relay<'a> {
             watch_backend: policy.watches_backend(),
             idle: IdleTimeouts::default(),
             ddl_pending: false,
+            state_epoch: None,
+            fatal: None,
         }
     }
 
@@ -289,6 +301,9 @@ impl<'a> Relay<'a> {
                         tracing::warn!(error = %e, "backend protocol error");
                         PgError::backend_lost().encode(&mut to_c);
                         ending = Some(RelayEnd::BackendGone);
+                    } else if let Some(err) = self.fatal.take() {
+                        err.encode(&mut to_c);
+                        ending = Some(RelayEnd::BackendGone); // never reused
                     } else if self.releasable()
                         && cin.is_empty()
                         && to_b.is_empty()
@@ -333,6 +348,13 @@ impl<'a> Relay<'a> {
         } else {
             client_inspects
         };
+        if !cin.is_empty()
+            && let Some(err) = self.stale_state()
+        {
+            tracing::info!(code = err.code, "policy version changed under prepared state");
+            err.encode(to_c);
+            return Step::End(RelayEnd::ClientProtocol(err));
+        }
         loop {
             // Refuse an unknown message type on its tag byte, as PostgreSQL does, instead of waiting for the
             // body its length announces (an SSLRequest or StartupMessage sent mid-session would otherwise
@@ -390,7 +412,7 @@ impl<'a> Relay<'a> {
                 let sql = messages::decode_query(body)
                     .ok_or_else(|| PgError::protocol_violation("invalid Query message"))?;
                 self.state.in_flight += 1;
-                let mut decision = self.decide(sql);
+                let mut decision = self.decide(sql, false);
                 if let Some(t) = self.txn.as_mut() {
                     t.stmts.on_query();
                     t.stmts.on_sync_sent();
@@ -412,7 +434,7 @@ impl<'a> Relay<'a> {
             tag::PARSE => {
                 let p = messages::decode_parse(body)
                     .ok_or_else(|| PgError::protocol_violation("invalid Parse message"))?;
-                match self.decide(p.sql) {
+                match self.decide(p.sql, true) {
                     Decision::Allow => to_b.extend_from_slice(frame),
                     Decision::Rewrite(text) => messages::parse(to_b, p.name, &text, p.param_types),
                     Decision::Deny(err) => messages::parse(to_b, p.name, &self.deny(err), &[0, 0]),
@@ -454,7 +476,7 @@ impl<'a> Relay<'a> {
                 let p = messages::decode_parse(body)
                     .ok_or_else(|| PgError::protocol_violation("invalid Parse message"))?;
                 let (name, param_types) = (p.name, p.param_types);
-                let decision = self.decide(p.sql);
+                let decision = self.decide(p.sql, true);
                 let t = self.txn.as_mut().expect("transaction mode");
                 let sql: &[u8] = match &decision {
                     Decision::Allow => p.sql,
@@ -550,16 +572,36 @@ impl<'a> Relay<'a> {
         self.policy.inspects(self.who)
     }
 
-    /// Runs the statement hook on SQL text (skipped entirely for roles that are not inspected).
-    fn decide(&self, sql: &[u8]) -> Decision {
+    /// Runs the statement hook on SQL text (skipped entirely for roles that are not inspected). `parse`: the
+    /// text comes in a Parse message, whose statement outlives it.
+    fn decide(&mut self, sql: &[u8], parse: bool) -> Decision {
         if !self.inspects() {
+            self.state_epoch.get_or_insert(UNINSPECTED);
             return Decision::Allow;
         }
         match std::str::from_utf8(sql) {
-            Ok(sql) => self.policy.check(sql, self.who),
+            Ok(sql) => {
+                let v = self.policy.check_versioned(sql, self.who);
+                if (parse || v.lasting) && !matches!(v.decision, Decision::Deny(_)) {
+                    self.state_epoch.get_or_insert(v.epoch);
+                }
+                v.decision
+            }
             // Fail closed: what cannot be read cannot be checked.
             Err(_) => Decision::Deny(PgError::invalid_encoding()),
         }
+    }
+
+    /// The error ending the session when it holds state (prepared statements, cursors) created under another
+    /// epoch than the current one.
+    fn stale_state(&self) -> Option<PgError> {
+        let then = self.state_epoch?;
+        let now = if self.inspects() {
+            self.policy.epoch(self.who)
+        } else {
+            UNINSPECTED
+        };
+        (now != then).then(PgError::policy_changed)
     }
 
     /// Registers a denial and returns the SQL that makes the backend fail in its place.
@@ -619,6 +661,8 @@ impl<'a> Relay<'a> {
                 tag::COMMAND_COMPLETE if watch && crate::policy::schema_changing_tag(body) => {
                     self.ddl_pending = true;
                 }
+                // Messages below NOTICE echo statement text and plans (`parse <unnamed>: <rewritten SQL>`).
+                tag::NOTICE_RESPONSE if watch && below_notice(body) && self.inspects() => continue,
                 tag::NOTICE_RESPONSE if watch && self.withheld_detail(&frame, to_c) => continue,
                 tag::PARSE_COMPLETE | tag::CLOSE_COMPLETE => {
                     if let Some(t) = self.txn.as_mut()
@@ -631,6 +675,14 @@ impl<'a> Relay<'a> {
                     if let Some((name, rest)) = messages::read_cstr(body)
                         && let Some((value, _)) = messages::read_cstr(rest)
                     {
+                        // Watchdog: the backend now lexes SQL differently from pgveil (an allow-listed function,
+                        // a setting path the allowlist does not know): relay nothing more.
+                        let (n, v) = (String::from_utf8_lossy(name), String::from_utf8_lossy(value));
+                        if !reported_value_ok(&n, &v) && self.inspects() {
+                            tracing::warn!(parameter = %n, "backend reported a lexing setting pgveil does not parse under; ending the session");
+                            self.fatal = Some(PgError::lexing_changed(&n));
+                            return Ok(());
+                        }
                         params.insert(
                             String::from_utf8_lossy(name).into_owned(),
                             String::from_utf8_lossy(value).into_owned(),
@@ -687,6 +739,18 @@ impl<'a> Relay<'a> {
             .position(|(marker, _)| message.contains(&format!("\"{marker}\"")))?;
         Some(self.denials.remove(idx).1)
     }
+}
+
+/// Whether a NoticeResponse has a severity below NOTICE (`DEBUG1`-`DEBUG5`, `LOG`), by its non-localized
+/// severity field (`V`, PostgreSQL 9.6+), else the localized one (`S`).
+fn below_notice(body: &[u8]) -> bool {
+    let fields = parse_fields(body);
+    let severity = fields
+        .iter()
+        .find(|(t, _)| *t == b'V')
+        .or_else(|| fields.iter().find(|(t, _)| *t == b'S'))
+        .map(|(_, v)| *v);
+    matches!(severity, Some(s) if s.starts_with(b"DEBUG") || s == b"LOG")
 }
 
 /// Message types a client may send once the session has started (PostgreSQL's `SocketBackend` list).

@@ -197,6 +197,13 @@ async fn run_session(
         refuse(stream, PgError::unknown_database(db)).await;
         return; // the backend was not touched: it goes back as it is
     }
+    if shared.policy.inspects(who)
+        && let Err(e) = super::guard::verify_backend(&mut conn, who, &*shared.policy).await
+    {
+        refuse(stream, e).await;
+        finish(conn, false, b'I', shared).await;
+        return;
+    }
     let txn_mode = tenant.pool_mode == PoolMode::Transaction;
     let ctx = if txn_mode {
         // The client's settings go with it to every backend: all of them, checked by the policy once.
