@@ -31,26 +31,30 @@ pub async fn verify_backend(
     who: &Identity,
     policy: &dyn StatementPolicy,
 ) -> Result<(), PgError> {
-    if let Some((name, _)) = conn
+    let bad = conn
         .params
         .iter()
         .find(|(n, v)| !reported_value_ok(n, v))
-    {
-        let err = PgError::lexing_changed(name);
+        .map(|(n, _)| n.clone());
+    if let Some(name) = bad {
         conn.broken = true;
-        return Err(err);
+        return Err(PgError::lexing_changed(&name));
     }
-    if conn.defaults.is_none() {
-        conn.defaults = Some(read_defaults(conn).await?);
-    }
-    let (messages, schemas) = conn.defaults.as_ref().expect("read above");
-    if refusal("client_min_messages", Some(messages)).is_some() {
+    let (messages, schemas) = match conn.defaults.clone() {
+        Some(d) => d,
+        None => {
+            let d = read_defaults(conn).await?;
+            conn.defaults = Some(d.clone());
+            d
+        }
+    };
+    if refusal("client_min_messages", Some(&messages)).is_some() {
         tracing::warn!(tenant = %who.tenant, "backend session default client_min_messages is below NOTICE; backend refused");
         conn.broken = true;
         return Err(PgError::backend_refused("client_min_messages"));
     }
     if let Some(expected) = policy.expected_schemas(who)
-        && &expected != schemas
+        && expected != schemas
     {
         tracing::warn!(tenant = %who.tenant, "backend search path differs from the catalog snapshot; backend refused, catalog reload requested");
         conn.broken = true;

@@ -10,3 +10,4 @@ pub mod relay;
 pub mod session;
 pub mod sqlscan;
 pub mod txn;
+pub mod versions;

@@ -29,6 +29,7 @@ use crate::identity::Identity;
 use crate::net::ClientStream;
 use crate::policy::{Decision, StatementPolicy};
 use crate::policy::settings::reported_value_ok;
+use super::versions::{StateEpochs, UNINSPECTED, may_create_state};
 use crate::proto::PgError;
 use crate::proto::error::parse_fields;
 use crate::proto::frame::{FrameError, FrameSplitter, Item, payload};
@@ -131,16 +132,14 @@ pub struct Relay<'a> {
     watch_backend: bool,
     /// A schema-changing command completed and its transaction has not ended yet.
     ddl_pending: bool,
-    /// The policy epoch under which this session first created lasting state (a Parse, SQL `PREPARE`,
-    /// `DECLARE`); [`UNINSPECTED`] when it was not inspected then. Once the epoch changes, the session ends
-    /// before more of its messages reach the backend: that state holds decisions of another version.
-    state_epoch: Option<u64>,
+    /// The policy versions its decisions (`StatementPolicy::versioned`): track under which epoch this
+    /// session's prepared statements and cursors were made, and end the session when that epoch has passed.
+    versioned: bool,
+    /// Epochs of the session's live prepared statements and cursors.
+    epochs: StateEpochs,
     /// Set by the ParameterStatus watchdog: end the session (FATAL, backend discarded).
     fatal: Option<PgError>,
 }
-
-/// The epoch of state created while the session was not inspected (its statements were not rewritten).
-const UNINSPECTED: u64 = u64::MAX;
 
 impl Drop for Relay<'_> {
     fn drop(&mut self) {
@@ -172,7 +171,8 @@ impl<'a> Relay<'a> {
             watch_backend: policy.watches_backend(),
             idle: IdleTimeouts::default(),
             ddl_pending: false,
-            state_epoch: None,
+            versioned: policy.versioned(),
+            epochs: StateEpochs::default(),
             fatal: None,
         }
     }
@@ -412,7 +412,7 @@ impl<'a> Relay<'a> {
                 let sql = messages::decode_query(body)
                     .ok_or_else(|| PgError::protocol_violation("invalid Query message"))?;
                 self.state.in_flight += 1;
-                let mut decision = self.decide(sql, false);
+                let mut decision = self.decide(sql, None);
                 if let Some(t) = self.txn.as_mut() {
                     t.stmts.on_query();
                     t.stmts.on_sync_sent();
@@ -434,7 +434,7 @@ impl<'a> Relay<'a> {
             tag::PARSE => {
                 let p = messages::decode_parse(body)
                     .ok_or_else(|| PgError::protocol_violation("invalid Parse message"))?;
-                match self.decide(p.sql, true) {
+                match self.decide(p.sql, Some(p.name)) {
                     Decision::Allow => to_b.extend_from_slice(frame),
                     Decision::Rewrite(text) => messages::parse(to_b, p.name, &text, p.param_types),
                     Decision::Deny(err) => messages::parse(to_b, p.name, &self.deny(err), &[0, 0]),
@@ -453,6 +453,10 @@ impl<'a> Relay<'a> {
             }
             tag::SYNC => {
                 self.state.in_flight += 1;
+                to_b.extend_from_slice(frame);
+            }
+            b'C' => {
+                self.epochs.on_close(body);
                 to_b.extend_from_slice(frame);
             }
             tag::TERMINATE => return Ok(Step::End(RelayEnd::Terminate)),
@@ -476,7 +480,7 @@ impl<'a> Relay<'a> {
                 let p = messages::decode_parse(body)
                     .ok_or_else(|| PgError::protocol_violation("invalid Parse message"))?;
                 let (name, param_types) = (p.name, p.param_types);
-                let decision = self.decide(p.sql, true);
+                let decision = self.decide(p.sql, Some(name));
                 let t = self.txn.as_mut().expect("transaction mode");
                 let sql: &[u8] = match &decision {
                     Decision::Allow => p.sql,
@@ -508,6 +512,7 @@ impl<'a> Relay<'a> {
             }
             b'C' => {
                 t.unsynced = true;
+                self.epochs.on_close(body);
                 t.stmts.close(body, to_b).err()
             }
             tag::EXECUTE | b'H' => {
@@ -573,17 +578,30 @@ impl<'a> Relay<'a> {
     }
 
     /// Runs the statement hook on SQL text (skipped entirely for roles that are not inspected). `parse`: the
-    /// text comes in a Parse message, whose statement outlives it.
-    fn decide(&mut self, sql: &[u8], parse: bool) -> Decision {
+    /// name of the statement when the text comes in a Parse message (the statement outlives it).
+    fn decide(&mut self, sql: &[u8], parse: Option<&[u8]>) -> Decision {
+        if parse.is_none() && self.versioned {
+            self.epochs.on_query();
+        }
         if !self.inspects() {
-            self.state_epoch.get_or_insert(UNINSPECTED);
+            if self.versioned {
+                match parse {
+                    Some(name) => self.epochs.on_parse(name, UNINSPECTED),
+                    None if may_create_state(sql) => self.epochs.on_lasting(UNINSPECTED),
+                    None => {}
+                }
+            }
             return Decision::Allow;
         }
         match std::str::from_utf8(sql) {
             Ok(sql) => {
                 let v = self.policy.check_versioned(sql, self.who);
-                if (parse || v.lasting) && !matches!(v.decision, Decision::Deny(_)) {
-                    self.state_epoch.get_or_insert(v.epoch);
+                if self.versioned && !matches!(v.decision, Decision::Deny(_)) {
+                    match parse {
+                        Some(name) => self.epochs.on_parse(name, v.epoch),
+                        None if v.lasting => self.epochs.on_lasting(v.epoch),
+                        None => {}
+                    }
                 }
                 v.decision
             }
@@ -595,13 +613,15 @@ impl<'a> Relay<'a> {
     /// The error ending the session when it holds state (prepared statements, cursors) created under another
     /// epoch than the current one.
     fn stale_state(&self) -> Option<PgError> {
-        let then = self.state_epoch?;
-        let now = if self.inspects() {
-            self.policy.epoch(self.who)
-        } else {
-            UNINSPECTED
-        };
-        (now != then).then(PgError::policy_changed)
+        let stale = self.versioned
+            && self.epochs.stale(|| {
+                if self.inspects() {
+                    self.policy.epoch(self.who)
+                } else {
+                    UNINSPECTED
+                }
+            });
+        stale.then(PgError::policy_changed)
     }
 
     /// Registers a denial and returns the SQL that makes the backend fail in its place.
@@ -773,9 +793,9 @@ fn invalid_frontend_tag(t: u8) -> PgError {
 }
 
 /// Frontend tags handed over whole: everything except the high-volume pass-through ones. Unknown tags are
-/// thereby inspected too, and refused.
+/// thereby inspected too, and refused. Close is inspected: it ends a prepared statement's epoch tracking.
 fn client_inspects(t: u8) -> bool {
-    !matches!(t, b'B' | b'C' | b'c' | b'd' | b'D' | b'E' | b'f' | b'H')
+    !matches!(t, b'B' | b'c' | b'd' | b'D' | b'E' | b'f' | b'H')
 }
 
 /// Transaction mode: every frontend tag is handed over whole except COPY data, CopyDone and CopyFail.

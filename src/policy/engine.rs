@@ -104,8 +104,8 @@ pub struct MaskingEngine {
     policy: ArcSwap<PolicySnapshot>,
     tenants: ArcSwap<HashMap<TenantId, Arc<TenantState>>>,
     cache: Mutex<HashMap<CacheKey, Cached>>,
-    /// Fingerprint of each (tenant, role)'s effective policy, with the policy version it was computed for.
-    fingerprints: Mutex<HashMap<(TenantId, RoleName), (u64, u64)>>,
+    /// Fingerprints of effective policies, for decision epochs.
+    fingerprints: super::version::Fingerprints,
     /// Literal-normalized plans, keyed like `cache` but by the normalized text.
     plans: Mutex<HashMap<CacheKey, Planned>>,
     /// Tenants whose schema changed since their catalog was loaded, with the generation of the latest change.
@@ -133,7 +133,7 @@ impl MaskingEngine {
             policy: ArcSwap::from_pointee(PolicySnapshot { version: 1, policy }),
             tenants: ArcSwap::from_pointee(HashMap::new()),
             cache: Mutex::new(HashMap::new()),
-            fingerprints: Mutex::new(HashMap::new()),
+            fingerprints: super::version::Fingerprints::default(),
             plans: Mutex::new(HashMap::new()),
             stale: Mutex::new(HashMap::new()),
             stale_count: AtomicUsize::new(0),
@@ -305,8 +305,7 @@ impl MaskingEngine {
         d
     }
 
-    /// The epoch of (tenant, role) under these snapshots: the fingerprint of the role's effective policy and
-    /// the catalog version (0 while the catalog is stale or not loaded).
+    /// The epoch of (tenant, role) under these snapshots (0 for the catalog while stale or not loaded).
     fn epoch_of(
         &self,
         snap: &PolicySnapshot,
@@ -314,28 +313,9 @@ impl MaskingEngine {
         role: &RoleName,
         state: Option<&TenantState>,
     ) -> u64 {
-        let id = (tenant.clone(), role.clone());
-        let cached = self
+        let fp = self
             .fingerprints
-            .lock()
-            .expect("fingerprint lock")
-            .get(&id)
-            .copied();
-        let fp = match cached {
-            Some((version, fp)) if version == snap.version => fp,
-            _ => {
-                let fp = snap
-                    .policy
-                    .effective(tenant, role)
-                    .map_or(0, |e| super::version::fingerprint(&e));
-                let mut map = self.fingerprints.lock().expect("fingerprint lock");
-                if map.len() >= CACHE_CAPACITY {
-                    map.clear();
-                }
-                map.insert(id, (snap.version, fp));
-                fp
-            }
-        };
+            .get(snap.version, tenant, role, || snap.policy.effective(tenant, role));
         super::version::epoch(fp, state.map_or(0, |t| t.catalog.version))
     }
 
@@ -621,6 +601,10 @@ impl StatementPolicy for MaskingEngine {
     fn expected_schemas(&self, who: &Identity) -> Option<Vec<String>> {
         self.current(&who.tenant)
             .map(|t| t.catalog.search_path.clone())
+    }
+
+    fn versioned(&self) -> bool {
+        true
     }
 
     fn epoch(&self, who: &Identity) -> u64 {

@@ -65,6 +65,12 @@ pub trait StatementPolicy: Send + Sync {
         }
     }
 
+    /// Whether decisions have epochs that change ([`StatementPolicy::epoch`]): relays then track under which
+    /// epoch each session's prepared statements and cursors were made.
+    fn versioned(&self) -> bool {
+        false
+    }
+
     /// The version of `who`'s decisions now: it changes whenever a decision for `who` could change (the
     /// role's effective policy, or the tenant's catalog). Statements prepared and cursors opened under
     /// another epoch must not return rows.

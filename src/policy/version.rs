@@ -8,9 +8,12 @@
 //! the same fingerprint and a reload that does not touch a role leaves its sessions alone) with the catalog
 //! version (0 while the catalog is stale or not loaded, so a schema change counts at once).
 
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
+use std::sync::Mutex;
 
 use super::file::{Effective, RawSet};
+use crate::ids::{RoleName, TenantId};
 
 /// A fingerprint of everything in an effective policy that decisions depend on.
 pub fn fingerprint(e: &Effective<'_>) -> u64 {
@@ -36,6 +39,35 @@ pub fn fingerprint(e: &Effective<'_>) -> u64 {
     h.finish()
 }
 
+/// Fingerprints of (tenant, role) effective policies, computed once per policy version.
+#[derive(Default)]
+pub struct Fingerprints(Mutex<HashMap<(TenantId, RoleName), (u64, u64)>>);
+
+impl Fingerprints {
+    /// The fingerprint of `effective()` for (tenant, role) under policy `version` (0 without a policy).
+    pub fn get<'p>(
+        &self,
+        version: u64,
+        tenant: &TenantId,
+        role: &RoleName,
+        effective: impl FnOnce() -> Option<Effective<'p>>,
+    ) -> u64 {
+        let id = (tenant.clone(), role.clone());
+        if let Some((v, fp)) = self.0.lock().expect("fingerprint lock").get(&id)
+            && *v == version
+        {
+            return *fp;
+        }
+        let fp = effective().map_or(0, |e| fingerprint(&e));
+        let mut map = self.0.lock().expect("fingerprint lock");
+        if map.len() >= 10_000 {
+            map.clear();
+        }
+        map.insert(id, (version, fp));
+        fp
+    }
+}
+
 /// The epoch of a policy fingerprint and a catalog version.
 pub fn epoch(fingerprint: u64, catalog_version: u64) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -47,7 +79,7 @@ pub fn epoch(fingerprint: u64, catalog_version: u64) -> u64 {
 /// HOLD` ones even outlive the transaction).
 pub fn lasting(sql: &str) -> bool {
     use pg_query::NodeEnum;
-    let Ok(parsed) = pg_query::parse(sql) else {
+    let Ok(parsed) = pg_query::parse(sql, 0) else {
         return false; // refused anyway
     };
     parsed.protobuf.stmts.iter().any(|raw| {
