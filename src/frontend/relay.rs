@@ -139,7 +139,14 @@ pub struct Relay<'a> {
     epochs: StateEpochs,
     /// Set by the ParameterStatus watchdog: end the session (FATAL, backend discarded).
     fatal: Option<PgError>,
+    /// Client messages are held while the epoch of its prepared state is being determined, since then.
+    held_since: Option<tokio::time::Instant>,
 }
+
+/// Longest time a session's messages are held while a schema change is reloaded; then it is ended.
+const MAX_HOLD: std::time::Duration = std::time::Duration::from_secs(10);
+/// How often held messages are looked at again.
+const HOLD_RECHECK: std::time::Duration = std::time::Duration::from_millis(5);
 
 impl Drop for Relay<'_> {
     fn drop(&mut self) {
@@ -174,6 +181,7 @@ impl<'a> Relay<'a> {
             versioned: policy.versioned(),
             epochs: StateEpochs::default(),
             fatal: None,
+            held_since: None,
         }
     }
 
@@ -273,7 +281,12 @@ impl<'a> Relay<'a> {
                     err.encode(&mut to_c);
                     ending = Some(RelayEnd::IdleTimeout);
                 },
-                r = cr.read_buf(&mut cin), if to_b.len() < HIGH_WATER => match r {
+                () = tokio::time::sleep(HOLD_RECHECK), if self.held_since.is_some() => {
+                    if let Step::End(end) = self.on_client_bytes(&mut cin, &mut csplit, &mut to_b, &mut to_c, statements) {
+                        ending = Some(end);
+                    }
+                },
+                r = cr.read_buf(&mut cin), if to_b.len() < HIGH_WATER && self.held_since.is_none() => match r {
                     Ok(0) | Err(_) => {
                         self.state.mid_frame |= csplit.mid_frame() || !cin.is_empty();
                         ending = Some(RelayEnd::ClientGone);
@@ -348,12 +361,26 @@ impl<'a> Relay<'a> {
         } else {
             client_inspects
         };
-        if !cin.is_empty()
-            && let Some(err) = self.stale_state()
-        {
-            tracing::info!(code = err.code, "policy version changed under prepared state");
-            err.encode(to_c);
-            return Step::End(RelayEnd::ClientProtocol(err));
+        if !cin.is_empty() {
+            match self.stale_state() {
+                Ok(None) => self.held_since = None,
+                Ok(Some(err)) => {
+                    tracing::info!(code = err.code, "policy version changed under prepared state");
+                    err.encode(to_c);
+                    return Step::End(RelayEnd::ClientProtocol(err));
+                }
+                // A schema change is being reloaded: hold the session's messages (bounded) until it is known
+                // whether its prepared statements are still current.
+                Err(()) => {
+                    let since = *self.held_since.get_or_insert_with(tokio::time::Instant::now);
+                    if since.elapsed() < MAX_HOLD {
+                        return Step::Continue;
+                    }
+                    let err = PgError::policy_changed();
+                    err.encode(to_c);
+                    return Step::End(RelayEnd::ClientProtocol(err));
+                }
+            }
         }
         loop {
             // Refuse an unknown message type on its tag byte, as PostgreSQL does, instead of waiting for the
@@ -612,16 +639,25 @@ impl<'a> Relay<'a> {
 
     /// The error ending the session when it holds state (prepared statements, cursors) created under another
     /// epoch than the current one.
-    fn stale_state(&self) -> Option<PgError> {
-        let stale = self.versioned
-            && self.epochs.stale(|| {
-                if self.inspects() {
-                    self.policy.epoch(self.who)
-                } else {
-                    UNINSPECTED
-                }
-            });
-        stale.then(PgError::policy_changed)
+    /// `Err(())` while the epoch is being determined (the session's messages wait).
+    fn stale_state(&self) -> Result<Option<PgError>, ()> {
+        if !self.versioned {
+            return Ok(None);
+        }
+        let mut pending = false;
+        let stale = self.epochs.stale(|| {
+            if !self.inspects() {
+                return UNINSPECTED;
+            }
+            self.policy.epoch(self.who).unwrap_or_else(|| {
+                pending = true;
+                UNINSPECTED
+            })
+        });
+        match (pending, stale) {
+            (true, _) => Err(()),
+            (false, stale) => Ok(stale.then(PgError::policy_changed)),
+        }
     }
 
     /// Registers a denial and returns the SQL that makes the backend fail in its place.

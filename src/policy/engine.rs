@@ -305,18 +305,14 @@ impl MaskingEngine {
         d
     }
 
-    /// The epoch of (tenant, role) under these snapshots (0 for the catalog while stale or not loaded).
-    fn epoch_of(
-        &self,
-        snap: &PolicySnapshot,
-        tenant: &TenantId,
-        role: &RoleName,
-        state: Option<&TenantState>,
-    ) -> u64 {
+    /// The epoch of (tenant, role) under this policy and the tenant's last loaded catalog (0 if none). A
+    /// decision taken while the catalog is stale needed no catalog, so it holds under the last loaded one.
+    fn epoch_of(&self, snap: &PolicySnapshot, tenant: &TenantId, role: &RoleName) -> u64 {
         let fp = self
             .fingerprints
             .get(snap.version, tenant, role, || snap.policy.effective(tenant, role));
-        super::version::epoch(fp, state.map_or(0, |t| t.catalog.version))
+        let catalog = self.tenant(tenant).map_or(0, |t| t.catalog.version);
+        super::version::epoch(fp, catalog)
     }
 
     fn check_uncounted(&self, sql: &str, tenant: &TenantId, role: &RoleName) -> Versioned {
@@ -325,7 +321,7 @@ impl MaskingEngine {
         // catalog, stale or not loaded, under a catalog version).
         let snap = self.policy.load_full();
         let state = self.current(tenant);
-        let epoch = self.epoch_of(&snap, tenant, role, state.as_deref());
+        let epoch = self.epoch_of(&snap, tenant, role);
         let versioned = |c: &Cached| Versioned {
             decision: c.decision.clone(),
             epoch,
@@ -607,9 +603,12 @@ impl StatementPolicy for MaskingEngine {
         true
     }
 
-    fn epoch(&self, who: &Identity) -> u64 {
-        let state = self.current(&who.tenant);
-        self.epoch_of(&self.policy(), &who.tenant, &who.role, state.as_deref())
+    fn epoch(&self, who: &Identity) -> Option<u64> {
+        // While a reported schema change is being reloaded the epoch is not known yet.
+        if self.is_stale(&who.tenant) {
+            return None;
+        }
+        Some(self.epoch_of(&self.policy(), &who.tenant, &who.role))
     }
 
     fn watches_backend(&self) -> bool {

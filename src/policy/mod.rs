@@ -73,9 +73,10 @@ pub trait StatementPolicy: Send + Sync {
 
     /// The version of `who`'s decisions now: it changes whenever a decision for `who` could change (the
     /// role's effective policy, or the tenant's catalog). Statements prepared and cursors opened under
-    /// another epoch must not return rows.
-    fn epoch(&self, _who: &Identity) -> u64 {
-        0
+    /// another epoch must not return rows. `None` while it is being determined (a schema change is being
+    /// reloaded): relays hold such sessions' messages until it is known.
+    fn epoch(&self, _who: &Identity) -> Option<u64> {
+        Some(0)
     }
 
     /// The schemas (`current_schemas(false)`) the decisions for `who` resolve names in, when they depend on
