@@ -32,7 +32,10 @@ fn main() -> std::process::ExitCode {
         ("echo_channels_never_show_key_material", echo_channels),
         ("policy_change_voids_prepared_state", versions),
         ("schema_change_voids_prepared_state", schema_versions),
-        ("tenant_session_defaults_checked_at_backend_start", tenant_defaults),
+        (
+            "tenant_session_defaults_checked_at_backend_start",
+            tenant_defaults,
+        ),
     ])
 }
 
@@ -67,14 +70,17 @@ const BAD_ENCODINGS: &[&str] = &[
 
 /// The bypass of issue 11: under SJIS the lead byte 0x81 of `Á` (C3 81) swallows the backslash, so the server
 /// ends the literal one quote earlier than pgveil and runs `..., full_name, email FROM payers`.
-const ENCODING_BYPASS: &str = "SELECT pg_catalog.length(E'Á\\') , full_name, email FROM payers --'), 1";
+const ENCODING_BYPASS: &str =
+    "SELECT pg_catalog.length(E'Á\\') , full_name, email FROM payers --'), 1";
 
 /// Canary-free check of the bypass: the raw data of payer 1 must not come back.
 async fn raw_email_of_payer(fx: &Fixture, tenant: &str) -> Result<String> {
     let d = fx.direct(tenant).await?;
-    Ok(d.query_one("SELECT email FROM payers ORDER BY id LIMIT 1", &[])
-        .await?
-        .get(0))
+    Ok(
+        d.query_one("SELECT email FROM payers ORDER BY id LIMIT 1", &[])
+            .await?
+            .get(0),
+    )
 }
 
 /// A policy folder with `edit` applied to the example policy.
@@ -117,9 +123,11 @@ fn encodings(fx: &Fixture) -> Result<()> {
     fx.block_on(async {
         let d = fx.direct("acme").await?;
         for name in BAD_ENCODINGS {
-            d.batch_execute(&format!("SET client_encoding = '{name}'; RESET client_encoding"))
-                .await
-                .with_context(|| format!("PostgreSQL does not accept {name}"))?;
+            d.batch_execute(&format!(
+                "SET client_encoding = '{name}'; RESET client_encoding"
+            ))
+            .await
+            .with_context(|| format!("PostgreSQL does not accept {name}"))?;
         }
         Result::<()>::Ok(())
     })?;
@@ -134,7 +142,9 @@ fn encodings(fx: &Fixture) -> Result<()> {
                     format!("SeT \"client_encoding\" = '{name}'"),
                     format!("SET NAMES '{name}'"),
                     format!("SELECT set_config('client_encoding', '{name}', false)"),
-                    format!("SELECT pg_catalog.SET_CONFIG(U&'client\\005fencoding', '{name}', false)"),
+                    format!(
+                        "SELECT pg_catalog.SET_CONFIG(U&'client\\005fencoding', '{name}', false)"
+                    ),
                     format!("BEGIN; SET LOCAL client_encoding = '{name}'; SELECT 1; COMMIT"),
                 ];
                 for sql in &attempts {
@@ -148,8 +158,10 @@ fn encodings(fx: &Fixture) -> Result<()> {
                 }
                 // Extended protocol: the statement and a parameter value.
                 for r in [
-                    c.execute(format!("SET client_encoding = '{name}'").as_str(), &[]).await,
-                    c.execute("SELECT set_config('client_encoding', $1, false)", &[name]).await,
+                    c.execute(format!("SET client_encoding = '{name}'").as_str(), &[])
+                        .await,
+                    c.execute("SELECT set_config('client_encoding', $1, false)", &[name])
+                        .await,
                 ] {
                     tried += 1;
                     match r {
@@ -158,7 +170,10 @@ fn encodings(fx: &Fixture) -> Result<()> {
                     }
                 }
                 let enc = dump(&c.simple_query("SHOW client_encoding").await?);
-                ensure!(enc == "UTF8", "{mode}: client_encoding is {enc} after {name}");
+                ensure!(
+                    enc == "UTF8",
+                    "{mode}: client_encoding is {enc} after {name}"
+                );
                 for extended in [false, true] {
                     let out = if extended {
                         match c.query(ENCODING_BYPASS, &[]).await {
@@ -184,7 +199,9 @@ fn encodings(fx: &Fixture) -> Result<()> {
                 "SET standard_conforming_strings = on",
                 "RESET ALL",
             ] {
-                c.simple_query(sql).await.with_context(|| format!("{mode}: {sql}"))?;
+                c.simple_query(sql)
+                    .await
+                    .with_context(|| format!("{mode}: {sql}"))?;
             }
             for sql in [
                 "SET standard_conforming_strings = off",
@@ -195,7 +212,10 @@ fn encodings(fx: &Fixture) -> Result<()> {
                     Err(e) => ensure!(code(&e) == "42501", "{mode}: {sql}: {}", show(&e)),
                 }
             }
-            println!("{mode} mode: {tried} client_encoding attempts over {} names refused", BAD_ENCODINGS.len());
+            println!(
+                "{mode} mode: {tried} client_encoding attempts over {} names refused",
+                BAD_ENCODINGS.len()
+            );
             Ok(())
         })?;
     }
@@ -215,10 +235,17 @@ fn startup_encodings(fx: &Fixture) -> Result<()> {
                     ("options", format!("--client-encoding={name}")),
                 ] {
                     let mut s = tokio::net::TcpStream::connect(proxy.addr).await?;
-                    let params = [("user", "tester"), ("database", "acme"), (extra.0, extra.1.as_str())];
+                    let params = [
+                        ("user", "tester"),
+                        ("database", "acme"),
+                        (extra.0, extra.1.as_str()),
+                    ];
                     s.write_all(&raw::startup(&params)).await?;
                     let m = raw::next_msg(&mut s).await?;
-                    ensure!(m.auth_code() == Some(3), "{mode}: expected a password request, got {m}");
+                    ensure!(
+                        m.auth_code() == Some(3),
+                        "{mode}: expected a password request, got {m}"
+                    );
                     s.write_all(&raw::password(&token)).await?;
                     let m = raw::expect_fatal(&mut s, "42501")
                         .await
@@ -261,14 +288,20 @@ fn watchdog(fx: &Fixture) -> Result<()> {
                     Ok(_) => bail!("{mode}: {sql} did not end the session"),
                     Err(e) => ensure!(
                         code(&e) == "0A000" && show(&e).contains("lexing-watchdog"),
-                        "{mode}: {sql}: {}", show(&e)
+                        "{mode}: {sql}: {}",
+                        show(&e)
                     ),
                 }
-                ensure!(c.simple_query("SELECT 1").await.is_err(), "{mode}: session still open");
+                ensure!(
+                    c.simple_query("SELECT 1").await.is_err(),
+                    "{mode}: session still open"
+                );
                 // The backend was not returned to the pool: new sessions parse under UTF8.
                 for _ in 0..3 {
                     let n = fx.connect_to(proxy.addr, "acme", "analyst").await?;
-                    let rows = n.simple_query("SHOW client_encoding; SHOW standard_conforming_strings").await?;
+                    let rows = n
+                        .simple_query("SHOW client_encoding; SHOW standard_conforming_strings")
+                        .await?;
                     let vals: Vec<String> = rows
                         .iter()
                         .filter_map(|m| match m {
@@ -281,7 +314,8 @@ fn watchdog(fx: &Fixture) -> Result<()> {
             }
             // Setting the value pgveil parses under is fine.
             let c = fx.connect_to(proxy.addr, "acme", "analyst").await?;
-            c.simple_query("SELECT public.pgveil_flip('client_encoding', 'UTF8')").await?;
+            c.simple_query("SELECT public.pgveil_flip('client_encoding', 'UTF8')")
+                .await?;
             c.simple_query("SELECT 1").await?;
             Ok(())
         })?;
@@ -295,8 +329,11 @@ async fn collecting(
     addr: std::net::SocketAddr,
 ) -> Result<(tokio_postgres::Client, Arc<std::sync::Mutex<String>>)> {
     let token = fx.token("echo@acme", "acme", "analyst");
-    let (client, mut conn) =
-        tokio_postgres::connect(&fx.conn_str(addr, "acme", "echo", &token), tokio_postgres::NoTls).await?;
+    let (client, mut conn) = tokio_postgres::connect(
+        &fx.conn_str(addr, "acme", "echo", &token),
+        tokio_postgres::NoTls,
+    )
+    .await?;
     let sink = Arc::new(std::sync::Mutex::new(String::new()));
     let s = sink.clone();
     tokio::spawn(async move {
@@ -314,7 +351,11 @@ fn echo_channels(fx: &Fixture) -> Result<()> {
     let needles = key_needles(fx, "acme")?;
     for (mode, proxy) in both_modes(fx, "trust-echo", str::to_owned)? {
         // The needles are what pgveil really puts into SQL for this role.
-        let engine = proxy.shared.masking.clone().ok_or_else(|| anyhow!("no engine"))?;
+        let engine = proxy
+            .shared
+            .masking
+            .clone()
+            .ok_or_else(|| anyhow!("no engine"))?;
         let (d, _) = engine.decide(
             "SELECT id, full_name FROM payers",
             &TenantId::new("acme"),
@@ -340,7 +381,10 @@ fn echo_channels(fx: &Fixture) -> Result<()> {
             needles.len(),
             hits.len()
         );
-        ensure!(hits.is_empty(), "{mode}: key material reached the masked role: {hits:?}");
+        ensure!(
+            hits.is_empty(),
+            "{mode}: key material reached the masked role: {hits:?}"
+        );
     }
     Ok(())
 }
@@ -352,7 +396,9 @@ async fn echo_attacks(fx: &Fixture, addr: std::net::SocketAddr) -> Result<(Strin
     let mut refused = 0;
     // Escape format would print the pads as octal escapes: searched for too.
     c.simple_query("SET bytea_output = escape").await?;
-    let stmt = c.prepare("SELECT id, full_name FROM payers WHERE id < 3").await?;
+    let stmt = c
+        .prepare("SELECT id, full_name FROM payers WHERE id < 3")
+        .await?;
     let sqls = vec![
         "PREPARE k AS SELECT id, full_name FROM payers WHERE id < 3".to_owned(),
         "EXPLAIN (VERBOSE, COSTS OFF) EXECUTE k".to_owned(),
@@ -381,7 +427,14 @@ async fn echo_attacks(fx: &Fixture, addr: std::net::SocketAddr) -> Result<(Strin
             let r = if extended {
                 c.query(sql.as_str(), &[]).await.map(|rows| {
                     rows.iter()
-                        .map(|r| format!("{:?}", (0..r.len()).map(|i| r.try_get::<_, String>(i).ok()).collect::<Vec<_>>()))
+                        .map(|r| {
+                            format!(
+                                "{:?}",
+                                (0..r.len())
+                                    .map(|i| r.try_get::<_, String>(i).ok())
+                                    .collect::<Vec<_>>()
+                            )
+                        })
                         .collect::<String>()
                 })
             } else {
@@ -419,7 +472,10 @@ async fn echo_attacks(fx: &Fixture, addr: std::net::SocketAddr) -> Result<(Strin
 
 /// A protocol-prepared statement with a known name, EXPLAINed by that name over the simple protocol (as
 /// issue 11 did with `PREPARE`d ones); every message of the exchange, as text.
-async fn protocol_statement_explain(fx: &Fixture, addr: std::net::SocketAddr) -> Result<(String, usize)> {
+async fn protocol_statement_explain(
+    fx: &Fixture,
+    addr: std::net::SocketAddr,
+) -> Result<(String, usize)> {
     let token = fx.token("raw@acme", "acme", "analyst");
     let mut s = tokio::net::TcpStream::connect(addr).await?;
     raw::login(&mut s, "acme", &token, &[]).await?;
@@ -458,7 +514,10 @@ async fn protocol_statement_explain(fx: &Fixture, addr: std::net::SocketAddr) ->
             }
         }
     }
-    ensure!(refused == 3, "EXPLAIN of a protocol statement not refused: {refused} refusals");
+    ensure!(
+        refused == 3,
+        "EXPLAIN of a protocol statement not refused: {refused} refusals"
+    );
     Ok((out, refused))
 }
 
@@ -474,9 +533,15 @@ fn analyst_raw(policy: &str, raw: &str) -> String {
 /// continues and sees the new policy.
 fn versions(fx: &Fixture) -> Result<()> {
     for (mode, txn) in [("session", false), ("transaction", true)] {
-        let dir = policy_dir(fx, &format!("trust-versions-{mode}"), |p| analyst_raw(p, "[\"pii.email\"]"))?;
+        let dir = policy_dir(fx, &format!("trust-versions-{mode}"), |p| {
+            analyst_raw(p, "[\"pii.email\"]")
+        })?;
         let proxy = masking_proxy_in(fx, dir.clone(), txn)?;
-        let engine = proxy.shared.masking.clone().ok_or_else(|| anyhow!("no engine"))?;
+        let engine = proxy
+            .shared
+            .masking
+            .clone()
+            .ok_or_else(|| anyhow!("no engine"))?;
         let q = "SELECT email FROM payers WHERE id = 1";
         fx.block_on(async {
             let raw_email = raw_email_of_payer(fx, "acme").await?;
@@ -537,7 +602,9 @@ fn schema_versions(fx: &Fixture) -> Result<()> {
             a.query(&stmt, &[]).await?;
             let admin = fx.connect_to(proxy.addr, "acme", "admin").await?;
             admin
-                .batch_execute(&format!("DROP TABLE IF EXISTS trust_{mode}; CREATE TABLE trust_{mode} (x int)"))
+                .batch_execute(&format!(
+                    "DROP TABLE IF EXISTS trust_{mode}; CREATE TABLE trust_{mode} (x int)"
+                ))
                 .await?;
             match a.query(&stmt, &[]).await {
                 Ok(r) => bail!("{mode}: {} rows after the schema change", r.len()),
@@ -605,9 +672,12 @@ fn tenant_defaults(fx: &Fixture) -> Result<()> {
             });
             alter("RESET client_min_messages")?;
             match r {
-                Ok(()) => bail!("{mode}: a backend with client_min_messages = debug2 served the masked role"),
+                Ok(()) => bail!(
+                    "{mode}: a backend with client_min_messages = debug2 served the masked role"
+                ),
                 Err(e) => ensure!(
-                    support::sqlstate(&e).as_deref() == Some("08006") && format!("{e:#}").contains("client_min_messages"),
+                    support::sqlstate(&e).as_deref() == Some("08006")
+                        && format!("{e:#}").contains("client_min_messages"),
                     "{mode}: {e:#}"
                 ),
             }
@@ -616,7 +686,11 @@ fn tenant_defaults(fx: &Fixture) -> Result<()> {
             // search_path changed after the catalog was loaded: a new backend resolves names elsewhere.
             let dir = policy_dir(fx, &format!("trust-defaults3-{mode}"), str::to_owned)?;
             let proxy = masking_proxy_in(fx, dir, txn)?;
-            let engine = proxy.shared.masking.clone().ok_or_else(|| anyhow!("no engine"))?;
+            let engine = proxy
+                .shared
+                .masking
+                .clone()
+                .ok_or_else(|| anyhow!("no engine"))?;
             fx.block_on(async {
                 // Session mode: hold one backend so that the next session needs a new one.
                 let held = fx.connect_to(proxy.addr, "globex", "analyst").await?;
@@ -629,9 +703,12 @@ fn tenant_defaults(fx: &Fixture) -> Result<()> {
                 }
                 .await;
                 match r {
-                    Ok(()) => bail!("{mode}: a backend with another search_path served the masked role"),
+                    Ok(()) => {
+                        bail!("{mode}: a backend with another search_path served the masked role")
+                    }
                     Err(e) => ensure!(
-                        support::sqlstate(&e).as_deref() == Some("08006") && format!("{e:#}").contains("search_path"),
+                        support::sqlstate(&e).as_deref() == Some("08006")
+                            && format!("{e:#}").contains("search_path"),
                         "{mode}: {e:#}"
                     ),
                 }
@@ -640,7 +717,9 @@ fn tenant_defaults(fx: &Fixture) -> Result<()> {
                 // The catalog is reloaded with the new search path; backends that match it serve again.
                 let mut ok = false;
                 for _ in 0..20 {
-                    let cat = engine.tenant(&TenantId::new("globex")).map(|t| t.catalog.search_path.clone());
+                    let cat = engine
+                        .tenant(&TenantId::new("globex"))
+                        .map(|t| t.catalog.search_path.clone());
                     if cat.as_deref() == Some(&["evil".to_owned(), "public".to_owned()][..])
                         && !engine.is_stale(&TenantId::new("globex"))
                     {
@@ -656,7 +735,10 @@ fn tenant_defaults(fx: &Fixture) -> Result<()> {
                     }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
-                ensure!(ok, "{mode}: no session after the catalog followed the new search path");
+                ensure!(
+                    ok,
+                    "{mode}: no session after the catalog followed the new search path"
+                );
                 Ok(())
             })?;
             alter("RESET search_path")?;

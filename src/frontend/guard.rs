@@ -72,7 +72,10 @@ async fn read_defaults(conn: &mut PooledConn) -> Result<(String, Vec<String>), P
     let rows = match query_rows(conn, DEFAULTS_QUERY).await {
         Ok((b'I', None, rows)) => rows,
         other => {
-            tracing::warn!(ok = other.is_ok(), "reading backend session defaults failed");
+            tracing::warn!(
+                ok = other.is_ok(),
+                "reading backend session defaults failed"
+            );
             return Err(refused(conn));
         }
     };

@@ -23,13 +23,13 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
 use super::txn::TxnCtx;
+use super::versions::{StateEpochs, UNINSPECTED, may_create_state};
 use crate::backend::BackendConn;
 use crate::backend::statements::BackendStatements;
 use crate::identity::Identity;
 use crate::net::ClientStream;
-use crate::policy::{Decision, StatementPolicy};
 use crate::policy::settings::reported_value_ok;
-use super::versions::{StateEpochs, UNINSPECTED, may_create_state};
+use crate::policy::{Decision, StatementPolicy};
 use crate::proto::PgError;
 use crate::proto::error::parse_fields;
 use crate::proto::frame::{FrameError, FrameSplitter, Item, payload};
@@ -365,14 +365,19 @@ impl<'a> Relay<'a> {
             match self.stale_state() {
                 Ok(None) => self.held_since = None,
                 Ok(Some(err)) => {
-                    tracing::info!(code = err.code, "policy version changed under prepared state");
+                    tracing::info!(
+                        code = err.code,
+                        "policy version changed under prepared state"
+                    );
                     err.encode(to_c);
                     return Step::End(RelayEnd::ClientProtocol(err));
                 }
                 // A schema change is being reloaded: hold the session's messages (bounded) until it is known
                 // whether its prepared statements are still current.
                 Err(()) => {
-                    let since = *self.held_since.get_or_insert_with(tokio::time::Instant::now);
+                    let since = *self
+                        .held_since
+                        .get_or_insert_with(tokio::time::Instant::now);
                     if since.elapsed() < MAX_HOLD {
                         return Step::Continue;
                     }
@@ -733,7 +738,10 @@ impl<'a> Relay<'a> {
                     {
                         // Watchdog: the backend now lexes SQL differently from pgveil (an allow-listed function,
                         // a setting path the allowlist does not know): relay nothing more.
-                        let (n, v) = (String::from_utf8_lossy(name), String::from_utf8_lossy(value));
+                        let (n, v) = (
+                            String::from_utf8_lossy(name),
+                            String::from_utf8_lossy(value),
+                        );
                         if !reported_value_ok(&n, &v) && self.inspects() {
                             tracing::warn!(parameter = %n, "backend reported a lexing setting pgveil does not parse under; ending the session");
                             self.fatal = Some(PgError::lexing_changed(&n));

@@ -76,9 +76,8 @@ impl StateEpochs {
 /// byte search for `prepare` or `declare` (any case), so that no parsing is paid on the unrestricted path.
 /// A false positive only means the session is ended if its role later becomes inspected.
 pub fn may_create_state(sql: &[u8]) -> bool {
-    sql.windows(7).any(|w| {
-        w.eq_ignore_ascii_case(b"prepare") || w.eq_ignore_ascii_case(b"declare")
-    })
+    sql.windows(7)
+        .any(|w| w.eq_ignore_ascii_case(b"prepare") || w.eq_ignore_ascii_case(b"declare"))
 }
 
 #[cfg(test)]

@@ -308,9 +308,9 @@ impl MaskingEngine {
     /// The epoch of (tenant, role) under this policy and the tenant's last loaded catalog (0 if none). A
     /// decision taken while the catalog is stale needed no catalog, so it holds under the last loaded one.
     fn epoch_of(&self, snap: &PolicySnapshot, tenant: &TenantId, role: &RoleName) -> u64 {
-        let fp = self
-            .fingerprints
-            .get(snap.version, tenant, role, || snap.policy.effective(tenant, role));
+        let fp = self.fingerprints.get(snap.version, tenant, role, || {
+            snap.policy.effective(tenant, role)
+        });
         let catalog = self.tenant(tenant).map_or(0, |t| t.catalog.version);
         super::version::epoch(fp, catalog)
     }

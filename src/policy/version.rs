@@ -103,7 +103,9 @@ mod tests {
     #[test]
     fn lasting_statements() {
         assert!(lasting("PREPARE p AS SELECT 1"));
-        assert!(lasting("BEGIN; DECLARE c CURSOR WITH HOLD FOR SELECT 1; COMMIT"));
+        assert!(lasting(
+            "BEGIN; DECLARE c CURSOR WITH HOLD FOR SELECT 1; COMMIT"
+        ));
         assert!(!lasting("SELECT 1"));
         assert!(!lasting("EXECUTE p"));
         assert!(!lasting("FETCH 1 FROM c"));
@@ -122,7 +124,9 @@ mod tests {
             crate::ids::TenantId::new("acme"),
             crate::ids::RoleName::new("analyst"),
         );
-        let fp = |p: &crate::policy::file::Policy| fingerprint(&p.effective(&t, &analyst).expect("role"));
+        let fp = |p: &crate::policy::file::Policy| {
+            fingerprint(&p.effective(&t, &analyst).expect("role"))
+        };
         let a = write(base);
         let b = write(base);
         assert_eq!(fp(&a), fp(&b), "same files, same fingerprint");

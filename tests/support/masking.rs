@@ -97,7 +97,11 @@ pub fn key_needles(fx: &Fixture, tenant: &str) -> Result<Vec<(String, String)>> 
     for (name, x) in [("ipad", 0x36u8), ("opad", 0x5c)] {
         let pad: Vec<u8> = block.iter().map(|b| b ^ x).collect();
         // Half a pad is as good as a whole one to a guesser: search for each half too.
-        for (part, bytes) in [("", &pad[..]), (" first half", &pad[..32]), (" second half", &pad[32..])] {
+        for (part, bytes) in [
+            ("", &pad[..]),
+            (" first half", &pad[..32]),
+            (" second half", &pad[32..]),
+        ] {
             let b64 = base64::engine::general_purpose::STANDARD.encode(bytes);
             for (repr, needle) in [
                 ("hex", hex::encode(bytes)),

@@ -187,7 +187,9 @@ impl<'a> Walker<'a> {
                 self.in_explain = true;
                 // The plan of a prepared statement (SQL PREPARE or protocol Parse, by name) is the plan of its
                 // rewrite, which pgveil did not decide here: it can show masking expressions and key material.
-                if !self.sees_all() && tagged(&body["query"]).is_some_and(|(t, _)| t == "ExecuteStmt") {
+                if !self.sees_all()
+                    && tagged(&body["query"]).is_some_and(|(t, _)| t == "ExecuteStmt")
+                {
                     return Err(Refusal::new(
                         "explain-execute",
                         "EXPLAIN of a prepared statement is refused (its plan shows the rewritten statement)",
