@@ -293,7 +293,6 @@ fn psql(conninfo: &str, password: &str) -> Result<String> {
         "\\dD",
         "\\df",
         "\\dn",
-        "\\l",
     ] {
         cmd.arg("-c").arg(c);
     }

@@ -22,19 +22,29 @@ pub fn write_policy_dir(fx: &Fixture, name: &str) -> Result<PathBuf> {
 /// sessions reload a catalog during a test) and waits for the `acme`, `globex` and `tlsco` (TLS backend) catalogs. Roles `admin`,
 /// `analyst`, `tiny` and `support` are accepted.
 pub fn masking_proxy(fx: &Fixture, dir: PathBuf) -> Result<Running> {
-    masking_proxy_in(fx, dir, false)
+    masking_proxy_with(fx, dir, |_| {})
 }
 
 /// [`masking_proxy`] in transaction mode (`txn`) or session mode.
 pub fn masking_proxy_in(fx: &Fixture, dir: PathBuf, txn: bool) -> Result<Running> {
+    masking_proxy_with(fx, dir, |cfg| {
+        if txn {
+            cfg.pool.mode = pgveil::config::PoolMode::Transaction;
+            for t in &mut cfg.tenants {
+                t.pool_mode = None;
+            }
+        }
+    })
+}
+
+/// [`masking_proxy`] with a further change to the config (e.g. the pool mode).
+pub fn masking_proxy_with(
+    fx: &Fixture,
+    dir: PathBuf,
+    edit: impl FnOnce(&mut pgveil::config::Config),
+) -> Result<Running> {
     let running = fx.start_server(
         |cfg| {
-            if txn {
-                cfg.pool.mode = pgveil::config::PoolMode::Transaction;
-                for t in &mut cfg.tenants {
-                    t.pool_mode = None;
-                }
-            }
             let support = RoleName::new("support");
             if !cfg.roles.contains(&support) {
                 cfg.roles.push(support);
@@ -49,7 +59,8 @@ pub fn masking_proxy_in(fx: &Fixture, dir: PathBuf, txn: bool) -> Result<Running
                 .map(|(t, s)| (TenantId::new(t), SecretId::new(s)))
                 .collect(),
                 catalog_refresh: Duration::from_secs(3600),
-            })
+            });
+            edit(cfg);
         },
         ServerOptions::default(),
     )?;
