@@ -171,6 +171,21 @@ const ATTACKS: &[(&str, bool)] = &[
     ("SELECT * INTO TEMP tmp_payers FROM payers", false),
     ("SET ROLE postgres", false),
     ("SELECT * FROM acme.public.payers", true),
+    // Echo channels (issue 11): the analyst's responses are also searched for the pseudonym key.
+    (
+        "PREPARE kx AS SELECT id, full_name FROM payers; EXPLAIN (VERBOSE, COSTS OFF) EXECUTE kx",
+        false,
+    ),
+    ("SET client_min_messages = debug2", false),
+    ("SELECT full_name FROM payers LIMIT 1", true),
+    ("RESET client_min_messages", false),
+    // Lexing (issue 11): under windows932 (SJIS) the lead byte 0x81 of `Á` swallows the backslash.
+    ("SET client_encoding = 'windows932'", false),
+    (
+        "SELECT pg_catalog.length(E'Á\\') , full_name, email FROM payers --'), 1",
+        true,
+    ),
+    ("RESET client_encoding", false),
 ];
 
 /// COPY attacks (text output searched).
@@ -351,8 +366,10 @@ async fn corpus(
     fx: &Fixture,
     addr: std::net::SocketAddr,
     role: &str,
+    extra_needles: &[(String, String)],
 ) -> Result<(usize, Vec<(String, Vec<String>)>)> {
-    let needles = needles();
+    let mut needles = needles();
+    needles.extend_from_slice(extra_needles);
     let token = fx.token(&format!("{role}@acme"), "acme", role);
     let (client, notices) =
         connect_collecting(&fx.conn_str(addr, "acme", "canary", &token)).await?;
@@ -386,7 +403,9 @@ async fn corpus(
 
 fn canaries(fx: &Fixture) -> Result<()> {
     let s = setup(fx)?;
-    let (n, found) = fx.block_on(corpus(fx, s.masked.addr, "analyst"))?;
+    // The pseudonym key in every form pgveil puts into SQL must not come back either.
+    let key = support::masking::key_needles(fx, "acme")?;
+    let (n, found) = fx.block_on(corpus(fx, s.masked.addr, "analyst", &key))?;
     let leaks: Vec<_> = found.iter().filter(|(_, h)| !h.is_empty()).collect();
     println!(
         "masking canary corpus: {n} attack statements as analyst, {} canary hits",
@@ -422,7 +441,7 @@ fn canaries(fx: &Fixture) -> Result<()> {
 
 fn admin_sees_raw(fx: &Fixture) -> Result<()> {
     let s = setup(fx)?;
-    let (_, found) = fx.block_on(corpus(fx, s.masked.addr, "admin"))?;
+    let (_, found) = fx.block_on(corpus(fx, s.masked.addr, "admin", &[]))?;
     let mut blind = Vec::new();
     for (sql, expect) in ATTACKS {
         if *expect {

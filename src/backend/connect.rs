@@ -68,6 +68,9 @@ pub struct BackendConn {
     pub applied: Option<Vec<(String, String)>>,
     /// Limit on each internal exchange (reset, drain, rollback, settings); set by the pool.
     pub reset_timeout: Duration,
+    /// Session defaults read once for inspected roles (`frontend::guard`): `client_min_messages` and
+    /// `current_schemas(false)` as the connection started with them.
+    pub defaults: Option<(String, Vec<String>)>,
 }
 
 /// Why a backend connection could not be opened. Messages never include the password.
@@ -270,6 +273,7 @@ async fn connect_inner(
         statements: Default::default(),
         applied: Some(Vec::new()),
         reset_timeout: Duration::from_secs(5),
+        defaults: None,
     })
 }
 

@@ -2,6 +2,7 @@
 //! the startup packet), token authentication, session setup, and the relay.
 
 pub mod auth;
+pub mod guard;
 pub mod handshake;
 pub mod limits;
 pub mod params;
@@ -12,3 +13,4 @@ pub mod sqlscan;
 pub mod sqltree;
 pub mod txn;
 pub mod verify;
+pub mod versions;

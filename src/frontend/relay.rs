@@ -24,10 +24,12 @@ use tokio::sync::watch;
 
 use super::limits::{extended_tag, scan_frontend};
 use super::txn::TxnCtx;
+use super::versions::{StateEpochs, UNINSPECTED, may_create_state};
 use crate::backend::BackendConn;
 use crate::backend::statements::BackendStatements;
 use crate::identity::Identity;
 use crate::net::ClientStream;
+use crate::policy::settings::reported_value_ok;
 use crate::policy::{Decision, StatementPolicy};
 use crate::proto::PgError;
 use crate::proto::error::parse_fields;
@@ -136,7 +138,21 @@ pub struct Relay<'a> {
     watch_backend: bool,
     /// A schema-changing command completed and its transaction has not ended yet.
     ddl_pending: bool,
+    /// The policy versions its decisions (`StatementPolicy::versioned`): track under which epoch this
+    /// session's prepared statements and cursors were made, and end the session when that epoch has passed.
+    versioned: bool,
+    /// Epochs of the session's live prepared statements and cursors.
+    epochs: StateEpochs,
+    /// Set by the ParameterStatus watchdog: end the session (FATAL, backend discarded).
+    fatal: Option<PgError>,
+    /// Client messages are held while the epoch of its prepared state is being determined, since then.
+    held_since: Option<tokio::time::Instant>,
 }
+
+/// Longest time a session's messages are held while a schema change is reloaded; then it is ended.
+const MAX_HOLD: std::time::Duration = std::time::Duration::from_secs(10);
+/// How often held messages are looked at again.
+const HOLD_RECHECK: std::time::Duration = std::time::Duration::from_millis(5);
 
 impl Drop for Relay<'_> {
     fn drop(&mut self) {
@@ -168,6 +184,10 @@ impl<'a> Relay<'a> {
             watch_backend: policy.watches_backend(),
             idle: IdleTimeouts::default(),
             ddl_pending: false,
+            versioned: policy.versioned(),
+            epochs: StateEpochs::default(),
+            fatal: None,
+            held_since: None,
         }
     }
 
@@ -267,7 +287,12 @@ impl<'a> Relay<'a> {
                     err.encode(&mut to_c);
                     ending = Some(RelayEnd::IdleTimeout);
                 },
-                r = cr.read_buf(&mut cin), if to_b.len() < HIGH_WATER => match r {
+                () = tokio::time::sleep(HOLD_RECHECK), if self.held_since.is_some() => {
+                    if let Step::End(end) = self.on_client_bytes(&mut cin, &mut csplit, &mut to_b, &mut to_c, statements) {
+                        ending = Some(end);
+                    }
+                },
+                r = cr.read_buf(&mut cin), if to_b.len() < HIGH_WATER && self.held_since.is_none() => match r {
                     Ok(0) | Err(_) => {
                         self.state.mid_frame |= csplit.mid_frame() || !cin.is_empty();
                         ending = Some(RelayEnd::ClientGone);
@@ -295,6 +320,9 @@ impl<'a> Relay<'a> {
                         tracing::warn!(error = %e, "backend protocol error");
                         PgError::backend_lost().encode(&mut to_c);
                         ending = Some(RelayEnd::BackendGone);
+                    } else if let Some(err) = self.fatal.take() {
+                        err.encode(&mut to_c);
+                        ending = Some(RelayEnd::BackendGone); // never reused
                     } else if self.releasable()
                         && cin.is_empty()
                         && to_b.is_empty()
@@ -339,6 +367,32 @@ impl<'a> Relay<'a> {
         } else {
             client_inspects
         };
+        if !cin.is_empty() {
+            match self.stale_state() {
+                Ok(None) => self.held_since = None,
+                Ok(Some(err)) => {
+                    tracing::info!(
+                        code = err.code,
+                        "policy version changed under prepared state"
+                    );
+                    err.encode(to_c);
+                    return Step::End(RelayEnd::ClientProtocol(err));
+                }
+                // A schema change is being reloaded: hold the session's messages (bounded) until it is known
+                // whether its prepared statements are still current.
+                Err(()) => {
+                    let since = *self
+                        .held_since
+                        .get_or_insert_with(tokio::time::Instant::now);
+                    if since.elapsed() < MAX_HOLD {
+                        return Step::Continue;
+                    }
+                    let err = PgError::policy_changed();
+                    err.encode(to_c);
+                    return Step::End(RelayEnd::ClientProtocol(err));
+                }
+            }
+        }
         loop {
             // Refuse an unknown message type on its tag byte, as PostgreSQL does, instead of waiting for the
             // body its length announces (an SSLRequest or StartupMessage sent mid-session would otherwise
@@ -416,7 +470,7 @@ impl<'a> Relay<'a> {
                 let sql = messages::decode_query(body)
                     .ok_or_else(|| PgError::protocol_violation("invalid Query message"))?;
                 self.state.in_flight += 1;
-                let mut decision = self.decide(sql);
+                let mut decision = self.decide(sql, None);
                 if let Some(t) = self.txn.as_mut() {
                     t.stmts.on_query();
                     t.stmts.on_sync_sent();
@@ -438,7 +492,7 @@ impl<'a> Relay<'a> {
             tag::PARSE => {
                 let p = messages::decode_parse(body)
                     .ok_or_else(|| PgError::protocol_violation("invalid Parse message"))?;
-                match self.decide(p.sql) {
+                match self.decide(p.sql, Some(p.name)) {
                     Decision::Allow => to_b.extend_from_slice(frame),
                     Decision::Rewrite(text) => messages::parse(to_b, p.name, &text, p.param_types),
                     Decision::Deny(err) => messages::parse(to_b, p.name, &self.deny(err), &[0, 0]),
@@ -457,6 +511,10 @@ impl<'a> Relay<'a> {
             }
             tag::SYNC => {
                 self.state.in_flight += 1;
+                to_b.extend_from_slice(frame);
+            }
+            b'C' => {
+                self.epochs.on_close(body);
                 to_b.extend_from_slice(frame);
             }
             tag::TERMINATE => return Ok(Step::End(RelayEnd::Terminate)),
@@ -480,7 +538,7 @@ impl<'a> Relay<'a> {
                 let p = messages::decode_parse(body)
                     .ok_or_else(|| PgError::protocol_violation("invalid Parse message"))?;
                 let (name, param_types) = (p.name, p.param_types);
-                let decision = self.decide(p.sql);
+                let decision = self.decide(p.sql, Some(name));
                 let t = self.txn.as_mut().expect("transaction mode");
                 let sql: &[u8] = match &decision {
                     Decision::Allow => p.sql,
@@ -516,6 +574,7 @@ impl<'a> Relay<'a> {
             }
             b'C' => {
                 t.unsynced = true;
+                self.epochs.on_close(body);
                 t.stmts.close(body, to_b).err()
             }
             tag::EXECUTE | b'H' => {
@@ -580,15 +639,59 @@ impl<'a> Relay<'a> {
         self.policy.inspects(self.who)
     }
 
-    /// Runs the statement hook on SQL text (skipped entirely for roles that are not inspected).
-    fn decide(&self, sql: &[u8]) -> Decision {
+    /// Runs the statement hook on SQL text (skipped entirely for roles that are not inspected). `parse`: the
+    /// name of the statement when the text comes in a Parse message (the statement outlives it).
+    fn decide(&mut self, sql: &[u8], parse: Option<&[u8]>) -> Decision {
+        if parse.is_none() && self.versioned {
+            self.epochs.on_query();
+        }
         if !self.inspects() {
+            if self.versioned {
+                match parse {
+                    Some(name) => self.epochs.on_parse(name, UNINSPECTED),
+                    None if may_create_state(sql) => self.epochs.on_lasting(UNINSPECTED),
+                    None => {}
+                }
+            }
             return Decision::Allow;
         }
         match std::str::from_utf8(sql) {
-            Ok(sql) => self.policy.check(sql, self.who),
+            Ok(sql) => {
+                let v = self.policy.check_versioned(sql, self.who);
+                if self.versioned && !matches!(v.decision, Decision::Deny(_)) {
+                    match parse {
+                        Some(name) => self.epochs.on_parse(name, v.epoch),
+                        None if v.lasting => self.epochs.on_lasting(v.epoch),
+                        None => {}
+                    }
+                }
+                v.decision
+            }
             // Fail closed: what cannot be read cannot be checked.
             Err(_) => Decision::Deny(PgError::invalid_encoding()),
+        }
+    }
+
+    /// The error ending the session when it holds state (prepared statements, cursors) created under another
+    /// epoch than the current one.
+    /// `Err(())` while the epoch is being determined (the session's messages wait).
+    fn stale_state(&self) -> Result<Option<PgError>, ()> {
+        if !self.versioned {
+            return Ok(None);
+        }
+        let mut pending = false;
+        let stale = self.epochs.stale(|| {
+            if !self.inspects() {
+                return UNINSPECTED;
+            }
+            self.policy.epoch(self.who).unwrap_or_else(|| {
+                pending = true;
+                UNINSPECTED
+            })
+        });
+        match (pending, stale) {
+            (true, _) => Err(()),
+            (false, stale) => Ok(stale.then(PgError::policy_changed)),
         }
     }
 
@@ -649,6 +752,8 @@ impl<'a> Relay<'a> {
                 tag::COMMAND_COMPLETE if watch && crate::policy::schema_changing_tag(body) => {
                     self.ddl_pending = true;
                 }
+                // Messages below NOTICE echo statement text and plans (`parse <unnamed>: <rewritten SQL>`).
+                tag::NOTICE_RESPONSE if watch && below_notice(body) && self.inspects() => continue,
                 tag::NOTICE_RESPONSE if watch && self.withheld_detail(&frame, to_c) => continue,
                 tag::PARSE_COMPLETE | tag::CLOSE_COMPLETE => {
                     if let Some(t) = self.txn.as_mut()
@@ -661,6 +766,17 @@ impl<'a> Relay<'a> {
                     if let Some((name, rest)) = messages::read_cstr(body)
                         && let Some((value, _)) = messages::read_cstr(rest)
                     {
+                        // Watchdog: the backend now lexes SQL differently from pgveil (an allow-listed function,
+                        // a setting path the allowlist does not know): relay nothing more.
+                        let (n, v) = (
+                            String::from_utf8_lossy(name),
+                            String::from_utf8_lossy(value),
+                        );
+                        if !reported_value_ok(&n, &v) && self.inspects() {
+                            tracing::warn!(parameter = %n, "backend reported a lexing setting pgveil does not parse under; ending the session");
+                            self.fatal = Some(PgError::lexing_changed(&n));
+                            return Ok(());
+                        }
                         params.insert(
                             String::from_utf8_lossy(name).into_owned(),
                             String::from_utf8_lossy(value).into_owned(),
@@ -719,6 +835,18 @@ impl<'a> Relay<'a> {
     }
 }
 
+/// Whether a NoticeResponse has a severity below NOTICE (`DEBUG1`-`DEBUG5`, `LOG`), by its non-localized
+/// severity field (`V`, PostgreSQL 9.6+), else the localized one (`S`).
+fn below_notice(body: &[u8]) -> bool {
+    let fields = parse_fields(body);
+    let severity = fields
+        .iter()
+        .find(|(t, _)| *t == b'V')
+        .or_else(|| fields.iter().find(|(t, _)| *t == b'S'))
+        .map(|(_, v)| *v);
+    matches!(severity, Some(s) if s.starts_with(b"DEBUG") || s == b"LOG")
+}
+
 /// Message types a client may send once the session has started (PostgreSQL's `SocketBackend` list).
 fn frontend_tag(t: u8) -> bool {
     matches!(
@@ -739,9 +867,9 @@ fn invalid_frontend_tag(t: u8) -> PgError {
 }
 
 /// Frontend tags handed over whole: everything except the high-volume pass-through ones. Unknown tags are
-/// thereby inspected too, and refused.
+/// thereby inspected too, and refused. Close is inspected: it ends a prepared statement's epoch tracking.
 fn client_inspects(t: u8) -> bool {
-    !matches!(t, b'B' | b'C' | b'c' | b'd' | b'D' | b'E' | b'f' | b'H')
+    !matches!(t, b'B' | b'c' | b'd' | b'D' | b'E' | b'f' | b'H')
 }
 
 /// Transaction mode: every frontend tag is handed over whole except COPY data, CopyDone and CopyFail.

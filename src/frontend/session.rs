@@ -225,6 +225,13 @@ async fn run_session(
         refuse(stream, PgError::unknown_database(db)).await;
         return; // the backend was not touched: it goes back as it is
     }
+    if shared.policy.inspects(who)
+        && let Err(e) = super::guard::verify_backend(&mut conn, who, &*shared.policy).await
+    {
+        refuse(stream, e).await;
+        finish(conn, false, Leftover::Synced(b'I'), shared).await;
+        return;
+    }
     if let Err(e) = apply_settings(&mut conn, &settings, who, shared).await {
         refuse(stream, e).await;
         finish(conn, true, Leftover::Synced(b'I'), shared).await;

@@ -420,6 +420,14 @@ pub async fn serve(
                     discard(conn);
                     return;
                 }
+                if shared.policy.inspects(who)
+                    && let Err(e) =
+                        super::guard::verify_backend(&mut conn, who, &*shared.policy).await
+                {
+                    refuse(stream, e).await;
+                    discard(conn);
+                    return;
+                }
                 ctx.stmts.on_checkout(&conn.statements);
                 held.insert(conn)
             }

@@ -16,7 +16,7 @@ use super::catalog::Catalog;
 use super::file::{Policy, PolicyError};
 use super::functions::PseudonymKey;
 use super::rewrite::{Context, Normalized, Outcome, Template, check, normalize};
-use super::{Decision, StatementPolicy};
+use super::{Decision, StatementPolicy, Versioned};
 use crate::identity::Identity;
 use crate::ids::{RoleName, SecretId, TenantId};
 use crate::proto::PgError;
@@ -83,6 +83,8 @@ struct Cached {
     rule: &'static str,
     fingerprint: Arc<str>,
     masked: Arc<[String]>,
+    /// SQL `PREPARE` or `DECLARE`: state that outlives the statement.
+    lasting: bool,
 }
 
 /// One decision with what caching and auditing it need.
@@ -127,6 +129,8 @@ pub struct MaskingEngine {
     policy: ArcSwap<PolicySnapshot>,
     tenants: ArcSwap<HashMap<TenantId, Arc<TenantState>>>,
     cache: ByteCache<CacheKey, Cached>,
+    /// Fingerprints of effective policies, for decision epochs.
+    fingerprints: super::version::Fingerprints,
     /// Literal-normalized plans, keyed like `cache` but by the normalized text.
     plans: ByteCache<CacheKey, Planned>,
     /// Tenants whose schema changed since their catalog was loaded, with the generation of the latest change.
@@ -154,6 +158,7 @@ impl MaskingEngine {
             policy: ArcSwap::from_pointee(PolicySnapshot { version: 1, policy }),
             tenants: ArcSwap::from_pointee(HashMap::new()),
             cache: ByteCache::new(DEFAULT_CACHE_BYTES / 2),
+            fingerprints: super::version::Fingerprints::default(),
             plans: ByteCache::new(DEFAULT_CACHE_BYTES / 2),
             stale: Mutex::new(HashMap::new()),
             stale_count: AtomicUsize::new(0),
@@ -248,17 +253,18 @@ impl MaskingEngine {
 
     /// Decides on `sql` for (tenant, role) without the cache; also returns the masked columns.
     pub fn decide(&self, sql: &str, tenant: &TenantId, role: &RoleName) -> (Decision, Vec<String>) {
-        let d = self.decide_planned(sql, tenant, role, self.current(tenant));
+        let d = self.decide_planned(sql, tenant, role, &self.policy(), self.current(tenant));
         (d.decision, d.masked)
     }
 
-    /// [`MaskingEngine::decide`] on the given tenant state (the one the cache key was made from), with the
-    /// decision's plan for other literal values when it has one.
+    /// [`MaskingEngine::decide`] on the given policy and tenant state (the ones the cache key was made from),
+    /// with the decision's plan for other literal values when it has one.
     fn decide_planned(
         &self,
         sql: &str,
         tenant: &TenantId,
         role: &RoleName,
+        snap: &PolicySnapshot,
         state: Option<Arc<TenantState>>,
     ) -> Decided {
         let decided = |decision, rule, masked, plan| Decided {
@@ -267,7 +273,6 @@ impl MaskingEngine {
             masked,
             plan,
         };
-        let snap = self.policy.load();
         let Some(eff) = snap.policy.effective(tenant, role) else {
             let e = PgError::insufficient_privilege(format!(
                 "pgveil: role {role} has no masking policy; every statement is refused (rule no-policy)"
@@ -308,15 +313,15 @@ impl MaskingEngine {
     }
 
     fn cache_key(
-        &self,
         sql: Box<str>,
         tenant: &TenantId,
         role: &RoleName,
+        snap: &PolicySnapshot,
         state: Option<&TenantState>,
     ) -> CacheKey {
         CacheKey {
             sql,
-            policy: self.policy.load().version,
+            policy: snap.version,
             catalog: state.map(|t| t.catalog.version).unwrap_or(0),
             tenant: tenant.clone(),
             role: role.clone(),
@@ -325,30 +330,53 @@ impl MaskingEngine {
 
     /// Decides with the cache.
     pub fn check_cached(&self, sql: &str, tenant: &TenantId, role: &RoleName) -> Decision {
+        self.check_epoch(sql, tenant, role).decision
+    }
+
+    /// Decides with the cache; also returns the epoch of the snapshots the decision was made with.
+    pub fn check_epoch(&self, sql: &str, tenant: &TenantId, role: &RoleName) -> Versioned {
         let d = self.check_uncounted(sql, tenant, role);
-        if matches!(d, Decision::Deny(_)) {
+        if matches!(d.decision, Decision::Deny(_)) {
             self.stats.refused.fetch_add(1, Ordering::Relaxed);
         }
         d
     }
 
-    fn check_uncounted(&self, sql: &str, tenant: &TenantId, role: &RoleName) -> Decision {
-        // One snapshot of the tenant's state for the keys and the decision: a decision taken without a catalog
-        // (stale or not loaded) must never be filed under a catalog version.
+    /// The epoch of (tenant, role) under this policy and the tenant's last loaded catalog (0 if none). A
+    /// decision taken while the catalog is stale needed no catalog, so it holds under the last loaded one.
+    fn epoch_of(&self, snap: &PolicySnapshot, tenant: &TenantId, role: &RoleName) -> u64 {
+        let fp = self.fingerprints.get(snap.version, tenant, role, || {
+            snap.policy.effective(tenant, role)
+        });
+        let catalog = self.tenant(tenant).map_or(0, |t| t.catalog.version);
+        super::version::epoch(fp, catalog)
+    }
+
+    fn check_uncounted(&self, sql: &str, tenant: &TenantId, role: &RoleName) -> Versioned {
+        // One snapshot of the policy and of the tenant's state for the keys, the decision and its epoch: a
+        // decision must never be filed under a version it was not made with (e.g. one taken without a
+        // catalog, stale or not loaded, under a catalog version).
+        let snap = self.policy.load_full();
         let state = self.current(tenant);
-        let key = self.cache_key(sql.into(), tenant, role, state.as_deref());
+        let epoch = self.epoch_of(&snap, tenant, role);
+        let versioned = |c: &Cached| Versioned {
+            decision: c.decision.clone(),
+            epoch,
+            lasting: c.lasting,
+        };
+        let key = Self::cache_key(sql.into(), tenant, role, &snap, state.as_deref());
         let hit = self.cache.get(&key);
         if let Some(c) = hit {
             self.stats.hits.fetch_add(1, Ordering::Relaxed);
             metrics::counter!("pgveil_rewrite_cache_total", "result" => "hit").increment(1);
             audit(&c, tenant, role);
-            return c.decision;
+            return versioned(&c);
         }
         // The same statement with other literals: splice them into its plan.
         let norm = (key.catalog != 0).then(|| normalize(sql)).flatten();
         let plan_key = norm
             .as_ref()
-            .map(|n| self.cache_key(n.key.as_str().into(), tenant, role, state.as_deref()));
+            .map(|n| Self::cache_key(n.key.as_str().into(), tenant, role, &snap, state.as_deref()));
         if let (Some(n), Some(pk)) = (&norm, &plan_key) {
             let plan = self.plans.get(pk);
             if let Some(p) = plan {
@@ -365,9 +393,10 @@ impl MaskingEngine {
                         rule: "",
                         fingerprint: p.fingerprint,
                         masked: p.masked,
+                        lasting: false, // plans are made for SELECT and DML only
                     };
                     audit(&c, tenant, role);
-                    return c.decision;
+                    return versioned(&c);
                 }
             }
         }
@@ -378,11 +407,12 @@ impl MaskingEngine {
             rule,
             masked,
             plan: template,
-        } = self.decide_planned(sql, tenant, role, state);
+        } = self.decide_planned(sql, tenant, role, &snap, state);
         let fingerprint = pg_query::fingerprint(sql, 0, pg_query::FingerprintOptions::FULL_RELNAME)
             .map(|f| f.hex)
             .unwrap_or_else(|_| "unparsable".into());
         let c = Cached {
+            lasting: !matches!(decision, Decision::Deny(_)) && super::version::lasting(sql),
             decision,
             rule,
             fingerprint: fingerprint.into(),
@@ -391,7 +421,7 @@ impl MaskingEngine {
         audit(&c, tenant, role);
         // Catalog-not-loaded refusals are not cached: the key's catalog version 0 would keep them forever.
         if key.catalog == 0 {
-            return c.decision;
+            return versioned(&c);
         }
         if let (Some((n, t)), Some(pk)) = (template, plan_key)
             && norm.as_ref().is_some_and(|m| m.key == n.key)
@@ -409,8 +439,9 @@ impl MaskingEngine {
                 },
             );
         }
-        self.cache.insert(key, c.clone());
-        c.decision
+        let out = versioned(&c);
+        self.cache.insert(key, c);
+        out
     }
 
     /// Starts the background work: catalog loads and refreshes for every tenant, policy reload on file
@@ -588,12 +619,39 @@ impl StatementPolicy for MaskingEngine {
         self.check_cached(sql, &who.tenant, &who.role)
     }
 
+    fn check_versioned(&self, sql: &str, who: &Identity) -> Versioned {
+        self.check_epoch(sql, &who.tenant, &who.role)
+    }
+
+    fn expected_schemas(&self, who: &Identity) -> Option<Vec<String>> {
+        self.current(&who.tenant)
+            .map(|t| t.catalog.search_path.clone())
+    }
+
+    fn versioned(&self) -> bool {
+        true
+    }
+
+    fn epoch(&self, who: &Identity) -> Option<u64> {
+        // While a reported schema change is being reloaded the epoch is not known yet.
+        if self.is_stale(&who.tenant) {
+            return None;
+        }
+        Some(self.epoch_of(&self.policy(), &who.tenant, &who.role))
+    }
+
     fn watches_backend(&self) -> bool {
         true
     }
 
     fn schema_changed(&self, who: &Identity) {
         tracing::info!(tenant = %who.tenant, role = %who.role, "schema change reported; reloading the tenant's catalog");
+        self.schema_changed_in(&who.tenant);
+    }
+
+    fn session_defaults_changed(&self, who: &Identity) {
+        tracing::info!(tenant = %who.tenant, "backend session defaults differ from the catalog snapshot; reloading it over a new connection");
+        self.loader.forget(&who.tenant);
         self.schema_changed_in(&who.tenant);
     }
 

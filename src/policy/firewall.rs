@@ -119,19 +119,6 @@ const DENIED_RELATIONS: &[&str] = &[
     "pg_backend_memory_contexts",
 ];
 
-/// Settings a masked role may not change: they change identity, name resolution or how SQL text is lexed
-/// (a lexing differential between pgveil and the server is a masking bypass).
-const PROTECTED_SETTINGS: &[&str] = &[
-    "search_path",
-    "role",
-    "session_authorization",
-    "standard_conforming_strings",
-    "backslash_quote",
-    "session_replication_role",
-    "row_security",
-    "plpgsql.extra_errors",
-];
-
 /// Whether a function is denied (before allow-listing).
 pub fn function_denied(name: &str) -> bool {
     DENIED_FUNCTIONS.contains(&name) || DENIED_FUNCTION_PREFIXES.iter().any(|p| name.starts_with(p))
@@ -162,50 +149,9 @@ pub fn relation_denied(name: &str) -> bool {
     DENIED_RELATIONS.contains(&name)
 }
 
-/// Why setting `name` to `value` (when known) is refused, if it is.
+/// Why setting `name` to `value` (when known) is refused, if it is ([`super::settings`]).
 pub fn setting_refusal(name: &str, value: Option<&str>) -> Option<String> {
-    let name = name.to_ascii_lowercase();
-    if PROTECTED_SETTINGS.contains(&name.as_str()) {
-        return Some(format!("setting \"{name}\" is protected"));
-    }
-    if name == "client_encoding" {
-        // pgveil reads SQL as UTF-8; in the client-only encodings below a multi-byte character can end in an
-        // ASCII byte such as a backslash or a quote, so the server would lex the same bytes differently (a masking bypass).
-        // Names are compared the way PostgreSQL does (letters and digits only, case-insensitive).
-        let clean: Option<String> = value.map(|v| {
-            v.chars()
-                .filter(char::is_ascii_alphanumeric)
-                .collect::<String>()
-                .to_ascii_lowercase()
-        });
-        let unsafe_encoding = clean.as_deref().is_none_or(|v| {
-            v.is_empty()
-                || matches!(
-                    v,
-                    "big5"
-                        | "cp932"
-                        | "cp936"
-                        | "cp949"
-                        | "cp950"
-                        | "gb18030"
-                        | "gbk"
-                        | "johab"
-                        | "mskanji"
-                        | "shiftjis"
-                        | "shiftjis2004"
-                        | "sjis"
-                        | "uhc"
-                        | "win932"
-                        | "win936"
-                        | "win949"
-                        | "win950"
-                )
-        });
-        if unsafe_encoding {
-            return Some("client_encoding may not be a client-only multi-byte encoding (SJIS, BIG5, GBK, UHC, GB18030, JOHAB)".to_owned());
-        }
-    }
-    None
+    super::settings::refusal(name, value)
 }
 
 #[cfg(test)]
@@ -228,7 +174,7 @@ mod tests {
         assert!(setting_refusal("Search_Path", None).is_some());
         assert!(setting_refusal("client_encoding", Some("SJIS")).is_some());
         assert!(setting_refusal("client_encoding", Some("utf-8")).is_none());
-        assert!(setting_refusal("client_encoding", Some("LATIN1")).is_none());
+        assert!(setting_refusal("client_encoding", Some("LATIN1")).is_some());
         assert!(setting_refusal("client_encoding", Some("Shift_JIS")).is_some());
         assert!(setting_refusal("client_encoding", Some("WIN-950")).is_some());
         assert!(setting_refusal("application_name", Some("x")).is_none());

@@ -5,7 +5,8 @@
 //!
 //! Modules: [`file`] (policy files), [`functions`] (masking functions), [`catalog`] (tenant catalog
 //! snapshots), [`rewrite`] (parse tree walk and relation substitution), [`firewall`] (denied functions,
-//! relations and settings), [`kinds`] (statement kinds), [`engine`] (snapshots, cache, reload).
+//! relations; settings via [`settings`]), [`settings`] (which settings and values inspected roles may set),
+//! [`kinds`] (statement kinds), [`engine`] (snapshots, cache, reload), [`version`] (decision epochs).
 
 pub mod cache;
 pub mod catalog;
@@ -16,7 +17,9 @@ pub mod functions;
 pub mod kinds;
 pub mod pattern;
 pub mod rewrite;
+pub mod settings;
 pub mod tool;
+pub mod version;
 
 use crate::identity::Identity;
 use crate::proto::PgError;
@@ -32,6 +35,18 @@ pub enum Decision {
     Deny(PgError),
 }
 
+/// A decision with the version of the policy and catalog it was made under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Versioned {
+    /// The decision.
+    pub decision: Decision,
+    /// [`StatementPolicy::epoch`] of the snapshot the decision was made with.
+    pub epoch: u64,
+    /// The statement creates state that outlives it (SQL `PREPARE`, `DECLARE` cursors): it must not be used
+    /// once the epoch has changed.
+    pub lasting: bool,
+}
+
 /// Decides, per statement string, whether and how it may reach the backend.
 pub trait StatementPolicy: Send + Sync {
     /// Whether this identity's statements must be inspected at all. `false` means every statement is forwarded
@@ -40,6 +55,42 @@ pub trait StatementPolicy: Send + Sync {
 
     /// Decides on one SQL string (which may hold several statements).
     fn check(&self, sql: &str, who: &Identity) -> Decision;
+
+    /// [`StatementPolicy::check`] with the epoch it was decided under and whether the statement creates
+    /// lasting state.
+    fn check_versioned(&self, sql: &str, who: &Identity) -> Versioned {
+        Versioned {
+            decision: self.check(sql, who),
+            epoch: 0,
+            lasting: false,
+        }
+    }
+
+    /// Whether decisions have epochs that change ([`StatementPolicy::epoch`]): relays then track under which
+    /// epoch each session's prepared statements and cursors were made.
+    fn versioned(&self) -> bool {
+        false
+    }
+
+    /// The version of `who`'s decisions now: it changes whenever a decision for `who` could change (the
+    /// role's effective policy, or the tenant's catalog). Statements prepared and cursors opened under
+    /// another epoch must not return rows. `None` while it is being determined (a schema change is being
+    /// reloaded): relays hold such sessions' messages until it is known.
+    fn epoch(&self, _who: &Identity) -> Option<u64> {
+        Some(0)
+    }
+
+    /// The schemas (`current_schemas(false)`) the decisions for `who` resolve names in, when they depend on
+    /// them (a catalog is loaded): a backend whose session resolves names elsewhere must not serve `who`.
+    fn expected_schemas(&self, _who: &Identity) -> Option<Vec<String>> {
+        None
+    }
+
+    /// A backend of `who`'s tenant started with session defaults that differ from what the decisions assume
+    /// (e.g. the tenant changed its role's `search_path`): the assumptions must be reloaded.
+    fn session_defaults_changed(&self, who: &Identity) {
+        self.schema_changed(who);
+    }
 
     /// Whether relays must report schema changes ([`StatementPolicy::schema_changed`]) and look at
     /// backend errors and notices ([`StatementPolicy::withholds_details`]). Asked once per session.

@@ -182,6 +182,42 @@ impl PgError {
             "terminating connection: pgveil is shutting down",
         )
     }
+    /// 0A000 FATAL: the role's effective masking policy or the tenant's catalog changed since this session
+    /// prepared statements or opened cursors, which keep the old decision.
+    pub fn policy_changed() -> Self {
+        Self::new(
+            Severity::Fatal,
+            "0A000",
+            "pgveil: the masking policy or the database schema changed since this session prepared statements \
+             or opened cursors; they were decided under the old version and are not used (rule policy-version)",
+        )
+        .with_hint("Reconnect: new statements are decided under the new version.")
+    }
+    /// 0A000 FATAL: the backend reported a client_encoding or standard_conforming_strings other than the one
+    /// pgveil parses SQL under; the backend is discarded.
+    pub fn lexing_changed(name: &str) -> Self {
+        Self::new(
+            Severity::Fatal,
+            "0A000",
+            format!(
+                "pgveil: the database session changed {name}, which pgveil parses SQL under (UTF8, \
+                 standard_conforming_strings on); the session is ended (rule lexing-watchdog)"
+            ),
+        )
+    }
+    /// 08006 FATAL: a backend's session defaults (set by the tenant, e.g. `ALTER ROLE ... SET`) differ from
+    /// what pgveil decides statements under; the backend is discarded.
+    pub fn backend_refused(what: &str) -> Self {
+        Self::new(
+            Severity::Fatal,
+            "08006",
+            format!(
+                "pgveil: the tenant database session has an unexpected {what} (a role or database setting?); \
+                 the connection was refused (rule backend-settings)"
+            ),
+        )
+        .with_hint("Try again; pgveil reloads the tenant's catalog.")
+    }
     /// Is this FATAL?
     pub fn is_fatal(&self) -> bool {
         self.severity == Severity::Fatal

@@ -33,6 +33,15 @@ pub struct CatalogPools {
 }
 
 impl CatalogPools {
+    /// Drops `tenant`'s pooled connection: the next load connects anew and so sees the session defaults the
+    /// tenant set since (`ALTER ROLE ... SET search_path`), which an open connection keeps from its start.
+    pub fn forget(&self, tenant: &TenantId) {
+        self.pools
+            .lock()
+            .expect("catalog pools lock")
+            .remove(tenant);
+    }
+
     /// Loads `tenant`'s catalog over its pooled connection (opened on first use).
     pub async fn load(
         &self,

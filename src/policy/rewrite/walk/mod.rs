@@ -185,6 +185,16 @@ impl<'a> Walker<'a> {
             "ExplainStmt" => {
                 self.require(K::Explain)?;
                 self.in_explain = true;
+                // The plan of a prepared statement (SQL PREPARE or protocol Parse, by name) is the plan of its
+                // rewrite, which pgveil did not decide here: it can show masking expressions and key material.
+                if !self.sees_all()
+                    && tagged(&body["query"]).is_some_and(|(t, _)| t == "ExecuteStmt")
+                {
+                    return Err(Refusal::new(
+                        "explain-execute",
+                        "EXPLAIN of a prepared statement is refused (its plan shows the rewritten statement)",
+                    ));
+                }
                 self.walk_fields(body, &["query"])?;
                 self.statement(body.get("query").unwrap_or(&Value::Null))
             }
@@ -249,8 +259,11 @@ impl<'a> Walker<'a> {
         self.require(StatementKind::Set)?;
         // kind 1 = VAR_SET_VALUE; others (DEFAULT, CURRENT, MULTI, RESET, RESET ALL) restore server defaults.
         let kind = body.get("kind").and_then(|k| k.as_i64()).unwrap_or(0);
-        let value = list(body, "args").first().and_then(const_string);
-        let is_reset = matches!(kind, 5 | 6);
+        // One constant value, else `None` (refused where the value matters).
+        let args = list(body, "args");
+        let value = (args.len() == 1).then(|| const_string(&args[0])).flatten();
+        // DEFAULT, RESET and RESET ALL go back to the connection-start values, which pgveil chose and checked.
+        let is_reset = matches!(kind, 2 | 5 | 6);
         if !name.is_empty()
             && !is_reset
             && name != "transaction"
