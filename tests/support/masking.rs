@@ -22,8 +22,19 @@ pub fn write_policy_dir(fx: &Fixture, name: &str) -> Result<PathBuf> {
 /// sessions reload a catalog during a test) and waits for the `acme`, `globex` and `tlsco` (TLS backend) catalogs. Roles `admin`,
 /// `analyst`, `tiny` and `support` are accepted.
 pub fn masking_proxy(fx: &Fixture, dir: PathBuf) -> Result<Running> {
+    masking_proxy_with(fx, dir, |_| {})
+}
+
+/// [`masking_proxy`] with a further change to the config (e.g. transaction pool mode).
+#[allow(dead_code)]
+pub fn masking_proxy_with(
+    fx: &Fixture,
+    dir: PathBuf,
+    edit: impl FnOnce(&mut pgveil::config::Config),
+) -> Result<Running> {
     let running = fx.start_server(
         |cfg| {
+            edit(cfg);
             let support = RoleName::new("support");
             if !cfg.roles.contains(&support) {
                 cfg.roles.push(support);

@@ -11,6 +11,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_postgres::tls::{ChannelBinding, NoTls, TlsConnect};
 
 use super::{Catalog, Column, QualName, Relation, SYSTEM_SCHEMAS};
+
+mod resolution;
 use crate::policy::functions::TypeFamily;
 use crate::route::Tenant;
 use crate::secret::{DbCredentials, ExposeSecret, SecretError, SecretStore};
@@ -249,26 +251,7 @@ pub(super) async fn query_catalog(client: &tokio_postgres::Client) -> Result<Cat
             rel.reads = view_reads(def.as_deref().unwrap_or(""), &names, &deps);
         }
     }
-    for row in client
-        .query(
-            "SELECT n.nspname::text, p.proname::text FROM pg_catalog.pg_proc p \
-             JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname <> 'pg_catalog'",
-            &[],
-        )
-        .await?
-    {
-        cat.functions.insert((row.get(0), row.get(1)));
-    }
-    for row in client
-        .query(
-            "SELECT n.nspname::text, o.oprname::text FROM pg_catalog.pg_operator o \
-             JOIN pg_catalog.pg_namespace n ON n.oid = o.oprnamespace WHERE n.nspname <> 'pg_catalog'",
-            &[],
-        )
-        .await?
-    {
-        cat.operators.insert((row.get(0), row.get(1)));
-    }
+    resolution::load(client, &mut cat).await?;
     client.batch_execute("COMMIT").await?;
     Ok(cat)
 }
@@ -283,6 +266,18 @@ pub fn view_reads(
     deps: &[(QualName, String)],
 ) -> HashMap<String, Vec<(QualName, String)>> {
     let all = || columns.iter().map(|c| (c.clone(), deps.to_vec())).collect();
+    // A deep definition needs a deep stack (decode, conversion and the walks below recurse per level).
+    crate::policy::rewrite::stack::deep_enough(def, || view_reads_inner(def, columns, deps))
+        .flatten()
+        .unwrap_or_else(all)
+}
+
+fn view_reads_inner(
+    def: &str,
+    columns: &[String],
+    deps: &[(QualName, String)],
+) -> Option<HashMap<String, Vec<(QualName, String)>>> {
+    let all = || Some(columns.iter().map(|c| (c.clone(), deps.to_vec())).collect());
     let Ok(parsed) = pg_query::parse(def, 0) else {
         return all();
     };
@@ -319,7 +314,7 @@ pub fn view_reads(
             }
         }
     }
-    out
+    Some(out)
 }
 
 fn collect_branches<'a>(select: &'a serde_json::Value, out: &mut Vec<&'a serde_json::Value>) {

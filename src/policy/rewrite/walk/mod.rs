@@ -30,6 +30,9 @@ pub struct Walker<'a> {
     uses_key: bool,
     /// Depth of EXPLAIN nesting.
     in_explain: bool,
+    /// The current top-level statement has FROM items whose columns are not catalog columns (subqueries,
+    /// CTEs, functions, column aliases): column references there are not typed from the catalog.
+    derived_columns: bool,
     /// The decision read a constant's value or covers a statement kind whose meaning constants can change
     /// (then it must not be reused for other literal values; see `template`).
     literal_sensitive: bool,
@@ -103,6 +106,7 @@ impl<'a> Walker<'a> {
             masked: Vec::new(),
             uses_key: false,
             in_explain: false,
+            derived_columns: false,
             literal_sensitive: false,
         })
     }
@@ -149,6 +153,11 @@ impl<'a> Walker<'a> {
         let stmt = raw
             .get("stmt")
             .ok_or_else(|| Refusal::new("parse", "empty statement"))?;
+        self.derived_columns = self
+            .ctx
+            .catalog
+            .is_some_and(|c| !c.operators.is_empty())
+            && has_derived_columns(stmt);
         self.statement(stmt)?;
         if self.uses_key && self.in_explain {
             return Err(Refusal::new(
@@ -201,10 +210,15 @@ impl<'a> Walker<'a> {
                 self.require(K::Prepare)?;
                 self.walk(body)
             }
+            // Session-reset idioms only remove state: allowed whatever the role's kinds (pool resets of
+            // asyncpg, psycopg, pgjdbc, node-postgres, SQLAlchemy, Npgsql).
+            "ClosePortalStmt" if s(body, "portalname").is_empty() => Ok(()),
+            "UnlistenStmt" if s(body, "conditionname").is_empty() => Ok(()),
+            "DeallocateStmt" if s(body, "name").is_empty() => Ok(()),
+            "DiscardStmt" => Ok(()),
             "FetchStmt" | "ClosePortalStmt" => self.require(K::Cursor),
             "TransactionStmt" | "ConstraintsSetStmt" => self.require(K::Transaction),
             "VariableShowStmt" => self.require(K::Show),
-            "DiscardStmt" => self.require(K::Discard),
             "ListenStmt" | "UnlistenStmt" | "NotifyStmt" => self.require(K::Listen),
             "VariableSetStmt" => self.set(body),
             "LockStmt" => self.unmaskable(K::Lock, "LOCK"),
@@ -240,9 +254,13 @@ impl<'a> Walker<'a> {
                 "SET ROLE / SET SESSION AUTHORIZATION",
             );
         }
-        self.require(StatementKind::Set)?;
         // kind 1 = VAR_SET_VALUE; others (DEFAULT, CURRENT, MULTI, RESET, RESET ALL) restore server defaults.
         let kind = body.get("kind").and_then(|k| k.as_i64()).unwrap_or(0);
+        if kind == 6 {
+            // RESET ALL: a session-reset idiom, allowed for every role.
+            return Ok(());
+        }
+        self.require(StatementKind::Set)?;
         let value = list(body, "args").first().and_then(const_string);
         let is_reset = matches!(kind, 5 | 6);
         if !name.is_empty()
@@ -510,11 +528,13 @@ impl<'a> Walker<'a> {
             ));
         }
         let cat = self.catalog()?;
-        if !catalog.is_empty() {
-            return Err(Refusal::new(
-                "unsupported",
-                "three-part relation names are refused",
-            ));
+        if !catalog.is_empty() && !cat.is_own_database(catalog) {
+            // PostgreSQL: "cross-database references are not implemented".
+            return Err(Refusal {
+                code: "0A000",
+                rule: "unsupported",
+                message: format!("cross-database references are not implemented: {catalog}.{schema}.{name}"),
+            });
         }
         if schema == "pg_toast" || schema.starts_with("pg_temp") {
             return Err(Refusal::new(
@@ -528,7 +548,7 @@ impl<'a> Walker<'a> {
             Resolved::Unknown => return Err(unknown(schema, name)),
         };
         for f in &rel.calls {
-            if !self.function_allowed(&f.0, &f.1) {
+            if !self.function_allowed(&f.0, &f.1) && !self.builtin_function(&f.0, &f.1)? {
                 return Err(Refusal::new(
                     "view-calls-function",
                     format!(
@@ -666,6 +686,10 @@ impl<'a> Walker<'a> {
             "InsertStmt" | "UpdateStmt" | "DeleteStmt" | "MergeStmt" => self.dml(ty, body),
             "FuncCall" => self.func_call(body),
             "AExpr" => self.operator(body),
+            "CaseExpr" => self.case_expr(body),
+            "SubLink" => self.sub_link(body),
+            "SortBy" => self.sort_by(body),
+            "JoinExpr" => self.join_expr(body),
             "RangeTableSample" => {
                 let rel = body.get("relation");
                 if let Some((_, rv)) = rel.and_then(tagged).filter(|(t, _)| *t == "RangeVar")
@@ -678,8 +702,8 @@ impl<'a> Walker<'a> {
                 }
                 self.walk_fields(body, &[])
             }
-            // `FOR UPDATE OF a, b` names FROM items (aliases), not relations.
-            "LockingClause" => self.walk_fields(body, &["locked_rels"]),
+            // `FOR UPDATE OF a, b` names FROM items (aliases), not relations; row locks are writes.
+            "LockingClause" => self.locking_clause(body),
             "CommonTableExpr" => Err(Refusal::new(
                 "unsupported",
                 "WITH clause in an unsupported position",
@@ -694,16 +718,41 @@ fn qual(rel: &Relation) -> String {
     format!("{}.{}", rel.schema, rel.name)
 }
 
+/// A relation the snapshot does not have: PostgreSQL's 42P01 (the snapshot is current, or a schema change
+/// would have marked it stale and the statement would have been refused as `catalog`).
 fn unknown(schema: &str, name: &str) -> Refusal {
     let n = if schema.is_empty() {
         name.to_owned()
     } else {
         format!("{schema}.{name}")
     };
-    Refusal::new(
-        "unknown-relation",
-        format!("relation {n} is not in the tenant's catalog snapshot"),
-    )
+    Refusal::undefined_table(n)
+}
+
+/// Whether a statement has FROM items whose columns are not catalog columns.
+fn has_derived_columns(v: &Value) -> bool {
+    match v {
+        Value::Array(a) => a.iter().any(has_derived_columns),
+        Value::Object(m) => {
+            if let Some((ty, _)) = tagged(v)
+                && matches!(
+                    ty,
+                    "RangeSubselect"
+                        | "RangeFunction"
+                        | "RangeTableFunc"
+                        | "JsonTable"
+                        | "CommonTableExpr"
+                )
+            {
+                return true;
+            }
+            if m.contains_key("aliasname") && m.get("colnames").is_some_and(|c| c.as_array().is_some_and(|a| !a.is_empty())) {
+                return true;
+            }
+            m.values().any(has_derived_columns)
+        }
+        _ => false,
+    }
 }
 
 /// A string constant (`'x'`, or `'x'::type`).

@@ -1,0 +1,181 @@
+//! Resolution by argument types, trusted extensions, names PostgreSQL accepts, session-reset idioms and
+//! side effects of read-only roles, over the fixture catalog (tenant operators `public.=` on the composite
+//! `money_amount` and `public.<=` on text; citext and pgcrypto trusted, dblink not).
+
+use std::path::PathBuf;
+
+use super::*;
+use crate::ids::TenantId;
+use crate::policy::catalog::fixture;
+use crate::policy::file::Policy;
+
+fn run_as(role: &str, sql: &str) -> Outcome {
+    let texts = vec![
+        (
+            PathBuf::from("payments.toml"),
+            include_str!("../../../policies/payments.toml").to_owned(),
+        ),
+        (
+            PathBuf::from("extra.toml"),
+            r#"
+            [roles.writer]
+            statements = ["read", "write"]
+            [roles.minimal]
+            statements = ["select"]
+            [roles.opuser]
+            allow_operators = ["public.="]
+            [roles.notifier]
+            statements = ["read", "listen"]
+            "#
+            .to_owned(),
+        ),
+    ];
+    let p = Policy::from_texts(&texts).expect("valid policy");
+    let cat = fixture::catalog();
+    let key = PseudonymKey::new(b"unit-test-key");
+    let role = RoleName::new(role);
+    let eff = p
+        .effective(&TenantId::new("acme"), &role)
+        .expect("role defined");
+    let ctx = Context {
+        policy: &eff,
+        catalog: Some(&cat),
+        key: Some(&key),
+        role: &role,
+    };
+    rewrite(sql, &ctx)
+}
+
+#[track_caller]
+fn passes(role: &str, sql: &str) {
+    let o = run_as(role, sql);
+    assert!(!matches!(o, Outcome::Refuse(_)), "{sql}: {o:?}");
+}
+
+#[track_caller]
+fn refused(role: &str, sql: &str, rule: &str) {
+    match run_as(role, sql) {
+        Outcome::Refuse(r) => assert_eq!(r.rule, rule, "{sql}: {r:?}"),
+        other => panic!("expected refusal ({rule}) of {sql:?}, got {other:?}"),
+    }
+}
+
+#[test]
+fn operators_resolve_by_argument_types() {
+    for sql in [
+        "SELECT 1 = 1",
+        "SELECT * FROM merchants WHERE id = 5 AND name = 'x' AND name <> 'y'",
+        "SELECT relname FROM pg_catalog.pg_class WHERE relname = $1 AND relkind = ANY (ARRAY['r', 'v'])",
+        "SELECT 1 WHERE 2 IN (1, 2, 3) AND 2 BETWEEN 1 AND 3 AND 1 IS DISTINCT FROM 2",
+        "SELECT NULLIF(1, 2), CASE 1 WHEN 1 THEN 'a' END",
+        "SELECT id FROM merchants WHERE id = ANY (SELECT id FROM merchants) ORDER BY id USING <",
+        "SELECT * FROM merchants m JOIN payments p USING (id)",
+        "SELECT 'a'::text LIKE 'b' OR 'a'::text ILIKE 'c' OR 'a'::text SIMILAR TO 'd'",
+        "SELECT 1 OPERATOR(pg_catalog.=) 1",
+        "SELECT * FROM wallets WHERE id = 3",
+    ] {
+        passes("analyst", sql);
+    }
+    for sql in [
+        "SELECT $1 = $2",
+        "SELECT * FROM wallets WHERE balance = balance",
+        "SELECT * FROM wallets w WHERE w = w",
+        "SELECT 1 FROM wallets WHERE balance IN (balance)",
+        "SELECT 1 FROM wallets WHERE NULLIF(balance, balance) IS NULL",
+        "SELECT 1 FROM wallets WHERE balance IS DISTINCT FROM balance",
+        "SELECT CASE balance WHEN balance THEN 1 END FROM wallets",
+        "SELECT 1 FROM wallets WHERE balance = ANY (SELECT balance FROM wallets)",
+        "SELECT 1 FROM wallets ORDER BY balance USING =",
+        "SELECT * FROM wallets a NATURAL JOIN wallets b",
+        "SELECT 1 FROM merchants WHERE name BETWEEN 'a' AND 'b'",
+        "SELECT 1 FROM merchants WHERE name <= 'b'",
+        "SELECT * FROM (SELECT balance AS id FROM wallets) s WHERE s.id = s.id",
+        "SELECT 1 OPERATOR(public.=) 1",
+        "SELECT 1 OPERATOR(public.-|-) 1",
+        "SELECT 1 -|- 1",
+    ] {
+        refused("analyst", sql, "denied-operator");
+    }
+    passes("opuser", "SELECT * FROM wallets WHERE balance = balance");
+    passes("opuser", "SELECT 1 OPERATOR(public.=) 1");
+    passes("analyst", "SELECT 'a'::text <> 'b' AND 'a' OPERATOR(public.~~) 'b'");
+}
+
+#[test]
+fn trusted_extension_and_information_schema_functions_are_built_ins() {
+    for sql in [
+        "SELECT strpos('abc', 'b'), regexp_replace('a', 'b', 'c')",
+        "SELECT public.gen_random_bytes(4)",
+        "SELECT * FROM information_schema._pg_expandarray(ARRAY[1, 2])",
+        "SELECT acme.public.strpos('a', 'b')",
+    ] {
+        passes("analyst", sql);
+    }
+    refused("analyst", "SELECT public.dblink_get_result('x')", "denied-function");
+    refused("analyst", "SELECT lookup_email(1)", "denied-function");
+    refused("analyst", "SELECT other.public.strpos('a', 'b')", "denied-function");
+}
+
+#[test]
+fn names_and_errors_as_postgresql() {
+    passes("analyst", "SELECT * FROM acme.public.merchants");
+    match run_as("analyst", "SELECT email FROM acme.public.payers") {
+        Outcome::Rewrite { sql, .. } => assert!(sql.contains("\"public\".\"payers\""), "{sql}"),
+        other => panic!("{other:?}"),
+    }
+    match run_as("analyst", "SELECT * FROM nosuchtable") {
+        Outcome::Refuse(r) => {
+            let e = r.to_pg_error();
+            assert_eq!((e.code, e.message.as_str()), ("42P01", "relation \"nosuchtable\" does not exist"));
+        }
+        other => panic!("{other:?}"),
+    }
+    match run_as("analyst", "SELECT * FROM other.public.payers") {
+        Outcome::Refuse(r) => assert_eq!(r.to_pg_error().code, "0A000"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn session_reset_idioms_are_allowed_for_every_role() {
+    for sql in [
+        "SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL;",
+        "DISCARD ALL",
+        "DISCARD PLANS",
+        "DISCARD SEQUENCES",
+        "DISCARD TEMP",
+        "DEALLOCATE ALL",
+    ] {
+        passes("minimal", sql);
+    }
+    refused("minimal", "LISTEN c", "statement-kind");
+    refused("minimal", "UNLISTEN c", "statement-kind");
+    refused("minimal", "CLOSE c", "statement-kind");
+    refused("minimal", "DEALLOCATE s", "statement-kind");
+    refused("minimal", "RESET application_name", "statement-kind");
+}
+
+#[test]
+fn read_only_roles_have_no_side_effects() {
+    for sql in [
+        "SELECT nextval('payments_id_seq')",
+        "SELECT pg_catalog.setval('payments_id_seq', 1)",
+        "SELECT * FROM merchants FOR UPDATE",
+        "SELECT * FROM merchants FOR NO KEY UPDATE",
+        "SELECT * FROM merchants FOR SHARE",
+        "SELECT * FROM merchants FOR KEY SHARE",
+        "SELECT * FROM (SELECT * FROM merchants FOR UPDATE) s",
+        "SELECT pg_advisory_lock(1)",
+        "SELECT pg_advisory_xact_lock_shared(1)",
+        "SELECT pg_try_advisory_lock(1, 2)",
+        "SELECT pg_notify('c', 'x')",
+    ] {
+        refused("analyst", sql, "side-effect");
+    }
+    passes("analyst", "SELECT currval('payments_id_seq'), pg_advisory_unlock(1)");
+    passes("writer", "SELECT nextval('payments_id_seq')");
+    passes("writer", "SELECT * FROM merchants FOR UPDATE");
+    passes("writer", "SELECT pg_advisory_lock(1)");
+    passes("notifier", "SELECT pg_notify('c', 'x')");
+    refused("notifier", "SELECT nextval('s')", "side-effect");
+}
