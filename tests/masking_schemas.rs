@@ -24,6 +24,8 @@ fn main() -> std::process::ExitCode {
         ("pool_resets_pass_and_read_only_roles_have_no_side_effects", resets_and_side_effects),
         ("deep_statements_are_decided", deep_statements),
         ("pgbench_select_only_right_after_init_as_masked_role", pgbench_right_away),
+        ("pgjdbc_metadata_and_prepared_statements_match_direct", pgjdbc),
+        ("psqlodbc_connects_and_queries_as_masked_role", psqlodbc),
     ])
 }
 
@@ -300,6 +302,108 @@ fn pgbench_right_away(fx: &Fixture) -> Result<()> {
             out.status.success() && text.contains("number of transactions actually processed: 200/200"),
             "pgbench -S -M {mode} through pgveil as analyst:\n{text}"
         );
+    }
+    Ok(())
+}
+
+/// The refusals counted by a proxy's masking engine.
+fn refusals(proxy: &Running) -> u64 {
+    proxy
+        .shared
+        .masking
+        .as_ref()
+        .map(|e| e.stats.refused.load(std::sync::atomic::Ordering::Relaxed))
+        .unwrap_or(0)
+}
+
+fn run_probe(url: &str, user: &str, password: &str) -> Result<Vec<String>> {
+    let probe = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/jdbc/Probe.java");
+    let out = Command::new("java")
+        .args(["-cp", "/usr/share/java/postgresql.jar", probe, url])
+        .env("PGUSER", user)
+        .env("PGPASSWORD", password)
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "java Probe {url}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect())
+}
+
+fn pgjdbc(fx: &Fixture) -> Result<()> {
+    let (user, password) = fx.creds("acme");
+    let direct = run_probe(
+        &format!("jdbc:postgresql://127.0.0.1:{}/acme", fx.env.cluster.port()),
+        &user,
+        &password,
+    )?;
+    ensure!(direct.len() == 11, "direct probe: {direct:#?}");
+    ensure!(!direct.iter().any(|l| l.contains(": ERROR")), "direct probe fails: {direct:#?}");
+    let mut report = Vec::new();
+    for (mode, proxy) in proxies(fx, "jdbc")? {
+        let before = refusals(&proxy);
+        let token = fx.token("jdbc@acme", "acme", "analyst");
+        let via = run_probe(
+            &format!("jdbc:postgresql://127.0.0.1:{}/acme", proxy.addr.port()),
+            "jdbc",
+            &token,
+        )?;
+        let refused = refusals(&proxy) - before;
+        for (v, d) in via.iter().zip(&direct) {
+            if v.starts_with("masked:") {
+                ensure!(v.contains("email=****@") && !d.contains("email=****@"), "{mode}: {v} / {d}");
+            } else {
+                ensure!(v == d, "{mode}: pgjdbc differs through pgveil:\n  via    {v}\n  direct {d}");
+            }
+        }
+        report.push(format!("{mode}: {} probes, {refused} refused", via.len()));
+        ensure!(refused == 0, "{mode}: {refused} refusals");
+    }
+    println!("pgjdbc as masked role analyst: {}", report.join("; "));
+    Ok(())
+}
+
+fn isql(conn: &str, input: &str) -> Result<String> {
+    use std::io::Write as _;
+    let mut child = Command::new("isql")
+        .args(["-b", "-v", "-k", conn])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    child
+        .stdin
+        .take()
+        .ok_or_else(|| anyhow!("no stdin"))?
+        .write_all(input.as_bytes())?;
+    let out = child.wait_with_output()?;
+    Ok(format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    ))
+}
+
+const ODBC_QUERIES: &str = "SELECT 1 = 1 AS t\nSELECT count(*) AS n FROM payers WHERE email LIKE '%@%'\nSELECT email FROM payers WHERE id = 1\n";
+
+fn psqlodbc(fx: &Fixture) -> Result<()> {
+    let (user, password) = fx.creds("acme");
+    let conn = |port: u16, user: &str, pwd: &str| {
+        format!("Driver=PostgreSQL Unicode;Server=127.0.0.1;Port={port};Database=acme;Uid={user};Pwd={pwd};SSLmode=disable")
+    };
+    let direct = isql(&conn(fx.env.cluster.port(), &user, &password), ODBC_QUERIES)?;
+    ensure!(!direct.contains("ERROR") && direct.contains("@example.com"), "direct: {direct}");
+    for (mode, proxy) in proxies(fx, "odbc")? {
+        let before = refusals(&proxy);
+        let token = fx.token("odbc@acme", "acme", "analyst");
+        let via = isql(&conn(proxy.addr.port(), "odbc", &token), ODBC_QUERIES)?;
+        let refused = refusals(&proxy) - before;
+        ensure!(
+            !via.contains("ERROR") && via.contains("****@example.com") && refused == 0,
+            "{mode}: psqlODBC through pgveil ({refused} refusals):\n{via}"
+        );
+        println!("psqlODBC as masked role analyst ({mode} pool): connected, 3 queries, {refused} refused");
     }
     Ok(())
 }

@@ -204,14 +204,19 @@ fn resolution(c: &mut Catalog, rels: &[Relation]) {
     for t in ["anyelement", "record", "anyarray"] {
         r.flexible_types.insert(t.into());
     }
-    r.composite_types.insert("money_amount".into());
     for rel in rels {
-        r.composite_types.insert(rel.name.clone());
         for col in &rel.columns {
             r.column_types.entry(col.name.clone()).or_default().insert(col.base.clone());
         }
     }
-    for (n, t) in [("relname", "name"), ("oid", "oid"), ("relkind", "char"), ("nspname", "name")] {
+    for (n, t) in [
+        ("relname", "name"),
+        ("oid", "oid"),
+        ("relkind", "char"),
+        ("nspname", "name"),
+        ("table_name", "name"),
+        ("column_name", "name"),
+    ] {
         r.column_types.entry(n.into()).or_default().insert(t.into());
     }
 }

@@ -16,23 +16,14 @@ use serde::{Deserialize, Serialize};
 pub enum Operand {
     /// Not known: an untyped string literal, a parameter, a function result, a column of a derived table...
     Unknown,
-    /// One of these types; `whole_row`: or the row type of some relation (a one-part column reference can
-    /// name a table or alias: `p = p`).
-    Types {
-        /// `typname`s.
-        types: BTreeSet<String>,
-        /// Could also be a whole-row reference.
-        whole_row: bool,
-    },
+    /// One of these types (`typname`s).
+    Types(BTreeSet<String>),
 }
 
 impl Operand {
     /// An operand of exactly these types.
     pub fn of(types: &[&str]) -> Operand {
-        Operand::Types {
-            types: types.iter().map(|t| (*t).to_owned()).collect(),
-            whole_row: false,
-        }
+        Operand::Types(types.iter().map(|t| (*t).to_owned()).collect())
     }
 }
 
@@ -64,8 +55,6 @@ pub struct Resolution {
     /// Signatures of tenant-defined operators (those in the catalog's `operators` set). A tenant operator
     /// without a signature here could match any operands.
     pub operator_sigs: BTreeSet<OperatorSig>,
-    /// Composite types (`typtype = 'c'`): row types of relations and `CREATE TYPE ... AS (...)`.
-    pub composite_types: BTreeSet<String>,
     /// Implicit casts (`pg_cast.castcontext = 'i'`) as (source, target) `typname`s.
     pub implicit_casts: BTreeSet<(String, String)>,
     /// Types any operand may be coerced to as far as this check is concerned: pseudo-types (`anyelement`,
@@ -107,10 +96,8 @@ impl Resolution {
         match (operand, param) {
             // A prefix operator has no left argument; keep the conservative reading either way.
             (_, None) | (Operand::Unknown, Some(_)) => true,
-            (Operand::Types { types, whole_row }, Some(p)) => {
-                types.is_empty()
-                    || (*whole_row && self.composite_types.contains(p))
-                    || types.iter().any(|t| self.coerces(t, p))
+            (Operand::Types(types), Some(p)) => {
+                types.is_empty() || types.iter().any(|t| self.coerces(t, p))
             }
         }
     }
@@ -120,18 +107,19 @@ impl Resolution {
         self.side_matches(left, sig.left.as_deref()) && self.side_matches(right, sig.right.as_deref())
     }
 
-    /// The types of a column reference by its last name (`whole_row`: it has one part), `Unknown` when no
-    /// relation has such a column.
-    pub fn column(&self, name: &str, whole_row: bool) -> Operand {
-        match self.column_types.get(name) {
+    /// The types of a column reference by its last name; `row_type`: the row type of a relation of that
+    /// name, when the reference has one part and could be a whole-row reference (`p = p`). `Unknown` when
+    /// nothing by that name is known.
+    pub fn column(&self, name: &str, row_type: Option<&str>) -> Operand {
+        let mut types = match self.column_types.get(name) {
             // A domain over a domain is coerced through its bases: not modelled, so not known.
-            Some(t) if t.iter().any(|t| self.flexible_types.contains(t)) => Operand::Unknown,
-            Some(t) => Operand::Types {
-                types: t.clone(),
-                whole_row,
-            },
-            None => Operand::Unknown,
-        }
+            Some(t) if t.iter().any(|t| self.flexible_types.contains(t)) => return Operand::Unknown,
+            Some(t) => t.clone(),
+            None if row_type.is_none() => return Operand::Unknown,
+            None => BTreeSet::new(),
+        };
+        types.extend(row_type.map(str::to_owned));
+        Operand::Types(types)
     }
 }
 
@@ -184,11 +172,14 @@ mod tests {
         assert!(!r.could_pick(&sig, &set(&["name"]), &Operand::Unknown));
         assert!(r.could_pick(&sig, &Operand::Unknown, &Operand::Unknown));
         assert!(r.could_pick(&sig, &set(&["money_amount"]), &Operand::Unknown));
-        r.composite_types.insert("money_amount".into());
-        let row = Operand::Types {
-            types: ["int8".to_owned()].into_iter().collect(),
-            whole_row: true,
-        };
+        r.column_types
+            .insert("quote".into(), ["money_amount".to_owned()].into_iter().collect());
+        let quote = r.column("quote", None);
+        assert!(r.could_pick(&sig, &quote, &quote));
+        r.column_types
+            .insert("wallets".into(), ["int8".to_owned()].into_iter().collect());
+        assert!(!r.could_pick(&sig, &r.column("wallets", None), &Operand::Unknown));
+        let row = r.column("wallets", Some("money_amount"));
         assert!(r.could_pick(&sig, &row, &row));
         r.implicit_casts
             .insert(("int4".into(), "money_amount".into()));

@@ -1,5 +1,5 @@
 //! The resolution part of a catalog load: functions and operators with their owning extension (pg_depend
-//! `deptype = 'e'`), tenant operators' argument types, implicit casts, flexible and composite types, and
+//! `deptype = 'e'`), tenant operators' argument types, implicit casts, flexible types, and
 //! column types by name (system catalogs included, so introspection queries are typed too).
 
 use super::LoadError;
@@ -78,17 +78,12 @@ pub(super) async fn load(client: &tokio_postgres::Client, cat: &mut Catalog) -> 
     }
     for row in client
         .query(
-            "SELECT typname::text, typtype::text FROM pg_catalog.pg_type WHERE typtype IN ('p', 'd', 'c')",
+            "SELECT typname::text FROM pg_catalog.pg_type WHERE typtype IN ('p', 'd')",
             &[],
         )
         .await?
     {
-        let (name, kind): (String, String) = (row.get(0), row.get(1));
-        if kind == "c" {
-            r.composite_types.insert(name);
-        } else {
-            r.flexible_types.insert(name);
-        }
+        r.flexible_types.insert(row.get(0));
     }
     for row in client
         .query(
@@ -97,7 +92,7 @@ pub(super) async fn load(client: &tokio_postgres::Client, cat: &mut Catalog) -> 
              JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
              JOIN pg_catalog.pg_type t ON t.oid = a.atttypid \
              JOIN pg_catalog.pg_type bt ON bt.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END \
-             WHERE a.attnum > 0 AND NOT a.attisdropped AND c.relkind IN ('r','p','v','m','f') \
+             WHERE a.attnum > 0 AND NOT a.attisdropped AND c.relkind IN ('r','p','v','m','f','c') \
              AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp\\_%'",
             &[],
         )

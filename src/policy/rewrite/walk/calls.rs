@@ -36,7 +36,7 @@ impl Walker<'_> {
     }
 
     /// Whether `schema.name` is a function PostgreSQL ships or one only trusted extensions define.
-    fn builtin_function(&self, schema: &str, name: &str) -> R<bool> {
+    pub(super) fn builtin_function(&self, schema: &str, name: &str) -> R<bool> {
         if BUILTIN_SCHEMAS.contains(&schema) {
             return Ok(true);
         }
@@ -324,9 +324,16 @@ impl Walker<'_> {
         self.walk(body)
     }
 
-    fn column_operand(&self, name: &str, whole_row: bool) -> Operand {
+    /// A column reference by `name` (`one_part`: it could also name a relation's whole row).
+    fn column_operand(&self, name: &str, one_part: bool) -> Operand {
         match self.ctx.catalog {
-            Some(cat) if !self.derived_columns => cat.resolution.column(name, whole_row),
+            Some(cat) if !super::derived::is_derived(&self.derived_names, name) => {
+                let is_relation = |(_, n): &(String, String)| n == name;
+                let row = one_part
+                    && (cat.relations.keys().any(is_relation)
+                        || cat.system_relations.iter().any(is_relation));
+                cat.resolution.column(name, row.then_some(name))
+            }
             _ => Operand::Unknown,
         }
     }
@@ -375,21 +382,15 @@ impl Walker<'_> {
             let mut all = std::collections::BTreeSet::new();
             for e in list(body, "elements") {
                 match self.operand(e) {
-                    Operand::Types { types, whole_row: false } => all.extend(types),
+                    Operand::Types(types) => all.extend(types),
                     _ => return Operand::Unknown,
                 }
             }
-            return Operand::Types {
-                types: all,
-                whole_row: false,
-            };
+            return Operand::Types(all);
         }
         match self.operand(v) {
-            Operand::Types { types, .. } if types.iter().all(|t| t.starts_with('_')) => {
-                Operand::Types {
-                    types: types.iter().map(|t| t[1..].to_owned()).collect(),
-                    whole_row: false,
-                }
+            Operand::Types(types) if types.iter().all(|t| t.starts_with('_')) => {
+                Operand::Types(types.iter().map(|t| t[1..].to_owned()).collect())
             }
             _ => Operand::Unknown,
         }

@@ -14,6 +14,7 @@ use crate::policy::functions::{MaskFn, describe, quote_ident};
 use crate::policy::kinds::StatementKind;
 
 mod calls;
+mod derived;
 
 type R<T = ()> = Result<T, Refusal>;
 
@@ -30,9 +31,9 @@ pub struct Walker<'a> {
     uses_key: bool,
     /// Depth of EXPLAIN nesting.
     in_explain: bool,
-    /// The current top-level statement has FROM items whose columns are not catalog columns (subqueries,
-    /// CTEs, functions, column aliases): column references there are not typed from the catalog.
-    derived_columns: bool,
+    /// Names in the current top-level statement that may name columns other than catalog columns
+    /// (subquery and CTE outputs, aliases, function outputs): references by these names are not typed.
+    derived_names: HashSet<String>,
     /// The decision read a constant's value or covers a statement kind whose meaning constants can change
     /// (then it must not be reused for other literal values; see `template`).
     literal_sensitive: bool,
@@ -106,7 +107,7 @@ impl<'a> Walker<'a> {
             masked: Vec::new(),
             uses_key: false,
             in_explain: false,
-            derived_columns: false,
+            derived_names: HashSet::new(),
             literal_sensitive: false,
         })
     }
@@ -153,11 +154,11 @@ impl<'a> Walker<'a> {
         let stmt = raw
             .get("stmt")
             .ok_or_else(|| Refusal::new("parse", "empty statement"))?;
-        self.derived_columns = self
-            .ctx
-            .catalog
-            .is_some_and(|c| !c.operators.is_empty())
-            && has_derived_columns(stmt);
+        self.derived_names = if self.ctx.catalog.is_some_and(|c| !c.operators.is_empty()) {
+            derived::names_of(stmt)
+        } else {
+            HashSet::new()
+        };
         self.statement(stmt)?;
         if self.uses_key && self.in_explain {
             return Err(Refusal::new(
@@ -206,6 +207,7 @@ impl<'a> Walker<'a> {
                 self.walk_fields(body, &["query"])?;
                 self.statement(body.get("query").unwrap_or(&Value::Null))
             }
+            "DeallocateStmt" if s(body, "name").is_empty() => Ok(()),
             "ExecuteStmt" | "DeallocateStmt" => {
                 self.require(K::Prepare)?;
                 self.walk(body)
@@ -214,7 +216,6 @@ impl<'a> Walker<'a> {
             // asyncpg, psycopg, pgjdbc, node-postgres, SQLAlchemy, Npgsql).
             "ClosePortalStmt" if s(body, "portalname").is_empty() => Ok(()),
             "UnlistenStmt" if s(body, "conditionname").is_empty() => Ok(()),
-            "DeallocateStmt" if s(body, "name").is_empty() => Ok(()),
             "DiscardStmt" => Ok(()),
             "FetchStmt" | "ClosePortalStmt" => self.require(K::Cursor),
             "TransactionStmt" | "ConstraintsSetStmt" => self.require(K::Transaction),
@@ -727,32 +728,6 @@ fn unknown(schema: &str, name: &str) -> Refusal {
         format!("{schema}.{name}")
     };
     Refusal::undefined_table(n)
-}
-
-/// Whether a statement has FROM items whose columns are not catalog columns.
-fn has_derived_columns(v: &Value) -> bool {
-    match v {
-        Value::Array(a) => a.iter().any(has_derived_columns),
-        Value::Object(m) => {
-            if let Some((ty, _)) = tagged(v)
-                && matches!(
-                    ty,
-                    "RangeSubselect"
-                        | "RangeFunction"
-                        | "RangeTableFunc"
-                        | "JsonTable"
-                        | "CommonTableExpr"
-                )
-            {
-                return true;
-            }
-            if m.contains_key("aliasname") && m.get("colnames").is_some_and(|c| c.as_array().is_some_and(|a| !a.is_empty())) {
-                return true;
-            }
-            m.values().any(has_derived_columns)
-        }
-        _ => false,
-    }
 }
 
 /// A string constant (`'x'`, or `'x'::type`).
