@@ -179,3 +179,55 @@ fn read_only_roles_have_no_side_effects() {
     passes("notifier", "SELECT pg_notify('c', 'x')");
     refused("notifier", "SELECT nextval('s')", "side-effect");
 }
+
+#[test]
+fn deep_statements_are_decided_not_refused() {
+    let concat = format!("SELECT {} FROM payers", vec!["email"; 50].join(" || "));
+    let unions = vec!["SELECT email FROM payers"; 100].join(" UNION ALL ");
+    let mut nested = "SELECT email FROM payers".to_owned();
+    for _ in 0..40 {
+        nested = format!("SELECT * FROM ({nested}) s");
+    }
+    for sql in [&concat, &unions, &nested] {
+        match run_as("analyst", sql) {
+            Outcome::Rewrite { masked, .. } => assert!(!masked.is_empty(), "{sql}"),
+            other => panic!("{} bytes: {other:?}", sql.len()),
+        }
+    }
+    // As deep as fits in the inline limit (two bytes per level) on a 2 MiB test thread, and far deeper
+    // (decided on a large stack or refused by the parser's own stack check, never a crash).
+    for levels in [1000, 20_000, 200_000] {
+        let sql = format!("SELECT {}1", "- ".repeat(levels));
+        let o = run_as("analyst", &sql);
+        assert!(
+            matches!(o, Outcome::Allow) || matches!(&o, Outcome::Refuse(r) if r.rule == "parse"),
+            "{levels}: {o:?}"
+        );
+    }
+    let chain = format!("SELECT {}", vec!["1"; 100_000].join(" || "));
+    let o = run_as("analyst", &chain);
+    assert!(
+        matches!(o, Outcome::Allow) || matches!(&o, Outcome::Refuse(r) if r.rule == "parse"),
+        "{o:?}"
+    );
+}
+
+#[test]
+fn uescape_and_comments_between_name_parts() {
+    for sql in [
+        "SELECT email FROM U&\"p!0061yers\" UESCAPE '!'",
+        "SELECT email FROM public/**/./**/payers",
+        "SELECT email FROM public /* a */ . -- b\n payers p",
+        "SELECT email FROM ONLY /**/ payers",
+        "TABLE /**/ payers",
+    ] {
+        match run_as("analyst", sql) {
+            Outcome::Rewrite { sql: out, .. } => {
+                assert!(out.contains("\"public\".\"payers\")"), "{out}");
+                assert!(!out.contains("UESCAPE"), "{out}");
+                pg_query::parse(&out, 0).unwrap_or_else(|e| panic!("{out}: {e}"));
+            }
+            other => panic!("{sql}: {other:?}"),
+        }
+    }
+}
