@@ -318,21 +318,24 @@ impl Walker<'_> {
             self.check_operator(&eq, &Operand::Unknown, &Operand::Unknown)?;
         }
         for c in names(list(body, "using_clause")).unwrap_or_default() {
-            let t = self.column_operand(&c, false);
+            let t = self.column_operand(std::slice::from_ref(&c));
             self.check_operator(&eq, &t, &t)?;
         }
         self.walk(body)
     }
 
-    /// A column reference by `name` (`one_part`: it could also name a relation's whole row).
-    fn column_operand(&self, name: &str, one_part: bool) -> Operand {
+    /// A column reference by its name parts (one part: it could also name a relation's whole row).
+    fn column_operand(&self, fields: &[String]) -> Operand {
+        let Some(name) = fields.last() else {
+            return Operand::Unknown;
+        };
         match self.ctx.catalog {
-            Some(cat) if !super::derived::is_derived(&self.derived_names, name) => {
+            Some(cat) if !self.derived_names.is_derived(fields) => {
                 let is_relation = |(_, n): &(String, String)| n == name;
-                let row = one_part
+                let row = fields.len() == 1
                     && (cat.relations.keys().any(is_relation)
                         || cat.system_relations.iter().any(is_relation));
-                cat.resolution.column(name, row.then_some(name))
+                cat.resolution.column(name, row.then_some(name.as_str()))
             }
             _ => Operand::Unknown,
         }
@@ -368,7 +371,7 @@ impl Walker<'_> {
                 }
             }
             "ColumnRef" => match names(list(body, "fields")) {
-                Some(f) if !f.is_empty() => self.column_operand(&f[f.len() - 1], f.len() == 1),
+                Some(f) if !f.is_empty() => self.column_operand(&f),
                 _ => Operand::Unknown,
             },
             "BoolExpr" | "NullTest" | "BooleanTest" => Operand::of(&["bool"]),

@@ -33,7 +33,7 @@ pub struct Walker<'a> {
     in_explain: bool,
     /// Names in the current top-level statement that may name columns other than catalog columns
     /// (subquery and CTE outputs, aliases, function outputs): references by these names are not typed.
-    derived_names: HashSet<String>,
+    derived_names: derived::Derived,
     /// The decision read a constant's value or covers a statement kind whose meaning constants can change
     /// (then it must not be reused for other literal values; see `template`).
     literal_sensitive: bool,
@@ -107,7 +107,7 @@ impl<'a> Walker<'a> {
             masked: Vec::new(),
             uses_key: false,
             in_explain: false,
-            derived_names: HashSet::new(),
+            derived_names: derived::Derived::default(),
             literal_sensitive: false,
         })
     }
@@ -157,7 +157,7 @@ impl<'a> Walker<'a> {
         self.derived_names = if self.ctx.catalog.is_some_and(|c| !c.operators.is_empty()) {
             derived::names_of(stmt)
         } else {
-            HashSet::new()
+            derived::Derived::default()
         };
         self.statement(stmt)?;
         if self.uses_key && self.in_explain {
