@@ -73,6 +73,10 @@ fn operators_resolve_by_argument_types() {
         "SELECT 'a'::text LIKE 'b' OR 'a'::text ILIKE 'c' OR 'a'::text SIMILAR TO 'd'",
         "SELECT 1 OPERATOR(pg_catalog.=) 1",
         "SELECT * FROM wallets WHERE id = 3",
+        // pgjdbc getColumns: the outer alias `c` is a subquery, the inner `c` is pg_class.
+        "SELECT * FROM (SELECT c.relname, c.relkind FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n \
+         ON (c.relnamespace = n.oid) WHERE c.relkind IN ('r', 'p') AND n.nspname LIKE 'public') c \
+         WHERE true AND c.relname LIKE '%' ORDER BY c.relname",
     ] {
         passes("analyst", sql);
     }
@@ -90,6 +94,9 @@ fn operators_resolve_by_argument_types() {
         "SELECT 1 FROM merchants WHERE name BETWEEN 'a' AND 'b'",
         "SELECT 1 FROM merchants WHERE name <= 'b'",
         "SELECT * FROM (SELECT balance AS id FROM wallets) s WHERE s.id = s.id",
+        "SELECT * FROM (SELECT balance AS relkind FROM wallets) c WHERE c.relkind = c.relkind",
+        "WITH c AS (SELECT balance AS id FROM wallets) SELECT 1 FROM c WHERE c.id = c.id",
+        "SELECT 1 FROM wallets w(a, b) WHERE w.b = w.b",
         "SELECT 1 OPERATOR(public.=) 1",
         "SELECT 1 OPERATOR(public.-|-) 1",
         "SELECT 1 -|- 1",

@@ -329,8 +329,13 @@ impl Walker<'_> {
         let Some(name) = fields.last() else {
             return Operand::Unknown;
         };
+        let qualifier = fields.len().checked_sub(2).map(|i| fields[i].as_str());
+        let typed = match qualifier.and_then(|q| self.from_alias(q)) {
+            Some(real) => real,
+            None => !self.derived_names.is_derived(name),
+        };
         match self.ctx.catalog {
-            Some(cat) if !self.derived_names.is_derived(fields) => {
+            Some(cat) if typed => {
                 let is_relation = |(_, n): &(String, String)| n == name;
                 let row = fields.len() == 1
                     && (cat.relations.keys().any(is_relation)

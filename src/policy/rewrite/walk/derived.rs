@@ -1,8 +1,8 @@
 //! Column names that may name something other than a catalog column in a statement: outputs of subqueries
 //! and CTEs, aliases and their column lists, function outputs, `VALUES` columns. A column reference by such a
 //! name is not typed from the catalog (its type could be anything, a tenant type included), so an operator
-//! applied to it is judged as on an operand of unknown type, unless it is qualified by the alias of a real
-//! relation (`t.typtype` with `pg_type t`), which is never also the alias of a derived FROM item.
+//! applied to it is judged as on an operand of unknown type, unless it is qualified by the alias of a catalog
+//! relation in scope (`t.typtype` with `pg_type t`; see `Walker::from_scope`).
 
 use std::collections::HashSet;
 
@@ -15,32 +15,19 @@ const FIGURED: &[&str] = &[
     "?column?", "case", "array", "row", "coalesce", "greatest", "least", "nullif",
 ];
 
-/// The derived names of one statement.
+/// The derived column names of one statement.
 #[derive(Debug, Default)]
 pub(super) struct Derived {
     /// Column names that may name a derived column.
     columns: HashSet<String>,
-    /// Aliases and names of FROM items that are not catalog relations (subqueries, CTEs, functions,
-    /// joins, relations whose columns are renamed).
-    derived: HashSet<String>,
-    /// Aliases (or names) of catalog relations in FROM.
-    real: HashSet<String>,
 }
 
 impl Derived {
-    /// Whether a column reference (its name parts) may refer to something other than a catalog column.
-    pub(super) fn is_derived(&self, fields: &[String]) -> bool {
-        let Some(name) = fields.last() else {
-            return true;
-        };
-        if fields.len() >= 2 {
-            let q = &fields[fields.len() - 2];
-            if self.real.contains(q) && !self.derived.contains(q) {
-                return false;
-            }
-        }
+    /// Whether a column reference by `name` may refer to something other than a catalog column (when its
+    /// qualifier does not name a catalog relation in scope).
+    pub(super) fn is_derived(&self, name: &str) -> bool {
         self.columns.contains(name)
-            || FIGURED.contains(&name.as_str())
+            || FIGURED.contains(&name)
             || name
                 .strip_prefix("column")
                 .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
@@ -51,71 +38,7 @@ impl Derived {
 pub(super) fn names_of(stmt: &Value) -> Derived {
     let mut d = Derived::default();
     collect(stmt, &mut d.columns);
-    // Second pass over FROM items: which aliases are real relations, which derived.
-    let ctes = ctes(stmt);
-    from_items(stmt, &ctes, &mut d);
-    d.derived.extend(ctes);
     d
-}
-
-fn ctes(v: &Value) -> HashSet<String> {
-    let mut out = HashSet::new();
-    fn go(v: &Value, out: &mut HashSet<String>) {
-        match v {
-            Value::Array(a) => a.iter().for_each(|x| go(x, out)),
-            Value::Object(m) => {
-                if let Some(("CommonTableExpr", body)) = tagged(v) {
-                    out.insert(s(body, "ctename").to_owned());
-                }
-                m.values().for_each(|x| go(x, out));
-            }
-            _ => {}
-        }
-    }
-    go(v, &mut out);
-    out
-}
-
-fn alias_of(body: &Value) -> Option<(&str, bool)> {
-    let a = body.get("alias").filter(|a| !a.is_null())?;
-    Some((s(a, "aliasname"), !list(a, "colnames").is_empty()))
-}
-
-fn from_items(v: &Value, ctes: &HashSet<String>, d: &mut Derived) {
-    match v {
-        Value::Array(a) => a.iter().for_each(|x| from_items(x, ctes, d)),
-        Value::Object(m) => {
-            if let Some((ty, body)) = tagged(v) {
-                match ty {
-                    "RangeVar" => {
-                        let rel = s(body, "relname");
-                        let cte = s(body, "schemaname").is_empty() && ctes.contains(rel);
-                        match alias_of(body) {
-                            Some((a, renamed)) if cte || renamed => {
-                                d.derived.insert(a.to_owned());
-                            }
-                            Some((a, _)) => {
-                                d.real.insert(a.to_owned());
-                            }
-                            None if cte => {}
-                            None => {
-                                d.real.insert(rel.to_owned());
-                            }
-                        }
-                    }
-                    "RangeSubselect" | "RangeFunction" | "JoinExpr" | "RangeTableFunc"
-                    | "JsonTable" => {
-                        if let Some((a, _)) = alias_of(body) {
-                            d.derived.insert(a.to_owned());
-                        }
-                    }
-                    _ => {}
-                }
-            }
-            m.values().for_each(|x| from_items(x, ctes, d));
-        }
-        _ => {}
-    }
 }
 
 fn collect(v: &Value, out: &mut HashSet<String>) {

@@ -34,6 +34,9 @@ pub struct Walker<'a> {
     /// Names in the current top-level statement that may name columns other than catalog columns
     /// (subquery and CTE outputs, aliases, function outputs): references by these names are not typed.
     derived_names: derived::Derived,
+    /// FROM items in scope, innermost last: alias (or relation name) -> whether it is a catalog relation
+    /// with its own column names (else a subquery, CTE, function, join or renamed relation).
+    from_scopes: Vec<std::collections::HashMap<String, bool>>,
     /// The decision read a constant's value or covers a statement kind whose meaning constants can change
     /// (then it must not be reused for other literal values; see `template`).
     literal_sensitive: bool,
@@ -108,6 +111,7 @@ impl<'a> Walker<'a> {
             uses_key: false,
             in_explain: false,
             derived_names: derived::Derived::default(),
+            from_scopes: Vec::new(),
             literal_sensitive: false,
         })
     }
@@ -277,7 +281,10 @@ impl<'a> Walker<'a> {
 
     fn select(&mut self, body: &Value) -> R {
         let pushed = self.with_clause(body.get("with_clause"))?;
+        let scope = self.from_scope(body);
+        self.from_scopes.push(scope);
         let r = self.walk_fields(body, &["with_clause"]);
+        self.from_scopes.pop();
         if pushed {
             self.scopes.pop();
         }
@@ -318,6 +325,65 @@ impl<'a> Walker<'a> {
         Ok(true)
     }
 
+    /// The FROM items of a SELECT or DML statement (only needed, so only computed, when the tenant has
+    /// operators of its own: see `calls::column_operand`).
+    fn from_scope(&self, body: &Value) -> std::collections::HashMap<String, bool> {
+        let mut scope = std::collections::HashMap::new();
+        if self.ctx.catalog.is_some_and(|c| !c.operators.is_empty()) {
+            for key in ["from_clause", "using_clause", "relation"] {
+                match body.get(key) {
+                    Some(Value::Array(items)) => {
+                        items.iter().for_each(|i| self.from_item(i, &mut scope))
+                    }
+                    Some(v) if v.is_object() => self.from_item(v, &mut scope),
+                    _ => {}
+                }
+            }
+        }
+        scope
+    }
+
+    fn from_item(&self, v: &Value, scope: &mut std::collections::HashMap<String, bool>) {
+        let (ty, body) = match tagged(v) {
+            Some(t) => t,
+            None if obj(v).is_some_and(is_range_var) => ("RangeVar", v),
+            None => return,
+        };
+        let alias = body.get("alias").filter(|a| !a.is_null());
+        let alias_name = alias.map(|a| s(a, "aliasname").to_owned());
+        match ty {
+            "RangeVar" => {
+                let rel = s(body, "relname");
+                let cte = s(body, "schemaname").is_empty() && self.cte_visible(rel);
+                let renamed = alias.is_some_and(|a| !list(a, "colnames").is_empty());
+                scope.insert(alias_name.unwrap_or_else(|| rel.to_owned()), !cte && !renamed);
+            }
+            "JoinExpr" => {
+                for side in ["larg", "rarg"] {
+                    if let Some(x) = body.get(side) {
+                        self.from_item(x, scope);
+                    }
+                }
+                scope.extend(alias_name.map(|a| (a, false)));
+            }
+            "RangeTableSample" => {
+                if let Some(x) = body.get("relation") {
+                    self.from_item(x, scope);
+                }
+            }
+            _ => scope.extend(alias_name.map(|a| (a, false))),
+        }
+    }
+
+    /// Whether `alias` names a catalog relation (`Some(true)`) or a derived FROM item (`Some(false)`) in the
+    /// innermost scope that has it.
+    fn from_alias(&self, alias: &str) -> Option<bool> {
+        self.from_scopes
+            .iter()
+            .rev()
+            .find_map(|s| s.get(alias).copied())
+    }
+
     fn cte_visible(&self, name: &str) -> bool {
         self.scopes.iter().any(|s| s.contains(name))
     }
@@ -335,9 +401,12 @@ impl<'a> Walker<'a> {
             .get("relation")
             .filter(|r| !r.is_null())
             .ok_or_else(|| Refusal::new("parse", "DML without target"))?;
+        let scope = self.from_scope(body);
+        self.from_scopes.push(scope);
         let r = self
             .dml_target(ty, rv, body)
             .and_then(|()| self.walk_fields(body, &["with_clause", "relation"]));
+        self.from_scopes.pop();
         if pushed {
             self.scopes.pop();
         }
