@@ -238,3 +238,29 @@ fn uescape_and_comments_between_name_parts() {
         }
     }
 }
+
+#[test]
+fn pgjdbc_get_columns() {
+    let sql = "SELECT * FROM (SELECT n.nspname,c.relname,a.attname,a.atttypid,a.attnotnull OR (t.typtype = 'd' AND t.typnotnull) AS attnotnull,a.atttypmod,a.attlen,t.typtypmod,row_number() OVER (PARTITION BY a.attrelid ORDER BY a.attnum) AS attnum, nullif(a.attidentity, '') as attidentity,nullif(a.attgenerated, '') as attgenerated,pg_catalog.pg_get_expr(def.adbin, def.adrelid) AS adsrc,dsc.description,t.typbasetype,t.typtype  FROM pg_catalog.pg_namespace n  JOIN pg_catalog.pg_class c ON (c.relnamespace = n.oid)  JOIN pg_catalog.pg_attribute a ON (a.attrelid=c.oid)  JOIN pg_catalog.pg_type t ON (a.atttypid = t.oid)  LEFT JOIN pg_catalog.pg_attrdef def ON (a.attrelid=def.adrelid AND a.attnum = def.adnum)  LEFT JOIN pg_catalog.pg_description dsc ON (c.oid=dsc.objoid AND a.attnum = dsc.objsubid)  LEFT JOIN pg_catalog.pg_class dc ON (dc.oid=dsc.classoid AND dc.relname='pg_class')  LEFT JOIN pg_catalog.pg_namespace dn ON (dc.relnamespace=dn.oid AND dn.nspname='pg_catalog')  WHERE c.relkind in ('r','p','v','f','m') and a.attnum > 0 AND NOT a.attisdropped  AND n.nspname LIKE 'public' AND c.relname LIKE 'payers') c WHERE true  AND attname LIKE '%' ORDER BY nspname,c.relname,attnum ";
+    let texts = vec![(
+        PathBuf::from("payments.toml"),
+        include_str!("../../../policies/payments.toml").to_owned(),
+    )];
+    let p = Policy::from_texts(&texts).expect("valid policy");
+    let mut cat = fixture::catalog();
+    for (n, t) in [
+        ("typtype", "char"), ("relnamespace", "oid"), ("attrelid", "oid"), ("atttypid", "oid"),
+        ("adrelid", "oid"), ("attnum", "int2"), ("adnum", "int2"), ("objoid", "oid"), ("objsubid", "int4"),
+        ("classoid", "oid"), ("attidentity", "char"), ("attgenerated", "char"),
+    ] {
+        cat.resolution.column_types.entry(n.into()).or_default().insert(t.into());
+    }
+    for r in ["pg_attrdef", "pg_description"] {
+        cat.system_relations.insert(("pg_catalog".into(), r.into()));
+    }
+    let role = RoleName::new("analyst");
+    let eff = p.effective(&TenantId::new("acme"), &role).expect("role");
+    let ctx = Context { policy: &eff, catalog: Some(&cat), key: None, role: &role };
+    let o = rewrite(sql, &ctx);
+    assert!(!matches!(o, Outcome::Refuse(_)), "{o:?}");
+}
