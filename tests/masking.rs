@@ -187,12 +187,21 @@ const ATTACKS: &[(&str, bool)] = &[
     ("SELECT 'a'::text @@@ 'b'", true),
     ("SELECT 1 FROM payers WHERE email::text @@@ 'x'", true),
     ("SELECT 'a'::text @@@ ANY (ARRAY['b'])", true),
-    ("SELECT 'a'::text @@@ ALL (SELECT name FROM merchants)", true),
+    (
+        "SELECT 'a'::text @@@ ALL (SELECT name FROM merchants)",
+        true,
+    ),
     ("SELECT 'a' OPERATOR(public.@@@) 'b'", true),
-    ("SELECT CASE ROW('a')::leak_t WHEN ROW('b')::leak_t THEN 1 END", true),
+    (
+        "SELECT CASE ROW('a')::leak_t WHEN ROW('b')::leak_t THEN 1 END",
+        true,
+    ),
     ("SELECT NULLIF(ROW('a')::leak_t, ROW('b')::leak_t)", true),
     ("SELECT ROW('a')::leak_t IN (ROW('b')::leak_t)", true),
-    ("SELECT ROW('a')::leak_t IS DISTINCT FROM ROW('b')::leak_t", true),
+    (
+        "SELECT ROW('a')::leak_t IS DISTINCT FROM ROW('b')::leak_t",
+        true,
+    ),
     ("SELECT ROW('a')::leak_t = ROW('b')::leak_t", true),
     // An untrusted extension (dblink: other databases).
     (

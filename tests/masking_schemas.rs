@@ -18,13 +18,31 @@ use support::{Fixture, Running};
 
 fn main() -> std::process::ExitCode {
     support::main_with(&[
-        ("extension_schema_works_for_the_masked_role", extension_schema),
-        ("tenant_and_untrusted_extension_code_stays_refused", still_refused),
-        ("unknown_relations_are_42p01_and_loaded_on_demand", unknown_relations),
-        ("pool_resets_pass_and_read_only_roles_have_no_side_effects", resets_and_side_effects),
+        (
+            "extension_schema_works_for_the_masked_role",
+            extension_schema,
+        ),
+        (
+            "tenant_and_untrusted_extension_code_stays_refused",
+            still_refused,
+        ),
+        (
+            "unknown_relations_are_42p01_and_loaded_on_demand",
+            unknown_relations,
+        ),
+        (
+            "pool_resets_pass_and_read_only_roles_have_no_side_effects",
+            resets_and_side_effects,
+        ),
         ("deep_statements_are_decided", deep_statements),
-        ("pgbench_select_only_right_after_init_as_masked_role", pgbench_right_away),
-        ("pgjdbc_metadata_and_prepared_statements_match_direct", pgjdbc),
+        (
+            "pgbench_select_only_right_after_init_as_masked_role",
+            pgbench_right_away,
+        ),
+        (
+            "pgjdbc_metadata_and_prepared_statements_match_direct",
+            pgjdbc,
+        ),
         ("psqlodbc_connects_and_queries_as_masked_role", psqlodbc),
     ])
 }
@@ -85,17 +103,26 @@ fn extension_schema(fx: &Fixture) -> Result<()> {
             }
             // citext values come back masked, as citext.
             let row = c
-                .query_one("SELECT email, pg_typeof(email)::text FROM payers ORDER BY id LIMIT 1", &[])
+                .query_one(
+                    "SELECT email, pg_typeof(email)::text FROM payers ORDER BY id LIMIT 1",
+                    &[],
+                )
                 .await?;
             let (email, ty): (String, String) = (row.get(0), row.get(1));
-            ensure!(email.starts_with("****@") && ty == "citext", "{mode}: email {email} of type {ty}");
+            ensure!(
+                email.starts_with("****@") && ty == "citext",
+                "{mode}: email {email} of type {ty}"
+            );
             let raw: String = fx
                 .direct("acme")
                 .await?
                 .query_one("SELECT email::text FROM payers ORDER BY id LIMIT 1", &[])
                 .await?
                 .get(0);
-            ensure!(!raw.starts_with("****"), "direct email should be raw: {raw}");
+            ensure!(
+                !raw.starts_with("****"),
+                "direct email should be raw: {raw}"
+            );
             Ok::<_, anyhow::Error>(())
         })?;
     }
@@ -113,14 +140,29 @@ CREATE OPERATOR <<~>> (LEFTARG = text, RIGHTARG = text, FUNCTION = schemas_leak)
 /// (SQL, rule the refusal names).
 const REFUSED: &[(&str, &str)] = &[
     ("SELECT 'a'::text <<~>> 'b'", "denied-operator"),
-    ("SELECT 1 FROM merchants WHERE name <<~>> 'x'", "denied-operator"),
+    (
+        "SELECT 1 FROM merchants WHERE name <<~>> 'x'",
+        "denied-operator",
+    ),
     ("SELECT quote = quote FROM fx_quotes", "denied-operator"),
-    ("SELECT 1 FROM fx_quotes WHERE quote IN (quote)", "denied-operator"),
-    ("SELECT CASE quote WHEN quote THEN 1 END FROM fx_quotes", "denied-operator"),
-    ("SELECT money_amount_eq(quote, quote) FROM fx_quotes", "denied-function"),
+    (
+        "SELECT 1 FROM fx_quotes WHERE quote IN (quote)",
+        "denied-operator",
+    ),
+    (
+        "SELECT CASE quote WHEN quote THEN 1 END FROM fx_quotes",
+        "denied-operator",
+    ),
+    (
+        "SELECT money_amount_eq(quote, quote) FROM fx_quotes",
+        "denied-function",
+    ),
     ("SELECT schemas_leak('a', 'b')", "denied-function"),
     ("SELECT dblink_get_connections()", "denied-function"),
-    ("SELECT public.dblink_connect('dbname=acme')", "denied-function"),
+    (
+        "SELECT public.dblink_connect('dbname=acme')",
+        "denied-function",
+    ),
 ];
 
 fn still_refused(fx: &Fixture) -> Result<()> {
@@ -134,7 +176,10 @@ fn still_refused(fx: &Fixture) -> Result<()> {
                 .await
                 .err()
                 .ok_or_else(|| anyhow!("not refused: {sql}"))?;
-            let msg = e.as_db_error().map(|d| d.message().to_owned()).unwrap_or_default();
+            let msg = e
+                .as_db_error()
+                .map(|d| d.message().to_owned())
+                .unwrap_or_default();
             ensure!(
                 code(&e) == "42501" && msg.contains(&format!("(rule {rule})")),
                 "{sql}: {} {msg}",
@@ -220,10 +265,24 @@ fn resets_and_side_effects(fx: &Fixture) -> Result<()> {
                 "SELECT pg_try_advisory_xact_lock(42)".to_owned(),
                 "SELECT pg_notify('chan', 'x')".to_owned(),
             ] {
-                let e = c.simple_query(&sql).await.err().ok_or_else(|| anyhow!("{mode}: allowed: {sql}"))?;
-                let msg = e.as_db_error().map(|d| d.message().to_owned()).unwrap_or_default();
-                ensure!(code(&e) == "42501" && msg.contains("side-effect"), "{mode}: {sql}: {msg}");
-                let e = c.query(sql.as_str(), &[]).await.err().ok_or_else(|| anyhow!("{mode}: allowed (extended): {sql}"))?;
+                let e = c
+                    .simple_query(&sql)
+                    .await
+                    .err()
+                    .ok_or_else(|| anyhow!("{mode}: allowed: {sql}"))?;
+                let msg = e
+                    .as_db_error()
+                    .map(|d| d.message().to_owned())
+                    .unwrap_or_default();
+                ensure!(
+                    code(&e) == "42501" && msg.contains("side-effect"),
+                    "{mode}: {sql}: {msg}"
+                );
+                let e = c
+                    .query(sql.as_str(), &[])
+                    .await
+                    .err()
+                    .ok_or_else(|| anyhow!("{mode}: allowed (extended): {sql}"))?;
                 ensure!(code(&e) == "42501", "{mode}: extended {sql}");
             }
             let after: i64 = fx
@@ -232,8 +291,13 @@ fn resets_and_side_effects(fx: &Fixture) -> Result<()> {
                 .query_one(format!("SELECT last_value FROM {seq}").as_str(), &[])
                 .await?
                 .get(0);
-            ensure!(before == after, "{mode}: sequence moved from {before} to {after}");
-            c.simple_query("SELECT currval('payers_id_seq') IS NULL").await.ok();
+            ensure!(
+                before == after,
+                "{mode}: sequence moved from {before} to {after}"
+            );
+            c.simple_query("SELECT currval('payers_id_seq') IS NULL")
+                .await
+                .ok();
             c.simple_query("SELECT pg_advisory_unlock(42)").await?;
             Ok(())
         })?;
@@ -285,7 +349,11 @@ fn pgbench_right_away(fx: &Fixture) -> Result<()> {
         .args(["-i", "-s", "1", "-q", &direct])
         .env("PGPASSWORD", &password)
         .output()?;
-    ensure!(out.status.success(), "pgbench -i: {}", String::from_utf8_lossy(&out.stderr));
+    ensure!(
+        out.status.success(),
+        "pgbench -i: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let via = format!(
         "host=127.0.0.1 port={} dbname=globex user=bench sslmode=disable",
         proxy.addr.port()
@@ -302,7 +370,8 @@ fn pgbench_right_away(fx: &Fixture) -> Result<()> {
             String::from_utf8_lossy(&out.stderr)
         );
         ensure!(
-            out.status.success() && text.contains("number of transactions actually processed: 200/200"),
+            out.status.success()
+                && text.contains("number of transactions actually processed: 200/200"),
             "pgbench -S -M {mode} through pgveil as analyst:\n{text}"
         );
     }
@@ -334,7 +403,10 @@ fn run_probe(url: &str, user: &str, password: &str) -> Result<Vec<String>> {
         "java Probe {url}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    Ok(String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect())
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect())
 }
 
 fn pgjdbc(fx: &Fixture) -> Result<()> {
@@ -345,7 +417,10 @@ fn pgjdbc(fx: &Fixture) -> Result<()> {
         &password,
     )?;
     ensure!(direct.len() == 11, "direct probe: {direct:#?}");
-    ensure!(!direct.iter().any(|l| l.contains(": ERROR")), "direct probe fails: {direct:#?}");
+    ensure!(
+        !direct.iter().any(|l| l.contains(": ERROR")),
+        "direct probe fails: {direct:#?}"
+    );
     let mut report = Vec::new();
     for (mode, proxy) in proxies(fx, "jdbc")? {
         let before = refusals(&proxy);
@@ -363,13 +438,22 @@ fn pgjdbc(fx: &Fixture) -> Result<()> {
                 // and the tenant's own `=` could in principle apply. When this starts to pass, drop it here.
                 ensure!(v.contains("rule denied-operator"), "{mode}: {v}");
             } else if v.starts_with("masked:") {
-                ensure!(v.contains("email=****@") && !d.contains("email=****@"), "{mode}: {v} / {d}");
+                ensure!(
+                    v.contains("email=****@") && !d.contains("email=****@"),
+                    "{mode}: {v} / {d}"
+                );
             } else {
-                ensure!(v == d, "{mode}: pgjdbc differs through pgveil:\n  via    {v}\n  direct {d}");
+                ensure!(
+                    v == d,
+                    "{mode}: pgjdbc differs through pgveil:\n  via    {v}\n  direct {d}"
+                );
             }
         }
         report.push(format!("{mode}: {} probes, {refused} refused", via.len()));
-        ensure!(refused <= KNOWN_GAPS.len() as u64, "{mode}: {refused} refusals");
+        ensure!(
+            refused <= KNOWN_GAPS.len() as u64,
+            "{mode}: {refused} refusals"
+        );
     }
     println!("pgjdbc as masked role analyst: {}", report.join("; "));
     Ok(())
@@ -401,11 +485,15 @@ const ODBC_QUERIES: &str = "SELECT 1 = 1 AS t\nSELECT count(*) AS n FROM payers 
 fn psqlodbc(fx: &Fixture) -> Result<()> {
     let (user, password) = fx.creds("acme");
     let conn = |port: u16, user: &str, pwd: &str| {
-        format!("Driver=PostgreSQL Unicode;Server=127.0.0.1;Port={port};Database=acme;Uid={user};Pwd={pwd};SSLmode=disable")
+        format!(
+            "Driver=PostgreSQL Unicode;Server=127.0.0.1;Port={port};Database=acme;Uid={user};Pwd={pwd};SSLmode=disable"
+        )
     };
     let direct = isql(&conn(fx.env.cluster.port(), &user, &password), ODBC_QUERIES)?;
     ensure!(
-        !direct.contains("ERROR") && direct.contains("@acme-payer.example") && !direct.contains("****@"),
+        !direct.contains("ERROR")
+            && direct.contains("@acme-payer.example")
+            && !direct.contains("****@"),
         "direct: {direct}"
     );
     for (mode, proxy) in proxies(fx, "odbc")? {
@@ -417,7 +505,9 @@ fn psqlodbc(fx: &Fixture) -> Result<()> {
             !via.contains("ERROR") && via.contains("****@acme-payer.example") && refused == 0,
             "{mode}: psqlODBC through pgveil ({refused} refusals):\n{via}"
         );
-        println!("psqlODBC as masked role analyst ({mode} pool): connected, 3 queries, {refused} refused");
+        println!(
+            "psqlODBC as masked role analyst ({mode} pool): connected, 3 queries, {refused} refused"
+        );
     }
     Ok(())
 }

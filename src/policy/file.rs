@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::catalog::resolve::DEFAULT_TRUSTED_EXTENSIONS;
 use super::functions::{Generalize, MaskFn, valid_json_key};
 use super::kinds::StatementKind;
-use super::catalog::resolve::DEFAULT_TRUSTED_EXTENSIONS;
 use super::pattern::ColumnPattern;
 use crate::ids::{RoleName, TenantId};
 
@@ -334,13 +334,17 @@ impl Policy {
             if let Some(t) = &doc.trusted_extensions {
                 let loc = at(t.span());
                 if trusted_set {
-                    p.push(format!("{loc}: `trusted_extensions` is set in more than one file"));
+                    p.push(format!(
+                        "{loc}: `trusted_extensions` is set in more than one file"
+                    ));
                 }
                 trusted_set = true;
                 policy.trusted_extensions.clear();
                 for e in t.get_ref() {
                     if e.is_empty() || e.len() > 63 || e.contains('\0') {
-                        p.push(format!("{loc}: trusted_extensions entry {e:?} is not an extension name"));
+                        p.push(format!(
+                            "{loc}: trusted_extensions entry {e:?} is not an extension name"
+                        ));
                     } else {
                         policy.trusted_extensions.insert(e.clone());
                     }
@@ -673,8 +677,10 @@ fn operators(list: &[String], loc: &str, p: &mut Problems) -> HashSet<String> {
             Some((s, op)) if !op.is_empty() && !s.is_empty() => (Some(s), op),
             _ => (None, o.as_str()),
         };
-        let op_ok = !op.is_empty() && op.len() <= 63 && op.chars().all(|c| "+-*/<>=~!@#%^&|`?".contains(c));
-        let schema_ok = schema.is_none_or(|s| s.len() <= 63 && !s.contains('\0') && !s.contains('.'));
+        let op_ok =
+            !op.is_empty() && op.len() <= 63 && op.chars().all(|c| "+-*/<>=~!@#%^&|`?".contains(c));
+        let schema_ok =
+            schema.is_none_or(|s| s.len() <= 63 && !s.contains('\0') && !s.contains('.'));
         if op_ok && schema_ok {
             out.insert(o.clone());
         } else {

@@ -186,10 +186,17 @@ fn resolution(c: &mut Catalog, rels: &[Relation]) {
     ] {
         r.extension_functions.insert((s.into(), n.into(), e.into()));
     }
-    for (s, n, e) in [("public", "<>", "citext"), ("public", "~~", "citext"), ("public", "-|-", "dblink")] {
+    for (s, n, e) in [
+        ("public", "<>", "citext"),
+        ("public", "~~", "citext"),
+        ("public", "-|-", "dblink"),
+    ] {
         r.extension_operators.insert((s.into(), n.into(), e.into()));
     }
-    for (op, l, rt) in [("=", "money_amount", "money_amount"), ("<=", "text", "text")] {
+    for (op, l, rt) in [
+        ("=", "money_amount", "money_amount"),
+        ("<=", "text", "text"),
+    ] {
         c.operators.insert(("public".into(), op.into()));
         r.operator_sigs.insert(OperatorSig {
             schema: "public".into(),
@@ -198,7 +205,13 @@ fn resolution(c: &mut Catalog, rels: &[Relation]) {
             right: Some(rt.into()),
         });
     }
-    for (a, b) in [("int4", "int8"), ("int4", "numeric"), ("int8", "numeric"), ("varchar", "text"), ("name", "text")] {
+    for (a, b) in [
+        ("int4", "int8"),
+        ("int4", "numeric"),
+        ("int8", "numeric"),
+        ("varchar", "text"),
+        ("name", "text"),
+    ] {
         r.implicit_casts.insert((a.into(), b.into()));
     }
     for t in ["anyelement", "record", "anyarray"] {
@@ -206,7 +219,10 @@ fn resolution(c: &mut Catalog, rels: &[Relation]) {
     }
     for rel in rels {
         for col in &rel.columns {
-            r.column_types.entry(col.name.clone()).or_default().insert(col.base.clone());
+            r.column_types
+                .entry(col.name.clone())
+                .or_default()
+                .insert(col.base.clone());
         }
     }
     for (n, t) in [

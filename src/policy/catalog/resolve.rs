@@ -104,7 +104,8 @@ impl Resolution {
 
     /// Whether PostgreSQL could resolve `left name right` to the tenant operator with this signature.
     pub fn could_pick(&self, sig: &OperatorSig, left: &Operand, right: &Operand) -> bool {
-        self.side_matches(left, sig.left.as_deref()) && self.side_matches(right, sig.right.as_deref())
+        self.side_matches(left, sig.left.as_deref())
+            && self.side_matches(right, sig.right.as_deref())
     }
 
     /// The types of a column reference by its last name; `row_type`: the row type of a relation of that
@@ -113,7 +114,9 @@ impl Resolution {
     pub fn column(&self, name: &str, row_type: Option<&str>) -> Operand {
         let mut types = match self.column_types.get(name) {
             // A domain over a domain is coerced through its bases: not modelled, so not known.
-            Some(t) if t.iter().any(|t| self.flexible_types.contains(t)) => return Operand::Unknown,
+            Some(t) if t.iter().any(|t| self.flexible_types.contains(t)) => {
+                return Operand::Unknown;
+            }
             Some(t) => t.clone(),
             None if row_type.is_none() => return Operand::Unknown,
             None => BTreeSet::new(),
@@ -160,8 +163,7 @@ mod tests {
     #[test]
     fn a_tenant_operator_on_its_own_type_is_not_a_candidate_for_builtin_operands() {
         let mut r = Resolution::default();
-        r.implicit_casts
-            .insert(("int4".into(), "int8".into()));
+        r.implicit_casts.insert(("int4".into(), "int8".into()));
         let sig = OperatorSig {
             schema: "public".into(),
             name: "=".into(),
@@ -172,8 +174,10 @@ mod tests {
         assert!(!r.could_pick(&sig, &set(&["name"]), &Operand::Unknown));
         assert!(r.could_pick(&sig, &Operand::Unknown, &Operand::Unknown));
         assert!(r.could_pick(&sig, &set(&["money_amount"]), &Operand::Unknown));
-        r.column_types
-            .insert("quote".into(), ["money_amount".to_owned()].into_iter().collect());
+        r.column_types.insert(
+            "quote".into(),
+            ["money_amount".to_owned()].into_iter().collect(),
+        );
         let quote = r.column("quote", None);
         assert!(r.could_pick(&sig, &quote, &quote));
         r.column_types

@@ -112,15 +112,13 @@ pub struct Checked {
 pub fn check(sql: &str, ctx: &Context<'_>) -> Checked {
     let mut edits = Vec::new();
     let mut literal_sensitive = true;
-    let outcome = stack::deep_enough(sql, || {
-        decide(sql, ctx, &mut edits, &mut literal_sensitive)
-    })
-    .unwrap_or_else(|| {
-        Outcome::Refuse(Refusal::new(
-            "parse",
-            "no stack could be reserved to decide this long statement; try again",
-        ))
-    });
+    let outcome = stack::deep_enough(sql, || decide(sql, ctx, &mut edits, &mut literal_sensitive))
+        .unwrap_or_else(|| {
+            Outcome::Refuse(Refusal::new(
+                "parse",
+                "no stack could be reserved to decide this long statement; try again",
+            ))
+        });
     let template = match &outcome {
         Outcome::Allow | Outcome::Rewrite { .. } if !literal_sensitive => {
             normalize(sql).and_then(|n| Template::build(sql, &n, &edits).map(|t| (n, t)))

@@ -105,7 +105,10 @@ fn operators_resolve_by_argument_types() {
     }
     passes("opuser", "SELECT * FROM wallets WHERE balance = balance");
     passes("opuser", "SELECT 1 OPERATOR(public.=) 1");
-    passes("analyst", "SELECT 'a'::text <> 'b' AND 'a' OPERATOR(public.~~) 'b'");
+    passes(
+        "analyst",
+        "SELECT 'a'::text <> 'b' AND 'a' OPERATOR(public.~~) 'b'",
+    );
 }
 
 #[test]
@@ -118,9 +121,17 @@ fn trusted_extension_and_information_schema_functions_are_built_ins() {
     ] {
         passes("analyst", sql);
     }
-    refused("analyst", "SELECT public.dblink_get_result('x')", "denied-function");
+    refused(
+        "analyst",
+        "SELECT public.dblink_get_result('x')",
+        "denied-function",
+    );
     refused("analyst", "SELECT lookup_email(1)", "denied-function");
-    refused("analyst", "SELECT other.public.strpos('a', 'b')", "denied-function");
+    refused(
+        "analyst",
+        "SELECT other.public.strpos('a', 'b')",
+        "denied-function",
+    );
 }
 
 #[test]
@@ -133,7 +144,10 @@ fn names_and_errors_as_postgresql() {
     match run_as("analyst", "SELECT * FROM nosuchtable") {
         Outcome::Refuse(r) => {
             let e = r.to_pg_error();
-            assert_eq!((e.code, e.message.as_str()), ("42P01", "relation \"nosuchtable\" does not exist"));
+            assert_eq!(
+                (e.code, e.message.as_str()),
+                ("42P01", "relation \"nosuchtable\" does not exist")
+            );
         }
         other => panic!("{other:?}"),
     }
@@ -179,7 +193,10 @@ fn read_only_roles_have_no_side_effects() {
     ] {
         refused("analyst", sql, "side-effect");
     }
-    passes("analyst", "SELECT currval('payments_id_seq'), pg_advisory_unlock(1)");
+    passes(
+        "analyst",
+        "SELECT currval('payments_id_seq'), pg_advisory_unlock(1)",
+    );
     passes("writer", "SELECT nextval('payments_id_seq')");
     passes("writer", "SELECT * FROM merchants FOR UPDATE");
     passes("writer", "SELECT pg_advisory_lock(1)");
@@ -249,18 +266,36 @@ fn pgjdbc_get_columns() {
     let p = Policy::from_texts(&texts).expect("valid policy");
     let mut cat = fixture::catalog();
     for (n, t) in [
-        ("typtype", "char"), ("relnamespace", "oid"), ("attrelid", "oid"), ("atttypid", "oid"),
-        ("adrelid", "oid"), ("attnum", "int2"), ("adnum", "int2"), ("objoid", "oid"), ("objsubid", "int4"),
-        ("classoid", "oid"), ("attidentity", "char"), ("attgenerated", "char"),
+        ("typtype", "char"),
+        ("relnamespace", "oid"),
+        ("attrelid", "oid"),
+        ("atttypid", "oid"),
+        ("adrelid", "oid"),
+        ("attnum", "int2"),
+        ("adnum", "int2"),
+        ("objoid", "oid"),
+        ("objsubid", "int4"),
+        ("classoid", "oid"),
+        ("attidentity", "char"),
+        ("attgenerated", "char"),
     ] {
-        cat.resolution.column_types.entry(n.into()).or_default().insert(t.into());
+        cat.resolution
+            .column_types
+            .entry(n.into())
+            .or_default()
+            .insert(t.into());
     }
     for r in ["pg_attrdef", "pg_description"] {
         cat.system_relations.insert(("pg_catalog".into(), r.into()));
     }
     let role = RoleName::new("analyst");
     let eff = p.effective(&TenantId::new("acme"), &role).expect("role");
-    let ctx = Context { policy: &eff, catalog: Some(&cat), key: None, role: &role };
+    let ctx = Context {
+        policy: &eff,
+        catalog: Some(&cat),
+        key: None,
+        role: &role,
+    };
     let o = rewrite(sql, &ctx);
     assert!(!matches!(o, Outcome::Refuse(_)), "{o:?}");
 }

@@ -113,7 +113,10 @@ impl<'a> Tokens<'a> {
             last = star;
         }
         let mut table = false;
-        if let Some(t) = self.prev_sig(start_i).filter(|&t| self.is_keyword(t, "table")) {
+        if let Some(t) = self
+            .prev_sig(start_i)
+            .filter(|&t| self.is_keyword(t, "table"))
+        {
             table = true;
             start_i = t;
         }

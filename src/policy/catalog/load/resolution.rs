@@ -7,7 +7,10 @@ use crate::policy::catalog::Catalog;
 use crate::policy::catalog::resolve::OperatorSig;
 
 /// Runs inside the load's repeatable-read transaction.
-pub(super) async fn load(client: &tokio_postgres::Client, cat: &mut Catalog) -> Result<(), LoadError> {
+pub(super) async fn load(
+    client: &tokio_postgres::Client,
+    cat: &mut Catalog,
+) -> Result<(), LoadError> {
     let r = &mut cat.resolution;
     r.database = client
         .query_one("SELECT pg_catalog.current_database()::text", &[])

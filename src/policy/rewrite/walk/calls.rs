@@ -41,7 +41,10 @@ impl Walker<'_> {
             return Ok(true);
         }
         let cat = self.catalog()?;
-        if cat.functions.contains(&(schema.to_owned(), name.to_owned())) {
+        if cat
+            .functions
+            .contains(&(schema.to_owned(), name.to_owned()))
+        {
             return Ok(false);
         }
         let mut owners = cat.resolution.function_extensions(schema, name).peekable();
@@ -129,9 +132,16 @@ impl Walker<'_> {
     fn writes(&self) -> bool {
         use StatementKind as K;
         let s = &self.ctx.policy.role.statements;
-        [K::Insert, K::Update, K::Delete, K::Merge, K::CopyFrom, K::Lock]
-            .iter()
-            .any(|k| s.contains(k))
+        [
+            K::Insert,
+            K::Update,
+            K::Delete,
+            K::Merge,
+            K::CopyFrom,
+            K::Lock,
+        ]
+        .iter()
+        .any(|k| s.contains(k))
     }
 
     /// Read-only roles have no side effects: sequence changes, advisory locks and notifications are
@@ -142,7 +152,14 @@ impl Walker<'_> {
         }
         let what = match name {
             "nextval" | "setval" => "changing a sequence",
-            "pg_notify" if !self.ctx.policy.role.statements.contains(&StatementKind::Listen) => {
+            "pg_notify"
+                if !self
+                    .ctx
+                    .policy
+                    .role
+                    .statements
+                    .contains(&StatementKind::Listen) =>
+            {
                 return Err(Refusal::new(
                     "side-effect",
                     format!(
@@ -290,7 +307,10 @@ impl Walker<'_> {
 
     /// `x op ANY/ALL (SELECT ...)`, `x IN (SELECT ...)`, row comparisons with a subquery.
     pub(super) fn sub_link(&mut self, body: &Value) -> R {
-        let ty = body.get("sub_link_type").and_then(|k| k.as_i64()).unwrap_or(0);
+        let ty = body
+            .get("sub_link_type")
+            .and_then(|k| k.as_i64())
+            .unwrap_or(0);
         // ALL_SUBLINK, ANY_SUBLINK, ROWCOMPARE_SUBLINK.
         if matches!(ty, 2..=4) {
             let op = names(list(body, "oper_name"))
@@ -352,7 +372,11 @@ impl Walker<'_> {
             return Operand::Unknown;
         };
         match ty {
-            "AConst" => match body.get("val").and_then(|v| v.as_object()).and_then(|m| m.keys().next()) {
+            "AConst" => match body
+                .get("val")
+                .and_then(|v| v.as_object())
+                .and_then(|m| m.keys().next())
+            {
                 Some(k) if k == "Ival" => Operand::of(&["int4", "int8", "numeric"]),
                 Some(k) if k == "Fval" => Operand::of(&["numeric"]),
                 Some(k) if k == "Boolval" => Operand::of(&["bool"]),

@@ -356,7 +356,10 @@ impl<'a> Walker<'a> {
                 let rel = s(body, "relname");
                 let cte = s(body, "schemaname").is_empty() && self.cte_visible(rel);
                 let renamed = alias.is_some_and(|a| !list(a, "colnames").is_empty());
-                scope.insert(alias_name.unwrap_or_else(|| rel.to_owned()), !cte && !renamed);
+                scope.insert(
+                    alias_name.unwrap_or_else(|| rel.to_owned()),
+                    !cte && !renamed,
+                );
             }
             "JoinExpr" => {
                 for side in ["larg", "rarg"] {
@@ -603,7 +606,9 @@ impl<'a> Walker<'a> {
             return Err(Refusal {
                 code: "0A000",
                 rule: "unsupported",
-                message: format!("cross-database references are not implemented: {catalog}.{schema}.{name}"),
+                message: format!(
+                    "cross-database references are not implemented: {catalog}.{schema}.{name}"
+                ),
             });
         }
         if schema == "pg_toast" || schema.starts_with("pg_temp") {
