@@ -146,10 +146,6 @@ const REFUSED: &[(&str, &str)] = &[
     ),
     ("SELECT quote === quote FROM fx_quotes", "denied-operator"),
     (
-        "SELECT 1 FROM fx_quotes WHERE quote IN (quote)",
-        "denied-operator",
-    ),
-    (
         "SELECT money_amount_eq(quote, quote) FROM fx_quotes",
         "denied-function",
     ),
