@@ -173,7 +173,39 @@ enum CertsCommand {
     },
 }
 
-fn main() -> Result<()> {
+/// A failed command prints one line, `pgveil: <what failed>: <cause>` (the hint included), and exits with
+/// status 1; anyhow's multi-line report (with a backtrace) only when RUST_BACKTRACE asks for it.
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            if std::env::var_os("RUST_BACKTRACE").is_some_and(|v| v != "0") {
+                eprintln!("Error: {e:?}");
+            } else {
+                eprintln!("pgveil: {}", one_line(&e));
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes joined with ": ", leaving out a cause whose text its parent already quotes (most
+/// of pgveil's error types print their source).
+fn one_line(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+    }
+    out
+}
+
+fn run() -> Result<()> {
     use std::io::IsTerminal as _;
     let logs = tracing_subscriber::fmt()
         .with_env_filter(pgveil::logging::filter(
@@ -316,6 +348,21 @@ fn serve(path: &Path, threads: usize) -> Result<()> {
             .build()?,
     };
     rt.block_on(async {
+        // SIGHUP (systemd's ExecReload) re-reads the masking policies when [policy] is set (policy::engine
+        // listens too); it must never end the process, which is SIGHUP's default action.
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        let policies = cfg.policy.is_some();
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                if policies {
+                    tracing::info!(
+                        "SIGHUP: masking policies re-read; other settings need a restart"
+                    );
+                } else {
+                    tracing::info!("SIGHUP: no [policy] to re-read; other settings need a restart");
+                }
+            }
+        });
         let server = Server::bind(cfg.clone(), ServerOptions::default()).await?;
         let api = if cfg.api.is_some() {
             Some(pgveil::api::ApiServer::bind(cfg.clone(), api_options(&server)).await?)
@@ -408,6 +455,36 @@ fn mint(
     Ok(())
 }
 
+/// How to call this binary in a printed command: `pgveil` when that name on PATH is this executable, else its
+/// full path (e.g. `target/release/pgveil` started by demo.sh), so every printed line works as pasted.
+fn self_command() -> String {
+    let Ok(me) = std::env::current_exe() else {
+        return "pgveil".to_owned();
+    };
+    // A rebuild while the demo runs replaces the file: Linux then reports "<path> (deleted)".
+    let me = match std::fs::canonicalize(&me) {
+        Ok(p) => p,
+        Err(_) => PathBuf::from(me.to_string_lossy().trim_end_matches(" (deleted)")),
+    };
+    let on_path = std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path)
+            .filter_map(|dir| std::fs::canonicalize(dir.join("pgveil")).ok())
+            .next()
+            .is_some_and(|found| found == me)
+    });
+    let shown = me.display().to_string();
+    if on_path {
+        "pgveil".to_owned()
+    } else if shown
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"/._-+".contains(&b))
+    {
+        shown
+    } else {
+        format!("'{}'", shown.replace('\'', r"'\''"))
+    }
+}
+
 fn demo(listen: SocketAddr, api_listen: SocketAddr) -> Result<()> {
     eprintln!("pgveil demo: starting a throwaway PostgreSQL and sample tenants...");
     let mut opts = EnvOptions::demo(listen);
@@ -465,15 +542,15 @@ fn demo(listen: SocketAddr, api_listen: SocketAddr) -> Result<()> {
              TOTP secret (demo only; add it to an authenticator app): {totp_secret}\n  \
              otpauth URI (for a QR code generator): {totp_uri}\n  \
              Get a token (asks for the current 6-digit code; the assertion stands in for the web-app's first factor):\n  \
-             PGVEIL_ASSERTION='{assertion}' pgveil login --api https://localhost:{api_port} --ca {ca} --email {dana_email}\n  \
+             PGVEIL_ASSERTION='{assertion}' {pgveil} login --api https://localhost:{api_port} --ca {ca} --email {dana_email}\n  \
              Recovery codes (each works once instead of a code): {recovery}\n\n\
              Try: SELECT full_name, email, card_pan FROM payers LIMIT 5;\n\
              alice (admin) sees raw data; bob and carol (analyst) see masked PII: pseudonymized names, ****@domain\n\
              e-mails, ************1234 card numbers, birth years, /24 networks (policy: {pdir}/payments.toml).\n\
              Attempts to get around it (pg_stats, query_to_xml, SET search_path, DDL, ...) are refused with 42501.\n\
-             Explain a statement: pgveil policy explain --config {cfg} --tenant acme --role analyst \"SELECT * FROM payers\"\n\
+             Explain a statement: {pgveil} policy explain --config {cfg} --tenant acme --role analyst \"SELECT * FROM payers\"\n\
              Cross-tenant: bob's token with dbname=globex is refused (3D000).\n\
-             Mint more tokens: pgveil token mint --config {cfg} --user U --tenant acme --role analyst --ttl 1h --mfa\n\n\
+             Mint more tokens: {pgveil} token mint --config {cfg} --user U --tenant acme --role analyst --ttl 1h --mfa\n\n\
              Press Ctrl-C to stop; everything is removed.\n\
              pgveil demo ready",
             dir = env.dir().display(),
@@ -485,6 +562,7 @@ fn demo(listen: SocketAddr, api_listen: SocketAddr) -> Result<()> {
             assertion = dana.assertion,
             dana_email = dana.email,
             recovery = dana.recovery_codes.join(" "),
+            pgveil = self_command(),
         );
         tokio::join!(
             server.run(stop_signal(), Duration::from_secs(5)),

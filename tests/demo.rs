@@ -1,7 +1,9 @@
 //! `pgveil demo` as a user runs it: the binary starts, prints ready-to-paste psql commands that work, its
 //! `token mint` hint works, and Ctrl-C stops everything and removes the environment. Its log, as JSON lines
 //! (`PGVEIL_LOG_FORMAT=json`), has an audit record per statement of a masked role naming the user and client,
-//! and never a statement's literal or a token.
+//! and never a statement's literal or a token. README's first command, `bash demo.sh`, does the same: installs
+//! what is missing (nothing here), builds, and runs the demo, whose printed commands (`pgveil login` included)
+//! work as pasted.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -29,24 +31,13 @@ impl Drop for Demo {
     }
 }
 
-#[test]
-fn demo_runs_prints_working_commands_and_cleans_up() {
-    let log = tempfile::NamedTempFile::new().expect("log file");
-    let mut child = Demo(
-        Command::new(env!("CARGO_BIN_EXE_pgveil"))
-            .args([
-                "demo",
-                "--listen",
-                "127.0.0.1:0",
-                "--api-listen",
-                "127.0.0.1:0",
-            ])
-            .env("PGVEIL_LOG_FORMAT", "json")
-            .stdout(Stdio::piped())
-            .stderr(log.reopen().expect("log file"))
-            .spawn()
-            .expect("pgveil demo starts"),
-    );
+/// Held by each test while its demo runs: `bash demo.sh` runs `cargo build`, which relinks target/release/pgveil
+/// (built without the dev-dependencies' features) under the other test's running demo.
+static ONE_DEMO: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Spawns `cmd` (stdout piped) and reads its output up to the "pgveil demo ready" line.
+fn start_demo(mut cmd: Command) -> (Demo, String) {
+    let mut child = Demo(cmd.stdout(Stdio::piped()).spawn().expect("the demo starts"));
     let mut lines = Vec::new();
     let mut out = BufReader::new(child.0.stdout.take().unwrap());
     loop {
@@ -57,11 +48,14 @@ fn demo_runs_prints_working_commands_and_cleans_up() {
         let ready = line.contains("pgveil demo ready");
         lines.push(line);
         if ready {
-            break;
+            return (child, lines.join(""));
         }
     }
-    let text = lines.join("");
-    // Each "PGPASSWORD='token' psql "conn"" line must work as printed.
+}
+
+/// The printed `PGPASSWORD='token' psql "conn"` commands (alice admin, bob and carol analysts), as
+/// (token, conn) pairs.
+fn psql_commands(text: &str) -> Vec<(String, String)> {
     let commands: Vec<(String, String)> = text
         .lines()
         .filter_map(|l| {
@@ -75,6 +69,75 @@ fn demo_runs_prints_working_commands_and_cleans_up() {
         3,
         "expected three psql commands in:\n{text}"
     );
+    commands
+}
+
+/// The current TOTP code of dana's printed secret, from an independent implementation (pyotp).
+fn pyotp_now(text: &str) -> String {
+    let secret = text
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("TOTP secret (demo only; add it to an authenticator app): ")
+        })
+        .expect("TOTP secret line")
+        .trim()
+        .to_owned();
+    let code = Command::new("python3")
+        .args([
+            "-c",
+            "import pyotp, sys; print(pyotp.TOTP(sys.argv[1]).now())",
+            &secret,
+        ])
+        .output()
+        .expect("python3 with pyotp");
+    assert!(
+        code.status.success(),
+        "{}",
+        String::from_utf8_lossy(&code.stderr)
+    );
+    String::from_utf8(code.stdout).unwrap().trim().to_owned()
+}
+
+/// Runs the printed `PGVEIL_ASSERTION='...' pgveil login ...` line as pasted into a shell, plus `extra`.
+fn printed_login(text: &str, extra: &str) -> std::process::Output {
+    let line = text
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("PGVEIL_ASSERTION='") && l.contains(" login "))
+        .expect("login line");
+    Command::new("bash")
+        .args(["-c", &format!("{line} {extra}")])
+        .stdin(Stdio::null())
+        .output()
+        .expect("bash runs the login line")
+}
+
+/// A variable of `pgveil login`'s `export PGHOST='...' PGPORT='...' ... PGPASSWORD='...'` line.
+fn exported(out: &str, var: &str) -> String {
+    out.split(&format!("{var}='"))
+        .nth(1)
+        .and_then(|t| t.split('\'').next())
+        .unwrap_or_else(|| panic!("no {var} in the login output: {out}"))
+        .to_owned()
+}
+
+#[test]
+fn demo_runs_prints_working_commands_and_cleans_up() {
+    let _one = ONE_DEMO.lock().unwrap_or_else(|e| e.into_inner());
+    let log = tempfile::NamedTempFile::new().expect("log file");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgveil"));
+    cmd.args([
+        "demo",
+        "--listen",
+        "127.0.0.1:0",
+        "--api-listen",
+        "127.0.0.1:0",
+    ])
+    .env("PGVEIL_LOG_FORMAT", "json")
+    .stderr(log.reopen().expect("log file"));
+    let (mut child, text) = start_demo(cmd);
+    let commands = psql_commands(&text);
     for (token, conn) in &commands {
         let o = psql(
             conn,
@@ -100,63 +163,16 @@ fn demo_runs_prints_working_commands_and_cleans_up() {
     }
     // dana is enrolled in TOTP: `pgveil login` as printed, with a code from an independent implementation
     // (pyotp), gives a token that reaches acme masked; a recovery code works once.
-    let secret = text
-        .lines()
-        .find_map(|l| {
-            l.trim()
-                .strip_prefix("TOTP secret (demo only; add it to an authenticator app): ")
-        })
-        .expect("TOTP secret line")
-        .trim()
-        .to_owned();
-    let login_line = text
-        .lines()
-        .map(str::trim)
-        .find(|l| l.starts_with("PGVEIL_ASSERTION='"))
-        .expect("login line");
-    let (assertion, args) = login_line
-        .strip_prefix("PGVEIL_ASSERTION='")
-        .and_then(|l| l.split_once("' pgveil login "))
-        .expect("login line format");
-    let login = |extra: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_pgveil"))
-            .arg("login")
-            .args(args.split_whitespace())
-            .args(extra)
-            .env("PGVEIL_ASSERTION", assertion)
-            .stdin(Stdio::null())
-            .output()
-            .expect("pgveil login runs")
-    };
-    let code = Command::new("python3")
-        .args([
-            "-c",
-            "import pyotp, sys; print(pyotp.TOTP(sys.argv[1]).now())",
-            &secret,
-        ])
-        .output()
-        .expect("python3 with pyotp");
-    assert!(
-        code.status.success(),
-        "{}",
-        String::from_utf8_lossy(&code.stderr)
-    );
-    let code = String::from_utf8(code.stdout).unwrap().trim().to_owned();
-    let logged_in = login(&["--code", &code]);
+    let login = |extra: &str| printed_login(&text, extra);
+    let code = pyotp_now(&text);
+    let logged_in = login(&format!("--code {code}"));
     assert!(
         logged_in.status.success(),
         "login: {}",
         String::from_utf8_lossy(&logged_in.stderr)
     );
     let out = String::from_utf8(logged_in.stdout).unwrap();
-    // `export PGHOST='...' PGPORT='...' ... PGPASSWORD='...'`
-    let exported = |var: &str| {
-        out.split(&format!("{var}='"))
-            .nth(1)
-            .and_then(|t| t.split('\'').next())
-            .unwrap_or_else(|| panic!("no {var} in the login output: {out}"))
-            .to_owned()
-    };
+    let exported = |var: &str| exported(&out, var);
     let (token, port) = (exported("PGPASSWORD"), exported("PGPORT"));
     let dana_conn = format!("host=localhost port={port} dbname=acme user=dana sslmode=require");
     let o = psql(
@@ -184,20 +200,22 @@ fn demo_runs_prints_working_commands_and_cleans_up() {
         .next()
         .expect("a recovery code")
         .to_owned();
-    let r = login(&["--recovery", "--code", &recovery]);
+    let r = login(&format!("--recovery --code {recovery}"));
     assert!(
         r.status.success(),
         "recovery code refused: {}",
         String::from_utf8_lossy(&r.stderr)
     );
     assert!(
-        !login(&["--recovery", "--code", &recovery]).status.success(),
+        !login(&format!("--recovery --code {recovery}"))
+            .status
+            .success(),
         "a recovery code worked twice"
     );
 
     // The TOTP code again is a replay: refused (after the recovery codes: a failure starts a back-off).
     assert!(
-        !login(&["--code", &code]).status.success(),
+        !login(&format!("--code {code}")).status.success(),
         "a TOTP code was accepted twice"
     );
 
@@ -313,4 +331,141 @@ fn demo_runs_prints_working_commands_and_cleans_up() {
     for (token, _) in &commands {
         assert!(!text.contains(token.as_str()), "a token reached the log");
     }
+}
+
+/// README's first command, `bash demo.sh`, with the flags for free ports, run from the repository root as a
+/// user would: installs nothing here (everything is present), builds (nothing to do), and runs the demo. Its
+/// printed commands work as pasted: admin sees raw PII, the analyst masked; dana logs in through the printed
+/// `pgveil login` line with a pyotp code. Ctrl-C (SIGINT) stops the proxy, the API and the PostgreSQL
+/// cluster and removes the environment.
+#[test]
+fn readme_demo_command_runs_the_demo_and_cleans_up() {
+    let _one = ONE_DEMO.lock().unwrap_or_else(|e| e.into_inner());
+    let root = env!("CARGO_MANIFEST_DIR");
+    let log = tempfile::NamedTempFile::new().expect("log file");
+    let mut cmd = Command::new("bash");
+    cmd.args([
+        "demo.sh",
+        "--listen",
+        "127.0.0.1:0",
+        "--api-listen",
+        "127.0.0.1:0",
+    ])
+    .current_dir(root)
+    .stderr(log.reopen().expect("log file"));
+    // A user's shell, not cargo's test environment (CARGO_PKG_*, CARGO_BIN_EXE_*, ...).
+    for (k, _) in std::env::vars_os() {
+        if k.to_str()
+            .is_some_and(|k| k.starts_with("CARGO_") && k != "CARGO_HOME")
+        {
+            cmd.env_remove(k);
+        }
+    }
+    let (mut child, text) = start_demo(cmd);
+    let commands = psql_commands(&text);
+    let sql = "SELECT email FROM payers ORDER BY id LIMIT 3";
+    let (alice, bob) = (&commands[0], &commands[1]);
+    let raw = psql(&alice.1, &alice.0, sql);
+    let masked = psql(&bob.1, &bob.0, sql);
+    for o in [&raw, &masked] {
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let (raw, masked) = (
+        String::from_utf8_lossy(&raw.stdout).to_string(),
+        String::from_utf8_lossy(&masked.stdout).to_string(),
+    );
+    assert!(
+        raw.lines().count() == 3
+            && raw
+                .lines()
+                .all(|l| l.contains('@') && !l.starts_with("****@")),
+        "admin sees: {raw}"
+    );
+    assert!(
+        masked.lines().count() == 3 && masked.lines().all(|l| l.starts_with("****@")),
+        "analyst sees: {masked}"
+    );
+
+    // dana: the printed login line, pasted into a shell where `pgveil` is not on PATH, with a pyotp code.
+    let code = pyotp_now(&text);
+    let login = printed_login(&text, &format!("--code {code}"));
+    assert!(
+        login.status.success(),
+        "login: {}",
+        String::from_utf8_lossy(&login.stderr)
+    );
+    let out = String::from_utf8(login.stdout).unwrap();
+    let (token, port) = (exported(&out, "PGPASSWORD"), exported(&out, "PGPORT"));
+    let o = psql(
+        &format!("host=localhost port={port} dbname=acme user=dana sslmode=require"),
+        &token,
+        "SELECT card_pan FROM payers ORDER BY id LIMIT 1",
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).starts_with("************"),
+        "dana sees: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+
+    // What Ctrl-C must stop: the environment folder, and the PostgreSQL cluster named in its secrets file.
+    let dir = text
+        .split("Environment (config, keys, certs, secrets): ")
+        .nth(1)
+        .and_then(|t| t.lines().next())
+        .expect("environment line")
+        .trim()
+        .to_owned();
+    let backend_ports = backend_ports(std::path::Path::new(&dir));
+    assert!(!backend_ports.is_empty(), "no backend port in {dir}");
+    Command::new("kill")
+        .args(["-INT", &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    let status = child.0.wait().unwrap();
+    let stderr = std::fs::read_to_string(log.path()).expect("log");
+    assert!(status.success(), "demo exit status {status}:\n{stderr}");
+    assert!(
+        stderr.contains("pgveil demo: stopped and cleaned up"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("NOTICE") && !stderr.contains("bootstrap: installing"),
+        "the demo's log should be quiet here:\n{stderr}"
+    );
+    assert!(
+        !std::path::Path::new(&dir).exists(),
+        "environment {dir} was not removed"
+    );
+    let o = psql(&alice.1, &alice.0, "SELECT 1");
+    assert!(!o.status.success(), "proxy still answering after Ctrl-C");
+    for port in backend_ports {
+        assert!(
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+            "the demo's PostgreSQL (port {port}) still runs after Ctrl-C"
+        );
+    }
+}
+
+/// The backend ports in the demo environment's secrets file (RDS JSON values with a "port").
+fn backend_ports(dir: &std::path::Path) -> Vec<u16> {
+    let mut ports = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("environment folder") {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "json")
+            && let Ok(v) = serde_json::from_str::<serde_json::Value>(
+                &std::fs::read_to_string(&path).unwrap_or_default(),
+            )
+            && let Some(map) = v.as_object()
+        {
+            ports.extend(
+                map.values()
+                    .filter_map(|s| s["port"].as_u64())
+                    .map(|p| p as u16),
+            );
+        }
+    }
+    ports.sort_unstable();
+    ports.dedup();
+    ports
 }

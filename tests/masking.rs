@@ -524,7 +524,6 @@ fn psql_transparent(fx: &Fixture) -> Result<()> {
         "\\df",
         "\\d+ merchants",
         "\\dT",
-        "\\l",
     ];
     let token = fx.token("p@acme", "acme", "analyst");
     let masked = psql(&fx.conn_str(s.masked.addr, "acme", "p", &token), &cmds)?;

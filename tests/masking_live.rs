@@ -297,7 +297,6 @@ fn psql(conninfo: &str, password: &str) -> Result<String> {
         "\\dD",
         "\\df",
         "\\dn",
-        "\\l",
     ] {
         cmd.arg("-c").arg(c);
     }

@@ -109,6 +109,87 @@ fn scan_words(sql: &[u8], fx: &mut SqlEffects) {
             fx.pins = Some(why);
         }
     }
+    // `U&"pgveil\005fps\005f1"` names the same statement as `pgveil_ps_1`: decode such identifiers.
+    if !fx.reserved && sql.windows(2).any(|w| w == b"&\"") && unicode_idents_reserved(sql) {
+        fx.reserved = true;
+    }
+}
+
+/// Whether a `U&"..."` identifier (decoded as PostgreSQL decodes it, `UESCAPE` included) spells a name with
+/// pgveil's statement prefix. Found with PostgreSQL's own lexer; text it cannot lex or an identifier that
+/// does not decode counts as reserved (the server would reject it too).
+fn unicode_idents_reserved(sql: &[u8]) -> bool {
+    use pg_query::protobuf::Token;
+    let Some(toks) = std::str::from_utf8(sql)
+        .ok()
+        .and_then(|t| pg_query::scan_tokens(t).ok())
+    else {
+        return true;
+    };
+    let text = |i: usize| -> Option<&[u8]> {
+        let t = toks.get(i)?;
+        sql.get(usize::try_from(t.start).ok()?..usize::try_from(t.end).ok()?)
+    };
+    for (i, t) in toks.iter().enumerate() {
+        if t.token != Token::Uident as i32 {
+            continue;
+        }
+        let esc = match toks.get(i + 1) {
+            Some(u) if u.token == Token::Uescape as i32 => match text(i + 2) {
+                Some([b'\'', c, b'\'']) => *c,
+                _ => return true,
+            },
+            _ => b'\\',
+        };
+        match text(i).and_then(|raw| decode_uident(raw, esc)) {
+            Some(name)
+                if name.len() < NAME_PREFIX_LEN
+                    || !name.as_bytes()[..NAME_PREFIX_LEN].eq_ignore_ascii_case(PREFIX) => {}
+            _ => return true,
+        }
+    }
+    false
+}
+
+/// Decodes `U&"..."` (`""` is a quote; `<esc>XXXX`, `<esc>+XXXXXX`, UTF-16 surrogate pairs, `<esc><esc>`).
+fn decode_uident(raw: &[u8], esc: u8) -> Option<String> {
+    let inner = std::str::from_utf8(raw.get(3..raw.len().checked_sub(1)?)?).ok()?;
+    let inner = inner.replace("\"\"", "\"");
+    let esc = char::from(esc);
+    let mut out = String::new();
+    let mut chars = inner.chars();
+    let mut high: Option<u32> = None;
+    while let Some(c) = chars.next() {
+        if c != esc {
+            out.push(c);
+            continue;
+        }
+        let digits = match chars.clone().next()? {
+            e if e == esc => {
+                chars.next();
+                out.push(esc);
+                continue;
+            }
+            '+' => {
+                chars.next();
+                6
+            }
+            _ => 4,
+        };
+        let hex: String = chars.by_ref().take(digits).collect();
+        let code = u32::from_str_radix(&hex, 16)
+            .ok()
+            .filter(|_| hex.len() == digits)?;
+        match (high.take(), code) {
+            (None, 0xD800..=0xDBFF) => high = Some(code),
+            (Some(h), 0xDC00..=0xDFFF) => out.push(char::from_u32(
+                0x10000 + ((h - 0xD800) << 10) + (code - 0xDC00),
+            )?),
+            (None, c) => out.push(char::from_u32(c)?),
+            (Some(_), _) => return None,
+        }
+    }
+    high.is_none().then_some(out)
 }
 
 const PREFIX: &[u8] = crate::backend::statements::NAME_PREFIX.as_bytes();
@@ -295,6 +376,11 @@ mod tests {
         );
         assert_eq!(s("SELECT pg_advisory_xact_lock(1)").pins, None);
         assert!(s("EXECUTE PGVEIL_PS_3").reserved);
+        assert!(s("EXECUTE U&\"pgveil\\005fps\\005f1\"").reserved);
+        assert!(s("EXPLAIN (VERBOSE) EXECUTE u&\"pgveil!005fps!+00005f1\" UESCAPE '!'").reserved);
+        assert!(s("DEALLOCATE U&\"\\0070gveil_ps_2\"").reserved);
+        assert!(!s("SELECT 1 AS U&\"d\\0061ta\"").reserved);
+        assert!(!s("SELECT 1 AS U&\"\\D83D\\DE00\"").reserved);
         assert!(s("select * from pg_catalog.pg_prepared_statements").reserved);
     }
 }

@@ -3,10 +3,12 @@
 //!
 //! Classification propagates: a column of a partition or inheritance child has its parent column's class, a
 //! generated column the class of a column it is computed from, and a view or materialized view column the
-//! class of the classified columns its defining expression reads.
+//! classes of the classified columns its defining expression reads ([`lineage`]). A column can so have
+//! several classes ([`Catalog::classes`]); the rewriter then masks it at least as strictly as the strictest.
 //!
 //! [`saved`] writes a snapshot to a JSON file and reads it back, for the policy tools to work offline.
 
+pub mod lineage;
 pub mod load;
 pub mod pool;
 pub mod resolve;
@@ -53,6 +55,10 @@ impl Column {
         }
     }
 }
+
+/// The pseudo-class of a column derived through more than 16 levels (no policy can define it: class names
+/// cannot contain spaces).
+pub const TOO_DEEP: &str = "derived too deeply";
 
 /// A qualified relation name.
 pub type QualName = (String, String);
@@ -139,57 +145,82 @@ impl Catalog {
         !self.resolution.database.is_empty() && self.resolution.database == name
     }
 
-    /// The classification of a column, following parents, generation expressions and view definitions.
-    /// `direct` classifies a (schema, table, column) by the policy's rules.
+    /// The first classification of a column (see [`Catalog::classes`]).
     pub fn classify<'p>(
         &self,
         rel: &Relation,
         column: &str,
         direct: &dyn Fn(&str, &str, &str) -> Option<&'p str>,
     ) -> Option<&'p str> {
-        self.classify_depth(rel, column, direct, 0)
+        self.classes(rel, column, direct).first().copied()
     }
 
-    fn classify_depth<'p>(
+    /// Every classification a column's values come from, without duplicates: its own rule's, and those of
+    /// the columns it is derived from (inheritance and partition parents, the columns a generated column is
+    /// computed from, the columns a view column reads). Deeper than 16 levels of derivation (pathological),
+    /// [`TOO_DEEP`] is added: no policy defines it, so the rewriter refuses such a column instead of guessing.
+    pub fn classes<'p>(
+        &self,
+        rel: &Relation,
+        column: &str,
+        direct: &dyn Fn(&str, &str, &str) -> Option<&'p str>,
+    ) -> Vec<&'p str> {
+        let mut out = Vec::new();
+        let mut seen = HashSet::new();
+        self.collect_classes(rel, column, direct, 0, &mut seen, &mut out);
+        out
+    }
+
+    fn collect_classes<'p>(
         &self,
         rel: &Relation,
         column: &str,
         direct: &dyn Fn(&str, &str, &str) -> Option<&'p str>,
         depth: usize,
-    ) -> Option<&'p str> {
+        seen: &mut HashSet<(String, String, String)>,
+        out: &mut Vec<&'p str>,
+    ) {
+        // A column reached twice (views over views whose lineage was not derivable read every input) adds
+        // nothing the first visit did not: without this the walk grows exponentially with view nesting.
+        if !seen.insert((rel.schema.clone(), rel.name.clone(), column.to_owned())) {
+            return;
+        }
         if depth > 16 {
-            // Pathological nesting: treat as classified by the first rule we can find, i.e. refuse below.
-            return None;
-        }
-        if let Some(c) = direct(&rel.schema, &rel.name, column) {
-            return Some(c);
-        }
-        if let Some(col) = rel.columns.iter().find(|c| c.name == column) {
-            for src in &col.generated_from {
-                if src != column
-                    && let Some(c) = self.classify_depth(rel, src, direct, depth + 1)
-                {
-                    return Some(c);
-                }
+            if !out.contains(&TOO_DEEP) {
+                out.push(TOO_DEEP);
             }
+            return;
+        }
+        let mut add = |c: &'p str| {
+            if !out.contains(&c) {
+                out.push(c);
+            }
+        };
+        if let Some(c) = direct(&rel.schema, &rel.name, column) {
+            add(c);
+        }
+        let mut sources: Vec<(&Relation, &str)> = Vec::new();
+        if let Some(col) = rel.columns.iter().find(|c| c.name == column) {
+            sources.extend(
+                col.generated_from
+                    .iter()
+                    .filter(|s| *s != column)
+                    .map(|s| (rel, s.as_str())),
+            );
         }
         for p in &rel.parents {
-            if let Some(parent) = self.relations.get(p)
-                && let Some(c) = self.classify_depth(parent, column, direct, depth + 1)
-            {
-                return Some(c);
+            if let Some(parent) = self.relations.get(p) {
+                sources.push((parent, column));
             }
         }
-        if let Some(reads) = rel.reads.get(column) {
-            for (src_rel, src_col) in reads {
-                if let Some(src) = self.relations.get(src_rel)
-                    && let Some(c) = self.classify_depth(src, src_col, direct, depth + 1)
-                {
-                    return Some(c);
-                }
+        for (src_rel, src_col) in rel.reads.get(column).into_iter().flatten() {
+            if let Some(src) = self.relations.get(src_rel) {
+                sources.push((src, src_col.as_str()));
             }
         }
-        None
+        for (r, c) in sources {
+            self.collect_classes(r, c, direct, depth + 1, seen, out);
+        }
     }
 }
 

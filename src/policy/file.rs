@@ -89,6 +89,12 @@ struct ClassDoc {
     prefix_v6: Option<u32>,
     #[serde(default)]
     keys: Option<Vec<String>>,
+    #[serde(default)]
+    case_insensitive: Option<bool>,
+    #[serde(default)]
+    hide_length: Option<bool>,
+    #[serde(default)]
+    mask_domain: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -727,8 +733,18 @@ fn mask_fn(c: &ClassDoc) -> Result<MaskFn, Vec<String>> {
             check_text(&fill, "replacement", &mut errs);
             Some(MaskFn::Partial { first, last, fill })
         }
-        "email" => Some(MaskFn::Email),
-        "pan" => Some(MaskFn::Pan),
+        "email" => {
+            allowed = &["mask_domain"];
+            Some(MaskFn::Email {
+                mask_domain: c.mask_domain.unwrap_or(false),
+            })
+        }
+        "pan" => {
+            allowed = &["hide_length"];
+            Some(MaskFn::Pan {
+                hide_length: c.hide_length.unwrap_or(false),
+            })
+        }
         "pseudonym" => {
             allowed = &["length"];
             let length = c.length.unwrap_or(16);
@@ -764,7 +780,7 @@ fn mask_fn(c: &ClassDoc) -> Result<MaskFn, Vec<String>> {
             }
         }
         "jsonb" => {
-            allowed = &["keys", "replacement"];
+            allowed = &["keys", "replacement", "case_insensitive"];
             let keys = c.keys.clone().unwrap_or_default();
             if keys.is_empty() {
                 errs.push("jsonb needs `keys = [\"key\", \"nested.key\"]`".into());
@@ -782,6 +798,7 @@ fn mask_fn(c: &ClassDoc) -> Result<MaskFn, Vec<String>> {
             Some(MaskFn::JsonKeys {
                 paths,
                 replacement: r,
+                case_insensitive: c.case_insensitive.unwrap_or(false),
             })
         }
         other => {
@@ -801,6 +818,9 @@ fn mask_fn(c: &ClassDoc) -> Result<MaskFn, Vec<String>> {
         ("prefix_v4", c.prefix_v4.is_some()),
         ("prefix_v6", c.prefix_v6.is_some()),
         ("keys", c.keys.is_some()),
+        ("case_insensitive", c.case_insensitive.is_some()),
+        ("hide_length", c.hide_length.is_some()),
+        ("mask_domain", c.mask_domain.is_some()),
     ];
     if f.is_some() {
         for (param, set) in given {

@@ -63,6 +63,9 @@ const DENIED_FUNCTIONS: &[&str] = &[
     "pg_backup_stop",
     // Other sessions' activity, and this session's own (rewritten) statement text.
     "pg_stat_get_activity",
+    // Other tenants' databases (sizes; the catalogs listing them are filtered, see `per_database_filter`).
+    "pg_database_size",
+    "pg_tablespace_size",
     "pg_stat_get_backend_activity",
     "pg_stat_get_backend_userid",
     "current_query",
@@ -82,6 +85,7 @@ const DENIED_FUNCTION_PREFIXES: &[&str] = &[
     "dblink",
     "postgres_fdw",
     "pg_ls_",
+    "pg_stat_get_db_",
     "pg_logical_slot_",
     "pg_create_",
     "pg_drop_replication",
@@ -131,6 +135,26 @@ const PROTECTED_SETTINGS: &[&str] = &[
 /// Whether a function is denied (before allow-listing).
 pub fn function_denied(name: &str) -> bool {
     DENIED_FUNCTIONS.contains(&name) || DENIED_FUNCTION_PREFIXES.iter().any(|p| name.starts_with(p))
+}
+
+/// For cluster-wide catalogs with a row per database (a tenant's database shares its cluster with other
+/// tenants'), the condition that keeps only the current database's rows; masked roles read them through it.
+pub fn per_database_filter(schema: &str, name: &str) -> Option<&'static str> {
+    if schema != "pg_catalog" {
+        return None;
+    }
+    Some(match name {
+        "pg_database" | "pg_stat_database" | "pg_stat_database_conflicts" => {
+            "datname = pg_catalog.current_database()"
+        }
+        "pg_db_role_setting" => {
+            "setdatabase = (SELECT d.oid FROM pg_catalog.pg_database d WHERE d.datname = pg_catalog.current_database())"
+        }
+        "pg_shdescription" | "pg_shseclabel" => {
+            "(classoid <> 'pg_catalog.pg_database'::pg_catalog.regclass OR objoid = (SELECT d.oid FROM pg_catalog.pg_database d WHERE d.datname = pg_catalog.current_database()))"
+        }
+        _ => return None,
+    })
 }
 
 /// Whether a relation (by name, any schema) is denied.
@@ -196,6 +220,11 @@ mod tests {
         assert!(!function_denied("lower"));
         assert!(relation_denied("pg_stats"));
         assert!(!relation_denied("pg_class"));
+        assert!(function_denied("pg_database_size"));
+        assert!(function_denied("pg_stat_get_db_xact_commit"));
+        assert!(per_database_filter("pg_catalog", "pg_database").is_some());
+        assert!(per_database_filter("public", "pg_database").is_none());
+        assert!(per_database_filter("pg_catalog", "pg_class").is_none());
         assert!(setting_refusal("Search_Path", None).is_some());
         assert!(setting_refusal("client_encoding", Some("SJIS")).is_some());
         assert!(setting_refusal("client_encoding", Some("utf-8")).is_none());

@@ -44,10 +44,16 @@ pub enum MaskFn {
         /// What replaces the middle.
         fill: String,
     },
-    /// `****@domain`: the domain is kept.
-    Email,
+    /// `****@domain`: the domain is kept when it looks like a domain name (else `****@****`).
+    Email {
+        /// Mask the domain too: `****@****`.
+        mask_domain: bool,
+    },
     /// Card number: every digit but the last four replaced by `*` (numbers shorter than 12 digits fully).
-    Pan,
+    Pan {
+        /// Always 12 `*` before the last four (16 `*` for short numbers), so the digit count is hidden.
+        hide_length: bool,
+    },
     /// Keyed HMAC-SHA256 of the value's text, hex, optionally shortened: deterministic per tenant.
     Pseudonym {
         /// Hex characters kept (8-64).
@@ -55,12 +61,16 @@ pub enum MaskFn {
     },
     /// Generalization of dates, numbers or addresses.
     Generalize(Generalize),
-    /// Replace the values at these key paths inside a json/jsonb document.
+    /// Replace the values of these keys inside a json/jsonb document, at any depth and inside arrays.
     JsonKeys {
-        /// Key paths, each a list of keys.
+        /// Key paths, each a list of keys; a path matches the last keys of a value's path (array positions
+        /// are transparent), so `["email"]` masks every `email` key and `["payer", "email"]` every `email`
+        /// directly inside a `payer` object.
         paths: Vec<Vec<String>>,
-        /// The JSON string put in place of each masked value.
+        /// The JSON string put in place of each masked value (whole objects and arrays included).
         replacement: String,
+        /// Match keys without regard to ASCII letter case.
+        case_insensitive: bool,
     },
 }
 
@@ -173,8 +183,8 @@ impl MaskFn {
             MaskFn::Redact { .. } => "redact",
             MaskFn::Null => "null",
             MaskFn::Partial { .. } => "partial",
-            MaskFn::Email => "email",
-            MaskFn::Pan => "pan",
+            MaskFn::Email { .. } => "email",
+            MaskFn::Pan { .. } => "pan",
             MaskFn::Pseudonym { .. } => "pseudonym",
             MaskFn::Generalize(_) => "generalize",
             MaskFn::JsonKeys { .. } => "jsonb",
@@ -197,7 +207,8 @@ impl MaskFn {
             function: self.name(),
             type_name: ty.sql_type.to_owned(),
         };
-        let text = format!("{col}::text");
+        // The value as text, the same whatever the session's settings (DateStyle, TimeZone, ...).
+        let text = || stable_text(col, ty).ok_or_else(wrong);
         // Text results are cast back to the column's type when it is a text type, so clients see the same type.
         let back = |e: String| -> String {
             if ty.family == TypeFamily::Text {
@@ -220,27 +231,49 @@ impl MaskFn {
                 }
             }
             MaskFn::Partial { first, last, fill } => {
+                // At most half of a value's characters are ever shown; shorter values are fully replaced.
+                let text = text()?;
                 let keep = u64::from(*first) + u64::from(*last);
                 back(format!(
-                    "CASE WHEN {col} IS NULL THEN NULL WHEN pg_catalog.length({text}) > {keep} \
+                    "CASE WHEN {col} IS NULL THEN NULL WHEN pg_catalog.length({text}) >= {min} \
                      THEN pg_catalog.left({text}, {first}) || {f} || pg_catalog.right({text}, {last}) ELSE {f} END",
+                    min = keep * 2,
                     f = quote_literal(fill)
                 ))
             }
-            MaskFn::Email => back(format!(
-                "CASE WHEN {col} IS NULL THEN NULL ELSE '****' || \
-                 COALESCE(pg_catalog.substring({text}, '@[^@]*$'), '') END"
-            )),
-            MaskFn::Pan => {
+            MaskFn::Email { mask_domain } => {
+                let text = text()?;
+                back(if *mask_domain {
+                    format!("CASE WHEN {text} IS NULL THEN NULL ELSE '****@****' END")
+                } else {
+                    // Only a domain name is kept: a value with anything else after its last `@` (several
+                    // values concatenated, free text) shows `@****`.
+                    format!(
+                        "CASE WHEN {col} IS NULL THEN NULL ELSE '****' || \
+                         COALESCE(pg_catalog.substring({text}, '^[^@]*(@[A-Za-z0-9.-]{{1,253}})$'), \
+                         CASE WHEN pg_catalog.strpos({text}, '@') > 0 THEN '@****' ELSE '' END) END"
+                    )
+                })
+            }
+            MaskFn::Pan { hide_length } => {
+                let text = text()?;
                 let digits = format!("pg_catalog.regexp_replace({text}, '[^0-9]', '', 'g')");
+                let (stars, short) = if *hide_length {
+                    ("'************'".to_owned(), "'****************'".to_owned())
+                } else {
+                    (
+                        format!("pg_catalog.repeat('*', pg_catalog.length({digits}) - 4)"),
+                        format!("pg_catalog.repeat('*', pg_catalog.length({digits}))"),
+                    )
+                };
                 back(format!(
                     "CASE WHEN {col} IS NULL THEN NULL WHEN pg_catalog.length({digits}) >= 12 \
-                     THEN pg_catalog.repeat('*', pg_catalog.length({digits}) - 4) || pg_catalog.right({digits}, 4) \
-                     ELSE pg_catalog.repeat('*', pg_catalog.length({digits})) END"
+                     THEN {stars} || pg_catalog.right({digits}, 4) ELSE {short} END"
                 ))
             }
             MaskFn::Pseudonym { length } => {
                 let key = key.ok_or(MaskError::NoKey)?;
+                let text = text()?;
                 let inner = format!(
                     "pg_catalog.sha256('\\x{}'::bytea || pg_catalog.convert_to({text}, 'UTF8'))",
                     hex::encode(&key.ipad)
@@ -266,10 +299,16 @@ impl MaskFn {
                     } else {
                         "year"
                     };
-                    format!(
-                        "CAST(pg_catalog.date_trunc('{unit}', {col}) AS {})",
-                        ty.sql_type
-                    )
+                    // Truncated in UTC (timestamptz) or without a zone (date, timestamp): the session's
+                    // TimeZone must not move the boundary (a moved boundary reveals the exact time).
+                    let trunc = if ty.base == "timestamptz" {
+                        format!(
+                            "pg_catalog.timezone('UTC', pg_catalog.date_trunc('{unit}', pg_catalog.timezone('UTC', {col}::pg_catalog.timestamptz)))"
+                        )
+                    } else {
+                        format!("pg_catalog.date_trunc('{unit}', {col}::pg_catalog.timestamp)")
+                    };
+                    format!("CAST({trunc} AS {})", ty.sql_type)
                 }
                 (Generalize::Step(step), TypeFamily::Number) => {
                     format!(
@@ -284,28 +323,112 @@ impl MaskFn {
                 ),
                 _ => return Err(wrong()),
             },
-            MaskFn::JsonKeys { paths, replacement } => {
+            MaskFn::JsonKeys {
+                paths,
+                replacement,
+                case_insensitive,
+            } => {
                 if ty.family != TypeFamily::Json {
                     return Err(wrong());
                 }
                 let value =
                     quote_literal(&serde_json::Value::String(replacement.clone()).to_string());
-                let mut e = format!("{col}::jsonb");
-                for path in paths {
-                    let array = path
-                        .iter()
-                        .map(|k| format!("\"{k}\""))
-                        .collect::<Vec<_>>()
-                        .join(",");
-                    e = format!(
-                        "pg_catalog.jsonb_set({e}, {}::text[], {value}::jsonb, false)",
-                        quote_literal(&format!("{{{array}}}"))
-                    );
-                }
+                let e = json_keys(
+                    &format!("{col}::pg_catalog.jsonb"),
+                    paths,
+                    &value,
+                    *case_insensitive,
+                );
                 format!("CAST({e} AS {})", ty.sql_type)
             }
         })
     }
+}
+
+/// The text of column `col` of type `ty`, independent of every session setting: dates and timestamps
+/// formatted explicitly (timestamptz in UTC), floats through `numeric` (not `extra_float_digits`), bytea as
+/// hex (not `bytea_output`), intervals with `to_char` (not `IntervalStyle`). `None` for types whose text
+/// could depend on a setting and that pgveil cannot format explicitly (money follows `lc_monetary`; enums,
+/// composites, ranges and arrays of other types may hold any of the above): masks that need text refuse
+/// those columns.
+fn stable_text(col: &str, ty: ColumnType<'_>) -> Option<String> {
+    const TEXT_SAFE: &[&str] = &[
+        "bool", "uuid", "bit", "varbit", "time", "timetz", "oid", "xml", "tsvector", "tsquery",
+        "macaddr", "macaddr8", "int2", "int4", "int8", "numeric", "text", "varchar", "bpchar",
+        "name", "char", "citext", "json", "jsonb", "inet", "cidr",
+    ];
+    let base = ty.base;
+    Some(match (ty.family, base) {
+        (TypeFamily::Text | TypeFamily::Json | TypeFamily::Inet, _) => {
+            format!("{col}::pg_catalog.text")
+        }
+        (TypeFamily::Date, _) => format!("pg_catalog.to_char({col}, 'YYYY-MM-DD')"),
+        (TypeFamily::Timestamp, "timestamptz") => format!(
+            "pg_catalog.to_char(pg_catalog.timezone('UTC', {col}::pg_catalog.timestamptz), 'YYYY-MM-DD HH24:MI:SS.US')"
+        ),
+        (TypeFamily::Timestamp, _) => {
+            format!("pg_catalog.to_char({col}::pg_catalog.timestamp, 'YYYY-MM-DD HH24:MI:SS.US')")
+        }
+        (_, "float4" | "float8") => format!("{col}::pg_catalog.numeric::pg_catalog.text"),
+        (_, "money") => return None,
+        (TypeFamily::Number, _) => format!("{col}::pg_catalog.text"),
+        (_, "bytea") => format!("pg_catalog.encode({col}, 'hex')"),
+        (_, "interval") => format!("pg_catalog.to_char({col}, 'YYYY-MM-DD HH24:MI:SS.US')"),
+        (_, b) if TEXT_SAFE.contains(&b) => format!("{col}::pg_catalog.text"),
+        // Arrays of those (`_text`, `_int8`, ...): element text and array quoting follow no setting.
+        (_, b) if b.strip_prefix('_').is_some_and(|e| TEXT_SAFE.contains(&e)) => {
+            format!("{col}::pg_catalog.text")
+        }
+        _ => return None,
+    })
+}
+
+/// `doc` (a jsonb expression) with the value of every key matching one of `paths` replaced by `value` (a
+/// quoted jsonb literal), at any depth and inside arrays. Built only from built-ins: a recursive CTE walks the
+/// document (objects with `jsonb_each`, arrays with `jsonb_array_elements`), keeping each value's path and
+/// its object keys; matched values are not walked further; a second recursive CTE applies `jsonb_set` once
+/// per match. A document that is a scalar or an array is walked the same way, so no shape makes reads fail.
+fn json_keys(doc: &str, paths: &[Vec<String>], value: &str, case_insensitive: bool) -> String {
+    let key_at = |back: usize| -> String {
+        let k = format!("w.k[pg_catalog.cardinality(w.k) - {back}]");
+        if case_insensitive {
+            format!("pg_catalog.lower({k} COLLATE \"C\")")
+        } else {
+            k
+        }
+    };
+    let matches = paths
+        .iter()
+        .map(|path| {
+            let mut conds = vec![format!("pg_catalog.cardinality(w.k) >= {}", path.len())];
+            for (back, key) in path.iter().rev().enumerate() {
+                let key = if case_insensitive {
+                    key.to_ascii_lowercase()
+                } else {
+                    key.clone()
+                };
+                conds.push(format!("{} = {}", key_at(back), quote_literal(&key)));
+            }
+            format!("({})", conds.join(" AND "))
+        })
+        .collect::<Vec<_>>()
+        .join(" OR ");
+    let hit = format!("(w.iskey AND ({matches}))");
+    format!(
+        "(WITH RECURSIVE pgveil_w(p, k, v, iskey) AS (\
+         SELECT ARRAY[]::pg_catalog.text[], ARRAY[]::pg_catalog.text[], {doc}, false \
+         UNION ALL SELECT w.p || c.key, CASE WHEN c.iskey THEN w.k || c.key ELSE w.k END, c.value, c.iskey \
+         FROM pgveil_w w CROSS JOIN LATERAL (\
+         SELECT o.key, o.value, true FROM pg_catalog.jsonb_each(CASE WHEN pg_catalog.jsonb_typeof(w.v) = 'object' THEN w.v END) o \
+         UNION ALL SELECT (a.n - 1)::pg_catalog.text, a.value, false \
+         FROM pg_catalog.jsonb_array_elements(CASE WHEN pg_catalog.jsonb_typeof(w.v) = 'array' THEN w.v END) WITH ORDINALITY a(value, n)\
+         ) c(key, value, iskey) WHERE NOT COALESCE({hit}, false)), \
+         pgveil_h AS (SELECT w.p, pg_catalog.row_number() OVER () AS n FROM pgveil_w w WHERE {hit}), \
+         pgveil_a(n, d) AS (SELECT 0::pg_catalog.int8, {doc} \
+         UNION ALL SELECT a.n + 1, pg_catalog.jsonb_set(a.d, h.p, {value}::pg_catalog.jsonb, false) \
+         FROM pgveil_a a JOIN pgveil_h h ON h.n = a.n + 1) \
+         SELECT a.d FROM pgveil_a a ORDER BY a.n DESC LIMIT 1)"
+    )
 }
 
 /// Quotes a string as a standard SQL literal (`standard_conforming_strings = on` is forced on every backend,
@@ -359,6 +482,12 @@ pub fn describe(f: &MaskFn) -> String {
         MaskFn::Generalize(g) => {
             let _ = write!(s, "({g:?})");
         }
+        MaskFn::Email { mask_domain: true } => s.push_str("(mask_domain)"),
+        MaskFn::Pan { hide_length: true } => s.push_str("(hide_length)"),
+        MaskFn::JsonKeys {
+            case_insensitive: true,
+            ..
+        } => s.push_str("(case_insensitive)"),
         _ => {}
     }
     s
@@ -396,6 +525,104 @@ mod tests {
             "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
         assert!(!format!("{k:?}").contains("Jefe"));
+    }
+
+    #[test]
+    fn text_forms_do_not_depend_on_session_settings() {
+        let ty = |sql_type: &'static str, family, base: &'static str| ColumnType {
+            sql_type,
+            family,
+            base,
+        };
+        let key = PseudonymKey::new(b"k");
+        let p = MaskFn::Pseudonym { length: 16 };
+        let e = |t| p.expression("\"c\"", t, Some(&key)).unwrap();
+        let tz = e(ty(
+            "timestamp with time zone",
+            TypeFamily::Timestamp,
+            "timestamptz",
+        ));
+        assert!(
+            tz.contains("pg_catalog.timezone('UTC'") && tz.contains("to_char"),
+            "{tz}"
+        );
+        assert!(e(ty("date", TypeFamily::Date, "date")).contains("'YYYY-MM-DD'"));
+        assert!(
+            e(ty("double precision", TypeFamily::Number, "float8"))
+                .contains("::pg_catalog.numeric")
+        );
+        assert!(e(ty("bytea", TypeFamily::Other, "bytea")).contains("encode(\"c\", 'hex')"));
+        assert!(e(ty("interval", TypeFamily::Other, "interval")).contains("to_char(\"c\""));
+        // Types whose text follows a setting pgveil cannot pin are refused, not guessed.
+        for (t, f, b) in [
+            ("money", TypeFamily::Number, "money"),
+            ("mood", TypeFamily::Other, "mood"),
+        ] {
+            assert!(
+                p.expression("\"c\"", ty(t, f, b), Some(&key)).is_err(),
+                "{t}"
+            );
+        }
+        let g = MaskFn::Generalize(Generalize::Year)
+            .expression(
+                "\"c\"",
+                ty(
+                    "timestamp with time zone",
+                    TypeFamily::Timestamp,
+                    "timestamptz",
+                ),
+                None,
+            )
+            .unwrap();
+        assert!(
+            g.contains("pg_catalog.timezone('UTC', pg_catalog.date_trunc('year'"),
+            "{g}"
+        );
+    }
+
+    #[test]
+    fn functions_keep_a_bounded_share() {
+        let partial = MaskFn::Partial {
+            first: 2,
+            last: 3,
+            fill: "****".into(),
+        }
+        .expression("\"c\"", text(), None)
+        .unwrap();
+        assert!(
+            partial.contains(">= 10 THEN"),
+            "at most half shown: {partial}"
+        );
+        let pan = MaskFn::Pan { hide_length: true }
+            .expression("\"c\"", text(), None)
+            .unwrap();
+        assert!(
+            pan.contains("'************' ||") && !pan.contains("repeat"),
+            "{pan}"
+        );
+        let email = MaskFn::Email { mask_domain: true }
+            .expression("\"c\"", text(), None)
+            .unwrap();
+        assert!(
+            email.contains("'****@****'") && !email.contains("substring"),
+            "{email}"
+        );
+        let json = ColumnType {
+            sql_type: "jsonb",
+            family: TypeFamily::Json,
+            base: "jsonb",
+        };
+        let j = MaskFn::JsonKeys {
+            paths: vec![vec!["payer".into(), "Email".into()]],
+            replacement: "x".into(),
+            case_insensitive: true,
+        }
+        .expression("\"c\"", json, None)
+        .unwrap();
+        assert!(
+            j.contains("WITH RECURSIVE") && j.contains("= 'email'") && j.contains("= 'payer'"),
+            "{j}"
+        );
     }
 
     #[test]

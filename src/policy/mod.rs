@@ -51,8 +51,9 @@ pub trait StatementPolicy: Send + Sync {
     /// `IMPORT FOREIGN SCHEMA`) in `who`'s session ended (committed or rolled back), or its session ended.
     fn schema_changed(&self, _who: &Identity) {}
 
-    /// Whether the DETAIL of backend errors and notices must be withheld from `who`: PostgreSQL prints row
-    /// contents there (`Failing row contains (...)`, `Key (email)=(...) already exists`), unmasked.
+    /// Whether the DETAIL of backend errors and notices must be withheld from `who` (and every other field
+    /// not proven free of data, see `proto::error::replace_detail`): PostgreSQL prints row contents there
+    /// (`Failing row contains (...)`, `Key (email)=(...) already exists`, `CONTEXT: JSON data, ...`), unmasked.
     fn withholds_details(&self, _who: &Identity) -> bool {
         false
     }

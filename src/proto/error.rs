@@ -279,21 +279,35 @@ pub fn parse_fields(payload: &[u8]) -> Vec<(u8, &[u8])> {
     fields
 }
 
-/// Re-encodes an `ErrorResponse`/`NoticeResponse` frame (tag, length, fields) with its DETAIL field replaced by
-/// `replacement`; `None` when the frame has no DETAIL (forward it as is). DETAIL is where PostgreSQL prints
-/// row contents ("Failing row contains (...)", "Key (email)=(...) already exists").
+/// Fields of an `ErrorResponse`/`NoticeResponse` that are kept as the backend sent them for roles with masked
+/// columns: they are proven free of row data. Severity (`S`, `V`), SQLSTATE (`C`), the primary message (`M`),
+/// the cursor position in the client's statement (`P`), the names of the schema object involved (`s`, `t`,
+/// `c`, `d`, `n`: identifiers from the catalog) and the server source location (`F`, `L`, `R`).
+/// Everything else can quote values: DETAIL (`Failing row contains (...)`), CONTEXT/WHERE (`W`: `JSON data,
+/// line 1: ...` quotes the document being parsed), HINT (`H`), the internal query and position (`q`, `p`:
+/// the rewritten statement, which can hold key material), and any field a later PostgreSQL adds.
+const KEPT_FIELDS: &[u8] = b"SVCMPstcdnFLR";
+
+/// Re-encodes an `ErrorResponse`/`NoticeResponse` frame (tag, length, fields) keeping only [`KEPT_FIELDS`]:
+/// a DETAIL is replaced by `replacement`, every other field outside the allowlist is dropped. `None` when the
+/// frame has nothing to withhold (forward it as is).
 pub fn replace_detail(frame: &[u8], replacement: &str) -> Option<BytesMut> {
     let tag = *frame.first()?;
     let fields = parse_fields(frame.get(5..)?);
-    if !fields.iter().any(|(t, _)| *t == b'D') {
+    if fields.iter().all(|(t, _)| KEPT_FIELDS.contains(t)) {
         return None;
     }
     let mut out = BytesMut::with_capacity(frame.len());
     out.put_u8(tag);
     out.put_i32(0);
     for (t, v) in fields {
+        let v = match t {
+            b'D' => replacement.as_bytes(),
+            t if KEPT_FIELDS.contains(&t) => v,
+            _ => continue,
+        };
         out.put_u8(t);
-        out.extend_from_slice(if t == b'D' { replacement.as_bytes() } else { v });
+        out.extend_from_slice(v);
         out.put_u8(0);
     }
     out.put_u8(0);
@@ -317,6 +331,10 @@ mod tests {
             (b'M', "null value"),
             (b'D', "Failing row contains (1, secret)"),
             (b'n', "payers_name_nn"),
+            (b'W', "JSON data, line 1: {\"email\": \"secret"),
+            (b'H', "hint quoting secret"),
+            (b'q', "SELECT 'secret'"),
+            (b'p', "8"),
         ] {
             raw.put_u8(t);
             raw.extend_from_slice(v.as_bytes());
@@ -332,6 +350,7 @@ mod tests {
         );
         let fields = parse_fields(&out[5..]);
         assert_eq!(fields.len(), 5);
+        assert!(fields.iter().all(|(t, _)| !b"WHqp".contains(t)));
         assert!(fields.contains(&(b'D', b"withheld".as_slice())));
         assert!(fields.contains(&(b'n', b"payers_name_nn".as_slice())));
         assert!(!String::from_utf8_lossy(&out).contains("secret"));

@@ -160,7 +160,8 @@ pub fn decode_key_bytes(id: &SecretId, text: &SecretString) -> Result<SecretByte
         })
 }
 
-/// Builds the configured store wrapped in the cache. `demo` silences the warning about the `file` backend.
+/// Builds the configured store wrapped in the cache. `demo` silences the warning about the `file` backend,
+/// which is logged at most once per process.
 pub async fn store_from_config(
     cfg: &crate::config::SecretsConfig,
     demo: bool,
@@ -168,10 +169,12 @@ pub async fn store_from_config(
     use crate::config::SecretBackend;
     let store: Arc<dyn SecretStore> = match cfg.backend {
         SecretBackend::File => {
+            // Once per process: a CLI command may build several stores (one per tenant it loads).
+            static WARNED: std::sync::Once = std::sync::Once::new();
             if !demo {
-                tracing::warn!(
+                WARNED.call_once(|| tracing::warn!(
                     "secrets backend \"file\" is for the demo and tests: secrets on local disk; use backend = \"aws\" in production"
-                );
+                ));
             }
             Arc::new(FileSecretStore::new(cfg.path.clone().unwrap_or_default()))
         }

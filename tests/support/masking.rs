@@ -25,8 +25,7 @@ pub fn masking_proxy(fx: &Fixture, dir: PathBuf) -> Result<Running> {
     masking_proxy_with(fx, dir, |_| {})
 }
 
-/// [`masking_proxy`] with a further change to the config (e.g. transaction pool mode).
-#[allow(dead_code)]
+/// [`masking_proxy`] with a further change to the config (e.g. the pool mode).
 pub fn masking_proxy_with(
     fx: &Fixture,
     dir: PathBuf,
@@ -34,7 +33,6 @@ pub fn masking_proxy_with(
 ) -> Result<Running> {
     let running = fx.start_server(
         |cfg| {
-            edit(cfg);
             let support = RoleName::new("support");
             if !cfg.roles.contains(&support) {
                 cfg.roles.push(support);
@@ -49,7 +47,8 @@ pub fn masking_proxy_with(
                 .map(|(t, s)| (TenantId::new(t), SecretId::new(s)))
                 .collect(),
                 catalog_refresh: Duration::from_secs(3600),
-            })
+            });
+            edit(cfg);
         },
         ServerOptions::default(),
     )?;

@@ -126,6 +126,12 @@ pub fn catalog() -> Catalog {
             'r',
             &[("id", "bigint"), ("balance", "money_amount")],
         ),
+        rel(
+            "public",
+            "payer_contact",
+            'v',
+            &[("id", "bigint"), ("contact", "text"), ("dob", "date")],
+        ),
     ];
     for r in &mut rels {
         match r.name.as_str() {
@@ -145,6 +151,16 @@ pub fn catalog() -> Catalog {
             }
             "contacts" => r.columns[2].generated_from.push("email".into()),
             "fn_view" => r.calls.push(("public".into(), "lookup_email".into())),
+            "payer_contact" => {
+                let payers = |c: &str| (("public".to_owned(), "payers".to_owned()), c.to_owned());
+                r.reads.insert("id".into(), vec![payers("id")]);
+                r.reads
+                    .insert("contact".into(), vec![payers("email"), payers("phone")]);
+                r.reads.insert(
+                    "dob".into(),
+                    vec![payers("date_of_birth"), payers("date_of_birth")],
+                );
+            }
             _ => {}
         }
     }
@@ -161,6 +177,8 @@ pub fn catalog() -> Catalog {
         "pg_stats",
         "pg_stat_activity",
         "pg_proc",
+        "pg_database",
+        "pg_stat_database",
     ] {
         c.system_relations.insert(("pg_catalog".into(), n.into()));
     }

@@ -1,7 +1,7 @@
 //! Loads a tenant's [`Catalog`] from its database with tokio-postgres, using the tenant's credentials from the
 //! secret store and its backend target (host, port, database, TLS) exactly as the pool does.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -204,20 +204,24 @@ pub(super) async fn query_catalog(client: &tokio_postgres::Client) -> Result<Cat
             col.generated_from.push(src);
         }
     }
-    // Views: the columns each depends on, the user functions they call, and their definitions.
-    let mut view_deps: HashMap<u32, Vec<(QualName, String)>> = HashMap::new();
+    // Views: the relations each depends on (a whole-row reference is recorded with refobjsubid = 0, so
+    // every dependency counts, column or relation), the user functions they call, and their definitions.
+    let mut view_deps: HashMap<u32, Vec<QualName>> = HashMap::new();
     for row in client
         .query(
-            "SELECT DISTINCT r.ev_class, d.refobjid, d.refobjsubid::int2 FROM pg_catalog.pg_rewrite r \
+            "SELECT DISTINCT r.ev_class, d.refobjid FROM pg_catalog.pg_rewrite r \
              JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass AND d.objid = r.oid \
-             WHERE d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.refobjsubid > 0 AND d.refobjid <> r.ev_class",
+             WHERE d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.refobjsubid >= 0 AND d.refobjid <> r.ev_class",
             &[],
         )
         .await?
     {
-        let (view, rel, num): (u32, u32, i16) = (row.get(0), row.get(1), row.get(2));
-        if let (Some(r), Some(col)) = (by_oid.get(&rel), attnames.get(&(rel, num))) {
-            view_deps.entry(view).or_default().push((r.clone(), col.clone()));
+        let (view, rel): (u32, u32) = (row.get(0), row.get(1));
+        if let Some(r) = by_oid.get(&rel) {
+            let deps = view_deps.entry(view).or_default();
+            if !deps.contains(r) {
+                deps.push(r.clone());
+            }
         }
     }
     for row in client
@@ -245,120 +249,28 @@ pub(super) async fn query_catalog(client: &tokio_postgres::Client) -> Result<Cat
         .await?
     {
         let (oid, def): (u32, Option<String>) = (row.get(0), row.get(1));
-        let deps = view_deps.remove(&oid).unwrap_or_default();
+        let deps: Vec<(QualName, Vec<String>)> = view_deps
+            .remove(&oid)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|q| {
+                let cols = cat.relations.get(&q)?.columns.iter().map(|c| c.name.clone());
+                Some((q.clone(), cols.collect()))
+            })
+            .collect();
         if let Some(rel) = by_oid.get(&oid).and_then(|k| cat.relations.get_mut(k)) {
             let names: Vec<String> = rel.columns.iter().map(|c| c.name.clone()).collect();
-            rel.reads = view_reads(def.as_deref().unwrap_or(""), &names, &deps);
+            let def = def.as_deref().unwrap_or("");
+            // A deep definition needs a deep stack (decode, conversion and walks recurse per level).
+            rel.reads = crate::policy::rewrite::stack::deep_enough(def, || {
+                super::lineage::view_reads(def, &names, &deps)
+            })
+            .unwrap_or_else(|| super::lineage::view_reads(def, &names, &deps));
         }
     }
     resolution::load(client, &mut cat).await?;
     client.batch_execute("COMMIT").await?;
     Ok(cat)
-}
-
-/// Maps each output column of a view to the dependency columns its expression reads. The definition is
-/// parsed with the PostgreSQL parser; a target entry is matched to dependencies by the column names it
-/// references (anything that is not a known column name, e.g. a whole-row reference, reads every dependency).
-/// When the definition cannot be analysed, every output column reads every dependency (conservative).
-pub fn view_reads(
-    def: &str,
-    columns: &[String],
-    deps: &[(QualName, String)],
-) -> HashMap<String, Vec<(QualName, String)>> {
-    let all = || columns.iter().map(|c| (c.clone(), deps.to_vec())).collect();
-    // A deep definition needs a deep stack (decode, conversion and the walks below recurse per level).
-    crate::policy::rewrite::stack::deep_enough(def, || view_reads_inner(def, columns, deps))
-        .flatten()
-        .unwrap_or_else(all)
-}
-
-fn view_reads_inner(
-    def: &str,
-    columns: &[String],
-    deps: &[(QualName, String)],
-) -> Option<HashMap<String, Vec<(QualName, String)>>> {
-    let all = || Some(columns.iter().map(|c| (c.clone(), deps.to_vec())).collect());
-    let Ok(parsed) = pg_query::parse(def, 0) else {
-        return all();
-    };
-    let Ok(json) = serde_json::to_value(&parsed.protobuf) else {
-        return all();
-    };
-    let Some(stmt) = json.pointer("/stmts/0/stmt/node/SelectStmt") else {
-        return all();
-    };
-    // Set operations: column i of the view reads column i of every branch.
-    let mut branches = Vec::new();
-    collect_branches(stmt, &mut branches);
-    let dep_names: HashSet<&str> = deps.iter().map(|(_, c)| c.as_str()).collect();
-    let mut out: HashMap<String, Vec<(QualName, String)>> = HashMap::new();
-    for branch in branches {
-        let Some(targets) = branch.get("target_list").and_then(|t| t.as_array()) else {
-            return all();
-        };
-        if targets.len() != columns.len() {
-            return all();
-        }
-        for (i, t) in targets.iter().enumerate() {
-            let mut names = Vec::new();
-            let mut opaque = false;
-            column_names(t, &mut names, &mut opaque);
-            let entry = out.entry(columns[i].clone()).or_default();
-            for (rel, col) in deps {
-                let hit = opaque
-                    || names.iter().any(|n| n == col)
-                    || names.iter().any(|n| !dep_names.contains(n.as_str()));
-                if hit && !entry.contains(&(rel.clone(), col.clone())) {
-                    entry.push((rel.clone(), col.clone()));
-                }
-            }
-        }
-    }
-    Some(out)
-}
-
-fn collect_branches<'a>(select: &'a serde_json::Value, out: &mut Vec<&'a serde_json::Value>) {
-    let op = select.get("op").and_then(|o| o.as_i64()).unwrap_or(1);
-    if op > 1 {
-        for side in ["larg", "rarg"] {
-            if let Some(s) = select.get(side) {
-                collect_branches(s, out);
-            }
-        }
-    } else {
-        out.push(select);
-    }
-}
-
-/// Last names of every ColumnRef under `v`; `opaque` when a `*` appears.
-fn column_names(v: &serde_json::Value, names: &mut Vec<String>, opaque: &mut bool) {
-    match v {
-        serde_json::Value::Object(m) => {
-            if let Some(cr) = m.get("ColumnRef") {
-                let fields = cr
-                    .get("fields")
-                    .and_then(|f| f.as_array())
-                    .cloned()
-                    .unwrap_or_default();
-                match fields
-                    .last()
-                    .and_then(|f| f.pointer("/node/String/sval"))
-                    .and_then(|s| s.as_str())
-                {
-                    Some(s) => names.push(s.to_owned()),
-                    None => *opaque = true,
-                }
-                if fields.len() >= 2 {
-                    // `alias.col` is fine; `alias` alone (whole row) has one field and is caught below.
-                }
-            }
-            for val in m.values() {
-                column_names(val, names, opaque);
-            }
-        }
-        serde_json::Value::Array(a) => a.iter().for_each(|x| column_names(x, names, opaque)),
-        _ => {}
-    }
 }
 
 /// tokio-postgres TLS via tokio-rustls with the tenant's backend TLS config.

@@ -107,3 +107,37 @@ fn unrestricted_cannot_be_mixed() {
     let err = load("[roles.admin]\nunrestricted = true\nraw = [\"*\"]\n").unwrap_err();
     assert!(err.problems[0].contains("unrestricted"), "{err}");
 }
+
+#[test]
+fn masking_options_apply_to_their_function_only() {
+    let p = load(
+        r#"
+[classes."a"]
+mask = "pan"
+hide_length = true
+[classes."b"]
+mask = "email"
+mask_domain = true
+[classes."c"]
+mask = "jsonb"
+keys = ["email"]
+case_insensitive = true
+[roles.r]
+raw = []
+"#,
+    )
+    .unwrap();
+    assert_eq!(p.classes["a"], MaskFn::Pan { hide_length: true });
+    assert_eq!(p.classes["b"], MaskFn::Email { mask_domain: true });
+    assert!(matches!(
+        p.classes["c"],
+        MaskFn::JsonKeys {
+            case_insensitive: true,
+            ..
+        }
+    ));
+    let err = load("[classes.\"a\"]\nmask = \"partial\"\nkeep_first = 1\nhide_length = true\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("`hide_length` does not apply"), "{err}");
+}

@@ -105,7 +105,7 @@ fn star_and_projection_are_substituted() {
     );
     assert!(out.ends_with(") AS \"payers\""), "{out}");
     assert!(
-        out.contains("pg_catalog.regexp_replace(\"card_pan\"::text"),
+        out.contains("pg_catalog.regexp_replace(\"card_pan\"::pg_catalog.text"),
         "{out}"
     );
     assert!(out.contains("AS \"email\""), "{out}");
@@ -562,4 +562,61 @@ fn decisions_on_constants_are_never_planned() {
     );
     assert!(matches!(checked.outcome, Outcome::Refuse(_)));
     assert!(checked.template.is_none());
+}
+
+#[test]
+fn view_columns_reading_several_classes_are_redacted() {
+    let out = rewritten("SELECT contact, dob FROM payer_contact");
+    assert!(
+        out.contains("'[REDACTED]'") && !out.contains("'****' || COALESCE"),
+        "two classes: redact, not the e-mail mask: {out}"
+    );
+    assert!(
+        out.contains("pg_catalog.date_trunc('year'"),
+        "one class read twice keeps its function: {out}"
+    );
+    // A role that sees both classes raw reads the column raw.
+    match run_as("support", "SELECT contact FROM payer_contact") {
+        Outcome::Allow => {}
+        Outcome::Rewrite { sql, .. } => assert!(!sql.contains("AS \"contact\""), "{sql}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn own_statement_names_are_refused_after_parsing() {
+    for sql in [
+        "EXECUTE pgveil_ps_1",
+        "EXECUTE U&\"pgveil\\005fps\\005f1\"",
+        "EXECUTE U&\"pgveil!005fps!005f1\" UESCAPE '!'",
+        "EXPLAIN (VERBOSE) EXECUTE U&\"pgveil\\005fps\\005f1\"",
+        "DEALLOCATE \"PGVEIL_PS_2\"",
+        "PREPARE pgveil_ps_3 AS SELECT 1",
+        "DECLARE U&\"pgveil\\005fps\\005f1\" CURSOR FOR SELECT 1",
+        "FETCH 10 FROM pgveil_ps_1",
+        "CLOSE pgveil_ps_1",
+    ] {
+        refused(sql, "reserved-name");
+    }
+    assert!(matches!(run("EXECUTE my_statement"), Outcome::Allow));
+    assert!(matches!(run("DEALLOCATE ALL"), Outcome::Allow));
+    assert_eq!(
+        super::walk::OWN_NAME_PREFIX,
+        crate::backend::statements::NAME_PREFIX
+    );
+}
+
+#[test]
+fn other_databases_are_filtered_or_refused() {
+    let out = rewritten("SELECT datname FROM pg_database");
+    assert!(
+        out.contains(
+            "FROM pg_catalog.\"pg_database\" WHERE datname = pg_catalog.current_database()"
+        ),
+        "{out}"
+    );
+    let out = rewritten("SELECT * FROM pg_catalog.pg_stat_database d");
+    assert!(out.contains("current_database()"), "{out}");
+    refused("SELECT pg_database_size('globex')", "denied-function");
+    refused("SELECT pg_stat_get_db_numbackends(1)", "denied-function");
 }

@@ -9,7 +9,7 @@ use super::spans::{Edit, Tokens};
 use super::{Context, Refusal};
 use crate::policy::catalog::{Catalog, Relation, Resolved};
 use crate::policy::file::Unclassified;
-use crate::policy::firewall::{relation_denied, setting_refusal};
+use crate::policy::firewall::{per_database_filter, relation_denied, setting_refusal};
 use crate::policy::functions::{MaskFn, describe, quote_ident};
 use crate::policy::kinds::StatementKind;
 
@@ -204,16 +204,19 @@ impl<'a> Walker<'a> {
             }
             "DeclareCursorStmt" => {
                 self.require(K::Cursor)?;
+                own_name(body, "portalname")?;
                 self.statement(body.get("query").unwrap_or(&Value::Null))
             }
             "PrepareStmt" => {
                 self.require(K::Prepare)?;
+                own_name(body, "name")?;
                 self.walk_fields(body, &["query"])?;
                 self.statement(body.get("query").unwrap_or(&Value::Null))
             }
             "DeallocateStmt" if s(body, "name").is_empty() => Ok(()),
             "ExecuteStmt" | "DeallocateStmt" => {
                 self.require(K::Prepare)?;
+                own_name(body, "name")?;
                 self.walk(body)
             }
             // Session-reset idioms only remove state: allowed whatever the role's kinds (pool resets of
@@ -221,7 +224,10 @@ impl<'a> Walker<'a> {
             "ClosePortalStmt" if s(body, "portalname").is_empty() => Ok(()),
             "UnlistenStmt" if s(body, "conditionname").is_empty() => Ok(()),
             "DiscardStmt" => Ok(()),
-            "FetchStmt" | "ClosePortalStmt" => self.require(K::Cursor),
+            "FetchStmt" | "ClosePortalStmt" => {
+                self.require(K::Cursor)?;
+                own_name(body, "portalname")
+            }
             "TransactionStmt" | "ConstraintsSetStmt" => self.require(K::Transaction),
             "VariableShowStmt" => self.require(K::Show),
             "ListenStmt" | "UnlistenStmt" | "NotifyStmt" => self.require(K::Listen),
@@ -618,7 +624,11 @@ impl<'a> Walker<'a> {
             ));
         }
         let rel = match cat.resolve((!schema.is_empty()).then_some(schema), name) {
-            Resolved::System(_) => return Ok(None),
+            // Cluster-wide catalogs show only this tenant's database.
+            Resolved::System((sch, n)) => {
+                return Ok(per_database_filter(&sch, &n)
+                    .map(|w| format!("(SELECT * FROM pg_catalog.{} WHERE {w})", quote_ident(&n))));
+            }
             Resolved::User(rel) => rel,
             Resolved::Unknown => return Err(unknown(schema, name)),
         };
@@ -684,18 +694,38 @@ impl<'a> Walker<'a> {
         let direct = |s: &str, t: &str, c: &str| p.classify(s, t, c);
         let mut out = Vec::new();
         for c in &rel.columns {
-            match cat.classify(rel, &c.name, &direct) {
-                Some(class) if p.role.raw.contains(class) => {}
-                Some(class) => {
-                    let f = p.classes.get(class).cloned().ok_or_else(|| {
-                        Refusal::new(
-                            "policy",
-                            format!("classification {class} has no masking function"),
-                        )
-                    })?;
+            let classes = cat.classes(rel, &c.name, &direct);
+            let hidden: Vec<&str> = classes
+                .iter()
+                .copied()
+                .filter(|class| !p.role.raw.contains(class))
+                .collect();
+            let function = |class: &str| {
+                p.classes.get(class).cloned().ok_or_else(|| {
+                    Refusal::new(
+                        "policy",
+                        format!("classification {class} has no masking function"),
+                    )
+                })
+            };
+            match (classes.as_slice(), hidden.as_slice()) {
+                (_, []) if !classes.is_empty() => {}
+                ([_], [class]) => out.push((c.name.clone(), function(class)?)),
+                // Values derived from several classes (a view's `concat(email, phone)`, a whole-row
+                // reference): no one class's function fits, so the strictest: redact (NULL where a class
+                // asks for NULL).
+                (_, [_, ..]) => {
+                    let mut f = MaskFn::Redact {
+                        replacement: "[REDACTED]".into(),
+                    };
+                    for class in &hidden {
+                        if function(class)? == MaskFn::Null {
+                            f = MaskFn::Null;
+                        }
+                    }
                     out.push((c.name.clone(), f));
                 }
-                None => match p.role.unclassified {
+                _ => match p.role.unclassified {
                     Unclassified::Allow => {}
                     Unclassified::Mask => out.push((
                         c.name.clone(),
@@ -833,4 +863,25 @@ fn column_refs(v: &Value, out: &mut Vec<Vec<String>>) {
         }
         _ => {}
     }
+}
+
+/// The prefix of the statement names pgveil prepares on backends in transaction mode
+/// (`backend::statements::NAME_PREFIX`; a unit test keeps the two equal).
+pub(crate) const OWN_NAME_PREFIX: &str = "pgveil_ps_";
+
+/// Refuses a prepared statement or cursor name (as the parser decoded it: `U&"..."` escapes, quoting and case
+/// folding applied) that starts with pgveil's own prefix: another client's statement could run under it.
+fn own_name(body: &Value, field: &str) -> R {
+    let name = s(body, field);
+    let reserved = name
+        .as_bytes()
+        .get(..OWN_NAME_PREFIX.len())
+        .is_some_and(|p| p.eq_ignore_ascii_case(OWN_NAME_PREFIX.as_bytes()));
+    if reserved {
+        return Err(Refusal::new(
+            "reserved-name",
+            "names starting with pgveil_ps_ belong to pgveil's own prepared statements",
+        ));
+    }
+    Ok(())
 }
