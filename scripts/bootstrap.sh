@@ -54,6 +54,11 @@ bootstrap_missing_apt() {
         # tests/deb.sh: fetches /metrics; checks the unit file.
         command -v curl >/dev/null 2>&1 || echo curl
         command -v systemd-analyze >/dev/null 2>&1 || echo systemd
+        # tests/masking_schemas.rs: pgjdbc (with a Java runtime) and psqlODBC through unixODBC's isql.
+        [ -e /usr/share/java/postgresql.jar ] || echo libpostgresql-jdbc-java
+        command -v java >/dev/null 2>&1 || echo default-jre-headless
+        command -v isql >/dev/null 2>&1 || echo unixodbc
+        ls /usr/lib/*/odbc/psqlodbcw.so >/dev/null 2>&1 || echo odbc-postgresql
     fi
     return 0
 }

@@ -59,7 +59,13 @@ INSERT INTO payer_archive (id, full_name, email, phone, date_of_birth, ip_addres
 CREATE VIEW payer_contacts AS SELECT id, upper(email) AS contact, full_name FROM payers;
 CREATE MATERIALIZED VIEW payer_mv AS SELECT id, email, card_pan FROM payers;
 CREATE FUNCTION leak() RETURNS SETOF text LANGUAGE sql AS $f$ SELECT email FROM payers $f$;
+-- Tenant operators whose functions leak what they can read (and their arguments) in a NOTICE.
+CREATE FUNCTION leak_op(a text, b text) RETURNS boolean LANGUAGE plpgsql AS $f$
+BEGIN RAISE NOTICE '% %', (SELECT string_agg(email::text, ',') FROM payers), a; RETURN a = b; END $f$;
+CREATE OPERATOR @@@ (LEFTARG = text, RIGHTARG = text, FUNCTION = leak_op);
 ANALYZE payers;
+RESET ROLE;
+CREATE EXTENSION IF NOT EXISTS dblink;
 "#;
 
 /// Attack queries: (SQL, admin sees a canary with it).
@@ -186,6 +192,26 @@ const ATTACKS: &[(&str, bool)] = &[
         true,
     ),
     ("RESET client_encoding", false),
+    ("SELECT email FROM acme.public.payers", true),
+    ("SELECT * FROM U&\"p!0061yers\" UESCAPE '!'", true),
+    ("SELECT email FROM public/**/./**/payers", true),
+    // Tenant operators reading raw data: refused in every operator form unless allow-listed.
+    ("SELECT 'a'::text @@@ 'b'", true),
+    ("SELECT 1 FROM payers WHERE email::text @@@ 'x'", true),
+    ("SELECT 'a'::text @@@ ANY (ARRAY['b'])", true),
+    (
+        "SELECT 'a'::text @@@ ALL (SELECT name FROM merchants)",
+        true,
+    ),
+    ("SELECT 'a' OPERATOR(public.@@@) 'b'", true),
+    // An untrusted extension (dblink: other databases).
+    (
+        "SELECT * FROM dblink('dbname=acme', 'SELECT email FROM payers') AS t(e text)",
+        false,
+    ),
+    ("SELECT public.dblink_get_connections()", false),
+    // Tenant functions called as the operator's function, directly.
+    ("SELECT leak_op('a', 'b')", true),
 ];
 
 /// COPY attacks (text output searched).

@@ -11,6 +11,7 @@
 pub mod lineage;
 pub mod load;
 pub mod pool;
+pub mod resolve;
 pub mod saved;
 
 use std::collections::{HashMap, HashSet};
@@ -93,10 +94,12 @@ pub struct Catalog {
     pub relations: HashMap<QualName, Relation>,
     /// Relation names in the system schemas.
     pub system_relations: HashSet<QualName>,
-    /// Functions outside `pg_catalog`.
+    /// Tenant-defined functions: outside `pg_catalog` and `information_schema`, not owned by an extension.
     pub functions: HashSet<QualName>,
-    /// Operators outside `pg_catalog`.
+    /// Tenant-defined operators: outside `pg_catalog`, not owned by an extension.
     pub operators: HashSet<QualName>,
+    /// Extension ownership, operator signatures, casts and column types (resolution by argument types).
+    pub resolution: resolve::Resolution,
 }
 
 /// How a name resolved.
@@ -132,14 +135,14 @@ impl Catalog {
         }
     }
 
-    /// Whether an unqualified function name could resolve outside `pg_catalog`.
+    /// Whether an unqualified function name could resolve to a tenant-defined function.
     pub fn user_function_named(&self, name: &str) -> bool {
         self.functions.iter().any(|(_, n)| n == name)
     }
 
-    /// Whether an unqualified operator name could resolve outside `pg_catalog`.
-    pub fn user_operator_named(&self, name: &str) -> bool {
-        self.operators.iter().any(|(_, n)| n == name)
+    /// Whether a three-part name's first part names this tenant's database.
+    pub fn is_own_database(&self, name: &str) -> bool {
+        !self.resolution.database.is_empty() && self.resolution.database == name
     }
 
     /// The first classification of a column (see [`Catalog::classes`]).

@@ -143,6 +143,8 @@ pub struct MaskingEngine {
     /// Tenants to reload now, and the wake-up of the refresh task.
     requested: Mutex<HashSet<TenantId>>,
     wake: tokio::sync::Notify,
+    /// Catalog loads for statements naming relations the snapshot does not have.
+    on_demand: super::on_demand::OnDemand,
     /// A pooled connection per tenant for catalog loads.
     loader: super::catalog::pool::CatalogPools,
     /// Counters.
@@ -165,6 +167,7 @@ impl MaskingEngine {
             generation: AtomicU64::new(0),
             requested: Mutex::new(HashSet::new()),
             wake: tokio::sync::Notify::new(),
+            on_demand: super::on_demand::OnDemand::default(),
             loader: super::catalog::pool::CatalogPools::default(),
             stats: EngineStats::default(),
         })
@@ -335,11 +338,34 @@ impl MaskingEngine {
 
     /// Decides with the cache; also returns the epoch of the snapshots the decision was made with.
     pub fn check_epoch(&self, sql: &str, tenant: &TenantId, role: &RoleName) -> Versioned {
-        let d = self.check_uncounted(sql, tenant, role);
+        let mut d = self.check_uncounted(sql, tenant, role);
+        // A relation the snapshot does not have: load the catalog now and decide again, once.
+        if matches!(&d.decision, Decision::Deny(e) if e.code == "42P01") && self.reload_on_demand(tenant) {
+            d = self.check_uncounted(sql, tenant, role);
+        }
         if matches!(d.decision, Decision::Deny(_)) {
             self.stats.refused.fetch_add(1, Ordering::Relaxed);
         }
         d
+    }
+
+    /// Loads the tenant's catalog on demand (see [`super::on_demand`]); whether the snapshot changed since the
+    /// call began (by this load or by another that finished meanwhile).
+    fn reload_on_demand(&self, tenant: &TenantId) -> bool {
+        let before = self.tenant(tenant).map(|t| t.catalog.version);
+        let started = self.generation.load(Ordering::Acquire);
+        if let Some(catalog) = self.on_demand.load_now(tenant) {
+            let key = self.tenant(tenant).and_then(|t| t.key.clone());
+            let same = self
+                .tenant(tenant)
+                .is_some_and(|old| same_catalog(&old.catalog, &catalog));
+            if !same {
+                tracing::info!(tenant = %tenant, version = catalog.version, "catalog loaded on demand (unknown relation)");
+                self.set_tenant(tenant.clone(), TenantState { catalog, key });
+            }
+            self.loaded(tenant, started);
+        }
+        self.tenant(tenant).map(|t| t.catalog.version) != before
     }
 
     /// The epoch of (tenant, role) under this policy and the tenant's last loaded catalog (0 if none). A
@@ -453,6 +479,7 @@ impl MaskingEngine {
         keys: HashMap<TenantId, SecretId>,
         refresh: Duration,
     ) {
+        self.on_demand.start(router.clone(), secrets.clone());
         let engine = self.clone();
         tokio::spawn(async move {
             loop {
@@ -572,6 +599,7 @@ fn same_catalog(a: &Catalog, b: &Catalog) -> bool {
         && a.system_relations == b.system_relations
         && a.functions == b.functions
         && a.operators == b.operators
+        && a.resolution == b.resolution
 }
 
 /// Names and modification times of the policy files (change detection).

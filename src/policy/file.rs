@@ -4,12 +4,13 @@
 //! policy). Their contents are merged: classifications, roles and tenants must each be defined once. Every
 //! problem in every file is reported at once, each with `file:line`.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::catalog::resolve::DEFAULT_TRUSTED_EXTENSIONS;
 use super::functions::{Generalize, MaskFn, valid_json_key};
 use super::kinds::StatementKind;
 use super::pattern::ColumnPattern;
@@ -55,6 +56,10 @@ struct FileDoc {
     /// Per-tenant overrides.
     #[serde(default)]
     tenants: BTreeMap<String, Spanned<TenantDoc>>,
+    /// Extensions whose functions, operators and types are treated as built-ins (default: see
+    /// `catalog::resolve::DEFAULT_TRUSTED_EXTENSIONS`).
+    #[serde(default)]
+    trusted_extensions: Option<Spanned<Vec<String>>>,
 }
 
 #[derive(Deserialize)]
@@ -114,6 +119,8 @@ struct RoleDoc {
     #[serde(default)]
     allow_functions: Vec<String>,
     #[serde(default)]
+    allow_operators: Vec<String>,
+    #[serde(default)]
     unclassified: Option<Unclassified>,
 }
 
@@ -137,6 +144,8 @@ struct TenantRoleDoc {
     statements: Option<Vec<String>>,
     #[serde(default)]
     allow_functions: Option<Vec<String>>,
+    #[serde(default)]
+    allow_operators: Option<Vec<String>>,
     #[serde(default)]
     unclassified: Option<Unclassified>,
 }
@@ -182,6 +191,8 @@ pub struct RolePolicy {
     pub statements: HashSet<StatementKind>,
     /// Functions outside `pg_catalog` (or denied ones) allowed anyway, as `schema.name` or `name`.
     pub allow_functions: HashSet<String>,
+    /// Tenant-defined operators allowed anyway, as `schema.op` or `op`.
+    pub allow_operators: HashSet<String>,
     /// Unclassified columns.
     pub unclassified: Unclassified,
 }
@@ -208,6 +219,7 @@ impl Clone for TenantRoleDoc {
             raw: self.raw.clone(),
             statements: self.statements.clone(),
             allow_functions: self.allow_functions.clone(),
+            allow_operators: self.allow_operators.clone(),
             unclassified: self.unclassified,
         }
     }
@@ -233,6 +245,7 @@ pub struct Policy {
     roles: HashMap<RoleName, RoleDoc2>,
     tenants: HashMap<TenantId, TenantPolicy>,
     unclassified: Unclassified,
+    trusted_extensions: BTreeSet<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -241,6 +254,7 @@ struct RoleDoc2 {
     raw: RawSet,
     statements: HashSet<StatementKind>,
     allow_functions: HashSet<String>,
+    allow_operators: HashSet<String>,
     unclassified: Option<Unclassified>,
 }
 
@@ -253,6 +267,8 @@ pub struct Effective<'a> {
     pub rules: Vec<&'a ColumnRule>,
     /// Masking functions.
     pub classes: &'a HashMap<String, MaskFn>,
+    /// Extensions whose objects are treated as built-ins.
+    pub trusted_extensions: &'a BTreeSet<String>,
 }
 
 impl Policy {
@@ -290,7 +306,12 @@ impl Policy {
             roles: HashMap::new(),
             tenants: HashMap::new(),
             unclassified: Unclassified::Allow,
+            trusted_extensions: DEFAULT_TRUSTED_EXTENSIONS
+                .iter()
+                .map(|e| (*e).to_owned())
+                .collect(),
         };
+        let mut trusted_set = false;
         let mut unclassified_set = false;
         let mut class_at: HashMap<String, String> = HashMap::new();
         let mut pending_rules = Vec::new();
@@ -315,6 +336,25 @@ impl Policy {
                 }
                 unclassified_set = true;
                 policy.unclassified = u;
+            }
+            if let Some(t) = &doc.trusted_extensions {
+                let loc = at(t.span());
+                if trusted_set {
+                    p.push(format!(
+                        "{loc}: `trusted_extensions` is set in more than one file"
+                    ));
+                }
+                trusted_set = true;
+                policy.trusted_extensions.clear();
+                for e in t.get_ref() {
+                    if e.is_empty() || e.len() > 63 || e.contains('\0') {
+                        p.push(format!(
+                            "{loc}: trusted_extensions entry {e:?} is not an extension name"
+                        ));
+                    } else {
+                        policy.trusted_extensions.insert(e.clone());
+                    }
+                }
             }
             for (name, class) in doc.classes {
                 let loc = at(class.span());
@@ -369,6 +409,7 @@ impl Policy {
                 let raw = raw_set(&r.raw);
                 pending_rules.push((loc.clone(), Some("raw"), r.raw.join(","), name.clone()));
                 let allow_functions = functions(&r.allow_functions, &loc, &mut p);
+                let allow_operators = operators(&r.allow_operators, &loc, &mut p);
                 policy.roles.insert(
                     rn,
                     RoleDoc2 {
@@ -376,6 +417,7 @@ impl Policy {
                         raw,
                         statements,
                         allow_functions,
+                        allow_operators,
                         unclassified: r.unclassified,
                     },
                 );
@@ -416,6 +458,9 @@ impl Policy {
                     }
                     if let Some(f) = &r.allow_functions {
                         functions(f, &rloc, &mut p);
+                    }
+                    if let Some(o) = &r.allow_operators {
+                        operators(o, &rloc, &mut p);
                     }
                     if let Some(raw) = &r.raw {
                         pending_rules.push((
@@ -502,6 +547,7 @@ impl Policy {
             raw: base.raw.clone(),
             statements: base.statements.clone(),
             allow_functions: base.allow_functions.clone(),
+            allow_operators: base.allow_operators.clone(),
             unclassified: self.unclassified,
         };
         if let Some(u) = t.and_then(|t| t.unclassified) {
@@ -520,6 +566,9 @@ impl Policy {
             if let Some(f) = &o.allow_functions {
                 rp.allow_functions = functions(f, "", &mut Problems::default());
             }
+            if let Some(f) = &o.allow_operators {
+                rp.allow_operators = operators(f, "", &mut Problems::default());
+            }
             if let Some(u) = o.unclassified {
                 rp.unclassified = u;
             }
@@ -530,6 +579,7 @@ impl Policy {
             role: rp,
             rules,
             classes: &self.classes,
+            trusted_extensions: &self.trusted_extensions,
         })
     }
 }
@@ -619,6 +669,29 @@ fn functions(list: &[String], loc: &str, p: &mut Problems) -> HashSet<String> {
         } else {
             p.push(format!(
                 "{loc}: allow_functions entry {f:?} must be `name` or `schema.name`"
+            ));
+        }
+    }
+    out
+}
+
+/// `allow_operators` entries: `op` or `schema.op`, the operator made of PostgreSQL's operator characters.
+fn operators(list: &[String], loc: &str, p: &mut Problems) -> HashSet<String> {
+    let mut out = HashSet::new();
+    for o in list {
+        let (schema, op) = match o.rsplit_once('.') {
+            Some((s, op)) if !op.is_empty() && !s.is_empty() => (Some(s), op),
+            _ => (None, o.as_str()),
+        };
+        let op_ok =
+            !op.is_empty() && op.len() <= 63 && op.chars().all(|c| "+-*/<>=~!@#%^&|`?".contains(c));
+        let schema_ok =
+            schema.is_none_or(|s| s.len() <= 63 && !s.contains('\0') && !s.contains('.'));
+        if op_ok && schema_ok {
+            out.insert(o.clone());
+        } else {
+            p.push(format!(
+                "{loc}: allow_operators entry {o:?} must be `op` or `schema.op`"
             ));
         }
     }

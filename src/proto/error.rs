@@ -114,6 +114,15 @@ impl PgError {
     pub fn invalid_startup_setting(message: impl Into<String>) -> Self {
         Self::new(Severity::Fatal, "22023", message)
     }
+    /// 42P01: a relation the statement names does not exist (PostgreSQL's own wording, so clients that
+    /// catch UndefinedTable keep working).
+    pub fn undefined_table(name: &str) -> Self {
+        Self::new(
+            Severity::Error,
+            "42P01",
+            format!("relation \"{name}\" does not exist"),
+        )
+    }
     /// 42601: syntax error.
     pub fn syntax_error(message: impl Into<String>) -> Self {
         Self::new(Severity::Error, "42601", message)

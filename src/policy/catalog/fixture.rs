@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 
+use super::resolve::OperatorSig;
 use super::{Catalog, Column, Relation};
 use crate::policy::functions::TypeFamily;
 
@@ -121,6 +122,12 @@ pub fn catalog() -> Catalog {
         rel("public", "fn_view", 'v', &[("id", "bigint"), ("x", "text")]),
         rel(
             "public",
+            "wallets",
+            'r',
+            &[("id", "bigint"), ("balance", "money_amount")],
+        ),
+        rel(
+            "public",
             "payer_contact",
             'v',
             &[("id", "bigint"), ("contact", "text"), ("dob", "date")],
@@ -157,6 +164,7 @@ pub fn catalog() -> Catalog {
             _ => {}
         }
     }
+    resolution(&mut c, &rels);
     // `old_payers` is an inheritance child named so no rule matches it directly.
     for r in rels {
         c.relations.insert((r.schema.clone(), r.name.clone()), r);
@@ -181,4 +189,68 @@ pub fn catalog() -> Catalog {
     c.functions.insert(("public".into(), "lower".into()));
     c.operators.insert(("public".into(), "===".into()));
     c
+}
+
+/// Extension ownership (citext, pgcrypto trusted; dblink not), tenant operators with signatures (`=` on the
+/// tenant's composite `money_amount`, `<=` on text), casts and column types.
+fn resolution(c: &mut Catalog, rels: &[Relation]) {
+    let r = &mut c.resolution;
+    r.database = "acme".into();
+    for (s, n, e) in [
+        ("public", "strpos", "citext"),
+        ("public", "regexp_replace", "citext"),
+        ("public", "gen_random_bytes", "pgcrypto"),
+        ("public", "dblink_get_result", "dblink"),
+    ] {
+        r.extension_functions.insert((s.into(), n.into(), e.into()));
+    }
+    for (s, n, e) in [
+        ("public", "<>", "citext"),
+        ("public", "~~", "citext"),
+        ("public", "-|-", "dblink"),
+    ] {
+        r.extension_operators.insert((s.into(), n.into(), e.into()));
+    }
+    for (op, l, rt) in [
+        ("=", "money_amount", "money_amount"),
+        ("<=", "text", "text"),
+    ] {
+        c.operators.insert(("public".into(), op.into()));
+        r.operator_sigs.insert(OperatorSig {
+            schema: "public".into(),
+            name: op.into(),
+            left: Some(l.into()),
+            right: Some(rt.into()),
+        });
+    }
+    for (a, b) in [
+        ("int4", "int8"),
+        ("int4", "numeric"),
+        ("int8", "numeric"),
+        ("varchar", "text"),
+        ("name", "text"),
+    ] {
+        r.implicit_casts.insert((a.into(), b.into()));
+    }
+    for t in ["anyelement", "record", "anyarray"] {
+        r.flexible_types.insert(t.into());
+    }
+    for rel in rels {
+        for col in &rel.columns {
+            r.column_types
+                .entry(col.name.clone())
+                .or_default()
+                .insert(col.base.clone());
+        }
+    }
+    for (n, t) in [
+        ("relname", "name"),
+        ("oid", "oid"),
+        ("relkind", "char"),
+        ("nspname", "name"),
+        ("table_name", "name"),
+        ("column_name", "name"),
+    ] {
+        r.column_types.entry(n.into()).or_default().insert(t.into());
+    }
 }

@@ -11,6 +11,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_postgres::tls::{ChannelBinding, NoTls, TlsConnect};
 
 use super::{Catalog, Column, QualName, Relation, SYSTEM_SCHEMAS};
+
+mod resolution;
 use crate::policy::functions::TypeFamily;
 use crate::route::Tenant;
 use crate::secret::{DbCredentials, ExposeSecret, SecretError, SecretStore};
@@ -258,29 +260,15 @@ pub(super) async fn query_catalog(client: &tokio_postgres::Client) -> Result<Cat
             .collect();
         if let Some(rel) = by_oid.get(&oid).and_then(|k| cat.relations.get_mut(k)) {
             let names: Vec<String> = rel.columns.iter().map(|c| c.name.clone()).collect();
-            rel.reads = super::lineage::view_reads(def.as_deref().unwrap_or(""), &names, &deps);
+            let def = def.as_deref().unwrap_or("");
+            // A deep definition needs a deep stack (decode, conversion and walks recurse per level).
+            rel.reads = crate::policy::rewrite::stack::deep_enough(def, || {
+                super::lineage::view_reads(def, &names, &deps)
+            })
+            .unwrap_or_else(|| super::lineage::view_reads(def, &names, &deps));
         }
     }
-    for row in client
-        .query(
-            "SELECT n.nspname::text, p.proname::text FROM pg_catalog.pg_proc p \
-             JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname <> 'pg_catalog'",
-            &[],
-        )
-        .await?
-    {
-        cat.functions.insert((row.get(0), row.get(1)));
-    }
-    for row in client
-        .query(
-            "SELECT n.nspname::text, o.oprname::text FROM pg_catalog.pg_operator o \
-             JOIN pg_catalog.pg_namespace n ON n.oid = o.oprnamespace WHERE n.nspname <> 'pg_catalog'",
-            &[],
-        )
-        .await?
-    {
-        cat.operators.insert((row.get(0), row.get(1)));
-    }
+    resolution::load(client, &mut cat).await?;
     client.batch_execute("COMMIT").await?;
     Ok(cat)
 }

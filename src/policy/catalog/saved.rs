@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::resolve::Resolution;
 use super::{Catalog, Column, QualName, Relation, SYSTEM_SCHEMAS};
 use crate::ids::TenantId;
 
@@ -90,6 +91,10 @@ struct FileRepr {
     functions: BTreeMap<String, BTreeSet<String>>,
     /// Schema -> operator names.
     operators: BTreeMap<String, BTreeSet<String>>,
+    /// Extension ownership, operator signatures, casts, column types (absent in older files: read as empty,
+    /// the conservative reading).
+    #[serde(default)]
+    resolution: Resolution,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -184,6 +189,7 @@ pub fn to_json(tenant: &TenantId, catalog: &Catalog) -> Result<String, serde_jso
         system_relations: grouped(&catalog.system_relations),
         functions: grouped(&catalog.functions),
         operators: grouped(&catalog.operators),
+        resolution: catalog.resolution.clone(),
     };
     let mut text = serde_json::to_string_pretty(&repr)?;
     text.push('\n');
@@ -266,6 +272,7 @@ pub fn from_json(text: &str, path: &Path) -> Result<SavedCatalog, SavedError> {
             system_relations: ungrouped(repr.system_relations),
             functions: ungrouped(repr.functions),
             operators: ungrouped(repr.operators),
+            resolution: repr.resolution,
         },
     })
 }

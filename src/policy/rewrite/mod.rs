@@ -5,11 +5,14 @@
 //! (the protobuf tree serialized with serde); a relation reference in a position it does not handle is refused.
 
 mod spans;
+pub(crate) mod stack;
 mod template;
 mod walk;
 
 pub use template::{Normalized, Template, normalize};
 
+#[cfg(test)]
+mod resolution_tests;
 #[cfg(test)]
 mod tests;
 
@@ -23,7 +26,7 @@ use super::functions::PseudonymKey;
 /// A refusal: which rule refused and why (shown to the client).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
-    /// SQLSTATE: 42501, 0A000 or 42601.
+    /// SQLSTATE: 42501, 0A000, 42601 or 42P01 (then `message` is the relation's name as written).
     pub code: &'static str,
     /// Rule name, e.g. `statement-kind`, `denied-function`.
     pub rule: &'static str,
@@ -40,8 +43,20 @@ impl Refusal {
         }
     }
 
+    /// 42P01 for a relation that does not exist in the tenant's database (`name` as written).
+    pub(crate) fn undefined_table(name: String) -> Self {
+        Self {
+            code: "42P01",
+            rule: "unknown-relation",
+            message: name,
+        }
+    }
+
     /// The client-facing error.
     pub fn to_pg_error(&self) -> PgError {
+        if self.code == "42P01" {
+            return PgError::undefined_table(&self.message);
+        }
         let message = format!("pgveil: {} (rule {})", self.message, self.rule);
         match self.code {
             "42601" => PgError::syntax_error(message),
@@ -97,7 +112,13 @@ pub struct Checked {
 pub fn check(sql: &str, ctx: &Context<'_>) -> Checked {
     let mut edits = Vec::new();
     let mut literal_sensitive = true;
-    let outcome = decide(sql, ctx, &mut edits, &mut literal_sensitive);
+    let outcome = stack::deep_enough(sql, || decide(sql, ctx, &mut edits, &mut literal_sensitive))
+        .unwrap_or_else(|| {
+            Outcome::Refuse(Refusal::new(
+                "parse",
+                "no stack could be reserved to decide this long statement; try again",
+            ))
+        });
     let template = match &outcome {
         Outcome::Allow | Outcome::Rewrite { .. } if !literal_sensitive => {
             normalize(sql).and_then(|n| Template::build(sql, &n, &edits).map(|t| (n, t)))

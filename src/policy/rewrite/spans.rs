@@ -28,6 +28,8 @@ const STAR: i32 = b'*' as i32;
 const SEMI: i32 = b';' as i32;
 const SQL_COMMENT: i32 = pg_query::protobuf::Token::SqlComment as i32;
 const C_COMMENT: i32 = pg_query::protobuf::Token::CComment as i32;
+const UESCAPE: i32 = pg_query::protobuf::Token::Uescape as i32;
+const SCONST: i32 = pg_query::protobuf::Token::Sconst as i32;
 
 impl<'a> Tokens<'a> {
     /// Scans `sql`.
@@ -54,43 +56,69 @@ impl<'a> Tokens<'a> {
             && self.text(i).eq_ignore_ascii_case(kw)
     }
 
+    fn is_comment(&self, i: usize) -> bool {
+        self.is(i, SQL_COMMENT) || self.is(i, C_COMMENT)
+    }
+
+    /// The next token after `i` that is not a comment (`public/**/./**/payers` is one name).
+    fn next_sig(&self, i: usize) -> Option<usize> {
+        (i + 1..self.toks.len()).find(|&j| !self.is_comment(j))
+    }
+
+    /// The previous token before `i` that is not a comment.
+    fn prev_sig(&self, i: usize) -> Option<usize> {
+        (0..i).rev().find(|&j| !self.is_comment(j))
+    }
+
+    /// The last token of the name part starting at `i`: a `U&"..."` identifier takes its `UESCAPE '.'`
+    /// clause with it (the scanner returns three tokens the grammar reads as one identifier).
+    fn part_end(&self, i: usize) -> usize {
+        match self.next_sig(i) {
+            Some(u) if self.is(u, UESCAPE) => match self.next_sig(u) {
+                Some(c) if self.is(c, SCONST) => c,
+                _ => i,
+            },
+            _ => i,
+        }
+    }
+
     /// The span of a relation reference at `location` with `parts` dot-separated name parts, widened to
     /// a preceding `ONLY` (optionally `ONLY (name)`) when `only` is set and to a trailing `*`; and whether
-    /// the reference is the `TABLE name` shorthand (then the span starts at `TABLE`).
+    /// the reference is the `TABLE name` shorthand (then the span starts at `TABLE`). Comments between the
+    /// tokens belong to the span.
     pub fn relation(&self, location: usize, parts: usize, only: bool) -> Option<RelSpan> {
         let first = self.index_at(location)?;
-        let mut last = first;
+        let mut last = self.part_end(first);
         for _ in 1..parts {
-            if !self.is(last + 1, DOT) {
-                return None;
-            }
-            last += 2;
-            if last >= self.toks.len() {
-                return None;
-            }
+            let dot = self.next_sig(last).filter(|&d| self.is(d, DOT))?;
+            last = self.part_end(self.next_sig(dot)?);
         }
         let mut start_i = first;
         if only {
-            if first >= 1 && self.is_keyword(first - 1, "only") {
-                start_i = first - 1;
-            } else if first >= 2 && self.is(first - 1, LPAREN) && self.is_keyword(first - 2, "only")
+            let p1 = self.prev_sig(first);
+            let p2 = p1.and_then(|p| self.prev_sig(p));
+            if let Some(p) = p1.filter(|&p| self.is_keyword(p, "only")) {
+                start_i = p;
+            } else if let (Some(l), Some(o)) = (p1, p2)
+                && self.is(l, LPAREN)
+                && self.is_keyword(o, "only")
             {
-                if !self.is(last + 1, RPAREN) {
-                    return None;
-                }
-                start_i = first - 2;
-                last += 1;
+                last = self.next_sig(last).filter(|&r| self.is(r, RPAREN))?;
+                start_i = o;
             } else {
                 return None;
             }
         }
-        if self.is(last + 1, STAR) {
-            last += 1;
+        if let Some(star) = self.next_sig(last).filter(|&t| self.is(t, STAR)) {
+            last = star;
         }
         let mut table = false;
-        if start_i >= 1 && self.is_keyword(start_i - 1, "table") {
+        if let Some(t) = self
+            .prev_sig(start_i)
+            .filter(|&t| self.is_keyword(t, "table"))
+        {
             table = true;
-            start_i -= 1;
+            start_i = t;
         }
         Some(RelSpan {
             start: self.toks[start_i].start as usize,

@@ -1,16 +1,65 @@
-//! Function calls and operators in a statement: the allow-list, the denied-function list, user-defined
-//! functions/operators outside `pg_catalog`, and protected settings passed to `set_config`.
+//! Function calls and operators in a statement, judged as PostgreSQL resolves them: built-ins
+//! (`pg_catalog`, `information_schema`) and objects of trusted extensions pass; tenant-defined functions are
+//! refused unless allow-listed, as are tenant-defined operators wherever PostgreSQL could pick them for the
+//! operand types (every operator form: plain, ANY/ALL, IN, BETWEEN, LIKE/ILIKE/SIMILAR, IS DISTINCT FROM,
+//! NULLIF, `CASE x WHEN`, subquery comparisons, `ORDER BY ... USING`, `JOIN ... USING`). Functions with side
+//! effects (sequences, advisory locks, notifications) need a statement kind that allows them, and
+//! `set_config` of protected settings is refused.
 
 use serde_json::Value;
 
 use super::super::Refusal;
-use super::{R, Walker, const_string, list, names};
+use super::{R, Walker, b, const_string, list, names, tagged};
+use crate::policy::catalog::resolve::Operand;
 use crate::policy::firewall::{function_denied, setting_refusal};
+use crate::policy::kinds::StatementKind;
+
+/// Schemas whose functions are PostgreSQL's own.
+const BUILTIN_SCHEMAS: &[&str] = &["pg_catalog", "information_schema"];
+
+/// The operators PostgreSQL applies for `BETWEEN` and its variants.
+const BETWEEN_OPERATORS: &[&str] = &[">=", "<=", ">", "<"];
 
 impl Walker<'_> {
     pub(super) fn function_allowed(&self, schema: &str, name: &str) -> bool {
         let a = &self.ctx.policy.role.allow_functions;
         a.contains(&format!("{schema}.{name}")) || a.contains(name)
+    }
+
+    fn operator_allowed(&self, schema: Option<&str>, op: &str) -> bool {
+        let a = &self.ctx.policy.role.allow_operators;
+        a.contains(op) || schema.is_some_and(|s| a.contains(&format!("{s}.{op}")))
+    }
+
+    fn trusted(&self, extension: &str) -> bool {
+        self.ctx.policy.trusted_extensions.contains(extension)
+    }
+
+    /// Whether `schema.name` is a function PostgreSQL ships or one only trusted extensions define.
+    pub(super) fn builtin_function(&self, schema: &str, name: &str) -> R<bool> {
+        if BUILTIN_SCHEMAS.contains(&schema) {
+            return Ok(true);
+        }
+        let cat = self.catalog()?;
+        if cat
+            .functions
+            .contains(&(schema.to_owned(), name.to_owned()))
+        {
+            return Ok(false);
+        }
+        let mut owners = cat.resolution.function_extensions(schema, name).peekable();
+        Ok(owners.peek().is_some() && owners.all(|e| self.trusted(e)))
+    }
+
+    /// Whether an unqualified name could resolve to a tenant function or one of an untrusted extension.
+    fn unqualified_could_be_user(&self, name: &str) -> R<bool> {
+        let cat = self.catalog()?;
+        Ok(cat.user_function_named(name)
+            || cat
+                .resolution
+                .extension_functions
+                .iter()
+                .any(|(_, n, e)| n == name && !self.trusted(e)))
     }
 
     pub(super) fn func_call(&mut self, body: &Value) -> R {
@@ -19,28 +68,29 @@ impl Walker<'_> {
         let (schema, name) = match parts.as_slice() {
             [n] => (None, n.as_str()),
             [s, n] => (Some(s.as_str()), n.as_str()),
+            [db, s, n] if self.catalog()?.is_own_database(db) => (Some(s.as_str()), n.as_str()),
             _ => {
                 return Err(Refusal::new(
                     "denied-function",
-                    "three-part function names are refused",
+                    "three-part function names are refused unless the first part is the tenant's database",
                 ));
             }
         };
         let allowed = self.function_allowed(schema.unwrap_or("pg_catalog"), name);
         match schema {
-            Some("pg_catalog") => {}
+            Some(s) if BUILTIN_SCHEMAS.contains(&s) => {}
             Some(other) => {
-                if !allowed {
+                if !allowed && !self.builtin_function(other, name)? {
                     return Err(Refusal::new(
                         "denied-function",
                         format!(
-                            "function {other}.{name} is outside pg_catalog and not allow-listed"
+                            "function {other}.{name} is neither built in nor of a trusted extension, and not allow-listed"
                         ),
                     ));
                 }
             }
             None => {
-                if self.catalog()?.user_function_named(name) && !allowed {
+                if !allowed && self.unqualified_could_be_user(name)? {
                     return Err(Refusal::new(
                         "denied-function",
                         format!(
@@ -56,6 +106,7 @@ impl Walker<'_> {
                 format!("function {name} is refused"),
             ));
         }
+        self.side_effects(name, allowed)?;
         if name == "set_config" {
             self.literal_sensitive = true;
             let arg = list(body, "args").first().and_then(const_string);
@@ -77,23 +128,311 @@ impl Walker<'_> {
         self.walk(body)
     }
 
+    /// Whether the role may write (then row locks, sequence changes and advisory locks are its business).
+    fn writes(&self) -> bool {
+        use StatementKind as K;
+        let s = &self.ctx.policy.role.statements;
+        [
+            K::Insert,
+            K::Update,
+            K::Delete,
+            K::Merge,
+            K::CopyFrom,
+            K::Lock,
+        ]
+        .iter()
+        .any(|k| s.contains(k))
+    }
+
+    /// Read-only roles have no side effects: sequence changes, advisory locks and notifications are
+    /// writes. (`pg_advisory_unlock*` only release: allowed, like the other session-reset idioms.)
+    fn side_effects(&self, name: &str, allowed: bool) -> R {
+        if allowed {
+            return Ok(());
+        }
+        let what = match name {
+            "nextval" | "setval" => "changing a sequence",
+            "pg_notify"
+                if !self
+                    .ctx
+                    .policy
+                    .role
+                    .statements
+                    .contains(&StatementKind::Listen) =>
+            {
+                return Err(Refusal::new(
+                    "side-effect",
+                    format!(
+                        "pg_notify() is a notification; role {} may not run listen statements",
+                        self.ctx.role
+                    ),
+                ));
+            }
+            n if n.starts_with("pg_advisory_lock")
+                || n.starts_with("pg_advisory_xact_lock")
+                || n.starts_with("pg_try_advisory_") =>
+            {
+                "taking an advisory lock"
+            }
+            _ => return Ok(()),
+        };
+        if self.writes() {
+            return Ok(());
+        }
+        Err(Refusal::new(
+            "side-effect",
+            format!(
+                "{name}() is refused: {what} is a write and role {} is read-only",
+                self.ctx.role
+            ),
+        ))
+    }
+
+    /// `SELECT ... FOR UPDATE/NO KEY UPDATE/SHARE/KEY SHARE` takes row locks: a write.
+    pub(super) fn locking_clause(&mut self, body: &Value) -> R {
+        if !self.writes() {
+            return Err(Refusal::new(
+                "side-effect",
+                format!(
+                    "row locks (FOR UPDATE/SHARE) are writes and role {} is read-only",
+                    self.ctx.role
+                ),
+            ));
+        }
+        self.walk_fields(body, &["locked_rels"])
+    }
+
+    /// Refuses if `parts` (an operator name, maybe schema-qualified) could resolve, for these operand
+    /// types, to a tenant-defined operator or one of an untrusted extension that is not allow-listed.
+    fn check_operator(&self, parts: &[String], left: &Operand, right: &Operand) -> R {
+        let (schema, op) = match parts {
+            [op] => (None, op.as_str()),
+            [s, op] => (Some(s.as_str()), op.as_str()),
+            _ => return Err(Refusal::new("parse", "unexpected operator name")),
+        };
+        if schema == Some("pg_catalog") || self.operator_allowed(schema, op) {
+            return Ok(());
+        }
+        let cat = self.catalog()?;
+        let refuse = || {
+            let shown = schema.map_or_else(|| op.to_owned(), |s| format!("{s}.{op}"));
+            Err(Refusal::new(
+                "denied-operator",
+                format!(
+                    "operator {shown} could resolve to a user-defined operator that is not allow-listed"
+                ),
+            ))
+        };
+        if let Some(s) = schema {
+            // Qualified outside pg_catalog: only an operator known to belong to trusted extensions.
+            let mut owners = cat
+                .resolution
+                .extension_operators
+                .iter()
+                .filter(|(es, n, _)| es == s && n == op)
+                .peekable();
+            let trusted = owners.peek().is_some() && owners.all(|(_, _, e)| self.trusted(e));
+            if !trusted || cat.operators.contains(&(s.to_owned(), op.to_owned())) {
+                return refuse();
+            }
+            return Ok(());
+        }
+        let untrusted_ext = cat
+            .resolution
+            .extension_operators
+            .iter()
+            .any(|(_, n, e)| n == op && !self.trusted(e));
+        let tenant = cat.operators.iter().any(|(s, n)| {
+            n == op && !self.operator_allowed(Some(s.as_str()), op) && {
+                let mut sigs = cat
+                    .resolution
+                    .operator_sigs
+                    .iter()
+                    .filter(|g| &g.schema == s && g.name == op)
+                    .peekable();
+                // No signature known (an older saved catalog): could match anything.
+                sigs.peek().is_none() || sigs.any(|g| cat.resolution.could_pick(g, left, right))
+            }
+        });
+        if untrusted_ext || tenant {
+            return refuse();
+        }
+        Ok(())
+    }
+
+    /// Every operator form of `A_Expr`.
     pub(super) fn operator(&mut self, body: &Value) -> R {
         let parts = names(list(body, "name")).unwrap_or_default();
-        match parts.as_slice() {
-            [op] if self.catalog()?.user_operator_named(op) => {
-                return Err(Refusal::new(
-                    "denied-operator",
-                    format!("operator {op} could resolve to a user-defined operator"),
-                ));
+        let kind = body.get("kind").and_then(|k| k.as_i64()).unwrap_or(0);
+        let null = Value::Null;
+        let lexpr = body.get("lexpr").unwrap_or(&null);
+        let rexpr = body.get("rexpr").unwrap_or(&null);
+        let left = self.operand(lexpr);
+        match kind {
+            // AEXPR_OP_ANY, AEXPR_OP_ALL: the right side is an array.
+            2 | 3 => self.check_operator(&parts, &left, &self.element_operand(rexpr))?,
+            // AEXPR_IN: `x IN (a, b)` is `x = a OR x = b` (or `<>`).
+            7 => {
+                for item in in_list(rexpr) {
+                    self.check_operator(&parts, &left, &self.operand(item))?;
+                }
             }
-            [schema, op] if schema != "pg_catalog" => {
-                return Err(Refusal::new(
-                    "denied-operator",
-                    format!("operator {schema}.{op} is outside pg_catalog"),
-                ));
+            // AEXPR_BETWEEN and its NOT/SYMMETRIC variants.
+            11..=14 => {
+                for bound in in_list(rexpr) {
+                    let right = self.operand(bound);
+                    for op in BETWEEN_OPERATORS {
+                        self.check_operator(&[(*op).to_owned()], &left, &right)?;
+                    }
+                }
             }
-            _ => {}
+            _ => self.check_operator(&parts, &left, &self.operand(rexpr))?,
         }
         self.walk(body)
+    }
+
+    /// `CASE x WHEN v ...` compares with `=`.
+    pub(super) fn case_expr(&mut self, body: &Value) -> R {
+        if let Some(arg) = body.get("arg").filter(|a| !a.is_null()) {
+            let left = self.operand(arg);
+            for w in list(body, "args") {
+                if let Some(("CaseWhen", when)) = tagged(w) {
+                    let right = self.operand(when.get("expr").unwrap_or(&Value::Null));
+                    self.check_operator(&["=".to_owned()], &left, &right)?;
+                }
+            }
+        }
+        self.walk(body)
+    }
+
+    /// `x op ANY/ALL (SELECT ...)`, `x IN (SELECT ...)`, row comparisons with a subquery.
+    pub(super) fn sub_link(&mut self, body: &Value) -> R {
+        let ty = body
+            .get("sub_link_type")
+            .and_then(|k| k.as_i64())
+            .unwrap_or(0);
+        // ALL_SUBLINK, ANY_SUBLINK, ROWCOMPARE_SUBLINK.
+        if matches!(ty, 2..=4) {
+            let op = names(list(body, "oper_name"))
+                .filter(|n| !n.is_empty())
+                .unwrap_or_else(|| vec!["=".to_owned()]);
+            let left = self.operand(body.get("testexpr").unwrap_or(&Value::Null));
+            self.check_operator(&op, &left, &Operand::Unknown)?;
+        }
+        self.walk(body)
+    }
+
+    /// `ORDER BY x USING op`.
+    pub(super) fn sort_by(&mut self, body: &Value) -> R {
+        if let Some(op) = names(list(body, "use_op")).filter(|n| !n.is_empty()) {
+            let t = self.operand(body.get("node").unwrap_or(&Value::Null));
+            self.check_operator(&op, &t, &t)?;
+        }
+        self.walk(body)
+    }
+
+    /// `JOIN ... USING (c)` compares the two `c` with `=`; NATURAL JOIN compares columns we do not list.
+    pub(super) fn join_expr(&mut self, body: &Value) -> R {
+        let eq = ["=".to_owned()];
+        if b(body, "is_natural") {
+            self.check_operator(&eq, &Operand::Unknown, &Operand::Unknown)?;
+        }
+        for c in names(list(body, "using_clause")).unwrap_or_default() {
+            let t = self.column_operand(std::slice::from_ref(&c));
+            self.check_operator(&eq, &t, &t)?;
+        }
+        self.walk(body)
+    }
+
+    /// A column reference by its name parts (one part: it could also name a relation's whole row).
+    fn column_operand(&self, fields: &[String]) -> Operand {
+        let Some(name) = fields.last() else {
+            return Operand::Unknown;
+        };
+        let qualifier = fields.len().checked_sub(2).map(|i| fields[i].as_str());
+        let typed = match qualifier.and_then(|q| self.from_alias(q)) {
+            Some(real) => real,
+            None => !self.derived_names.is_derived(name),
+        };
+        match self.ctx.catalog {
+            Some(cat) if typed => {
+                let is_relation = |(_, n): &(String, String)| n == name;
+                let row = fields.len() == 1
+                    && (cat.relations.keys().any(is_relation)
+                        || cat.system_relations.iter().any(is_relation));
+                cat.resolution.column(name, row.then_some(name.as_str()))
+            }
+            _ => Operand::Unknown,
+        }
+    }
+
+    /// The types an expression may have, where the parse tree and the catalog tell them.
+    fn operand(&self, v: &Value) -> Operand {
+        let Some((ty, body)) = tagged(v) else {
+            return Operand::Unknown;
+        };
+        match ty {
+            "AConst" => match body
+                .get("val")
+                .and_then(|v| v.as_object())
+                .and_then(|m| m.keys().next())
+            {
+                Some(k) if k == "Ival" => Operand::of(&["int4", "int8", "numeric"]),
+                Some(k) if k == "Fval" => Operand::of(&["numeric"]),
+                Some(k) if k == "Boolval" => Operand::of(&["bool"]),
+                _ => Operand::Unknown,
+            },
+            "TypeCast" => {
+                let tn = body.get("type_name").unwrap_or(&Value::Null);
+                let Some(last) = names(list(tn, "names")).and_then(|n| n.last().cloned()) else {
+                    return Operand::Unknown;
+                };
+                let name = if list(tn, "array_bounds").is_empty() {
+                    last
+                } else {
+                    format!("_{last}")
+                };
+                match self.ctx.catalog {
+                    Some(cat) if !cat.resolution.flexible_types.contains(&name) => {
+                        Operand::of(&[name.as_str()])
+                    }
+                    _ => Operand::Unknown,
+                }
+            }
+            "ColumnRef" => match names(list(body, "fields")) {
+                Some(f) if !f.is_empty() => self.column_operand(&f),
+                _ => Operand::Unknown,
+            },
+            "BoolExpr" | "NullTest" | "BooleanTest" => Operand::of(&["bool"]),
+            _ => Operand::Unknown,
+        }
+    }
+
+    /// The element types of an array operand (`ARRAY[...]`, or an array-typed column or cast).
+    fn element_operand(&self, v: &Value) -> Operand {
+        if let Some(("AArrayExpr", body)) = tagged(v) {
+            let mut all = std::collections::BTreeSet::new();
+            for e in list(body, "elements") {
+                match self.operand(e) {
+                    Operand::Types(types) => all.extend(types),
+                    _ => return Operand::Unknown,
+                }
+            }
+            return Operand::Types(all);
+        }
+        match self.operand(v) {
+            Operand::Types(types) if types.iter().all(|t| t.starts_with('_')) => {
+                Operand::Types(types.iter().map(|t| t[1..].to_owned()).collect())
+            }
+            _ => Operand::Unknown,
+        }
+    }
+}
+
+/// The items of `IN (...)` / `BETWEEN a AND b` (a `List` node), or the expression itself.
+fn in_list(v: &Value) -> Vec<&Value> {
+    match tagged(v) {
+        Some(("List", l)) => list(l, "items").iter().collect(),
+        _ => vec![v],
     }
 }

@@ -14,6 +14,7 @@ use crate::policy::functions::{MaskFn, describe, quote_ident};
 use crate::policy::kinds::StatementKind;
 
 mod calls;
+mod derived;
 
 type R<T = ()> = Result<T, Refusal>;
 
@@ -30,6 +31,12 @@ pub struct Walker<'a> {
     uses_key: bool,
     /// Depth of EXPLAIN nesting.
     in_explain: bool,
+    /// Names in the current top-level statement that may name columns other than catalog columns
+    /// (subquery and CTE outputs, aliases, function outputs): references by these names are not typed.
+    derived_names: derived::Derived,
+    /// FROM items in scope, innermost last: alias (or relation name) -> whether it is a catalog relation
+    /// with its own column names (else a subquery, CTE, function, join or renamed relation).
+    from_scopes: Vec<std::collections::HashMap<String, bool>>,
     /// The decision read a constant's value or covers a statement kind whose meaning constants can change
     /// (then it must not be reused for other literal values; see `template`).
     literal_sensitive: bool,
@@ -103,6 +110,8 @@ impl<'a> Walker<'a> {
             masked: Vec::new(),
             uses_key: false,
             in_explain: false,
+            derived_names: derived::Derived::default(),
+            from_scopes: Vec::new(),
             literal_sensitive: false,
         })
     }
@@ -149,6 +158,11 @@ impl<'a> Walker<'a> {
         let stmt = raw
             .get("stmt")
             .ok_or_else(|| Refusal::new("parse", "empty statement"))?;
+        self.derived_names = if self.ctx.catalog.is_some_and(|c| !c.operators.is_empty()) {
+            derived::names_of(stmt)
+        } else {
+            derived::Derived::default()
+        };
         self.statement(stmt)?;
         if self.uses_key && self.in_explain {
             return Err(Refusal::new(
@@ -209,18 +223,23 @@ impl<'a> Walker<'a> {
                 self.walk_fields(body, &["query"])?;
                 self.statement(body.get("query").unwrap_or(&Value::Null))
             }
+            "DeallocateStmt" if s(body, "name").is_empty() => Ok(()),
             "ExecuteStmt" | "DeallocateStmt" => {
                 self.require(K::Prepare)?;
                 own_name(body, "name")?;
                 self.walk(body)
             }
+            // Session-reset idioms only remove state: allowed whatever the role's kinds (pool resets of
+            // asyncpg, psycopg, pgjdbc, node-postgres, SQLAlchemy, Npgsql).
+            "ClosePortalStmt" if s(body, "portalname").is_empty() => Ok(()),
+            "UnlistenStmt" if s(body, "conditionname").is_empty() => Ok(()),
+            "DiscardStmt" => Ok(()),
             "FetchStmt" | "ClosePortalStmt" => {
                 self.require(K::Cursor)?;
                 own_name(body, "portalname")
             }
             "TransactionStmt" | "ConstraintsSetStmt" => self.require(K::Transaction),
             "VariableShowStmt" => self.require(K::Show),
-            "DiscardStmt" => self.require(K::Discard),
             "ListenStmt" | "UnlistenStmt" | "NotifyStmt" => self.require(K::Listen),
             "VariableSetStmt" => self.set(body),
             "LockStmt" => self.unmaskable(K::Lock, "LOCK"),
@@ -256,9 +275,13 @@ impl<'a> Walker<'a> {
                 "SET ROLE / SET SESSION AUTHORIZATION",
             );
         }
-        self.require(StatementKind::Set)?;
         // kind 1 = VAR_SET_VALUE; others (DEFAULT, CURRENT, MULTI, RESET, RESET ALL) restore server defaults.
         let kind = body.get("kind").and_then(|k| k.as_i64()).unwrap_or(0);
+        if kind == 6 {
+            // RESET ALL: a session-reset idiom, allowed for every role (back to the connection-start values).
+            return Ok(());
+        }
+        self.require(StatementKind::Set)?;
         // One constant value, else `None` (refused where the value matters).
         let args = list(body, "args");
         let value = (args.len() == 1).then(|| const_string(&args[0])).flatten();
@@ -277,7 +300,10 @@ impl<'a> Walker<'a> {
 
     fn select(&mut self, body: &Value) -> R {
         let pushed = self.with_clause(body.get("with_clause"))?;
+        let scope = self.from_scope(body);
+        self.from_scopes.push(scope);
         let r = self.walk_fields(body, &["with_clause"]);
+        self.from_scopes.pop();
         if pushed {
             self.scopes.pop();
         }
@@ -318,6 +344,68 @@ impl<'a> Walker<'a> {
         Ok(true)
     }
 
+    /// The FROM items of a SELECT or DML statement (only needed, so only computed, when the tenant has
+    /// operators of its own: see `calls::column_operand`).
+    fn from_scope(&self, body: &Value) -> std::collections::HashMap<String, bool> {
+        let mut scope = std::collections::HashMap::new();
+        if self.ctx.catalog.is_some_and(|c| !c.operators.is_empty()) {
+            for key in ["from_clause", "using_clause", "relation"] {
+                match body.get(key) {
+                    Some(Value::Array(items)) => {
+                        items.iter().for_each(|i| self.from_item(i, &mut scope))
+                    }
+                    Some(v) if v.is_object() => self.from_item(v, &mut scope),
+                    _ => {}
+                }
+            }
+        }
+        scope
+    }
+
+    fn from_item(&self, v: &Value, scope: &mut std::collections::HashMap<String, bool>) {
+        let (ty, body) = match tagged(v) {
+            Some(t) => t,
+            None if obj(v).is_some_and(is_range_var) => ("RangeVar", v),
+            None => return,
+        };
+        let alias = body.get("alias").filter(|a| !a.is_null());
+        let alias_name = alias.map(|a| s(a, "aliasname").to_owned());
+        match ty {
+            "RangeVar" => {
+                let rel = s(body, "relname");
+                let cte = s(body, "schemaname").is_empty() && self.cte_visible(rel);
+                let renamed = alias.is_some_and(|a| !list(a, "colnames").is_empty());
+                scope.insert(
+                    alias_name.unwrap_or_else(|| rel.to_owned()),
+                    !cte && !renamed,
+                );
+            }
+            "JoinExpr" => {
+                for side in ["larg", "rarg"] {
+                    if let Some(x) = body.get(side) {
+                        self.from_item(x, scope);
+                    }
+                }
+                scope.extend(alias_name.map(|a| (a, false)));
+            }
+            "RangeTableSample" => {
+                if let Some(x) = body.get("relation") {
+                    self.from_item(x, scope);
+                }
+            }
+            _ => scope.extend(alias_name.map(|a| (a, false))),
+        }
+    }
+
+    /// Whether `alias` names a catalog relation (`Some(true)`) or a derived FROM item (`Some(false)`) in the
+    /// innermost scope that has it.
+    fn from_alias(&self, alias: &str) -> Option<bool> {
+        self.from_scopes
+            .iter()
+            .rev()
+            .find_map(|s| s.get(alias).copied())
+    }
+
     fn cte_visible(&self, name: &str) -> bool {
         self.scopes.iter().any(|s| s.contains(name))
     }
@@ -335,9 +423,12 @@ impl<'a> Walker<'a> {
             .get("relation")
             .filter(|r| !r.is_null())
             .ok_or_else(|| Refusal::new("parse", "DML without target"))?;
+        let scope = self.from_scope(body);
+        self.from_scopes.push(scope);
         let r = self
             .dml_target(ty, rv, body)
             .and_then(|()| self.walk_fields(body, &["with_clause", "relation"]));
+        self.from_scopes.pop();
         if pushed {
             self.scopes.pop();
         }
@@ -529,11 +620,15 @@ impl<'a> Walker<'a> {
             ));
         }
         let cat = self.catalog()?;
-        if !catalog.is_empty() {
-            return Err(Refusal::new(
-                "unsupported",
-                "three-part relation names are refused",
-            ));
+        if !catalog.is_empty() && !cat.is_own_database(catalog) {
+            // PostgreSQL: "cross-database references are not implemented".
+            return Err(Refusal {
+                code: "0A000",
+                rule: "unsupported",
+                message: format!(
+                    "cross-database references are not implemented: {catalog}.{schema}.{name}"
+                ),
+            });
         }
         if schema == "pg_toast" || schema.starts_with("pg_temp") {
             return Err(Refusal::new(
@@ -551,7 +646,7 @@ impl<'a> Walker<'a> {
             Resolved::Unknown => return Err(unknown(schema, name)),
         };
         for f in &rel.calls {
-            if !self.function_allowed(&f.0, &f.1) {
+            if !self.function_allowed(&f.0, &f.1) && !self.builtin_function(&f.0, &f.1)? {
                 return Err(Refusal::new(
                     "view-calls-function",
                     format!(
@@ -709,6 +804,10 @@ impl<'a> Walker<'a> {
             "InsertStmt" | "UpdateStmt" | "DeleteStmt" | "MergeStmt" => self.dml(ty, body),
             "FuncCall" => self.func_call(body),
             "AExpr" => self.operator(body),
+            "CaseExpr" => self.case_expr(body),
+            "SubLink" => self.sub_link(body),
+            "SortBy" => self.sort_by(body),
+            "JoinExpr" => self.join_expr(body),
             "RangeTableSample" => {
                 let rel = body.get("relation");
                 if let Some((_, rv)) = rel.and_then(tagged).filter(|(t, _)| *t == "RangeVar")
@@ -721,8 +820,8 @@ impl<'a> Walker<'a> {
                 }
                 self.walk_fields(body, &[])
             }
-            // `FOR UPDATE OF a, b` names FROM items (aliases), not relations.
-            "LockingClause" => self.walk_fields(body, &["locked_rels"]),
+            // `FOR UPDATE OF a, b` names FROM items (aliases), not relations; row locks are writes.
+            "LockingClause" => self.locking_clause(body),
             "CommonTableExpr" => Err(Refusal::new(
                 "unsupported",
                 "WITH clause in an unsupported position",
@@ -737,16 +836,15 @@ fn qual(rel: &Relation) -> String {
     format!("{}.{}", rel.schema, rel.name)
 }
 
+/// A relation the snapshot does not have: PostgreSQL's 42P01 (the snapshot is current, or a schema change
+/// would have marked it stale and the statement would have been refused as `catalog`).
 fn unknown(schema: &str, name: &str) -> Refusal {
     let n = if schema.is_empty() {
         name.to_owned()
     } else {
         format!("{schema}.{name}")
     };
-    Refusal::new(
-        "unknown-relation",
-        format!("relation {n} is not in the tenant's catalog snapshot"),
-    )
+    Refusal::undefined_table(n)
 }
 
 /// A string constant (`'x'`, or `'x'::type`).
