@@ -199,18 +199,18 @@ impl<'a> Walker<'a> {
             "ExplainStmt" => {
                 self.require(K::Explain)?;
                 self.in_explain = true;
+                self.walk_fields(body, &["query"])?;
+                let query = body.get("query").unwrap_or(&Value::Null);
+                self.statement(query)?;
                 // The plan of a prepared statement (SQL PREPARE or protocol Parse, by name) is the plan of its
                 // rewrite, which pgveil did not decide here: it can show masking expressions and key material.
-                if !self.sees_all()
-                    && tagged(&body["query"]).is_some_and(|(t, _)| t == "ExecuteStmt")
-                {
+                if !self.sees_all() && tagged(query).is_some_and(|(t, _)| t == "ExecuteStmt") {
                     return Err(Refusal::new(
                         "explain-execute",
                         "EXPLAIN of a prepared statement is refused (its plan shows the rewritten statement)",
                     ));
                 }
-                self.walk_fields(body, &["query"])?;
-                self.statement(body.get("query").unwrap_or(&Value::Null))
+                Ok(())
             }
             "DeclareCursorStmt" => {
                 self.require(K::Cursor)?;
