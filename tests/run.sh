@@ -6,7 +6,7 @@
 # "demo" mode; that file lists what each mode installs): PostgreSQL's server and client, clang/libclang,
 # build tools, pgbouncer, chromium and chromium-driver, node/npm, python3/pip, the Python and npm packages
 # the client tests use, and Rust (rustup) when no cargo is found;
-# then runs `cargo test --locked --release --all-targets "$@"` and, for a whole run (no arguments), the Debian
+# then runs `cargo test --locked --release --all-targets --no-fail-fast "$@"` and, for a whole run (no arguments), the Debian
 # package test tests/deb.sh; exits non-zero when either failed.
 #
 # The tests start their own throwaway PostgreSQL clusters on free ports. Neither script ever starts or
@@ -22,7 +22,7 @@ bootstrap tests
 # ---- the test suite -------------------------------------------------------------------------------
 # --all-targets: unit and end-to-end tests (there are no doc tests); a summary line closes the output.
 log_file=$(mktemp)
-if cargo test --locked --release --all-targets "$@" 2>&1 | tee "$log_file"; then
+if cargo test --locked --release --all-targets --no-fail-fast "$@" 2>&1 | tee "$log_file"; then
     status=0
 else
     status=${PIPESTATUS[0]}

@@ -66,6 +66,9 @@ async def main(dsn):
             " ARRAY['00000000-0000-0000-0000-000000000001'::uuid, '1f0c1a2b-3c4d-4e5f-8a9b-0c1d2e3f4a5b'::uuid] AS ids,"
             " ARRAY[1.5, 2.25]::numeric[] AS nums,"
             " interval '1 day 02:03:04' AS iv"))
+        # payers.email is citext (an extension type without a stable OID): asyncpg decodes composites only in
+        # binary, so it is declared wire-compatible with text, as asyncpg's documentation says to.
+        await conn.set_builtin_type_codec("citext", schema="public", codec_name="text")
         out["composite"] = rows(await conn.fetch("SELECT p FROM payers p WHERE id <= 3 ORDER BY id"))
         out["composite_array"] = repr(await conn.fetchval(
             "SELECT array_agg(d ORDER BY d.id) FROM disputes d WHERE d.id <= 2"))
