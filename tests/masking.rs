@@ -640,11 +640,37 @@ fn hot_reload(fx: &Fixture) -> Result<()> {
         );
         std::fs::write(dir.join("payments.toml"), relaxed)?;
         wait_for(|| engine.policy().version > v1).await?;
+        // This session holds a prepared statement (tokio-postgres keeps its type-lookup statement for citext),
+        // decided under the old policy: it is ended (rule policy-version, README "Trust boundary"), and a new
+        // session gets the new policy at once.
+        match c
+            .query_one("SELECT email FROM ONLY payers WHERE id = 1", &[])
+            .await
+        {
+            Ok(r) => {
+                let e: String = r.get(0);
+                ensure!(e.starts_with("zqxmail"), "after valid reload: {e}");
+            }
+            Err(err) => {
+                let text = err
+                    .as_db_error()
+                    .map(|d| format!("{} {}", d.code().code(), d.message()))
+                    .unwrap_or_else(|| err.to_string());
+                ensure!(
+                    text.starts_with("0A000") && text.contains("policy-version"),
+                    "after valid reload: {text}"
+                );
+            }
+        }
+        let c = fx.connect_to(proxy.addr, "acme", "analyst").await?;
         let e: String = c
             .query_one("SELECT email FROM ONLY payers WHERE id = 1", &[])
             .await?
             .get(0);
-        ensure!(e.starts_with("zqxmail"), "after valid reload: {e}");
+        ensure!(
+            e.starts_with("zqxmail"),
+            "after valid reload, new session: {e}"
+        );
         Ok(())
     })
 }

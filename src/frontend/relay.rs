@@ -368,6 +368,9 @@ impl<'a> Relay<'a> {
             client_inspects
         };
         if !cin.is_empty() {
+            if self.versioned && !split.mid_frame() {
+                self.epochs.apply_leading_closes(cin);
+            }
             match self.stale_state() {
                 Ok(None) => self.held_since = None,
                 Ok(Some(err)) => {

@@ -45,6 +45,28 @@ impl StateEpochs {
         }
     }
 
+    /// Applies the Close messages at the start of freshly read client bytes (`buf` starts at a frame
+    /// boundary), up to the first message that could use a statement. Drivers close statements they no longer
+    /// need just before their next request (tokio-postgres sends a dropped statement's Close in the same write
+    /// as the next Parse), and such a Close must not make the session look stale: it ends the statement
+    /// before anything can run it. Sync and Flush are passed over; any other message stops the scan.
+    pub fn apply_leading_closes(&mut self, buf: &[u8]) {
+        let mut rest = buf;
+        while rest.len() >= 5 {
+            let tag = rest[0];
+            let len = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
+            if len < 4 || rest.len() < 1 + len {
+                return;
+            }
+            match tag {
+                b'C' => self.on_close(&rest[5..1 + len]),
+                b'S' | b'H' => {}
+                _ => return,
+            }
+            rest = &rest[1 + len..];
+        }
+    }
+
     /// A simple Query: PostgreSQL drops the unnamed statement.
     pub fn on_query(&mut self) {
         self.unnamed = None;
@@ -100,6 +122,35 @@ mod tests {
         assert!(s.stale(|| 8));
         s.on_lasting(8);
         assert!(s.stale(|| 8), "a cursor of epoch 7 is still open");
+    }
+
+    #[test]
+    fn leading_closes_end_statements_before_any_use() {
+        fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
+            let mut f = vec![tag];
+            f.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+            f.extend_from_slice(body);
+            f
+        }
+        let mut s = StateEpochs::default();
+        s.on_parse(b"s1", 7);
+        s.on_parse(b"s2", 7);
+        // Close s1, then Bind s2 (a use), then Close s2: only the leading Close counts.
+        let mut buf = frame(b'C', b"Ss1\0");
+        buf.extend(frame(b'H', b""));
+        buf.extend(frame(b'B', b"\0s2\0\0\0\0\0\0\0"));
+        buf.extend(frame(b'C', b"Ss2\0"));
+        s.apply_leading_closes(&buf);
+        assert!(
+            s.stale(|| 8),
+            "s2 is still live: its Close comes after a use"
+        );
+        s.on_close(b"Ss2\0");
+        assert!(!s.stale(|| panic!("all state is gone")));
+        // A truncated frame is left alone.
+        s.on_parse(b"s3", 7);
+        s.apply_leading_closes(&frame(b'C', b"Ss3\0")[..6]);
+        assert!(s.stale(|| 8));
     }
 
     #[test]
