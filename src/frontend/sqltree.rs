@@ -25,6 +25,15 @@ pub fn add_effects(sql: &[u8], fx: &mut SqlEffects) {
     let Ok(text) = std::str::from_utf8(sql) else {
         return;
     };
+    // Decoding, converting and walking the tree recurse per nesting level: deep statements get a deep stack
+    // (a runtime thread's 2 MiB would overflow and abort the process).
+    if crate::policy::rewrite::stack::deep_enough(text, || add_parsed(text, fx)).is_none() {
+        fx.settings = true;
+        fx.pins = fx.pins.or(Some("statement pgveil could not inspect"));
+    }
+}
+
+fn add_parsed(text: &str, fx: &mut SqlEffects) {
     let Ok(parsed) = pg_query::parse(text, 0) else {
         return;
     };

@@ -78,6 +78,12 @@ pub fn epoch(fingerprint: u64, catalog_version: u64) -> u64 {
 /// Whether `sql` holds a statement whose effect outlives it: SQL `PREPARE` or `DECLARE` (a cursor; `WITH
 /// HOLD` ones even outlive the transaction).
 pub fn lasting(sql: &str) -> bool {
+    // The protobuf decode recurses per nesting level: deep statements get a deep stack (a runtime thread's
+    // 2 MiB would overflow and abort the process). No thread for it: assume lasting state (fail closed).
+    super::rewrite::stack::deep_enough(sql, || lasting_parsed(sql)).unwrap_or(true)
+}
+
+fn lasting_parsed(sql: &str) -> bool {
     use pg_query::NodeEnum;
     let Ok(parsed) = pg_query::parse(sql, 0) else {
         return false; // refused anyway
