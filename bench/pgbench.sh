@@ -4,11 +4,14 @@
 #   - select-only (-S) and TPC-B, -M simple / extended / prepared, 8 and 64 clients;
 #     PgBouncer in transaction mode for simple/extended and session mode for prepared (1.18 cannot do prepared
 #     statements in transaction mode); pgveil in transaction mode for all of them;
-#   - TPS, mean latency, ratios pgveil/direct and pgveil/PgBouncer, and each proxy's CPU time per transaction
-#     (utime+stime deltas from /proc/<pid>/stat: far less noisy than TPS on a shared 2-core machine);
+#   - per row and target: TPS, mean latency, ratios to direct and to PgBouncer, and for each proxy its CPU time
+#     per transaction (utime+stime deltas from /proc/<pid>/stat: far less noisy than TPS on a shared 2-core
+#     machine), system calls and context switches per transaction (perf stat over all the proxy's threads:
+#     raw_syscalls:sys_enter and context-switches, counted while pgbench runs);
 #   - connection setup rate (new connection + SELECT 1): direct SCRAM, PgBouncer SCRAM, pgveil token;
 #   - pgveil's resident memory with 5,000 idle client connections.
-# pgveil runs with --threads 1 (one event loop, like PgBouncer): on 2 shared cores the cheapest per transaction.
+# pgveil runs twice: in its default configuration (one event loop per core, "thread per core") and with
+# --threads 1 (one event loop, like PgBouncer).
 # Usage: bash bench/pgbench.sh [seconds per run, default 10] [pool size, default 16] [scale, default 10]
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -51,9 +54,14 @@ PGPASSWORD=$dbpass pgbench -i -q -s "$scale" -h 127.0.0.1 -p "$dbport" -U "$dbus
 vport=$(free_port)
 sed -e "s/^addr = .*/addr = \"127.0.0.1:$vport\"/" -e "s/^size = .*/size = $pool\nmode = \"transaction\"\nmax_prepared_statements = 200/" \
     -e 's/^checkout_timeout = .*/checkout_timeout = "60s"/' <(proxy_config "$envdir/pgveil.toml" control api policy) >"$work/pgveil.toml"
-"$bin" serve --threads 1 --config "$work/pgveil.toml" >"$work/pgveil.log" 2>&1 &
+"$bin" serve --config "$work/pgveil.toml" >"$work/pgveil.log" 2>&1 &
 vpid=$!
 pids+=($vpid)
+v1port=$(free_port)
+sed -e "s/^addr = .*/addr = \"127.0.0.1:$v1port\"/" "$work/pgveil.toml" >"$work/pgveil1.toml"
+"$bin" serve --threads 1 --config "$work/pgveil1.toml" >"$work/pgveil1.log" 2>&1 &
+v1pid=$!
+pids+=($v1pid)
 token=$("$bin" token mint --config "$envdir/pgveil.toml" --user bench --tenant acme --role analyst --ttl 8h --mfa)
 
 # 3. PgBouncer 1.18: SCRAM towards clients and the server, with the role's SCRAM secret from pg_authid.
@@ -80,54 +88,77 @@ runuser -u postgres -- pgbouncer "$work/pgbouncer.ini" >/dev/null 2>&1 &
 pids+=($!)
 for _ in $(seq 1 50); do [ -s "$work/pgbouncer.pid" ] && break; sleep 0.1; done
 bpid=$(cat "$work/pgbouncer.pid")
-for _ in $(seq 1 50); do (echo >/dev/tcp/127.0.0.1/$vport) 2>/dev/null && break; sleep 0.1; done
+for p in $vport $v1port; do
+    for _ in $(seq 1 50); do (echo >/dev/tcp/127.0.0.1/$p) 2>/dev/null && break; sleep 0.1; done
+done
 
 tck=$(getconf CLK_TCK)
 cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-# run <target> <pid or -> <mode> <clients> <script flag>: prints "tps latency_ms cpu_us_per_txn"
+# run <target> <pid or -> <mode> <clients> <script flag>: prints
+# "tps latency_ms cpu_us_per_txn syscalls_per_txn context_switches_per_txn" (the last three "-" for direct)
 run() {
-    local target=$1 pid=$2 mode=$3 clients=$4 flag=$5 conn pw before after out threads=2
+    local target=$1 pid=$2 mode=$3 clients=$4 flag=$5 conn pw before after out threads=2 perf_pid=
     case $target in
         direct) conn="host=127.0.0.1 port=$dbport dbname=acme user=$dbuser"; pw=$dbpass ;;
         pgbouncer) local db=acme_tx; [ "$mode" = prepared ] && db=acme_session
                    conn="host=127.0.0.1 port=$bport dbname=$db user=$dbuser"; pw=$dbpass ;;
         pgveil) conn="host=127.0.0.1 port=$vport dbname=acme user=bench"; pw=$token ;;
+        pgveil1) conn="host=127.0.0.1 port=$v1port dbname=acme user=bench"; pw=$token ;;
     esac
     # pgbench prepares each command synchronously on first use, blocking its thread: in TPC-B (a multi-
     # statement transaction) that stalls same-thread clients holding pooled backends, so use a thread each.
     [ "$mode" = prepared ] && [ -z "$flag" ] && threads=$clients
-    [ "$pid" != - ] && before=$(cpu "$pid")
-    out=$(PGPASSWORD=$pw pgbench -n $flag -M "$mode" -c "$clients" -j "$threads" -T "$secs" "$conn" 2>&1) || { echo "$out" >&2; echo "0 0 -"; return; }
-    [ "$pid" != - ] && after=$(cpu "$pid")
-    local tps lat n
+    if [ "$pid" != - ]; then
+        before=$(cpu "$pid")
+        perf stat -x, -e raw_syscalls:sys_enter,context-switches -p "$pid" -o "$work/perf.out" 2>/dev/null &
+        perf_pid=$!
+    fi
+    out=$(PGPASSWORD=$pw pgbench -n $flag -M "$mode" -c "$clients" -j "$threads" -T "$secs" "$conn" 2>&1) || {
+        echo "$out" >&2; [ -n "$perf_pid" ] && kill -INT "$perf_pid"; echo "0 0 - - -"; return; }
+    local tps lat n sys cs
+    if [ "$pid" != - ]; then
+        after=$(cpu "$pid")
+        kill -INT "$perf_pid"; wait "$perf_pid" 2>/dev/null || true
+        sys=$(awk -F, '/raw_syscalls:sys_enter/ {print $1}' "$work/perf.out")
+        cs=$(awk -F, '/context-switches/ {print $1}' "$work/perf.out")
+    fi
     tps=$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' <<<"$out")
     lat=$(sed -n 's/^latency average = \([0-9.]*\).*/\1/p' <<<"$out")
     n=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' <<<"$out")
     if [ "$pid" != - ]; then
-        echo "$tps $lat $(python3 -c "print(round(($after - $before) / $tck / max($n, 1) * 1e6, 1))")"
+        python3 -c "n = max($n, 1); print($tps, $lat, round(($after - $before) / $tck / n * 1e6, 1), round(${sys:-0} / n, 2), round(${cs:-0} / n, 2))"
     else
-        echo "$tps $lat -"
+        echo "$tps $lat - - -"
     fi
 }
 
 echo
-echo "pgbench, ${secs}s per run, scale $scale, pool $pool, $(nproc) cores, $(date -u +%F), $(uname -r)"
-echo "PgBouncer $(pgbouncer --version | head -1 | awk '{print $2}'): transaction mode for simple/extended, session mode for prepared; pgveil: transaction mode"
-printf '| %-8s | %-8s | %3s | %9s | %9s | %9s | %7s | %7s | %7s | %6s | %6s | %9s | %9s |\n' \
-    test mode c "direct" "pgbouncer" "pgveil" "lat d" "lat b" "lat v" "v/d" "v/b" "bouncer us" "pgveil us"
-echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+echo "pgbench, ${secs}s per run, scale $scale, pool $pool, $(nproc) cores, $(date -u +%F), $(uname -r), load average $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "PgBouncer $(pgbouncer --version | head -1 | awk '{print $2}'): transaction mode for simple/extended, session mode for prepared; pgveil: transaction mode;"
+echo "'pgveil' = default (one event loop per core), 'pgveil -t1' = --threads 1; us, sys, cs = the proxy's CPU µs, system calls, context switches per transaction."
+printf '| %-6s | %-8s | %3s | %-10s | %8s | %7s | %6s | %6s | %6s | %6s | %5s |\n' \
+    test mode c target TPS "lat ms" "/direct" "/bouncer" us sys cs
+echo "|---|---|---|---|---|---|---|---|---|---|---|"
 for test in select tpcb; do
     flag=""; [ $test = select ] && flag="-S"
     for mode in prepared extended simple; do
         for c in 8 64; do
-            read -r td ld _ < <(run direct - "$mode" "$c" "$flag")
-            read -r tb lb cb < <(run pgbouncer "$bpid" "$mode" "$c" "$flag")
-            read -r tv lv cv < <(run pgveil "$vpid" "$mode" "$c" "$flag")
-            python3 - "$test" "$mode" "$c" "$td" "$tb" "$tv" "$ld" "$lb" "$lv" "$cb" "$cv" <<'EOF'
+            rows=()
+            for target in direct pgbouncer pgveil pgveil1; do
+                case $target in direct) p=- ;; pgbouncer) p=$bpid ;; pgveil) p=$vpid ;; pgveil1) p=$v1pid ;; esac
+                rows+=("$target $(run "$target" "$p" "$mode" "$c" "$flag")")
+            done
+            python3 - "$test" "$mode" "$c" "${rows[@]}" <<'EOF'
 import sys
-t, m, c, td, tb, tv, ld, lb, lv, cb, cv = sys.argv[1:]
-r = lambda a, b: f"{float(a) / float(b):.2f}" if float(b) else "-"
-print(f"| {t:<8} | {m:<8} | {c:>3} | {float(td):9.0f} | {float(tb):9.0f} | {float(tv):9.0f} | {ld:>7} | {lb:>7} | {lv:>7} | {r(tv, td):>6} | {r(tv, tb):>6} | {cb:>9} | {cv:>9} |")
+t, m, c, *rows = sys.argv[1:]
+rows = [r.split() for r in rows]
+tps = {r[0]: float(r[1]) for r in rows}
+ratio = lambda a, b: f"{tps[a] / tps[b]:.2f}" if tps[b] else "-"
+names = {"direct": "direct", "pgbouncer": "pgbouncer", "pgveil": "pgveil", "pgveil1": "pgveil -t1"}
+for name, tp, lat, us, sysc, cs in rows:
+    d = "" if name == "direct" else ratio(name, "direct")
+    b = "" if name in ("direct", "pgbouncer") else ratio(name, "pgbouncer")
+    print(f"| {t:<6} | {m:<8} | {c:>3} | {names[name]:<10} | {float(tp):8.0f} | {lat:>7} | {d:>6} | {b:>6} | {us:>6} | {sysc:>6} | {cs:>5} |")
 EOF
         done
     done

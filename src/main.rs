@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result, bail};
@@ -33,8 +34,9 @@ enum Command {
         /// Path of pgveil.toml.
         #[arg(long, short)]
         config: PathBuf,
-        /// Event-loop threads: 0 = one per core; 1 = a single-threaded event loop like PgBouncer's (no
-        /// cross-thread wakeups: the cheapest per transaction when the database shares the machine).
+        /// Event loops, each on its own thread with its own share of every backend pool ("thread per
+        /// core": a session and its backends stay on one thread, no cross-thread wake-ups): 0 = one per
+        /// core; 1 = a single event loop like PgBouncer's.
         #[arg(long, default_value_t = 0)]
         threads: usize,
     },
@@ -337,16 +339,19 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 
 fn serve(path: &Path, threads: usize) -> Result<()> {
     let cfg = Config::load(path)?;
-    let rt = match threads {
-        0 => runtime()?,
-        1 => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?,
-        n => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(n)
-            .enable_all()
-            .build()?,
+    let threads = match threads {
+        0 => std::thread::available_parallelism().map_or(1, usize::from),
+        n => n,
     };
+    // Loop 0 is this thread's runtime (it also accepts and runs the API, metrics and background tasks);
+    // loops 1.. are started here and stopped when the server has drained (the last `Arc` is dropped).
+    let loops = match threads {
+        1 => None,
+        n => Some(Arc::new(pgveil::event_loops::EventLoops::start(n)?)),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         // SIGHUP (systemd's ExecReload) re-reads the masking policies when [policy] is set (policy::engine
         // listens too); it must never end the process, which is SIGHUP's default action.
@@ -363,7 +368,11 @@ fn serve(path: &Path, threads: usize) -> Result<()> {
                 }
             }
         });
-        let server = Server::bind(cfg.clone(), ServerOptions::default()).await?;
+        let opts = ServerOptions {
+            loops,
+            ..ServerOptions::default()
+        };
+        let server = Server::bind(cfg.clone(), opts).await?;
         let api = if cfg.api.is_some() {
             Some(pgveil::api::ApiServer::bind(cfg.clone(), api_options(&server)).await?)
         } else {

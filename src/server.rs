@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
@@ -15,6 +15,7 @@ use crate::backend::Pools;
 use crate::cancel::CancelRegistry;
 use crate::config::Config;
 use crate::control::ControlDb;
+use crate::event_loops::EventLoops;
 use crate::policy::engine::MaskingEngine;
 use crate::policy::{AllowAll, StatementPolicy};
 use crate::proto::PgError;
@@ -98,6 +99,7 @@ pub struct Server {
     shared: Arc<Shared>,
     listener: TcpListener,
     shutdown_tx: watch::Sender<bool>,
+    loops: Option<Arc<EventLoops>>,
 }
 
 /// Options beyond the config file (for embedding and tests).
@@ -111,6 +113,9 @@ pub struct ServerOptions {
     pub demo: bool,
     /// Clock; default the system clock.
     pub clock: Clock,
+    /// Event loops to spread sessions over (thread per core, `crate::event_loops`); default none: every
+    /// session runs on the runtime that runs [`Server::run`].
+    pub loops: Option<Arc<EventLoops>>,
 }
 
 impl Default for ServerOptions {
@@ -120,6 +125,7 @@ impl Default for ServerOptions {
             secrets: None,
             demo: false,
             clock: Arc::new(SystemTime::now),
+            loops: None,
         }
     }
 }
@@ -179,6 +185,7 @@ impl Server {
             cfg.pool.checkout_timeout,
             cfg.pool.connect_timeout,
             cfg.pool.reset_timeout,
+            opts.loops.as_ref().map_or(1, |l| l.len()),
         );
         let listener =
             TcpListener::bind(cfg.listen.addr)
@@ -214,6 +221,7 @@ impl Server {
             shared,
             listener,
             shutdown_tx,
+            loops: opts.loops,
         })
     }
 
@@ -236,6 +244,7 @@ impl Server {
             shared,
             listener,
             shutdown_tx,
+            loops,
         } = self;
         tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "pgveil listening");
         let mut tasks = tokio::task::JoinSet::new();
@@ -252,23 +261,7 @@ impl Server {
                             continue;
                         }
                     };
-                    let shared = shared.clone();
-                    tasks.spawn(async move {
-                        metrics::counter!("pgveil_client_connections_total").increment(1);
-                        metrics::gauge!("pgveil_client_connections").increment(1.0);
-                        // The startup phase has its own cap; `max_clients` is checked once authenticated
-                        // (`session::serve`).
-                        match Slot::take(&shared.starting, shared.cfg.listen.max_startups) {
-                            Some(slot) => {
-                                crate::frontend::session::serve(tcp, peer, shared.clone(), slot).await;
-                            }
-                            None => {
-                                metrics::counter!("pgveil_auth_total", "result" => "refused", "sqlstate" => "53300").increment(1);
-                                too_many(tcp).await;
-                            }
-                        }
-                        metrics::gauge!("pgveil_client_connections").decrement(1.0);
-                    });
+                    dispatch(&mut tasks, loops.as_deref(), tcp, peer, shared.clone());
                 }
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             }
@@ -292,6 +285,65 @@ impl Server {
     }
 }
 
+/// Runs one accepted connection: on the least loaded event loop when there are several (the socket is moved
+/// to that loop's reactor), else on this runtime.
+fn dispatch(
+    tasks: &mut tokio::task::JoinSet<()>,
+    loops: Option<&EventLoops>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+) {
+    let Some(loops) = loops else {
+        tasks.spawn(connection(tcp, peer, shared));
+        return;
+    };
+    let slot = loops.pick();
+    let load = loops.enter(slot);
+    let Some(handle) = loops.handle(slot) else {
+        tasks.spawn(async move {
+            connection(tcp, peer, shared).await;
+            drop(load);
+        });
+        return;
+    };
+    match tcp.into_std() {
+        Ok(std) => {
+            tasks.spawn_on(
+                async move {
+                    match TcpStream::from_std(std) {
+                        Ok(tcp) => connection(tcp, peer, shared).await,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot move a connection to its event loop")
+                        }
+                    }
+                    drop(load);
+                },
+                handle,
+            );
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot move a connection to its event loop"),
+    }
+}
+
+/// One connection's life, from the startup phase's cap to its end.
+async fn connection(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    metrics::counter!("pgveil_client_connections_total").increment(1);
+    metrics::gauge!("pgveil_client_connections").increment(1.0);
+    // The startup phase has its own cap; `max_clients` is checked once authenticated (`session::serve`).
+    match Slot::take(&shared.starting, shared.cfg.listen.max_startups) {
+        Some(slot) => {
+            crate::frontend::session::serve(tcp, peer, shared.clone(), slot).await;
+        }
+        None => {
+            metrics::counter!("pgveil_auth_total", "result" => "refused", "sqlstate" => "53300")
+                .increment(1);
+            too_many(tcp).await;
+        }
+    }
+    metrics::gauge!("pgveil_client_connections").decrement(1.0);
+}
+
 /// One place under a counted cap (startup phase or authenticated sessions); released when dropped.
 pub struct Slot<'a>(&'a AtomicUsize);
 
@@ -310,7 +362,7 @@ impl Drop for Slot<'_> {
     }
 }
 
-async fn too_many(mut tcp: tokio::net::TcpStream) {
+async fn too_many(mut tcp: TcpStream) {
     let mut out = BytesMut::new();
     PgError::too_many_connections("sorry, too many clients already").encode(&mut out);
     let _ = tcp.write_all(&out).await;

@@ -48,6 +48,10 @@ fn main() -> std::process::ExitCode {
             "client_disconnects_mid_transaction",
             client_disconnects_mid_transaction,
         ),
+        (
+            "event_loops_share_the_pool_without_losing_updates",
+            event_loops_share_the_pool,
+        ),
     ])
 }
 
@@ -638,6 +642,69 @@ fn client_disconnects_mid_transaction(fx: &Fixture) -> Result<()> {
         if pid_b != pid {
             bail!("backend was discarded instead of rolled back and reused ({pid} vs {pid_b})");
         }
+        Ok(())
+    })
+}
+
+/// Thread per core (`pgveil serve --threads N`): sessions spread over two event loops, each with its share
+/// of the pool (2 + 1 backends of 3); a loop whose share is busy borrows the other's; nothing is lost and the
+/// pool never grows past its size.
+fn event_loops_share_the_pool(fx: &Fixture) -> Result<()> {
+    let loops = std::sync::Arc::new(pgveil::event_loops::EventLoops::start(2)?);
+    let proxy = fx.start_server(
+        |cfg| {
+            cfg.pool.mode = PoolMode::Transaction;
+            cfg.pool.size = 3;
+            cfg.pool.checkout_timeout = Duration::from_secs(30);
+            for t in &mut cfg.tenants {
+                t.pool_size = None;
+                t.pool_mode = None;
+            }
+        },
+        ServerOptions {
+            loops: Some(loops.clone()),
+            ..ServerOptions::default()
+        },
+    )?;
+    fx.block_on(async {
+        let admin = fx.direct("acme").await?;
+        admin
+            .batch_execute("DROP TABLE IF EXISTS txp_loops; CREATE TABLE txp_loops (client int PRIMARY KEY, n int)")
+            .await?;
+        let mut clients = Vec::new();
+        for i in 0..12i32 {
+            let token = fx.token(&format!("l{i}"), "acme", "analyst");
+            let c = connect(&fx.conn_str(proxy.addr, "acme", "u", &token)).await?;
+            c.execute("INSERT INTO txp_loops VALUES ($1, 0)", &[&i]).await?;
+            clients.push(c);
+        }
+        let loads = loops.loads();
+        ensure!(loads == vec![6, 6], "sessions not spread evenly over the loops: {loads:?}");
+        let mut tasks = Vec::new();
+        for (i, mut c) in (0i32..).zip(clients) {
+            tasks.push(tokio::spawn(async move {
+                let bump = c.prepare("UPDATE txp_loops SET n = n + $2 WHERE client = $1").await?;
+                let mut pids = HashSet::new();
+                for k in 0..25i32 {
+                    let tx = c.transaction().await?;
+                    tx.execute(&bump, &[&i, &k]).await?;
+                    let pid: i32 = tx.query_one("SELECT pg_backend_pid()", &[]).await?.get(0);
+                    pids.insert(pid);
+                    tx.commit().await?;
+                }
+                let n: i32 = c.query_one("SELECT n FROM txp_loops WHERE client = $1", &[&i]).await?.get(0);
+                anyhow::Ok((n, pids))
+            }));
+        }
+        let mut all_pids = HashSet::new();
+        for t in tasks {
+            let (n, pids) = t.await??;
+            ensure!(n == (0..25).sum::<i32>(), "lost updates: {n}");
+            all_pids.extend(pids);
+        }
+        ensure!(all_pids.len() <= 3, "more than 3 backends served: {all_pids:?}");
+        let status = proxy.shared.pools.status();
+        ensure!(status.iter().all(|(_, size, _)| *size <= 3), "pool grew past its size: {status:?}");
         Ok(())
     })
 }

@@ -179,8 +179,33 @@ impl managed::Manager for Manager {
     }
 }
 
-/// A pool of one key.
+/// A pool of one key (one event loop's share of it).
 pub type Pool = managed::Pool<Manager>;
+
+/// How often a checkout waiting on its loop's share looks at the other loops' shares again.
+const OTHER_LOOPS_RESCAN: Duration = Duration::from_millis(20);
+
+/// One key's backends, split between the event loops (`crate::event_loops`): each loop checks out from its
+/// own share first, so a transaction's backend is driven by the thread that drives its client. The sizes add
+/// up to the tenant's `pool_size` (a pool smaller than the number of loops has fewer shares, some loops then
+/// share one).
+#[derive(Clone)]
+struct Shares(Arc<[Pool]>);
+
+impl Shares {
+    /// Sizes of the shares of a pool of `size` backends among `loops` loops.
+    fn split(size: usize, loops: usize) -> Vec<usize> {
+        let n = loops.clamp(1, size.max(1));
+        (0..n)
+            .map(|i| size / n + usize::from(i < size % n))
+            .collect()
+    }
+
+    /// The share of the calling thread's loop.
+    fn home(&self) -> usize {
+        crate::event_loops::current_slot() % self.0.len()
+    }
+}
 /// A checked-out backend; dropping it returns it to its pool.
 pub type PooledConn = managed::Object<Manager>;
 
@@ -204,7 +229,9 @@ pub struct Pools {
     checkout_timeout: Duration,
     connect_timeout: Duration,
     reset_timeout: Duration,
-    pools: Mutex<HashMap<PoolKey, (Pool, Arc<Mutex<Option<Greeting>>>)>>,
+    /// Event loops sharing the pools (see [`Shares`]).
+    loops: usize,
+    pools: Mutex<HashMap<PoolKey, (Shares, Arc<Mutex<Option<Greeting>>>)>>,
     /// Per pool: the tenant-defined function names its backends see, and when they were read.
     functions: Mutex<HashMap<PoolKey, (std::time::Instant, FunctionNames)>>,
 }
@@ -213,18 +240,20 @@ pub struct Pools {
 pub type FunctionNames = Arc<std::collections::HashSet<String>>;
 
 impl Pools {
-    /// An empty set of pools.
+    /// An empty set of pools, for `loops` event loops (1 = one pool per key; see [`Shares`]).
     pub fn new(
         secrets: Arc<dyn SecretStore>,
         checkout_timeout: Duration,
         connect_timeout: Duration,
         reset_timeout: Duration,
+        loops: usize,
     ) -> Self {
         Self {
             secrets,
             checkout_timeout,
             connect_timeout,
             reset_timeout,
+            loops: loops.max(1),
             pools: Mutex::new(HashMap::new()),
             functions: Mutex::new(HashMap::new()),
         }
@@ -260,7 +289,7 @@ impl Pools {
         greeting.lock().expect("greeting lock poisoned").clone()
     }
 
-    fn pool(&self, tenant: &Arc<Tenant>, role_class: &RoleName) -> Pool {
+    fn shares(&self, tenant: &Arc<Tenant>, role_class: &RoleName) -> Shares {
         self.entry(tenant, role_class).0
     }
 
@@ -268,7 +297,7 @@ impl Pools {
         &self,
         tenant: &Arc<Tenant>,
         role_class: &RoleName,
-    ) -> (Pool, Arc<Mutex<Option<Greeting>>>) {
+    ) -> (Shares, Arc<Mutex<Option<Greeting>>>) {
         let key = PoolKey {
             tenant: tenant.id.clone(),
             role_class: role_class.clone(),
@@ -278,46 +307,75 @@ impl Pools {
             .entry(key)
             .or_insert_with(|| {
                 let greeting = Arc::new(Mutex::new(None));
-                let manager = Manager {
-                    tenant: tenant.clone(),
-                    secrets: self.secrets.clone(),
-                    connect_timeout: self.connect_timeout,
-                    reset_timeout: self.reset_timeout,
-                    greeting: greeting.clone(),
-                };
-                // LIFO: the most recently used backends stay hot (CPU caches, plan caches, pgveil's statement
-                // cache); idle ones are the ones left alone.
-                let pool = Pool::builder(manager)
-                    .max_size(tenant.pool_size)
-                    .queue_mode(deadpool::managed::QueueMode::Lifo)
-                    .runtime(deadpool::Runtime::Tokio1)
-                    .build()
-                    .expect("runtime is set");
-                (pool, greeting)
+                let shares = Shares::split(tenant.pool_size, self.loops)
+                    .into_iter()
+                    .map(|size| {
+                        let manager = Manager {
+                            tenant: tenant.clone(),
+                            secrets: self.secrets.clone(),
+                            connect_timeout: self.connect_timeout,
+                            reset_timeout: self.reset_timeout,
+                            greeting: greeting.clone(),
+                        };
+                        // LIFO: the most recently used backends stay hot (CPU caches, plan caches,
+                        // pgveil's statement cache); idle ones are the ones left alone.
+                        Pool::builder(manager)
+                            .max_size(size)
+                            .queue_mode(deadpool::managed::QueueMode::Lifo)
+                            .runtime(deadpool::Runtime::Tokio1)
+                            .build()
+                            .expect("runtime is set")
+                    })
+                    .collect();
+                (Shares(shares), greeting)
             })
             .clone()
     }
 
-    /// A backend for (tenant, role class) if one is free or can be opened now (no waiting in the queue).
+    /// A backend for (tenant, role class) if one is free or can be opened now (no waiting in the queue):
+    /// from this event loop's share first, then from another loop's.
     pub async fn try_checkout(
         &self,
         tenant: &Arc<Tenant>,
         role_class: &RoleName,
     ) -> Result<Option<PooledConn>, CheckoutError> {
-        let pool = self.pool(tenant, role_class);
-        // Fast path (every transaction in transaction mode): a free backend, no timers. Recycling is a flag
-        // check and one non-blocking read, so it needs no timeout.
+        let shares = self.shares(tenant, role_class);
+        let home = shares.home();
+        if let Some(conn) = self.immediate(&shares.0[home]).await? {
+            metrics::counter!("pgveil_pool_checkouts_total", "result" => "immediate").increment(1);
+            return Ok(Some(conn));
+        }
+        self.from_other_loops(&shares, home).await
+    }
+
+    /// A backend from another loop's share, when one is free (its socket stays registered with that loop:
+    /// this transaction pays the cross-thread wake-ups the shares otherwise avoid).
+    async fn from_other_loops(
+        &self,
+        shares: &Shares,
+        home: usize,
+    ) -> Result<Option<PooledConn>, CheckoutError> {
+        let n = shares.0.len();
+        for i in 1..n {
+            if let Some(conn) = self.immediate(&shares.0[(home + i) % n]).await? {
+                metrics::counter!("pgveil_pool_checkouts_total", "result" => "other_loop")
+                    .increment(1);
+                return Ok(Some(conn));
+            }
+        }
+        Ok(None)
+    }
+
+    /// A free backend of `pool`, or a new one when it has room; no waiting and, for a free one, no timer.
+    /// Recycling is a flag check and one non-blocking read, so it needs no timeout.
+    async fn immediate(&self, pool: &Pool) -> Result<Option<PooledConn>, CheckoutError> {
         let immediate = Timeouts {
             wait: Some(Duration::ZERO),
             create: Some(self.connect_timeout),
             recycle: None,
         };
         match pool.timeout_get(&immediate).await {
-            Ok(conn) => {
-                metrics::counter!("pgveil_pool_checkouts_total", "result" => "immediate")
-                    .increment(1);
-                Ok(Some(conn))
-            }
+            Ok(conn) => Ok(Some(conn)),
             Err(managed::PoolError::Timeout(_)) => Ok(None),
             Err(managed::PoolError::Backend(b)) => {
                 metrics::counter!("pgveil_pool_checkouts_total", "result" => "error").increment(1);
@@ -328,6 +386,8 @@ impl Pools {
     }
 
     /// Checks out a backend for (tenant, role class), waiting at most the configured checkout timeout.
+    /// With several event loops, the wait is on this loop's share, in slices between which the other
+    /// loops' shares are looked at again (a backend freed there must not sit idle while this loop waits).
     pub async fn checkout(
         &self,
         tenant: &Arc<Tenant>,
@@ -336,18 +396,36 @@ impl Pools {
         if let Some(conn) = self.try_checkout(tenant, role_class).await? {
             return Ok(conn);
         }
-        let pool = self.pool(tenant, role_class);
-        let timeouts = Timeouts {
-            wait: Some(self.checkout_timeout),
-            create: Some(self.connect_timeout),
-            recycle: None,
-        };
+        let shares = self.shares(tenant, role_class);
+        let home = shares.home();
         let started = std::time::Instant::now();
-        let got = pool.timeout_get(&timeouts).await.map_err(|e| match e {
-            managed::PoolError::Timeout(_) => CheckoutError::Timeout,
-            managed::PoolError::Backend(b) => CheckoutError::Backend(b),
-            _ => CheckoutError::Closed,
-        });
+        let deadline = started + self.checkout_timeout;
+        let got = loop {
+            let now = std::time::Instant::now();
+            let mut wait = deadline.saturating_duration_since(now);
+            if shares.0.len() > 1 {
+                wait = wait.min(OTHER_LOOPS_RESCAN);
+            }
+            let timeouts = Timeouts {
+                wait: Some(wait),
+                create: Some(self.connect_timeout),
+                recycle: None,
+            };
+            match shares.0[home].timeout_get(&timeouts).await {
+                Ok(conn) => break Ok(conn),
+                Err(managed::PoolError::Timeout(_)) => {}
+                Err(managed::PoolError::Backend(b)) => break Err(CheckoutError::Backend(b)),
+                Err(_) => break Err(CheckoutError::Closed),
+            }
+            match self.from_other_loops(&shares, home).await {
+                Ok(Some(conn)) => break Ok(conn),
+                Ok(None) if std::time::Instant::now() >= deadline => {
+                    break Err(CheckoutError::Timeout);
+                }
+                Ok(None) => {}
+                Err(e) => break Err(e),
+            }
+        };
         let result = match &got {
             Ok(_) => "waited",
             Err(CheckoutError::Timeout) => "timeout",
@@ -360,8 +438,10 @@ impl Pools {
 
     /// Closes every pool (shutdown): idle connections are dropped, waiting checkouts fail.
     pub fn close_all(&self) {
-        for (pool, _) in self.pools.lock().expect("pools lock poisoned").values() {
-            pool.close();
+        for (shares, _) in self.pools.lock().expect("pools lock poisoned").values() {
+            for pool in shares.0.iter() {
+                pool.close();
+            }
         }
     }
 
@@ -371,10 +451,34 @@ impl Pools {
             .lock()
             .expect("pools lock poisoned")
             .iter()
-            .map(|(k, (p, _))| {
-                let s = p.status();
-                (k.clone(), s.size, s.available)
+            .map(|(k, (shares, _))| {
+                let (size, available) = shares.0.iter().fold((0, 0), |(n, a), p| {
+                    let s = p.status();
+                    (n + s.size, a + s.available)
+                });
+                (k.clone(), size, available)
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Shares;
+
+    #[test]
+    fn shares_add_up_to_the_pool_size() {
+        assert_eq!(Shares::split(16, 1), vec![16]);
+        assert_eq!(Shares::split(16, 2), vec![8, 8]);
+        assert_eq!(Shares::split(5, 2), vec![3, 2]);
+        assert_eq!(Shares::split(2, 4), vec![1, 1]);
+        assert_eq!(Shares::split(1, 8), vec![1]);
+        for size in 1..40 {
+            for loops in 1..9 {
+                let s = Shares::split(size, loops);
+                assert_eq!(s.iter().sum::<usize>(), size);
+                assert!(s.iter().all(|&n| n > 0));
+            }
+        }
     }
 }
