@@ -16,8 +16,8 @@ use serde_json::Value;
 
 /// The cluster, its folder and the config naming its tenants.
 struct Env {
-    // Drop order: the cluster stops before its folder goes.
-    cluster: LocalCluster,
+    // Drop order: the cluster stops before its folder goes (kept only to be dropped).
+    _cluster: LocalCluster,
     config: PathBuf,
     dir: tempfile::TempDir,
 }
@@ -191,7 +191,7 @@ impl Env {
             ),
         )?;
         Ok(Env {
-            cluster,
+            _cluster: cluster,
             config,
             dir,
         })
