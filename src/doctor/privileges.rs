@@ -51,7 +51,6 @@ pub async fn check(
     tenant: &TenantId,
     client: &Client,
 ) -> Result<Vec<Finding>, tokio_postgres::Error> {
-    let mut out = Vec::new();
     let row = client
         .query_one(
             "SELECT r.rolname::text, r.rolsuper, r.rolcreaterole, r.rolbypassrls, r.rolreplication, \
@@ -67,8 +66,27 @@ pub async fn check(
         (row.get(1), row.get(2), row.get(3), row.get(4), row.get(5));
     let (database, create_db, rls_tables): (String, bool, i64) =
         (row.get(6), row.get(7), row.get(8));
+    let mut out = attributes(
+        tenant,
+        &role,
+        [superuser, createrole, bypassrls, replication, createdb],
+        rls_tables,
+    );
+    if !superuser {
+        out.extend(memberships(tenant, client, &role).await?);
+    }
+    out.extend(owned_relations(tenant, client, &role, rls_tables).await?);
+    out.extend(create_rights(tenant, client, &role, &database, create_db).await?);
+    out.extend(shared_cluster(tenant, client, &role).await?);
+    Ok(out)
+}
+
+/// Findings of the role's attributes: `[superuser, createrole, bypassrls, replication, createdb]`.
+fn attributes(tenant: &TenantId, role: &str, attrs: [bool; 5], rls_tables: i64) -> Vec<Finding> {
+    let [superuser, createrole, bypassrls, replication, createdb] = attrs;
+    let mut out = Vec::new();
     let obj = format!("role {role}");
-    let alter = |attr: &str| format!("ALTER ROLE {} {attr}; (as an administrator)", quote(&role));
+    let alter = |attr: &str| format!("ALTER ROLE {} {attr}; (as an administrator)", quote(role));
     let mut add = |sev, code, msg: String, fix: String| {
         out.push(Finding::new(sev, code, Some(tenant), obj.clone(), msg, fix))
     };
@@ -135,13 +153,7 @@ pub async fn check(
             alter("NOCREATEDB"),
         );
     }
-    if !superuser {
-        out.extend(memberships(tenant, client, &role).await?);
-    }
-    out.extend(owned_relations(tenant, client, &role, rls_tables).await?);
-    out.extend(create_rights(tenant, client, &role, &database, create_db).await?);
-    out.extend(shared_cluster(tenant, client, &role).await?);
-    Ok(out)
+    out
 }
 
 async fn memberships(
