@@ -13,6 +13,7 @@ pub mod cancel;
 pub mod config;
 pub mod control;
 pub mod demo;
+pub mod doctor;
 pub mod event_loops;
 pub mod frontend;
 pub mod identity;

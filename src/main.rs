@@ -64,11 +64,34 @@ enum Command {
     /// Masking policy tools for security teams.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Check each tenant's database (with its own credentials), the config and the policy for settings that
+    /// weaken pgveil's guarantees. Exit status: 0 no high finding, 1 a high finding, 2 usage or config error.
+    Doctor(DoctorArgs),
     /// Log in through the pgveil API (first factor + TOTP code) and print a ready connection string.
     Login(cli::LoginArgs),
     /// User administration through the pgveil API (admin key in PGVEIL_ADMIN_KEY).
     #[command(subcommand)]
     User(cli::UserCommand),
+}
+
+/// `pgveil doctor`.
+#[derive(clap::Args)]
+struct DoctorArgs {
+    /// Path of pgveil.toml.
+    #[arg(long, short)]
+    config: PathBuf,
+    /// Only this tenant (config-wide checks still run).
+    #[arg(long)]
+    tenant: Option<String>,
+    /// Print a JSON document instead of the listing.
+    #[arg(long)]
+    json: bool,
+    /// Token lifetimes (auth.max_token_ttl, api.token_ttl) above this are reported.
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    max_token_ttl: Duration,
+    /// Limit on all checks of one tenant.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
 }
 
 #[derive(Subcommand)]
@@ -179,7 +202,7 @@ enum CertsCommand {
 /// status 1; anyhow's multi-line report (with a backtrace) only when RUST_BACKTRACE asks for it.
 fn main() -> std::process::ExitCode {
     match run() {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             if std::env::var_os("RUST_BACKTRACE").is_some_and(|v| v != "0") {
                 eprintln!("Error: {e:?}");
@@ -207,7 +230,7 @@ fn one_line(e: &anyhow::Error) -> String {
     out
 }
 
-fn run() -> Result<()> {
+fn run() -> Result<std::process::ExitCode> {
     use std::io::IsTerminal as _;
     let logs = tracing_subscriber::fmt()
         .with_env_filter(pgveil::logging::filter(
@@ -225,7 +248,7 @@ fn run() -> Result<()> {
         }
     }
     let cli = Cli::parse();
-    match cli.command {
+    let done: Result<()> = match cli.command {
         Command::Serve { config, threads } => serve(&config, threads),
         Command::Demo { listen, api_listen } => demo(listen, api_listen),
         Command::Check { config } => {
@@ -252,6 +275,7 @@ fn run() -> Result<()> {
             Ok(())
         }
         Command::Policy(cmd) => policy(cmd),
+        Command::Doctor(args) => return Ok(doctor(args)),
         Command::Login(args) => runtime()?.block_on(cli::login(args)),
         Command::User(cmd) => runtime()?.block_on(cli::user(cmd)),
         Command::Certs(CertsCommand::Dev { out, names }) => {
@@ -263,6 +287,35 @@ fn run() -> Result<()> {
                 c.server_key.display()
             );
             Ok(())
+        }
+    };
+    done.map(|()| std::process::ExitCode::SUCCESS)
+}
+
+/// Runs `pgveil doctor`: 0 without a high finding, 1 with one, 2 when it cannot run (config, policy,
+/// `--tenant`), with the one-line error other commands print.
+fn doctor(args: DoctorArgs) -> std::process::ExitCode {
+    let run = || -> Result<pgveil::doctor::Report> {
+        let cfg = Config::load(&args.config)?;
+        let opts = pgveil::doctor::Options {
+            tenant: args.tenant.clone().map(TenantId::new),
+            max_token_ttl: args.max_token_ttl,
+            timeout: args.timeout,
+        };
+        Ok(runtime()?.block_on(pgveil::doctor::run(&cfg, &opts))?)
+    };
+    match run() {
+        Ok(report) => {
+            if args.json {
+                print!("{}", pgveil::doctor::report::json(&report));
+            } else {
+                print!("{}", pgveil::doctor::report::table(&report));
+            }
+            std::process::ExitCode::from(u8::from(report.has_high()))
+        }
+        Err(e) => {
+            eprintln!("pgveil: {}", one_line(&e));
+            std::process::ExitCode::from(2)
         }
     }
 }

@@ -27,6 +27,22 @@ pub struct BackendTarget {
     pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
+impl BackendTarget {
+    /// The target of `tenant`: its config overrides, else the secret's values (port 5432 by default); `None`
+    /// when neither names a host or a database.
+    pub fn of_tenant(
+        tenant: &crate::route::Tenant,
+        creds: &DbCredentials,
+    ) -> Option<BackendTarget> {
+        Some(BackendTarget {
+            host: tenant.host.clone().or_else(|| creds.host.clone())?,
+            port: tenant.port.or(creds.port).unwrap_or(5432),
+            dbname: tenant.dbname.clone().or_else(|| creds.dbname.clone())?,
+            tls: tenant.tls.clone(),
+        })
+    }
+}
+
 impl std::fmt::Debug for BackendTarget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BackendTarget")
@@ -45,6 +61,31 @@ pub struct BackendKey {
     pub pid: i32,
     /// Backend secret key.
     pub secret: i32,
+}
+
+/// How the server authenticated the connection (the request it sent during startup).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMethod {
+    /// No password asked (`trust`, `peer`/`ident` on TCP, certificate...): AuthenticationOk straight away.
+    None,
+    /// AuthenticationCleartextPassword (`password` in pg_hba.conf, or LDAP/RADIUS/PAM).
+    Cleartext,
+    /// AuthenticationMD5Password: pg_hba.conf `md5` with an md5-stored password.
+    Md5,
+    /// SASL SCRAM-SHA-256.
+    ScramSha256,
+}
+
+impl AuthMethod {
+    /// The name used in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            AuthMethod::None => "none",
+            AuthMethod::Cleartext => "cleartext password",
+            AuthMethod::Md5 => "md5",
+            AuthMethod::ScramSha256 => "SCRAM-SHA-256",
+        }
+    }
 }
 
 /// An authenticated backend connection, ready for queries.
@@ -71,6 +112,8 @@ pub struct BackendConn {
     /// Session defaults read once for inspected roles (`frontend::guard`): `client_min_messages` and
     /// `current_schemas(false)` as the connection started with them.
     pub defaults: Option<(String, Vec<String>)>,
+    /// How the server authenticated it.
+    pub auth: AuthMethod,
 }
 
 /// Why a backend connection could not be opened. Messages never include the password.
@@ -185,6 +228,7 @@ async fn connect_inner(
     let mut scram: Option<ScramSha256> = None;
     let mut server_params = BTreeMap::new();
     let mut key = None;
+    let mut auth = AuthMethod::None;
     loop {
         let msg = read_message(&mut stream, &mut rbuf).await.map_err(io)?;
         let msg = msg.ok_or_else(|| proto("connection closed during startup"))?;
@@ -192,10 +236,12 @@ async fn connect_inner(
         match msg {
             Message::AuthenticationOk => {}
             Message::AuthenticationCleartextPassword => {
+                auth = AuthMethod::Cleartext;
                 frontend::password_message(creds.password.expose_secret().as_bytes(), &mut buf)
                     .map_err(io)?;
             }
             Message::AuthenticationMd5Password(body) => {
+                auth = AuthMethod::Md5;
                 let hash = postgres_protocol::authentication::md5_hash(
                     creds.username.as_bytes(),
                     creds.password.expose_secret().as_bytes(),
@@ -223,6 +269,7 @@ async fn connect_inner(
                 );
                 frontend::sasl_initial_response("SCRAM-SHA-256", s.message(), &mut buf)
                     .map_err(io)?;
+                auth = AuthMethod::ScramSha256;
                 scram = Some(s);
             }
             Message::AuthenticationSaslContinue(body) => {
@@ -274,6 +321,7 @@ async fn connect_inner(
         applied: Some(Vec::new()),
         reset_timeout: Duration::from_secs(5),
         defaults: None,
+        auth,
     })
 }
 

@@ -71,18 +71,9 @@ pub struct Greeting {
 
 impl Manager {
     fn target(&self, creds: &DbCredentials) -> Result<Arc<BackendTarget>, BackendError> {
-        let t = &self.tenant;
-        let host = t.host.clone().or_else(|| creds.host.clone());
-        let dbname = t.dbname.clone().or_else(|| creds.dbname.clone());
-        let (Some(host), Some(dbname)) = (host, dbname) else {
-            return Err(BackendError::Incomplete(t.id.clone()));
-        };
-        Ok(Arc::new(BackendTarget {
-            host,
-            port: t.port.or(creds.port).unwrap_or(5432),
-            dbname,
-            tls: t.tls.clone(),
-        }))
+        BackendTarget::of_tenant(&self.tenant, creds)
+            .map(Arc::new)
+            .ok_or_else(|| BackendError::Incomplete(self.tenant.id.clone()))
     }
 
     fn secret_error(&self, source: SecretError) -> BackendError {

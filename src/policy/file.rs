@@ -532,6 +532,11 @@ impl Policy {
         self.roles.get(role).map(|r| r.unrestricted)
     }
 
+    /// Extensions whose objects count as built-ins (`trusted_extensions`, or the default list).
+    pub fn trusted_extensions(&self) -> &BTreeSet<String> {
+        &self.trusted_extensions
+    }
+
     /// The roles the policy defines.
     pub fn roles(&self) -> impl Iterator<Item = &RoleName> {
         self.roles.keys()

@@ -13,6 +13,7 @@ use tokio_postgres::tls::{ChannelBinding, NoTls, TlsConnect};
 use super::{Catalog, Column, QualName, Relation, SYSTEM_SCHEMAS};
 
 mod resolution;
+use crate::backend::BackendTarget;
 use crate::policy::functions::TypeFamily;
 use crate::route::Tenant;
 use crate::secret::{DbCredentials, ExposeSecret, SecretError, SecretStore};
@@ -52,27 +53,29 @@ pub async fn load(
 }
 
 async fn load_inner(tenant: &Tenant, secrets: &dyn SecretStore) -> Result<Catalog, LoadError> {
+    let client = connect(tenant, secrets, "pgveil-catalog").await?;
+    query_catalog(&client).await
+}
+
+/// Connects to `tenant`'s database with its credentials from the secret store and its backend target (host,
+/// port, database, TLS) exactly as the pool does; the connection is driven in the background and closes when
+/// the client is dropped. No timeout of its own: callers bound it (as [`load`] does).
+pub async fn connect(
+    tenant: &Tenant,
+    secrets: &dyn SecretStore,
+    application_name: &str,
+) -> Result<tokio_postgres::Client, LoadError> {
     let creds = DbCredentials::fetch(secrets, &tenant.secret).await?;
-    let host = tenant
-        .host
-        .clone()
-        .or_else(|| creds.host.clone())
-        .ok_or(LoadError::Incomplete)?;
-    let dbname = tenant
-        .dbname
-        .clone()
-        .or_else(|| creds.dbname.clone())
-        .ok_or(LoadError::Incomplete)?;
-    let port = tenant.port.or(creds.port).unwrap_or(5432);
+    let target = BackendTarget::of_tenant(tenant, &creds).ok_or(LoadError::Incomplete)?;
     let mut cfg = tokio_postgres::Config::new();
     cfg.user(&creds.username)
         .password(creds.password.expose_secret())
-        .dbname(&dbname)
-        .application_name("pgveil-catalog")
+        .dbname(&target.dbname)
+        .application_name(application_name)
         .options("-c standard_conforming_strings=on");
-    let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+    let tcp = tokio::net::TcpStream::connect((target.host.as_str(), target.port)).await?;
     let _ = tcp.set_nodelay(true);
-    let client = match &tenant.tls {
+    let client = match target.tls {
         None => {
             let (client, conn) = cfg.connect_raw(tcp, NoTls).await?;
             tokio::spawn(async move {
@@ -83,7 +86,7 @@ async fn load_inner(tenant: &Tenant, secrets: &dyn SecretStore) -> Result<Catalo
         Some(tls) => {
             cfg.ssl_mode(tokio_postgres::config::SslMode::Require);
             let (client, conn) = cfg
-                .connect_raw(tcp, RustlsConnect(tls.clone(), host.clone()))
+                .connect_raw(tcp, RustlsConnect(tls, target.host))
                 .await?;
             tokio::spawn(async move {
                 let _ = conn.await;
@@ -91,10 +94,11 @@ async fn load_inner(tenant: &Tenant, secrets: &dyn SecretStore) -> Result<Catalo
             client
         }
     };
-    query_catalog(&client).await
+    Ok(client)
 }
 
-pub(super) async fn query_catalog(client: &tokio_postgres::Client) -> Result<Catalog, LoadError> {
+/// Reads the catalog through an open connection (one repeatable-read, read-only transaction).
+pub async fn query_catalog(client: &tokio_postgres::Client) -> Result<Catalog, LoadError> {
     // One repeatable-read transaction: every query sees the same schema.
     client
         .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
