@@ -197,6 +197,7 @@ impl Shares {
         crate::event_loops::current_slot() % self.0.len()
     }
 }
+
 /// A checked-out backend; dropping it returns it to its pool.
 pub type PooledConn = managed::Object<Manager>;
 
