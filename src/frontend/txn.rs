@@ -365,6 +365,7 @@ async fn check_out(
     shared: &Shared,
     tenant: &Arc<Tenant>,
     ctx: &mut TxnCtx,
+    retry: bool,
 ) -> Option<PooledConn> {
     let mut conn = match shared.pools.checkout(tenant, &who.role).await {
         Ok(c) => c,
@@ -390,7 +391,11 @@ async fn check_out(
         discard(conn);
         return None;
     }
-    ctx.stmts.on_checkout(&conn.statements);
+    if retry {
+        ctx.stmts.on_reroute(&conn.statements);
+    } else {
+        ctx.stmts.on_checkout(&conn.statements);
+    }
     Some(conn)
 }
 
@@ -440,7 +445,7 @@ pub async fn serve(
                 if cin[0] == crate::proto::messages::tag::TERMINATE {
                     return;
                 }
-                let Some(conn) = check_out(stream, who, shared, tenant, ctx).await else {
+                let Some(conn) = check_out(stream, who, shared, tenant, ctx, false).await else {
                     return;
                 };
                 relay.arm_retry();
@@ -472,7 +477,7 @@ pub async fn serve(
                 metrics::counter!("pgveil_backend_retries_total", "mode" => "transaction")
                     .increment(1);
                 discard(held.take().expect("held"));
-                let Some(conn) = check_out(stream, who, shared, tenant, ctx).await else {
+                let Some(conn) = check_out(stream, who, shared, tenant, ctx, true).await else {
                     return;
                 };
                 held = Some(conn); // not armed again: one retry per batch
