@@ -247,6 +247,7 @@ impl Server {
             loops,
         } = self;
         tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "pgveil listening");
+        let idle_check = idle_check(&shared);
         let mut tasks = tokio::task::JoinSet::new();
         tokio::pin!(stop);
         loop {
@@ -279,6 +280,9 @@ impl Server {
                 "drain timeout: closing remaining sessions"
             );
             tasks.shutdown().await;
+        }
+        if let Some(task) = idle_check {
+            task.abort();
         }
         shared.pools.close_all();
         tracing::info!("pgveil stopped");
@@ -342,6 +346,27 @@ async fn connection(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
         }
     }
     metrics::gauge!("pgveil_client_connections").decrement(1.0);
+}
+
+/// The periodic check of idle backends (`pool.idle_check_interval`; none when it is 0).
+fn idle_check(shared: &Arc<Shared>) -> Option<tokio::task::JoinHandle<()>> {
+    let every = shared.cfg.pool.idle_check_interval;
+    if every.is_zero() {
+        return None;
+    }
+    let shared = Arc::downgrade(shared);
+    Some(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await; // the first tick is immediate
+        loop {
+            tick.tick().await;
+            let Some(shared) = shared.upgrade() else {
+                return;
+            };
+            shared.pools.check_idle();
+        }
+    }))
 }
 
 /// One place under a counted cap (startup phase or authenticated sessions); released when dropped.

@@ -500,6 +500,9 @@ fn backend_killed_mid_query(fx: &Fixture) -> Result<()> {
     let proxy = single_backend_proxy(fx)?;
     fx.block_on(async {
         let a = fx.connect_to(proxy.addr, "globex", "tiny").await?;
+        // Not the session's first statement: that one would be sent again to a fresh backend (README "Pool
+        // modes", retry), which tests/pool_health.rs covers.
+        a.simple_query("SELECT 1").await?;
         let task = tokio::spawn(async move { a.simple_query("SELECT pg_sleep(60), 'killme'").await });
         let probe = fx.direct("globex").await?;
         wait_for(&probe, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(60), %' AND state = 'active'").await?;

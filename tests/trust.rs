@@ -28,6 +28,7 @@ fn main() -> std::process::ExitCode {
     support::main_with(&[
         ("client_encoding_aliases_refused_on_every_path", encodings),
         ("startup_client_encoding_refused", startup_encodings),
+        ("sql_ascii_client_encoding_still_masks", sql_ascii),
         ("lexing_watchdog_ends_the_session", watchdog),
         ("echo_channels_never_show_key_material", echo_channels),
         ("policy_change_voids_prepared_state", versions),
@@ -40,7 +41,8 @@ fn main() -> std::process::ExitCode {
 }
 
 /// Every name PostgreSQL accepts for a client-only multi-byte encoding (pg_encname_tbl, and spellings its
-/// canonicalization folds: case, punctuation), plus a single-byte one: only UTF8 is allowed.
+/// canonicalization folds: case, punctuation), plus a single-byte one: only UTF8 (and SQL_ASCII on a UTF8
+/// database, `sql_ascii` below) is allowed.
 const BAD_ENCODINGS: &[&str] = &[
     "SJIS",
     "sjis",
@@ -65,7 +67,6 @@ const BAD_ENCODINGS: &[&str] = &[
     "GB18030",
     "JOHAB",
     "LATIN1",
-    "SQL_ASCII",
 ];
 
 /// The bypass of issue 11: under SJIS the lead byte 0x81 of `Á` (C3 81) swallows the backslash, so the server
@@ -215,6 +216,85 @@ fn encodings(fx: &Fixture) -> Result<()> {
             println!(
                 "{mode} mode: {tried} client_encoding attempts over {} names refused",
                 BAD_ENCODINGS.len()
+            );
+            Ok(())
+        })?;
+    }
+    Ok(())
+}
+
+/// A masked read with non-ASCII bytes in the statement and in the results.
+const NON_ASCII_READ: &str = "SELECT full_name || ' Ñandú ☃' AS \"nombre_ñ\", email, 'Zoë' AS lit \
+     FROM payers WHERE full_name <> 'Ñandú' ORDER BY id LIMIT 5";
+
+/// One session's answers to the masked reads: rows or error, as text.
+async fn masked_reads(s: &mut tokio::net::TcpStream) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for sql in [NON_ASCII_READ, ENCODING_BYPASS, "SHOW client_encoding"] {
+        out.push(format!("{:?}", raw::simple_query(s, sql).await?));
+    }
+    Ok(out)
+}
+
+/// SQL_ASCII (what psql sends under a `C` locale): on a UTF8 database PostgreSQL converts nothing and
+/// validates the bytes as UTF8, so the server lexes what pgveil parsed. Accepted as a startup parameter and
+/// through `SET`, and a masked read answers exactly as under UTF8 (non-ASCII bytes included); the issue-11
+/// bypass query still returns nothing raw.
+fn sql_ascii(fx: &Fixture) -> Result<()> {
+    let secret = fx.block_on(raw_email_of_payer(fx, "acme"))?;
+    for (mode, proxy) in both_modes(fx, "trust-sqlascii", str::to_owned)? {
+        fx.block_on(async {
+            let token = fx.token("ascii@acme", "acme", "analyst");
+            let mut utf8 = tokio::net::TcpStream::connect(proxy.addr).await?;
+            raw::login(&mut utf8, "acme", &token, &[]).await?;
+            let want = masked_reads(&mut utf8).await?;
+            ensure!(
+                want[0].starts_with("Ok("),
+                "{mode}: UTF8 read failed: {}",
+                want[0]
+            );
+            ensure!(
+                want[0].contains("Ñandú ☃") && want[0].contains("Zoë"),
+                "{mode}: {}",
+                want[0]
+            );
+            for what in ["startup", "SET", "set_config"] {
+                let mut s = tokio::net::TcpStream::connect(proxy.addr).await?;
+                let extra: &[(&str, &str)] = match what {
+                    "startup" => &[("client_encoding", "SQL_ASCII")],
+                    _ => &[],
+                };
+                raw::login(&mut s, "acme", &token, extra)
+                    .await
+                    .with_context(|| format!("{mode}: login with {extra:?}"))?;
+                let set = match what {
+                    "SET" => Some("SET client_encoding = 'sql_ascii'"),
+                    "set_config" => {
+                        Some("SELECT set_config('client_encoding', 'SQL-ASCII', false)")
+                    }
+                    _ => None,
+                };
+                if let Some(sql) = set {
+                    let r = raw::simple_query(&mut s, sql).await?;
+                    ensure!(r.is_ok(), "{mode}: {sql} refused: {r:?}");
+                }
+                let got = masked_reads(&mut s).await?;
+                ensure!(
+                    got[2].contains("SQL_ASCII"),
+                    "{mode} ({what}): client_encoding is {}",
+                    got[2]
+                );
+                ensure!(
+                    got[..2] == want[..2],
+                    "{mode} ({what}): SQL_ASCII answers differ from UTF8:\n{got:?}\n{want:?}"
+                );
+                ensure!(
+                    !got.iter().any(|g| g.contains(&secret)),
+                    "{mode} ({what}): raw data under SQL_ASCII"
+                );
+            }
+            println!(
+                "{mode} mode: SQL_ASCII via startup, SET and set_config answers as UTF8 (masked)"
             );
             Ok(())
         })?;

@@ -160,7 +160,8 @@ impl managed::Manager for Manager {
         // on to the next idle one or opens a new one, so the client never sees it.
         if let Some(why) = health::check_idle(conn) {
             tracing::info!(tenant = %self.tenant.id, pid = conn.key.pid, reason = ?why, "idle backend is gone or unfit; discarding it");
-            metrics::counter!("pgveil_pool_dead_discarded_total").increment(1);
+            metrics::counter!("pgveil_pool_dead_discarded_total", "when" => "checkout")
+                .increment(1);
             conn.broken = true;
             return Err(RecycleError::message(
                 "backend closed or sent data while idle",
@@ -426,6 +427,36 @@ impl Pools {
         metrics::counter!("pgveil_pool_checkouts_total", "result" => result).increment(1);
         metrics::histogram!("pgveil_pool_wait_seconds").record(started.elapsed().as_secs_f64());
         got
+    }
+
+    /// The periodic check of idle backends (`pool.idle_check_interval`, like PgBouncer's
+    /// `server_check_delay` but without a round trip): every idle backend of every pool whose socket is
+    /// closed or holds anything ([`health::peek_idle`]) is removed from its pool and closed, so the pool
+    /// does not count it and a restart's dead backends do not linger. Returns how many were removed.
+    pub fn check_idle(&self) -> usize {
+        let pools: Vec<(PoolKey, Pool)> = self
+            .pools
+            .lock()
+            .expect("pools lock poisoned")
+            .iter()
+            .flat_map(|(k, (shares, _))| shares.0.iter().map(|p| (k.clone(), p.clone())))
+            .collect();
+        let mut removed = 0;
+        for (key, pool) in pools {
+            let gone = pool.retain(|conn, _| match health::peek_idle(conn) {
+                None => true,
+                Some(why) => {
+                    tracing::info!(tenant = %key.tenant, pid = conn.key.pid, reason = ?why, "idle backend is gone or unfit (periodic check); discarding it");
+                    false
+                }
+            });
+            removed += gone.removed.len();
+        }
+        if removed > 0 {
+            metrics::counter!("pgveil_pool_dead_discarded_total", "when" => "periodic")
+                .increment(removed as u64);
+        }
+        removed
     }
 
     /// Closes every pool (shutdown): idle connections are dropped, waiting checkouts fail.

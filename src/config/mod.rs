@@ -367,6 +367,11 @@ pub struct PoolDefaults {
     /// time is cancelled and closed, never returned to its pool.
     #[serde(default = "default_reset_timeout", with = "humantime_serde")]
     pub reset_timeout: Duration,
+    /// How often idle pooled backends are checked, without a round trip, for having been closed by the
+    /// server (restart, `pg_terminate_backend`, idle timeout); dead ones are removed from their pool. `0s`
+    /// turns the periodic check off (idle backends are still checked when they are checked out).
+    #[serde(default = "default_idle_check_interval", with = "humantime_serde")]
+    pub idle_check_interval: Duration,
 }
 
 impl Default for PoolDefaults {
@@ -378,6 +383,7 @@ impl Default for PoolDefaults {
             max_prepared_statements: default_max_prepared_statements(),
             connect_timeout: default_connect_timeout(),
             reset_timeout: default_reset_timeout(),
+            idle_check_interval: default_idle_check_interval(),
         }
     }
 }
@@ -477,6 +483,9 @@ fn default_connect_timeout() -> Duration {
 }
 fn default_reset_timeout() -> Duration {
     Duration::from_secs(5)
+}
+fn default_idle_check_interval() -> Duration {
+    Duration::from_secs(30)
 }
 fn default_cache_bytes() -> u64 {
     crate::policy::engine::DEFAULT_CACHE_BYTES

@@ -345,6 +345,23 @@ impl LocalCluster {
         }
     }
 
+    /// Restarts the server on the same port (`pg_ctl stop -m <mode>`, then start), as an operator would:
+    /// every connection to it ends. For tests of what clients of a proxy see across a restart.
+    pub fn restart(&self, mode: &str) -> Result<(), ClusterError> {
+        self.pg_ctl_stop(mode)?;
+        self.pg_ctl_start()?;
+        for _ in 0..50 {
+            if self.psql("postgres", "SELECT 1").is_ok() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Err(ClusterError::Start {
+            reason: "no answer after the restart".into(),
+            log_tail: self.log_tail(),
+        })
+    }
+
     /// Path of a server binary.
     fn tool(&self, name: &str) -> PathBuf {
         self.bindir.join(name)

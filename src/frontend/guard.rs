@@ -31,10 +31,11 @@ pub async fn verify_backend(
     who: &Identity,
     policy: &dyn StatementPolicy,
 ) -> Result<(), PgError> {
+    let server_encoding = conn.params.get("server_encoding").map(String::as_str);
     let bad = conn
         .params
         .iter()
-        .find(|(n, v)| !reported_value_ok(n, v))
+        .find(|(n, v)| !reported_value_ok(n, v, server_encoding))
         .map(|(n, _)| n.clone());
     if let Some(name) = bad {
         conn.broken = true;
@@ -48,7 +49,7 @@ pub async fn verify_backend(
             d
         }
     };
-    if refusal("client_min_messages", Some(&messages)).is_some() {
+    if refusal("client_min_messages", Some(&messages), None).is_some() {
         tracing::warn!(tenant = %who.tenant, "backend session default client_min_messages is below NOTICE; backend refused");
         conn.broken = true;
         return Err(PgError::backend_refused("client_min_messages"));

@@ -8,6 +8,7 @@ pub mod limits;
 pub mod params;
 pub mod prepared;
 pub mod relay;
+pub mod retry;
 pub mod session;
 pub mod sqlscan;
 pub mod sqltree;

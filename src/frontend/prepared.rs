@@ -79,6 +79,15 @@ impl TxnStatements {
         self.recv_rfq = 0;
     }
 
+    /// A retried batch (simple `Query` messages only, nothing answered yet) moves to another backend: as
+    /// [`TxnStatements::on_checkout`], but the batch's messages stay counted, so later errors of the same
+    /// transaction are matched to the right batch.
+    pub fn on_reroute(&mut self, stmts: &BackendStatements) {
+        let sent = self.sent_syncs;
+        self.on_checkout(stmts);
+        self.sent_syncs = sent;
+    }
+
     /// Nothing expected from the backend any more.
     pub fn settled(&self) -> bool {
         self.expect.is_empty()

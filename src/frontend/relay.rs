@@ -23,6 +23,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
 use super::limits::{extended_tag, scan_frontend};
+use super::retry::{self, Retry, Verdict};
 use super::txn::TxnCtx;
 use super::versions::{StateEpochs, UNINSPECTED, may_create_state};
 use crate::backend::BackendConn;
@@ -65,6 +66,9 @@ pub enum RelayEnd {
     Release,
     /// The client sent nothing for longer than its idle timeout; it was sent the FATAL error.
     IdleTimeout,
+    /// The backend died before running any of the batch (see [`super::retry`]); nothing reached the client.
+    /// The batch waits in the relay's buffer: the next run sends it to the backend it is given.
+    Retry,
 }
 
 /// How long a client may stay silent while the backend waits for it (`None`: no limit).
@@ -147,6 +151,9 @@ pub struct Relay<'a> {
     fatal: Option<PgError>,
     /// Client messages are held while the epoch of its prepared state is being determined, since then.
     held_since: Option<tokio::time::Instant>,
+    /// The backend is fresh from the pool and nothing of its answer was relayed yet: the batch can be sent
+    /// again elsewhere if it dies (see [`super::retry`]).
+    retry: Option<Retry>,
 }
 
 /// Longest time a session's messages are held while a schema change is reloaded; then it is ended.
@@ -188,7 +195,41 @@ impl<'a> Relay<'a> {
             epochs: StateEpochs::default(),
             fatal: None,
             held_since: None,
+            retry: None,
         }
+    }
+
+    /// Arms the transparent retry for the next run: its backend is fresh from the pool and idle.
+    pub fn arm_retry(&mut self) {
+        self.retry = Some(Retry::default());
+    }
+
+    /// Client bytes, recorded for a retry while one is armed.
+    fn client_bytes(
+        &mut self,
+        cin: &mut BytesMut,
+        split: &mut FrameSplitter,
+        to_b: &mut BytesMut,
+        to_c: &mut BytesMut,
+        stmts: &mut BackendStatements,
+    ) -> Step {
+        let before = to_b.len();
+        let step = self.on_client_bytes(cin, split, to_b, to_c, stmts);
+        if let Some(r) = self.retry.as_mut() {
+            r.batch.extend_from_slice(&to_b[before..]);
+            if r.batch.len() > retry::MAX_BATCH || split.mid_frame() {
+                self.retry = None; // too large to keep, or a frame is streamed past pgveil
+            }
+        }
+        step
+    }
+
+    /// Whether a failure of the backend now allows the retry: armed, and nothing was written yet or the
+    /// failure was announced the way [`retry::first_message`] accepts.
+    fn may_retry(&self, announced: bool, csplit: &FrameSplitter) -> bool {
+        self.retry
+            .as_ref()
+            .is_some_and(|r| (announced || !r.written) && !csplit.mid_frame())
     }
 
     /// Relays until the client leaves, the backend fails, or shutdown is requested and the session is idle.
@@ -223,7 +264,7 @@ impl<'a> Relay<'a> {
 
         // Bytes that arrived with the startup packet are processed before reading more.
         if let Step::End(end) =
-            self.on_client_bytes(&mut cin, &mut csplit, &mut to_b, &mut to_c, statements)
+            self.client_bytes(&mut cin, &mut csplit, &mut to_b, &mut to_c, statements)
         {
             ending = Some(end);
         }
@@ -234,10 +275,17 @@ impl<'a> Relay<'a> {
                     let _ = cw.write_all_buf(&mut to_c).await;
                     let _ = cw.flush().await;
                 }
-                self.state.mid_frame |= csplit.mid_frame() || bsplit.mid_frame();
-                self.state.mid_frame |= !to_b.is_empty() || !bin.is_empty();
-                *rbuf = bin;
-                to_b.clear();
+                let retry = self.retry.take();
+                if let (RelayEnd::Retry, Some(r)) = (&end, retry) {
+                    // The batch goes to the next backend as it was queued for this one.
+                    to_b = r.batch;
+                    *rbuf = BytesMut::new();
+                } else {
+                    self.state.mid_frame |= csplit.mid_frame() || bsplit.mid_frame();
+                    self.state.mid_frame |= !to_b.is_empty() || !bin.is_empty();
+                    *rbuf = bin;
+                    to_b.clear();
+                }
                 to_c.clear();
                 self.out_bufs = (to_b, to_c);
                 *client_buf = cin;
@@ -288,7 +336,7 @@ impl<'a> Relay<'a> {
                     ending = Some(RelayEnd::IdleTimeout);
                 },
                 () = tokio::time::sleep(HOLD_RECHECK), if self.held_since.is_some() => {
-                    if let Step::End(end) = self.on_client_bytes(&mut cin, &mut csplit, &mut to_b, &mut to_c, statements) {
+                    if let Step::End(end) = self.client_bytes(&mut cin, &mut csplit, &mut to_b, &mut to_c, statements) {
                         ending = Some(end);
                     }
                 },
@@ -301,17 +349,24 @@ impl<'a> Relay<'a> {
                         if idle_on {
                             last_activity = tokio::time::Instant::now();
                         }
-                        if let Step::End(end) = self.on_client_bytes(&mut cin, &mut csplit, &mut to_b, &mut to_c, statements) {
+                        if let Step::End(end) = self.client_bytes(&mut cin, &mut csplit, &mut to_b, &mut to_c, statements) {
                             ending = Some(end);
                         }
                     }
                 },
                 r = br.read_buf(&mut bin), if to_c.len() < HIGH_WATER => match r {
+                    Ok(0) | Err(_) if self.may_retry(false, &csplit) => ending = Some(RelayEnd::Retry),
                     Ok(0) | Err(_) => {
                         PgError::backend_lost().encode(&mut to_c);
                         ending = Some(RelayEnd::BackendGone);
                     }
+                    // Armed: nothing is relayed before the first message says whether the batch ran.
+                    Ok(_) if self.retry.is_some() && retry::first_message(&bin) == Verdict::Wait => {}
+                    Ok(_) if self.retry.is_some()
+                        && retry::first_message(&bin) == Verdict::Retry
+                        && self.may_retry(true, &csplit) => ending = Some(RelayEnd::Retry),
                     Ok(_) => if let Err(e) = {
+                        self.retry = None;
                         if idle_on {
                             last_activity = tokio::time::Instant::now();
                         }
@@ -334,7 +389,13 @@ impl<'a> Relay<'a> {
                     },
                 },
                 r = pump(&mut bw, &mut to_b), if !to_b.is_empty() || flush_b => match r {
-                    Ok(flushed) => flush_b = !flushed,
+                    Ok(flushed) => {
+                        flush_b = !flushed;
+                        if let Some(r) = self.retry.as_mut() {
+                            r.written = true;
+                        }
+                    }
+                    Err(_) if self.may_retry(false, &csplit) => ending = Some(RelayEnd::Retry),
                     Err(_) => {
                         PgError::backend_lost().encode(&mut to_c);
                         ending = Some(RelayEnd::BackendGone);
@@ -466,6 +527,8 @@ impl<'a> Relay<'a> {
     ) -> Result<Step, PgError> {
         let body = payload(frame);
         if self.txn.is_some() && frame[0] != tag::QUERY {
+            // Translated against this backend's prepared statements: not portable to another one.
+            self.retry = None;
             return self.on_client_frame_txn(frame, to_b, stmts);
         }
         match frame[0] {
@@ -775,7 +838,8 @@ impl<'a> Relay<'a> {
                             String::from_utf8_lossy(name),
                             String::from_utf8_lossy(value),
                         );
-                        if !reported_value_ok(&n, &v) && self.inspects() {
+                        let server_encoding = params.get("server_encoding").map(String::as_str);
+                        if !reported_value_ok(&n, &v, server_encoding) && self.inspects() {
                             tracing::warn!(parameter = %n, "backend reported a lexing setting pgveil does not parse under; ending the session");
                             self.fatal = Some(PgError::lexing_changed(&n));
                             return Ok(());

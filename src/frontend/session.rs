@@ -25,6 +25,7 @@ use crate::proto::PgError;
 use crate::proto::messages;
 use crate::proto::startup::StartupMessage;
 use crate::revoke::NewSession;
+use crate::route::Tenant;
 use crate::server::{Shared, Slot};
 
 /// Serves one accepted TCP connection to the end. `starting` is its place under `listen.max_startups`, given
@@ -211,32 +212,10 @@ async fn run_session(
         super::txn::serve(stream, who, shared, &tenant, ctx, &handle, &mut killed).await;
         return;
     }
-    let mut conn: PooledConn = match shared.pools.checkout(&tenant, &who.role).await {
-        Ok(c) => c,
-        Err(e) => {
-            refuse(stream, checkout_error(&e, who)).await;
-            return;
-        }
+    let Some(mut conn) = open_backend(stream, who, shared, &tenant, &settings, requested_db).await
+    else {
+        return;
     };
-    if let Some(db) = requested_db
-        && db != conn.target.dbname
-    {
-        tracing::info!(database = db, "startup database is not the tenant's");
-        refuse(stream, PgError::unknown_database(db)).await;
-        return; // the backend was not touched: it goes back as it is
-    }
-    if shared.policy.inspects(who)
-        && let Err(e) = super::guard::verify_backend(&mut conn, who, &*shared.policy).await
-    {
-        refuse(stream, e).await;
-        finish(conn, false, Leftover::Synced(b'I'), shared).await;
-        return;
-    }
-    if let Err(e) = apply_settings(&mut conn, &settings, who, shared).await {
-        refuse(stream, e).await;
-        finish(conn, true, Leftover::Synced(b'I'), shared).await;
-        return;
-    }
     let handle = shared.cancel.register();
     if greet(stream, &conn.params, &handle, auth).await.is_err() {
         finish(conn, true, Leftover::Synced(b'I'), shared).await;
@@ -250,9 +229,29 @@ async fn run_session(
     // A revoked token or disabled user ends the session at once (not at its next idle point, as a drain
     // does): the relay is dropped mid-flight and the backend is cancelled and closed.
     let mut cin = BytesMut::new();
-    let end = tokio::select! {
-        end = relay.run(stream, &mut cin, &mut conn, &mut shutdown) => Some(end),
-        _ = killed.wait_for(|k| *k) => None,
+    // The session's first batch may go to a fresh backend if this one dies before running it.
+    relay.arm_retry();
+    let end = loop {
+        let end = tokio::select! {
+            end = relay.run(stream, &mut cin, &mut conn, &mut shutdown) => Some(end),
+            _ = killed.wait_for(|k| *k) => None,
+        };
+        if !matches!(end, Some(RelayEnd::Retry)) {
+            break end;
+        }
+        tracing::info!(
+            pid = conn.key.pid,
+            "backend died before running the session's first batch; sending it to a fresh backend"
+        );
+        metrics::counter!("pgveil_backend_retries_total", "mode" => "session").increment(1);
+        finish(conn, false, Leftover::Synced(b'I'), shared).await;
+        let Some(fresh) = open_backend(stream, who, shared, &tenant, &settings, requested_db).await
+        else {
+            handle.set_backend(None);
+            return;
+        };
+        conn = fresh;
+        handle.set_backend(Some((conn.target.clone(), conn.key)));
     };
     handle.set_backend(None);
     drop(handle);
@@ -278,6 +277,45 @@ async fn run_session(
         Leftover::Synced(relay.state.txn_status)
     };
     finish(conn, reusable, status, shared).await;
+}
+
+/// Session mode: checks out a backend for `who` and prepares it (database name, the backend guard, the
+/// client's startup settings); `None` when the client was refused (and told).
+async fn open_backend(
+    stream: &mut ClientStream,
+    who: &Identity,
+    shared: &Shared,
+    tenant: &Arc<Tenant>,
+    settings: &[(String, String)],
+    requested_db: Option<&str>,
+) -> Option<PooledConn> {
+    let mut conn: PooledConn = match shared.pools.checkout(tenant, &who.role).await {
+        Ok(c) => c,
+        Err(e) => {
+            refuse(stream, checkout_error(&e, who)).await;
+            return None;
+        }
+    };
+    if let Some(db) = requested_db
+        && db != conn.target.dbname
+    {
+        tracing::info!(database = db, "startup database is not the tenant's");
+        refuse(stream, PgError::unknown_database(db)).await;
+        return None; // the backend was not touched: it goes back as it is
+    }
+    if shared.policy.inspects(who)
+        && let Err(e) = super::guard::verify_backend(&mut conn, who, &*shared.policy).await
+    {
+        refuse(stream, e).await;
+        finish(conn, false, Leftover::Synced(b'I'), shared).await;
+        return None;
+    }
+    if let Err(e) = apply_settings(&mut conn, settings, who, shared).await {
+        refuse(stream, e).await;
+        finish(conn, true, Leftover::Synced(b'I'), shared).await;
+        return None;
+    }
+    Some(conn)
 }
 
 /// Completes the login: AuthenticationOk, the server parameters, the client's own cancel key, the grace-period

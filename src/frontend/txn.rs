@@ -357,6 +357,48 @@ async fn wait_for_client(
     }
 }
 
+/// Checks out a backend for the client's next transaction and makes it the client's (settings, function
+/// names, the backend guard, prepared statements); `None` when the client was refused (and told).
+async fn check_out(
+    stream: &mut ClientStream,
+    who: &Identity,
+    shared: &Shared,
+    tenant: &Arc<Tenant>,
+    ctx: &mut TxnCtx,
+    retry: bool,
+) -> Option<PooledConn> {
+    let mut conn = match shared.pools.checkout(tenant, &who.role).await {
+        Ok(c) => c,
+        Err(e) => {
+            refuse(stream, super::session::checkout_error(&e, who)).await;
+            return None;
+        }
+    };
+    if let Err(e) = ensure_settings(&mut conn, ctx).await {
+        refuse(stream, e).await;
+        discard(conn);
+        return None;
+    }
+    if !refresh_functions(&mut conn, ctx, shared, tenant, &who.role).await {
+        refuse(stream, PgError::backend_unavailable()).await;
+        discard(conn);
+        return None;
+    }
+    if shared.policy.inspects(who)
+        && let Err(e) = super::guard::verify_backend(&mut conn, who, &*shared.policy).await
+    {
+        refuse(stream, e).await;
+        discard(conn);
+        return None;
+    }
+    if retry {
+        ctx.stmts.on_reroute(&conn.statements);
+    } else {
+        ctx.stmts.on_checkout(&conn.statements);
+    }
+    Some(conn)
+}
+
 /// Serves a transaction-mode client after its greeting, until it leaves.
 pub async fn serve(
     stream: &mut ClientStream,
@@ -403,32 +445,10 @@ pub async fn serve(
                 if cin[0] == crate::proto::messages::tag::TERMINATE {
                     return;
                 }
-                let mut conn = match shared.pools.checkout(tenant, &who.role).await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        refuse(stream, super::session::checkout_error(&e, who)).await;
-                        return;
-                    }
+                let Some(conn) = check_out(stream, who, shared, tenant, ctx, false).await else {
+                    return;
                 };
-                if let Err(e) = ensure_settings(&mut conn, ctx).await {
-                    refuse(stream, e).await;
-                    discard(conn);
-                    return;
-                }
-                if !refresh_functions(&mut conn, ctx, shared, tenant, &who.role).await {
-                    refuse(stream, PgError::backend_unavailable()).await;
-                    discard(conn);
-                    return;
-                }
-                if shared.policy.inspects(who)
-                    && let Err(e) =
-                        super::guard::verify_backend(&mut conn, who, &*shared.policy).await
-                {
-                    refuse(stream, e).await;
-                    discard(conn);
-                    return;
-                }
-                ctx.stmts.on_checkout(&conn.statements);
+                relay.arm_retry();
                 held.insert(conn)
             }
         };
@@ -449,6 +469,19 @@ pub async fn serve(
         };
         let ctx = relay.txn.as_mut().expect("transaction mode");
         match end {
+            RelayEnd::Retry => {
+                tracing::info!(
+                    pid = conn.key.pid,
+                    "backend died before running the batch; sending it to a fresh backend"
+                );
+                metrics::counter!("pgveil_backend_retries_total", "mode" => "transaction")
+                    .increment(1);
+                discard(held.take().expect("held"));
+                let Some(conn) = check_out(stream, who, shared, tenant, ctx, true).await else {
+                    return;
+                };
+                held = Some(conn); // not armed again: one retry per batch
+            }
             RelayEnd::Release => {
                 if ctx.settings_dirty || ctx.verify {
                     capture_settings(conn, ctx).await;

@@ -90,6 +90,8 @@ pub struct Catalog {
     pub version: u64,
     /// Schemas searched for unqualified names, after the implicit `pg_catalog` (`current_schemas(false)`).
     pub search_path: Vec<String>,
+    /// The database's encoding (`server_encoding`), when known (saved catalogs do not record it).
+    pub server_encoding: Option<String>,
     /// Relations outside the system schemas.
     pub relations: HashMap<QualName, Relation>,
     /// Relation names in the system schemas.

@@ -15,7 +15,9 @@ use super::cache::{ByteCache, HeapSize};
 use super::catalog::Catalog;
 use super::file::{Policy, PolicyError};
 use super::functions::PseudonymKey;
-use super::rewrite::{Context, Normalized, Outcome, Template, check, normalize};
+use super::rewrite::{
+    Context, Normalized, Outcome, Template, check, may_have_comment, normalize, without_comments,
+};
 use super::{Decision, StatementPolicy, Versioned};
 use crate::identity::Identity;
 use crate::ids::{RoleName, SecretId, TenantId};
@@ -45,6 +47,8 @@ pub struct TenantState {
 #[derive(Clone, PartialEq, Eq, Hash)]
 struct CacheKey {
     sql: Box<str>,
+    /// `sql` is the comment-free key of a statement with comments ([`without_comments`]), not its text.
+    commented: bool,
     policy: u64,
     catalog: u64,
     tenant: TenantId,
@@ -317,6 +321,7 @@ impl MaskingEngine {
 
     fn cache_key(
         sql: Box<str>,
+        commented: bool,
         tenant: &TenantId,
         role: &RoleName,
         snap: &PolicySnapshot,
@@ -324,6 +329,7 @@ impl MaskingEngine {
     ) -> CacheKey {
         CacheKey {
             sql,
+            commented,
             policy: snap.version,
             catalog: state.map(|t| t.catalog.version).unwrap_or(0),
             tenant: tenant.clone(),
@@ -392,8 +398,25 @@ impl MaskingEngine {
             epoch,
             lasting: c.lasting,
         };
-        let key = Self::cache_key(sql.into(), tenant, role, &snap, state.as_deref());
-        let hit = self.cache.get(&key);
+        // Statements that differ only in comments share one key: a comment is whitespace to PostgreSQL, so it
+        // never changes the decision. Their rewrites come from plans (the comments are holes of the plan, so
+        // each statement keeps its own); the exact cache keeps only their Allow and Deny decisions.
+        let uncommented = may_have_comment(sql)
+            .then(|| without_comments(sql))
+            .flatten();
+        let commented = uncommented.is_some();
+        let key = Self::cache_key(
+            uncommented.map_or_else(|| sql.into(), String::into_boxed_str),
+            commented,
+            tenant,
+            role,
+            &snap,
+            state.as_deref(),
+        );
+        let hit = self
+            .cache
+            .get(&key)
+            .filter(|c| !(commented && matches!(c.decision, Decision::Rewrite(_))));
         if let Some(c) = hit {
             self.stats.hits.fetch_add(1, Ordering::Relaxed);
             metrics::counter!("pgveil_rewrite_cache_total", "result" => "hit").increment(1);
@@ -402,9 +425,16 @@ impl MaskingEngine {
         }
         // The same statement with other literals: splice them into its plan.
         let norm = (key.catalog != 0).then(|| normalize(sql)).flatten();
-        let plan_key = norm
-            .as_ref()
-            .map(|n| Self::cache_key(n.key.as_str().into(), tenant, role, &snap, state.as_deref()));
+        let plan_key = norm.as_ref().map(|n| {
+            Self::cache_key(
+                n.key.as_str().into(),
+                false,
+                tenant,
+                role,
+                &snap,
+                state.as_deref(),
+            )
+        });
         if let (Some(n), Some(pk)) = (&norm, &plan_key) {
             let plan = self.plans.get(pk);
             if let Some(p) = plan {
@@ -468,7 +498,10 @@ impl MaskingEngine {
             );
         }
         let out = versioned(&c);
-        self.cache.insert(key, c);
+        // A rewrite carries this statement's comments: never handed to one with other comments.
+        if !(commented && matches!(c.decision, Decision::Rewrite(_))) {
+            self.cache.insert(key, c);
+        }
         out
     }
 
@@ -597,6 +630,7 @@ impl MaskingEngine {
 /// Catalog equality ignoring the version (so an unchanged schema keeps cached rewrites).
 fn same_catalog(a: &Catalog, b: &Catalog) -> bool {
     a.search_path == b.search_path
+        && a.server_encoding == b.server_encoding
         && a.relations == b.relations
         && a.system_relations == b.system_relations
         && a.functions == b.functions
@@ -784,6 +818,56 @@ mod tests {
                 && lines[4].contains("42601")
         );
         assert!(lines[5].contains("allowed"), "{}", lines[5]);
+    }
+
+    #[test]
+    fn statements_differing_only_in_comments_share_cache_entries() {
+        let (e, _dir) = engine();
+        let (t, r) = (TenantId::new("acme"), RoleName::new("analyst"));
+        let plain = |sql: &str| e.decide(sql, &t, &r).0;
+        let want_masked = match plain("SELECT email FROM payers  WHERE id = 5") {
+            Decision::Rewrite(s) => s,
+            other => panic!("no rewrite: {other:?}"),
+        };
+        for i in 0..1000 {
+            let masked = format!("SELECT email FROM payers /* trace={i} */ WHERE id = 5");
+            match e.check_cached(&masked, &t, &r) {
+                Decision::Rewrite(got) => {
+                    // The client's own comment is kept; the rest is the uncommented statement's rewrite.
+                    assert_eq!(got.replace(&format!("/* trace={i} */"), ""), want_masked);
+                }
+                other => panic!("{masked}: {other:?}"),
+            }
+            let allowed = format!("-- request {i}\nSELECT 1 + 1");
+            assert!(matches!(e.check_cached(&allowed, &t, &r), Decision::Allow));
+            let refused = format!("SELECT * FROM pg_stats /* {i} */");
+            assert!(matches!(
+                e.check_cached(&refused, &t, &r),
+                Decision::Deny(_)
+            ));
+            // Comment markers inside a literal are not comments: the literal is, and masking holds.
+            let literal = format!("SELECT email FROM payers WHERE full_name = '/* {i} */'");
+            assert!(
+                matches!(e.check_cached(&literal, &t, &r), Decision::Rewrite(s) if s.contains(&format!("'/* {i} */'")))
+            );
+        }
+        let entries = e.cache.len() + e.plans.len();
+        assert!(entries <= 8, "{entries} cache entries for 4 statements");
+        // A comment cannot change the decision: a commented-out masked column is no column, a comment cannot
+        // end a statement early, and a cached answer is the uncached one.
+        for sql in [
+            "SELECT 1 /* , email FROM payers */",
+            "SELECT email /* x */ FROM payers -- ; SELECT 1",
+            "SELECT email /* x */ FROM payers -- ; SELECT 2",
+            "SELECT /* */ full_name, email FROM payers /* y */ WHERE id = 9",
+        ] {
+            let cached = format!("{:?}", e.check_cached(sql, &t, &r));
+            assert_eq!(cached, format!("{:?}", plain(sql)), "{sql}");
+        }
+        assert!(matches!(
+            e.check_cached("SELECT 1 /* , email FROM payers */", &t, &r),
+            Decision::Allow
+        ));
     }
 
     #[test]

@@ -149,9 +149,14 @@ pub fn relation_denied(name: &str) -> bool {
     DENIED_RELATIONS.contains(&name)
 }
 
-/// Why setting `name` to `value` (when known) is refused, if it is ([`super::settings`]).
-pub fn setting_refusal(name: &str, value: Option<&str>) -> Option<String> {
-    super::settings::refusal(name, value)
+/// Why setting `name` to `value` (when known) is refused, if it is ([`super::settings`]), on a database of
+/// encoding `server_encoding` (when known).
+pub fn setting_refusal(
+    name: &str,
+    value: Option<&str>,
+    server_encoding: Option<&str>,
+) -> Option<String> {
+    super::settings::refusal(name, value, server_encoding)
 }
 
 #[cfg(test)]
@@ -171,12 +176,12 @@ mod tests {
         assert!(per_database_filter("pg_catalog", "pg_database").is_some());
         assert!(per_database_filter("public", "pg_database").is_none());
         assert!(per_database_filter("pg_catalog", "pg_class").is_none());
-        assert!(setting_refusal("Search_Path", None).is_some());
-        assert!(setting_refusal("client_encoding", Some("SJIS")).is_some());
-        assert!(setting_refusal("client_encoding", Some("utf-8")).is_none());
-        assert!(setting_refusal("client_encoding", Some("LATIN1")).is_some());
-        assert!(setting_refusal("client_encoding", Some("Shift_JIS")).is_some());
-        assert!(setting_refusal("client_encoding", Some("WIN-950")).is_some());
-        assert!(setting_refusal("application_name", Some("x")).is_none());
+        assert!(setting_refusal("Search_Path", None, Some("UTF8")).is_some());
+        assert!(setting_refusal("client_encoding", Some("SJIS"), Some("UTF8")).is_some());
+        assert!(setting_refusal("client_encoding", Some("utf-8"), Some("UTF8")).is_none());
+        assert!(setting_refusal("client_encoding", Some("LATIN1"), Some("UTF8")).is_some());
+        assert!(setting_refusal("client_encoding", Some("Shift_JIS"), Some("UTF8")).is_some());
+        assert!(setting_refusal("client_encoding", Some("WIN-950"), Some("UTF8")).is_some());
+        assert!(setting_refusal("application_name", Some("x"), Some("UTF8")).is_none());
     }
 }

@@ -6,7 +6,13 @@
 //!   bypass. So `client_encoding` is decided by an **allowlist**: only names PostgreSQL resolves to UTF8, with
 //!   its own canonicalization (`clean_encoding_name`: keep ASCII letters and digits, lower-cased; then its
 //!   alias table `pg_encname_tbl`, where only `unicode` and `utf8` are UTF8 — `windows932` is SJIS), and
-//!   `standard_conforming_strings` only to a value PostgreSQL parses as true.
+//!   `standard_conforming_strings` only to a value PostgreSQL parses as true. `SQL_ASCII` (what psql sends
+//!   under a `C` locale) is allowed too when the server encoding is UTF8 (or SQL_ASCII): PostgreSQL then
+//!   converts nothing (`pg_any_to_server` only validates SQL_ASCII client text as the server encoding, and
+//!   `pg_server_to_any` returns server text as it is), so the server lexes exactly the bytes it would lex
+//!   under UTF8. Under another server encoding the bytes would be read as that encoding without conversion
+//!   (a name pgveil reads as `é` would be `Ã©` to the server), so it is refused there, and wherever the
+//!   server encoding is not known (fail closed).
 //! - **Echo channels.** Rewritten statements can embed key material (pseudonym HMAC pads); messages below
 //!   NOTICE echo statement text (`parse <unnamed>: ...`) and plans (`debug_print_plan`). So
 //!   `client_min_messages` may only be `notice`, `warning` or `error`, and the `debug_*`, `trace_*`,
@@ -41,18 +47,22 @@ const MESSAGE_LEVELS: &[&str] = &["notice", "warning", "error"];
 
 /// Why setting `name` to `value` is refused for an inspected role, if it is. `value` is `None` when it is not a
 /// single constant (then settings whose value matters are refused: fail closed). Names are compared as
-/// PostgreSQL compares them (case-insensitive).
-pub fn refusal(name: &str, value: Option<&str>) -> Option<String> {
+/// PostgreSQL compares them (case-insensitive). `server_encoding` is the tenant database's, when known.
+pub fn refusal(name: &str, value: Option<&str>, server_encoding: Option<&str>) -> Option<String> {
     let name = name.to_ascii_lowercase();
     if PROTECTED.contains(&name.as_str()) || PROTECTED_PREFIXES.iter().any(|p| name.starts_with(p))
     {
         return Some(format!("setting \"{name}\" is protected"));
     }
     match name.as_str() {
-        "client_encoding" if !value.is_some_and(is_utf8_encoding) => Some(
-            "client_encoding must be UTF8 for this role (pgveil parses SQL as UTF-8; rule client-encoding)"
-                .to_owned(),
-        ),
+        "client_encoding"
+            if !value.is_some_and(|v| client_encoding_allowed(v, server_encoding)) =>
+        {
+            Some(
+                "client_encoding must be UTF8 (or SQL_ASCII on a UTF8 database) for this role (pgveil parses SQL as UTF-8; rule client-encoding)"
+                    .to_owned(),
+            )
+        }
         "standard_conforming_strings" if !value.is_some_and(parses_as_true) => Some(
             "standard_conforming_strings must stay on (pgveil parses SQL with it on)".to_owned(),
         ),
@@ -85,6 +95,23 @@ pub fn is_utf8_encoding(name: &str) -> bool {
     name.len() < 64 && matches!(clean_encoding_name(name).as_str(), "utf8" | "unicode")
 }
 
+/// Whether PostgreSQL resolves `name` to SQL_ASCII (`pg_encname_tbl` has one entry, `sqlascii`).
+pub fn is_sql_ascii_encoding(name: &str) -> bool {
+    name.len() < 64 && clean_encoding_name(name) == "sqlascii"
+}
+
+/// Whether a server of encoding `server_encoding` (as it reports it: `UTF8`, `SQL_ASCII`, ...) lexes SQL_ASCII
+/// client text exactly as UTF8 client text: no conversion happens in either case.
+fn sql_ascii_is_transparent(server_encoding: Option<&str>) -> bool {
+    matches!(server_encoding, Some("UTF8" | "SQL_ASCII"))
+}
+
+/// Whether an inspected role may use client encoding `name` on a server of encoding `server_encoding`.
+pub fn client_encoding_allowed(name: &str, server_encoding: Option<&str>) -> bool {
+    is_utf8_encoding(name)
+        || (is_sql_ascii_encoding(name) && sql_ascii_is_transparent(server_encoding))
+}
+
 /// Whether PostgreSQL's `parse_bool` reads `value` as true (`on`, `1`, and case-insensitive prefixes of `true`
 /// and `yes`).
 pub fn parses_as_true(value: &str) -> bool {
@@ -93,10 +120,13 @@ pub fn parses_as_true(value: &str) -> bool {
 }
 
 /// Whether a value reported by the backend (ParameterStatus) is what pgveil parses under: `client_encoding`
-/// `UTF8` and `standard_conforming_strings` `on`. Other parameters are not judged (`true`).
-pub fn reported_value_ok(name: &str, value: &str) -> bool {
+/// `UTF8` (or `SQL_ASCII` when the reported `server_encoding` makes it the same bytes) and
+/// `standard_conforming_strings` `on`. Other parameters are not judged (`true`).
+pub fn reported_value_ok(name: &str, value: &str, server_encoding: Option<&str>) -> bool {
     match name {
-        "client_encoding" => value == "UTF8",
+        "client_encoding" => {
+            value == "UTF8" || (value == "SQL_ASCII" && sql_ascii_is_transparent(server_encoding))
+        }
         "standard_conforming_strings" => value == "on",
         _ => true,
     }
@@ -109,7 +139,22 @@ mod tests {
     #[test]
     fn client_encoding_is_an_allowlist_with_postgres_canonicalization() {
         for ok in ["UTF8", "utf-8", "Unicode", "U.T.F-8", " utf8 ", "UNICODE"] {
-            assert!(refusal("client_encoding", Some(ok)).is_none(), "{ok}");
+            assert!(refusal("client_encoding", Some(ok), None).is_none(), "{ok}");
+        }
+        // SQL_ASCII: no conversion, so the same bytes as UTF8 on a UTF8 (or SQL_ASCII) server only.
+        for ok in ["SQL_ASCII", "sql-ascii", "SqlAscii"] {
+            for server in ["UTF8", "SQL_ASCII"] {
+                assert!(
+                    refusal("client_encoding", Some(ok), Some(server)).is_none(),
+                    "{ok} on {server}"
+                );
+            }
+            for server in [None, Some("LATIN1"), Some("EUC_JP")] {
+                assert!(
+                    refusal("client_encoding", Some(ok), server).is_some(),
+                    "{ok} on {server:?}"
+                );
+            }
         }
         // Every client-only multi-byte encoding under every alias PostgreSQL knows, some single-byte ones,
         // spellings with punctuation, and non-constant values.
@@ -131,13 +176,17 @@ mod tests {
             "JOHAB",
             "SHIFT_JIS_2004",
             "LATIN1",
-            "SQL_ASCII",
+            "SQL_ASCII_7",
+            "ascii",
             "utf16",
             "",
         ] {
-            assert!(refusal("client_encoding", Some(bad)).is_some(), "{bad}");
+            assert!(
+                refusal("client_encoding", Some(bad), Some("UTF8")).is_some(),
+                "{bad}"
+            );
         }
-        assert!(refusal("CLIENT_ENCODING", None).is_some());
+        assert!(refusal("CLIENT_ENCODING", None, Some("UTF8")).is_some());
         assert!(!is_utf8_encoding(&format!("utf8{}", "-".repeat(70))));
     }
 
@@ -145,26 +194,32 @@ mod tests {
     fn standard_conforming_strings_only_on() {
         for ok in ["on", "ON", "true", "t", "TRU", "yes", "y", "1"] {
             assert!(
-                refusal("standard_conforming_strings", Some(ok)).is_none(),
+                refusal("standard_conforming_strings", Some(ok), None).is_none(),
                 "{ok}"
             );
         }
         for bad in ["off", "o", "0", "false", "no", "", "onn"] {
             assert!(
-                refusal("standard_conforming_strings", Some(bad)).is_some(),
+                refusal("standard_conforming_strings", Some(bad), None).is_some(),
                 "{bad}"
             );
         }
-        assert!(refusal("standard_conforming_strings", None).is_some());
+        assert!(refusal("standard_conforming_strings", None, None).is_some());
     }
 
     #[test]
     fn message_levels_and_echo_settings() {
         for ok in ["notice", "WARNING", "error"] {
-            assert!(refusal("client_min_messages", Some(ok)).is_none(), "{ok}");
+            assert!(
+                refusal("client_min_messages", Some(ok), None).is_none(),
+                "{ok}"
+            );
         }
         for bad in ["debug2", "DEBUG", "log", "debug5", "info", ""] {
-            assert!(refusal("client_min_messages", Some(bad)).is_some(), "{bad}");
+            assert!(
+                refusal("client_min_messages", Some(bad), None).is_some(),
+                "{bad}"
+            );
         }
         for name in [
             "debug_print_plan",
@@ -176,19 +231,31 @@ mod tests {
             "local_preload_libraries",
             "search_path",
         ] {
-            assert!(refusal(name, Some("on")).is_some(), "{name}");
+            assert!(refusal(name, Some("on"), None).is_some(), "{name}");
         }
         for name in ["application_name", "work_mem", "DateStyle", "TimeZone"] {
-            assert!(refusal(name, Some("x")).is_none(), "{name}");
+            assert!(refusal(name, Some("x"), None).is_none(), "{name}");
         }
     }
 
     #[test]
     fn reported_values() {
-        assert!(reported_value_ok("client_encoding", "UTF8"));
-        assert!(!reported_value_ok("client_encoding", "SJIS"));
-        assert!(reported_value_ok("standard_conforming_strings", "on"));
-        assert!(!reported_value_ok("standard_conforming_strings", "off"));
-        assert!(reported_value_ok("TimeZone", "UTC"));
+        let utf8 = Some("UTF8");
+        assert!(reported_value_ok("client_encoding", "UTF8", utf8));
+        assert!(!reported_value_ok("client_encoding", "SJIS", utf8));
+        assert!(reported_value_ok("client_encoding", "SQL_ASCII", utf8));
+        assert!(!reported_value_ok(
+            "client_encoding",
+            "SQL_ASCII",
+            Some("LATIN1")
+        ));
+        assert!(!reported_value_ok("client_encoding", "SQL_ASCII", None));
+        assert!(reported_value_ok("standard_conforming_strings", "on", utf8));
+        assert!(!reported_value_ok(
+            "standard_conforming_strings",
+            "off",
+            utf8
+        ));
+        assert!(reported_value_ok("TimeZone", "UTC", utf8));
     }
 }

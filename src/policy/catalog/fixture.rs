@@ -43,6 +43,7 @@ pub fn catalog() -> Catalog {
     let mut c = Catalog {
         version: 7,
         search_path: vec!["public".into()],
+        server_encoding: Some("UTF8".into()),
         ..Catalog::default()
     };
     let payers = [

@@ -103,13 +103,17 @@ pub async fn query_catalog(client: &tokio_postgres::Client) -> Result<Catalog, L
     client
         .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         .await?;
-    let search_path: Vec<String> = client
-        .query_one("SELECT pg_catalog.current_schemas(false)", &[])
-        .await?
-        .get(0);
+    let row = client
+        .query_one(
+            "SELECT pg_catalog.current_schemas(false), pg_catalog.current_setting('server_encoding')",
+            &[],
+        )
+        .await?;
+    let search_path: Vec<String> = row.get(0);
     let mut cat = Catalog {
         version: super::fresh_version(),
         search_path,
+        server_encoding: Some(row.get(1)),
         ..Catalog::default()
     };
     let mut by_oid: HashMap<u32, QualName> = HashMap::new();

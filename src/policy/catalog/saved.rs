@@ -84,6 +84,9 @@ struct FileRepr {
     format: u64,
     tenant: TenantId,
     search_path: Vec<String>,
+    /// The database's encoding (absent in older files: unknown, the conservative reading).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    server_encoding: Option<String>,
     relations: Vec<RelationRepr>,
     /// Schema -> relation names.
     system_relations: BTreeMap<String, BTreeSet<String>>,
@@ -160,6 +163,7 @@ pub fn to_json(tenant: &TenantId, catalog: &Catalog) -> Result<String, serde_jso
         format: FORMAT,
         tenant: tenant.clone(),
         search_path: catalog.search_path.clone(),
+        server_encoding: catalog.server_encoding.clone(),
         relations: relations
             .into_iter()
             .map(|r| RelationRepr {
@@ -268,6 +272,7 @@ pub fn from_json(text: &str, path: &Path) -> Result<SavedCatalog, SavedError> {
         catalog: Catalog {
             version: super::fresh_version(),
             search_path: repr.search_path,
+            server_encoding: repr.server_encoding,
             relations,
             system_relations: ungrouped(repr.system_relations),
             functions: ungrouped(repr.functions),

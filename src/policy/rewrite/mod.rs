@@ -9,7 +9,7 @@ pub(crate) mod stack;
 mod template;
 mod walk;
 
-pub use template::{Normalized, Template, normalize};
+pub use template::{Normalized, Template, may_have_comment, normalize, without_comments};
 
 #[cfg(test)]
 mod resolution_tests;

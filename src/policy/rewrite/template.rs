@@ -9,6 +9,12 @@
 //! whose decision reads a constant (`SET`, `set_config`, `COPY`'s file name, every statement that is not
 //! SELECT/INSERT/UPDATE/DELETE/MERGE), and those are never planned. `U&"..." UESCAPE '...'` makes a string
 //! literal change an identifier, so statements with `UESCAPE` are never planned either.
+//!
+//! Comments are cut out of keys the same way (PostgreSQL's lexer reads a comment as whitespace, so it never
+//! changes the tree, hence never the decision): a statement's comments are holes of its plan, filled with the
+//! comments of the statement being answered, so clients that tag every statement with a distinct comment
+//! (trace ids, sqlcommenter) share one entry and keep their own comments in what reaches the server.
+//! [`without_comments`] gives the comment-free key of the exact-text cache.
 
 use pg_query::protobuf::Token;
 
@@ -20,12 +26,12 @@ pub struct Normalized {
     /// The key: the text with each literal replaced by a marker of its token kind (length-prefixed, so
     /// distinct statements never share a key).
     pub key: String,
-    /// Byte spans of the literals, in order.
+    /// Byte spans of the holes (literals and comments), in order.
     pub literals: Vec<(usize, usize)>,
 }
 
-/// Splits `sql` into its normalized key and literal spans; `None` when it does not scan, has no literal
-/// (the exact-text cache serves it), or uses `UESCAPE`.
+/// Splits `sql` into its normalized key and hole spans (literals and comments); `None` when it does not scan,
+/// has neither literal nor comment (the exact-text cache serves it), or uses `UESCAPE`.
 pub fn normalize(sql: &str) -> Option<Normalized> {
     let toks = pg_query::scan_tokens(sql).ok()?;
     let mut key = String::with_capacity(sql.len() + 16);
@@ -43,6 +49,7 @@ pub fn normalize(sql: &str) -> Option<Normalized> {
             x if x == Token::Iconst as i32 => 'I',
             x if x == Token::Bconst as i32 => 'B',
             x if x == Token::Xconst as i32 => 'X',
+            x if is_comment(x) => 'C',
             _ => continue,
         };
         if start < at || end < start {
@@ -59,6 +66,41 @@ pub fn normalize(sql: &str) -> Option<Normalized> {
     }
     push_text(&mut key, sql.get(at..)?);
     Some(Normalized { key, literals })
+}
+
+fn is_comment(token: i32) -> bool {
+    token == Token::SqlComment as i32 || token == Token::CComment as i32
+}
+
+/// Whether `sql` may hold a comment (`--` or `/*` anywhere, a byte search): comment-free text, the common case,
+/// is never scanned for its cache key.
+pub fn may_have_comment(sql: &str) -> bool {
+    sql.contains("--") || sql.contains("/*")
+}
+
+/// The exact-text cache key of a statement with comments: its text with every comment (as PostgreSQL's own
+/// scanner delimits them, nested `/* */` included) replaced by a marker, length-prefixed like [`normalize`]'s
+/// keys so that distinct texts never share a key. `None` when it has no comment or does not scan.
+pub fn without_comments(sql: &str) -> Option<String> {
+    let toks = pg_query::scan_tokens(sql).ok()?;
+    let mut key = String::with_capacity(sql.len() + 16);
+    let mut at = 0usize;
+    let mut any = false;
+    for t in toks.iter().filter(|t| is_comment(t.token)) {
+        let (start, end) = (usize::try_from(t.start).ok()?, usize::try_from(t.end).ok()?);
+        if start < at || end < start {
+            return None;
+        }
+        push_text(&mut key, sql.get(at..start)?);
+        key.push_str("\u{1}C");
+        at = end;
+        any = true;
+    }
+    if !any {
+        return None;
+    }
+    push_text(&mut key, sql.get(at..)?);
+    Some(key)
 }
 
 fn push_text(key: &mut String, text: &str) {
@@ -184,6 +226,47 @@ mod tests {
         assert!(normalize("SELECT * FROM t").is_none());
         assert!(normalize("SELECT * FROM U&\"!0070ayers\" UESCAPE '!'").is_none());
         assert!(normalize("SELECT U&'\\0061' AS a").is_some());
+    }
+
+    #[test]
+    fn comments_are_cut_out_of_keys() {
+        let a = "SELECT email FROM payers /* trace=1 */ WHERE id = 1 -- a\n";
+        let b = "SELECT email FROM payers /* trace=22 /* nested */ */ WHERE id = 7 -- bb\n";
+        let (na, nb) = (normalize(a).unwrap(), normalize(b).unwrap());
+        assert_eq!(na.key, nb.key);
+        assert_eq!(na.literals.len(), 3);
+        // Comments alone make holes too (no literal needed).
+        let c = normalize("SELECT email FROM payers /* x */").unwrap();
+        assert_eq!(
+            c.key,
+            normalize("SELECT email FROM payers /* yy */").unwrap().key
+        );
+        // Comment-like text inside literals and quoted names is not a comment.
+        assert!(without_comments("SELECT '/* x */', \"--y\"").is_none());
+        assert!(may_have_comment("SELECT '/* x */'"));
+        assert!(!may_have_comment("SELECT 1 - -1"));
+        let (ka, kb) = (without_comments(a).unwrap(), without_comments(b).unwrap());
+        assert_ne!(ka, kb, "literals stay in the exact key");
+        assert_eq!(
+            without_comments("SELECT 1 /* a */").unwrap(),
+            without_comments("SELECT 1 /* bb */").unwrap()
+        );
+        assert_ne!(
+            without_comments("SELECT 1 /* a */").unwrap(),
+            without_comments("SELECT 1 /* a */ ").unwrap()
+        );
+        // A rewrite keeps the comments of the statement it answers.
+        let start = a.find("email").unwrap();
+        let edits = vec![Edit {
+            start,
+            end: start + 5,
+            text: "mask(email)".into(),
+        }];
+        let t = Template::build(a, &na, &edits).unwrap();
+        assert_eq!(
+            t.instantiate(b, &nb).unwrap(),
+            "SELECT mask(email) FROM payers /* trace=22 /* nested */ */ WHERE id = 7 -- bb\n"
+        );
     }
 
     #[test]

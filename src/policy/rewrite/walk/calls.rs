@@ -119,7 +119,8 @@ impl Walker<'_> {
                     ));
                 }
                 Some(n) => {
-                    if let Some(why) = setting_refusal(&n, value.as_deref()) {
+                    if let Some(why) = setting_refusal(&n, value.as_deref(), self.server_encoding())
+                    {
                         return Err(Refusal::new("protected-setting", why));
                     }
                 }

@@ -122,6 +122,11 @@ impl<'a> Walker<'a> {
         (self.edits, self.masked, self.literal_sensitive)
     }
 
+    /// The tenant database's encoding, from the catalog snapshot (`None` without one).
+    fn server_encoding(&self) -> Option<&'a str> {
+        self.ctx.catalog.and_then(|c| c.server_encoding.as_deref())
+    }
+
     fn catalog(&self) -> R<&'a Catalog> {
         self.ctx.catalog.ok_or_else(|| {
             Refusal::new(
@@ -291,7 +296,7 @@ impl<'a> Walker<'a> {
             && !is_reset
             && name != "transaction"
             && name != "session characteristics"
-            && let Some(why) = setting_refusal(&name, value.as_deref())
+            && let Some(why) = setting_refusal(&name, value.as_deref(), self.server_encoding())
         {
             return Err(Refusal::new("protected-setting", why));
         }
