@@ -127,7 +127,7 @@ async fn functions(client: &tokio_postgres::Client, r: &mut Resolution) -> Resul
               AND d.refclassid = 'pg_catalog.pg_extension'::pg_catalog.regclass LIMIT 1) \
              FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
              WHERE p.proname IN (SELECT q.proname FROM pg_catalog.pg_proc q JOIN pg_catalog.pg_namespace m ON m.oid = q.pronamespace \
-               WHERE m.nspname NOT IN ('pg_catalog', 'information_schema'))",
+               WHERE m.nspname NOT IN ('pg_catalog', 'information_schema') AND m.nspname NOT LIKE 'pg\\_t%')",
             &[],
         )
         .await?
@@ -189,18 +189,26 @@ async fn orderings(client: &tokio_postgres::Client, r: &mut Resolution) -> Resul
             functions: pairs(row.get(4)),
         });
     }
+    // Only needed (and only loaded, so that temporary tables do not change the catalog) when some type
+    // has a tenant operator class.
+    if r.orderings.is_empty() {
+        return Ok(());
+    }
     for row in client
         .query(
             "SELECT c.typname::text, p.typname::text FROM pg_catalog.pg_type c \
              JOIN pg_catalog.pg_attribute a ON a.attrelid = c.typrelid AND a.attnum > 0 AND NOT a.attisdropped \
              JOIN pg_catalog.pg_type p ON p.oid = a.atttypid \
              WHERE c.typrelid <> 0 AND p.typnamespace NOT IN ('pg_catalog'::pg_catalog.regnamespace, 'information_schema'::pg_catalog.regnamespace) \
+             AND c.typnamespace NOT IN (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname LIKE 'pg\\_t%') \
              UNION SELECT c.typname::text, p.typname::text FROM pg_catalog.pg_type c JOIN pg_catalog.pg_type p \
              ON p.oid = CASE WHEN c.typelem <> 0 AND c.typlen = -1 THEN c.typelem WHEN c.typtype = 'd' THEN c.typbasetype END \
              WHERE p.typnamespace NOT IN ('pg_catalog'::pg_catalog.regnamespace, 'information_schema'::pg_catalog.regnamespace) \
+             AND c.typnamespace NOT IN (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname LIKE 'pg\\_t%') \
              UNION SELECT c.typname::text, p.typname::text FROM pg_catalog.pg_range g \
              JOIN pg_catalog.pg_type c ON c.oid = g.rngtypid JOIN pg_catalog.pg_type p ON p.oid = g.rngsubtype \
-             WHERE p.typnamespace NOT IN ('pg_catalog'::pg_catalog.regnamespace, 'information_schema'::pg_catalog.regnamespace)",
+             WHERE p.typnamespace NOT IN ('pg_catalog'::pg_catalog.regnamespace, 'information_schema'::pg_catalog.regnamespace) \
+             AND c.typnamespace NOT IN (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname LIKE 'pg\\_t%')",
             &[],
         )
         .await?
