@@ -2,7 +2,8 @@
 # Cost of masking, measured through one pgveil: pgbench select-only (-S) as a masked role (`analyst`, whose
 # reads of pgbench_accounts are rewritten: `filler` is classified `pii.address` for this run) against an
 # unrestricted role (`admin`: statements are not even parsed), in the same run, interleaved, on the
-# `pgveil demo` environment; -M simple (a new literal in every statement: the literal-normalized plan cache
+# `pgveil demo` environment (whose schema, like real ones, has citext for payers.email, pgcrypto and a tenant
+# type with its own operator, so every decision runs with extension and tenant objects present); -M simple (a new literal in every statement: the literal-normalized plan cache
 # serves it), extended and prepared; transaction mode, --threads 1. Reports TPS, the ratio masked/privileged
 # and pgveil's CPU time per transaction (utime+stime from /proc; far less noisy than TPS on shared cores).
 # Usage: bash bench/masking.sh [seconds per run, default 10] [clients, default 8] [scale, default 10]
@@ -59,6 +60,10 @@ masked=$(mint analyst)
 admin=$(mint admin)
 conn="host=127.0.0.1 port=$vport dbname=acme user=bench sslmode=disable"
 
+# The schema the decisions run on has the extension and tenant objects of real schemas.
+exts=$(PGPASSWORD=$dbpass psql -X -At -h 127.0.0.1 -p "$dbport" -U "$dbuser" acme -c \
+    "SELECT count(*) FROM pg_extension WHERE extname IN ('citext', 'pgcrypto')")
+[ "$exts" = 2 ] || { echo "the bench schema lacks citext/pgcrypto ($exts)" >&2; exit 1; }
 # Proof that the masked role's reads are rewritten (else the comparison means nothing).
 filler=$(PGPASSWORD=$masked psql -X -At "$conn" -c "SELECT rtrim(filler) FROM pgbench_accounts WHERE aid = 1")
 [ "$filler" = "[address removed]" ] || { echo "masked role read filler as '$filler'" >&2; exit 1; }

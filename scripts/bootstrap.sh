@@ -17,7 +17,7 @@
 #        pip: psycopg[binary], asyncpg, pyotp, sqlalchemy, moto[server] and pyyaml (tests/deploy.rs reads
 #             the Kubernetes manifests) (each only when its import fails);
 #        npm: playwright-core in tests/browser (drives Debian's chromium; no browser is downloaded) and
-#             node-postgres (pg) in tests/node.
+#             node-postgres (pg) and postgres.js (postgres) in tests/node (npm ci: the lock file's versions).
 #
 # Runs as root, or as a user with sudo. It never starts or stops the system PostgreSQL service: while it
 # installs packages it asks Debian not to auto-start services (policy-rc.d), and a cluster the package starts
@@ -125,16 +125,16 @@ bootstrap_pip() {
     python3 -c 'import psycopg, asyncpg, pyotp, sqlalchemy, moto.server, yaml'
 }
 
-# npm packages of the browser and node-postgres tests (relative to the repository root).
+# npm packages of the browser, node-postgres and postgres.js tests (relative to the repository root).
 bootstrap_npm() {
     local root=$1
     if [ ! -d "$root/tests/browser/node_modules/playwright-core" ]; then
         bootstrap_log "installing playwright-core (npm, tests/browser)"
         (cd "$root/tests/browser" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm install --no-audit --no-fund --silent) || return
     fi
-    if [ ! -d "$root/tests/node/node_modules/pg" ]; then
-        bootstrap_log "installing node-postgres (npm, tests/node)"
-        (cd "$root/tests/node" && npm install --no-audit --no-fund --silent) || return
+    if [ ! -d "$root/tests/node/node_modules/pg" ] || [ ! -d "$root/tests/node/node_modules/postgres" ]; then
+        bootstrap_log "installing node-postgres and postgres.js (npm ci, tests/node)"
+        (cd "$root/tests/node" && npm ci --no-audit --no-fund --silent) || return
     fi
 }
 

@@ -10,6 +10,8 @@
 
 pub mod lineage;
 pub mod load;
+pub mod orderings;
+pub mod overloads;
 pub mod pool;
 pub mod resolve;
 pub mod saved;

@@ -3,6 +3,8 @@
 
 use std::collections::HashMap;
 
+use super::orderings::TypeOrdering;
+use super::overloads::FunctionSig;
 use super::resolve::OperatorSig;
 use super::{Catalog, Column, Relation};
 use crate::policy::functions::TypeFamily;
@@ -188,6 +190,7 @@ pub fn catalog() -> Catalog {
     c.functions.insert(("public".into(), "lookup_email".into()));
     c.functions.insert(("public".into(), "dblink".into()));
     c.functions.insert(("public".into(), "lower".into()));
+    c.functions.insert(("public".into(), "length".into()));
     c.operators.insert(("public".into(), "===".into()));
     c
 }
@@ -224,6 +227,39 @@ fn resolution(c: &mut Catalog, rels: &[Relation]) {
             right: Some(rt.into()),
         });
     }
+    // Overloads: the tenant's `lower(text)` shadows the built-in exactly; its `length(money_amount)`
+    // overloads the built-in on its own type.
+    for (schema, name, arg, cat) in [
+        ("public", "lower", "text", 'S'),
+        ("public", "length", "money_amount", 'C'),
+        ("pg_catalog", "lower", "text", 'S'),
+        ("pg_catalog", "length", "text", 'S'),
+        ("pg_catalog", "length", "bytea", 'U'),
+    ] {
+        r.function_sigs.insert(FunctionSig {
+            schema: schema.into(),
+            name: name.into(),
+            args: vec![arg.into()],
+            categories: cat.to_string(),
+            defaults: 0,
+            variadic: false,
+            extension: None,
+        });
+    }
+    // The tenant's btree operator class on its own type: ORDER BY, DISTINCT, ... on it run tenant code.
+    r.orderings.insert(TypeOrdering {
+        type_name: "money_amount".into(),
+        class: "public.money_amount_ops".into(),
+        extension: None,
+        operators: vec![("public".into(), "<".into()), ("public".into(), "=".into())],
+        functions: vec![("public".into(), "money_amount_cmp".into())],
+    });
+    for (container, part) in [
+        ("_money_amount", "money_amount"),
+        ("wallets", "money_amount"),
+    ] {
+        r.type_parts.insert((container.into(), part.into()));
+    }
     for (a, b) in [
         ("int4", "int8"),
         ("int4", "numeric"),
@@ -251,6 +287,8 @@ fn resolution(c: &mut Catalog, rels: &[Relation]) {
         ("nspname", "name"),
         ("table_name", "name"),
         ("column_name", "name"),
+        ("typname", "name"),
+        ("typnamespace", "oid"),
     ] {
         r.column_types.entry(n.into()).or_default().insert(t.into());
     }

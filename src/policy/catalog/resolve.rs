@@ -63,6 +63,16 @@ pub struct Resolution {
     /// Column name -> base types (`typname`, domains resolved) of every column of that name in any relation,
     /// system catalogs included.
     pub column_types: BTreeMap<String, BTreeSet<String>>,
+    /// Signatures of every function whose name is also used outside `pg_catalog`/`information_schema`
+    /// (overloads resolved by argument types, see [`super::overloads`]). A function without a signature
+    /// here could match any arguments.
+    pub function_sigs: BTreeSet<super::overloads::FunctionSig>,
+    /// Default btree/hash operator classes outside `pg_catalog` (see [`super::orderings`]).
+    pub orderings: BTreeSet<super::orderings::TypeOrdering>,
+    /// (container, part) `typname`s: a record type and the types of its attributes, an array type and its
+    /// element type, a range and its subtype, a domain and its base type, where the part is not a
+    /// `pg_catalog` type (comparing the container compares the parts).
+    pub type_parts: BTreeSet<(String, String)>,
 }
 
 impl Resolution {
@@ -84,7 +94,7 @@ impl Resolution {
     }
 
     /// Whether an operand of type `from` could be coerced implicitly to `to`.
-    fn coerces(&self, from: &str, to: &str) -> bool {
+    pub(super) fn coerces(&self, from: &str, to: &str) -> bool {
         from == to
             || self.flexible_types.contains(to)
             || self

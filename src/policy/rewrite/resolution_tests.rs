@@ -24,6 +24,11 @@ fn run_as(role: &str, sql: &str) -> Outcome {
             statements = ["select"]
             [roles.opuser]
             allow_operators = ["public.="]
+            [roles.fnuser]
+            allow_functions = ["public.length"]
+            [roles.orduser]
+            allow_operators = ["public.<", "public.="]
+            allow_functions = ["public.money_amount_cmp"]
             [roles.notifier]
             statements = ["read", "listen"]
             "#
@@ -132,6 +137,107 @@ fn trusted_extension_and_information_schema_functions_are_built_ins() {
         "SELECT other.public.strpos('a', 'b')",
         "denied-function",
     );
+}
+
+#[test]
+fn subquery_cte_and_values_columns_are_typed() {
+    for sql in [
+        "SELECT * FROM (SELECT id AS x FROM merchants) s WHERE s.x = 1",
+        "SELECT * FROM (SELECT id FROM merchants) s WHERE id = 1",
+        "WITH c(a) AS (SELECT relname FROM pg_catalog.pg_class) SELECT 1 FROM c WHERE c.a = 'x'",
+        "SELECT 1 FROM (VALUES (1, 'a'), (2, 'b')) v(n, t) WHERE v.n = 1 AND v.t = 'x'",
+        "SELECT 1 FROM (VALUES (1)) v WHERE column1 = 2",
+        "SELECT * FROM (SELECT 'a' AS k UNION SELECT relname FROM pg_catalog.pg_class) s WHERE s.k = 'b'",
+        "SELECT * FROM (SELECT * FROM (SELECT oid AS o FROM pg_catalog.pg_class) a) b WHERE b.o = 1",
+        // pgjdbc's type lookup: `USING (nspname)` between pg_namespace and a subquery of unknown type.
+        "SELECT pg_type.oid, typname FROM pg_catalog.pg_type LEFT JOIN (select ns.oid as nspoid, ns.nspname, r.r \
+         from pg_namespace as ns join (select s.r, (current_schemas(false))[s.r] as nspname \
+         from generate_series(1, array_upper(current_schemas(false), 1)) as s(r)) as r using (nspname)) as sp \
+         ON sp.nspoid = typnamespace WHERE typname = 'citext' ORDER BY sp.r, pg_type.oid DESC LIMIT 1",
+    ] {
+        passes("analyst", sql);
+    }
+    for sql in [
+        "SELECT 1 FROM (VALUES (ROW(1, 'EUR')::money_amount)) v(m) WHERE v.m = v.m",
+        "SELECT * FROM (SELECT balance AS x FROM wallets UNION ALL SELECT balance FROM wallets) s WHERE s.x = s.x",
+        "SELECT * FROM (SELECT now() AS x) s WHERE s.x = s.x",
+        "SELECT * FROM (SELECT * FROM wallets) s JOIN (SELECT * FROM wallets) t USING (balance)",
+        "SELECT * FROM wallets JOIN (SELECT balance FROM wallets) t USING (balance)",
+    ] {
+        refused("analyst", sql, "denied-operator");
+    }
+}
+
+#[test]
+fn implicit_comparisons_on_tenant_ordered_types() {
+    // The fixture's `money_amount` has a tenant btree operator class (`wallets.balance`).
+    for sql in [
+        "SELECT id FROM wallets ORDER BY id",
+        "SELECT DISTINCT id FROM wallets GROUP BY id",
+        "SELECT balance FROM wallets UNION ALL SELECT balance FROM wallets",
+        "SELECT name FROM merchants ORDER BY 1",
+        "SELECT relname FROM pg_catalog.pg_class ORDER BY relname",
+        "SELECT x FROM (SELECT 1 AS x) s ORDER BY x",
+        "SELECT now() ORDER BY 1",
+        "SELECT id FROM merchants UNION SELECT id FROM wallets",
+    ] {
+        passes("analyst", sql);
+    }
+    for sql in [
+        "SELECT balance FROM wallets ORDER BY balance",
+        "SELECT balance FROM wallets ORDER BY 1",
+        "SELECT balance AS b FROM wallets ORDER BY b",
+        "SELECT DISTINCT balance FROM wallets",
+        "SELECT DISTINCT ON (balance) id FROM wallets",
+        "SELECT balance FROM wallets GROUP BY balance",
+        "SELECT 1 FROM wallets GROUP BY ROLLUP (balance)",
+        "SELECT balance FROM wallets UNION SELECT balance FROM wallets",
+        "SELECT * FROM wallets INTERSECT SELECT * FROM wallets",
+        "SELECT count(DISTINCT balance) FROM wallets",
+        "SELECT array_agg(balance ORDER BY balance) FROM wallets",
+        "SELECT max(balance) FROM wallets",
+        "SELECT GREATEST(balance, balance) FROM wallets",
+        "SELECT row_number() OVER (PARTITION BY balance) FROM wallets",
+        "SELECT row_number() OVER w FROM wallets WINDOW w AS (PARTITION BY balance)",
+        "SELECT w FROM wallets w ORDER BY w",
+        "SELECT wallets <> wallets FROM wallets",
+        "SELECT x FROM (SELECT balance AS x FROM wallets) s ORDER BY x",
+        "SELECT $1 ORDER BY 1",
+    ] {
+        refused("analyst", sql, "implicit-operator");
+    }
+    passes(
+        "orduser",
+        "SELECT DISTINCT balance FROM wallets ORDER BY balance",
+    );
+}
+
+#[test]
+fn overloaded_functions_resolve_by_argument_types() {
+    // The fixture's tenant `public.length(money_amount)` overloads the built-in on its own type.
+    for sql in [
+        "SELECT length('x'), length(NULL)",
+        "SELECT length(email) FROM payers",
+        "SELECT length(name), length(name::bytea) FROM merchants",
+        "SELECT length(id::text) FROM wallets",
+    ] {
+        passes("analyst", sql);
+    }
+    for sql in [
+        "SELECT length(balance) FROM wallets",
+        "SELECT length(ROW(1, 'EUR')::money_amount)",
+        "SELECT length($1)",
+        "SELECT length(s.b) FROM (SELECT balance AS b FROM wallets) s",
+        "SELECT public.length(NULL::money_amount)",
+        "SELECT length(VARIADIC ARRAY['x'])",
+        "SELECT length(x => 'a')",
+        // The tenant's `lower(text)` has the built-in's own signature: kept a candidate.
+        "SELECT lower('X')",
+        "SELECT lower(email) FROM payers",
+    ] {
+        refused("analyst", sql, "denied-function");
+    }
+    passes("fnuser", "SELECT length(balance) FROM wallets");
 }
 
 #[test]

@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use super::super::Refusal;
 use super::{R, Walker, b, const_string, list, names, tagged};
+use crate::policy::catalog::Catalog;
 use crate::policy::catalog::resolve::Operand;
 use crate::policy::firewall::{function_denied, setting_refusal};
 use crate::policy::kinds::StatementKind;
@@ -26,12 +27,12 @@ impl Walker<'_> {
         a.contains(&format!("{schema}.{name}")) || a.contains(name)
     }
 
-    fn operator_allowed(&self, schema: Option<&str>, op: &str) -> bool {
+    pub(super) fn operator_allowed(&self, schema: Option<&str>, op: &str) -> bool {
         let a = &self.ctx.policy.role.allow_operators;
         a.contains(op) || schema.is_some_and(|s| a.contains(&format!("{s}.{op}")))
     }
 
-    fn trusted(&self, extension: &str) -> bool {
+    pub(super) fn trusted(&self, extension: &str) -> bool {
         self.ctx.policy.trusted_extensions.contains(extension)
     }
 
@@ -49,17 +50,6 @@ impl Walker<'_> {
         }
         let mut owners = cat.resolution.function_extensions(schema, name).peekable();
         Ok(owners.peek().is_some() && owners.all(|e| self.trusted(e)))
-    }
-
-    /// Whether an unqualified name could resolve to a tenant function or one of an untrusted extension.
-    fn unqualified_could_be_user(&self, name: &str) -> R<bool> {
-        let cat = self.catalog()?;
-        Ok(cat.user_function_named(name)
-            || cat
-                .resolution
-                .extension_functions
-                .iter()
-                .any(|(_, n, e)| n == name && !self.trusted(e)))
     }
 
     pub(super) fn func_call(&mut self, body: &Value) -> R {
@@ -80,7 +70,7 @@ impl Walker<'_> {
         match schema {
             Some(s) if BUILTIN_SCHEMAS.contains(&s) => {}
             Some(other) => {
-                if !allowed && !self.builtin_function(other, name)? {
+                if !allowed && !self.qualified_trusted(other, name, body)? {
                     return Err(Refusal::new(
                         "denied-function",
                         format!(
@@ -90,7 +80,7 @@ impl Walker<'_> {
                 }
             }
             None => {
-                if !allowed && self.unqualified_could_be_user(name)? {
+                if !allowed && self.unqualified_could_be_user(name, body)? {
                     return Err(Refusal::new(
                         "denied-function",
                         format!(
@@ -107,6 +97,7 @@ impl Walker<'_> {
             ));
         }
         self.side_effects(name, allowed)?;
+        self.call_comparisons(name, body)?;
         if name == "set_config" {
             self.literal_sensitive = true;
             let arg = list(body, "args").first().and_then(const_string);
@@ -211,7 +202,10 @@ impl Walker<'_> {
             [s, op] => (Some(s.as_str()), op.as_str()),
             _ => return Err(Refusal::new("parse", "unexpected operator name")),
         };
-        if schema == Some("pg_catalog") || self.operator_allowed(schema, op) {
+        if schema == Some("pg_catalog") {
+            return self.container_compare(left, right);
+        }
+        if self.operator_allowed(schema, op) {
             return Ok(());
         }
         let cat = self.catalog()?;
@@ -258,7 +252,7 @@ impl Walker<'_> {
         if untrusted_ext || tenant {
             return refuse();
         }
-        Ok(())
+        self.container_compare(left, right)
     }
 
     /// Every operator form of `A_Expr`.
@@ -325,9 +319,12 @@ impl Walker<'_> {
 
     /// `ORDER BY x USING op`.
     pub(super) fn sort_by(&mut self, body: &Value) -> R {
+        let node = body.get("node").unwrap_or(&Value::Null);
         if let Some(op) = names(list(body, "use_op")).filter(|n| !n.is_empty()) {
-            let t = self.operand(body.get("node").unwrap_or(&Value::Null));
+            let t = self.operand(node);
             self.check_operator(&op, &t, &t)?;
+        } else {
+            self.implicit_compare(node, "ORDER BY")?;
         }
         self.walk(body)
     }
@@ -338,9 +335,11 @@ impl Walker<'_> {
         if b(body, "is_natural") {
             self.check_operator(&eq, &Operand::Unknown, &Operand::Unknown)?;
         }
+        let null = Value::Null;
         for c in names(list(body, "using_clause")).unwrap_or_default() {
-            let t = self.column_operand(std::slice::from_ref(&c));
-            self.check_operator(&eq, &t, &t)?;
+            let left = self.using_side(body.get("larg").unwrap_or(&null), &c);
+            let right = self.using_side(body.get("rarg").unwrap_or(&null), &c);
+            self.check_operator(&eq, &left, &right)?;
         }
         self.walk(body)
     }
@@ -351,55 +350,90 @@ impl Walker<'_> {
             return Operand::Unknown;
         };
         let qualifier = fields.len().checked_sub(2).map(|i| fields[i].as_str());
-        let typed = match qualifier.and_then(|q| self.from_alias(q)) {
+        let item = qualifier.and_then(|q| self.from_alias(q));
+        let typed = match item {
             Some(real) => real,
             None => !self.derived_names.is_derived(name),
         };
-        match self.ctx.catalog {
-            Some(cat) if typed => {
-                let is_relation = |(_, n): &(String, String)| n == name;
-                let row = fields.len() == 1
-                    && (cat.relations.keys().any(is_relation)
-                        || cat.system_relations.iter().any(is_relation));
-                cat.resolution.column(name, row.then_some(name.as_str()))
+        let Some(cat) = self.ctx.catalog else {
+            return Operand::Unknown;
+        };
+        let is_relation = |(_, n): &(String, String)| n == name;
+        let row = fields.len() == 1
+            && (cat.relations.keys().any(is_relation)
+                || cat.system_relations.iter().any(is_relation));
+        let catalog = || cat.resolution.column(name, row.then_some(name.as_str()));
+        if typed {
+            return catalog();
+        }
+        // A derived name: the types of its definitions, and of the catalog column it may also name
+        // (unless qualified by a derived FROM item).
+        match self.derived_names.types(name) {
+            Some(derived) if item == Some(false) => Operand::Types(derived.clone()),
+            Some(derived) if !row && !cat.resolution.column_types.contains_key(name) => {
+                Operand::Types(derived.clone())
+            }
+            Some(derived) => match catalog() {
+                Operand::Types(mut t) => {
+                    t.extend(derived.iter().cloned());
+                    Operand::Types(t)
+                }
+                Operand::Unknown => Operand::Unknown,
+            },
+            None => Operand::Unknown,
+        }
+    }
+
+    /// The types of column `c` of one side of a `JOIN ... USING (c)`.
+    fn using_side(&self, side: &Value, c: &str) -> Operand {
+        let Some(cat) = self.ctx.catalog else {
+            return Operand::Unknown;
+        };
+        let derived = || {
+            self.derived_names
+                .types(c)
+                .map_or(Operand::Unknown, |t| Operand::Types(t.clone()))
+        };
+        match tagged(side) {
+            Some(("RangeVar", rv)) => {
+                let renamed = rv
+                    .get("alias")
+                    .is_some_and(|a| !a.is_null() && !list(a, "colnames").is_empty());
+                let rel = super::s(rv, "relname");
+                if super::s(rv, "schemaname").is_empty() && self.cte_visible(rel) {
+                    derived()
+                } else if renamed {
+                    Operand::Unknown
+                } else {
+                    cat.resolution.column(c, None)
+                }
+            }
+            Some(("RangeSubselect", _)) => derived(),
+            Some(("JoinExpr", j)) => {
+                let null = Value::Null;
+                match (
+                    self.using_side(j.get("larg").unwrap_or(&null), c),
+                    self.using_side(j.get("rarg").unwrap_or(&null), c),
+                ) {
+                    (Operand::Types(mut a), Operand::Types(b)) => {
+                        a.extend(b);
+                        Operand::Types(a)
+                    }
+                    _ => Operand::Unknown,
+                }
             }
             _ => Operand::Unknown,
         }
     }
 
     /// The types an expression may have, where the parse tree and the catalog tell them.
-    fn operand(&self, v: &Value) -> Operand {
+    pub(super) fn operand(&self, v: &Value) -> Operand {
         let Some((ty, body)) = tagged(v) else {
             return Operand::Unknown;
         };
         match ty {
-            "AConst" => match body
-                .get("val")
-                .and_then(|v| v.as_object())
-                .and_then(|m| m.keys().next())
-            {
-                Some(k) if k == "Ival" => Operand::of(&["int4", "int8", "numeric"]),
-                Some(k) if k == "Fval" => Operand::of(&["numeric"]),
-                Some(k) if k == "Boolval" => Operand::of(&["bool"]),
-                _ => Operand::Unknown,
-            },
-            "TypeCast" => {
-                let tn = body.get("type_name").unwrap_or(&Value::Null);
-                let Some(last) = names(list(tn, "names")).and_then(|n| n.last().cloned()) else {
-                    return Operand::Unknown;
-                };
-                let name = if list(tn, "array_bounds").is_empty() {
-                    last
-                } else {
-                    format!("_{last}")
-                };
-                match self.ctx.catalog {
-                    Some(cat) if !cat.resolution.flexible_types.contains(&name) => {
-                        Operand::of(&[name.as_str()])
-                    }
-                    _ => Operand::Unknown,
-                }
-            }
+            "AConst" => const_operand(body),
+            "TypeCast" => cast_operand(body, self.ctx.catalog),
             "ColumnRef" => match names(list(body, "fields")) {
                 Some(f) if !f.is_empty() => self.column_operand(&f),
                 _ => Operand::Unknown,
@@ -427,6 +461,39 @@ impl Walker<'_> {
             }
             _ => Operand::Unknown,
         }
+    }
+}
+
+/// The types of a number or boolean constant (`Unknown` for strings, bit strings and NULL).
+pub(super) fn const_operand(body: &Value) -> Operand {
+    match body
+        .get("val")
+        .and_then(|v| v.as_object())
+        .and_then(|m| m.keys().next())
+    {
+        Some(k) if k == "Ival" => Operand::of(&["int4", "int8", "numeric"]),
+        Some(k) if k == "Fval" => Operand::of(&["numeric"]),
+        Some(k) if k == "Boolval" => Operand::of(&["bool"]),
+        _ => Operand::Unknown,
+    }
+}
+
+/// The type a cast gives (`Unknown` for domains and pseudo-types, or without a catalog).
+pub(super) fn cast_operand(body: &Value, cat: Option<&Catalog>) -> Operand {
+    let tn = body.get("type_name").unwrap_or(&Value::Null);
+    let Some(last) = names(list(tn, "names")).and_then(|n| n.last().cloned()) else {
+        return Operand::Unknown;
+    };
+    let name = if list(tn, "array_bounds").is_empty() {
+        last
+    } else {
+        format!("_{last}")
+    };
+    match cat {
+        Some(cat) if !cat.resolution.flexible_types.contains(&name) => {
+            Operand::of(&[name.as_str()])
+        }
+        _ => Operand::Unknown,
     }
 }
 

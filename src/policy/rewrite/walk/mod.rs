@@ -15,6 +15,8 @@ use crate::policy::kinds::StatementKind;
 
 mod calls;
 mod derived;
+mod implicit;
+mod overloads;
 
 type R<T = ()> = Result<T, Refusal>;
 
@@ -40,6 +42,10 @@ pub struct Walker<'a> {
     /// The decision read a constant's value or covers a statement kind whose meaning constants can change
     /// (then it must not be reused for other literal values; see `template`).
     literal_sensitive: bool,
+    /// Types whose implicit comparison runs tenant code this role may not run (see `implicit`).
+    denied_orderings: std::collections::BTreeSet<String>,
+    /// The current top-level statement could carry a value of one of those types.
+    carries_denied: bool,
 }
 
 fn obj(v: &Value) -> Option<&Map<String, Value>> {
@@ -101,7 +107,7 @@ impl<'a> Walker<'a> {
     pub fn new(sql: &'a str, ctx: &'a Context<'a>) -> R<Walker<'a>> {
         let tokens = Tokens::scan(sql)
             .ok_or_else(|| Refusal::new("parse", "statement could not be scanned"))?;
-        Ok(Walker {
+        let mut w = Walker {
             sql,
             ctx,
             tokens,
@@ -113,7 +119,11 @@ impl<'a> Walker<'a> {
             derived_names: derived::Derived::default(),
             from_scopes: Vec::new(),
             literal_sensitive: false,
-        })
+            denied_orderings: std::collections::BTreeSet::new(),
+            carries_denied: false,
+        };
+        w.denied_orderings = w.compute_denied_orderings();
+        Ok(w)
     }
 
     /// The edits, the masked-column descriptions, and whether the decision depends on constants' values.
@@ -163,11 +173,12 @@ impl<'a> Walker<'a> {
         let stmt = raw
             .get("stmt")
             .ok_or_else(|| Refusal::new("parse", "empty statement"))?;
-        self.derived_names = if self.ctx.catalog.is_some_and(|c| !c.operators.is_empty()) {
-            derived::names_of(stmt)
+        self.derived_names = if self.typing_needed() {
+            derived::names_of(stmt, self.ctx.catalog)
         } else {
             derived::Derived::default()
         };
+        self.carries_denied = self.may_carry_denied(stmt);
         self.statement(stmt)?;
         if self.uses_key && self.in_explain {
             return Err(Refusal::new(
@@ -307,7 +318,9 @@ impl<'a> Walker<'a> {
         let pushed = self.with_clause(body.get("with_clause"))?;
         let scope = self.from_scope(body);
         self.from_scopes.push(scope);
-        let r = self.walk_fields(body, &["with_clause"]);
+        let r = self
+            .select_comparisons(body)
+            .and_then(|()| self.walk_fields(body, &["with_clause"]));
         self.from_scopes.pop();
         if pushed {
             self.scopes.pop();
@@ -349,11 +362,25 @@ impl<'a> Walker<'a> {
         Ok(true)
     }
 
-    /// The FROM items of a SELECT or DML statement (only needed, so only computed, when the tenant has
-    /// operators of its own: see `calls::column_operand`).
+    /// Whether operand types matter: the tenant has operators or functions of its own, or functions of an
+    /// untrusted extension, which resolution by argument types must rule out (see `calls::column_operand`).
+    fn typing_needed(&self) -> bool {
+        !self.denied_orderings.is_empty()
+            || self.ctx.catalog.is_some_and(|c| {
+                !c.operators.is_empty()
+                    || !c.functions.is_empty()
+                    || c.resolution
+                        .extension_functions
+                        .iter()
+                        .any(|(_, _, e)| !self.ctx.policy.trusted_extensions.contains(e))
+            })
+    }
+
+    /// The FROM items of a SELECT or DML statement (only needed, so only computed, when operand types
+    /// matter: see `typing_needed`).
     fn from_scope(&self, body: &Value) -> std::collections::HashMap<String, bool> {
         let mut scope = std::collections::HashMap::new();
-        if self.ctx.catalog.is_some_and(|c| !c.operators.is_empty()) {
+        if self.typing_needed() {
             for key in ["from_clause", "using_clause", "relation"] {
                 match body.get(key) {
                     Some(Value::Array(items)) => {
@@ -813,6 +840,7 @@ impl<'a> Walker<'a> {
             "SubLink" => self.sub_link(body),
             "SortBy" => self.sort_by(body),
             "JoinExpr" => self.join_expr(body),
+            "MinMaxExpr" => self.min_max(body),
             "RangeTableSample" => {
                 let rel = body.get("relation");
                 if let Some((_, rv)) = rel.and_then(tagged).filter(|(t, _)| *t == "RangeVar")
