@@ -8,11 +8,13 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod audit;
 pub mod backend;
 pub mod cancel;
 pub mod config;
 pub mod control;
 pub mod demo;
+pub mod exfil;
 pub mod frontend;
 pub mod identity;
 pub mod ids;

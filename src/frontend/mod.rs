@@ -11,6 +11,7 @@ pub mod relay;
 pub mod session;
 pub mod sqlscan;
 pub mod sqltree;
+pub mod tally;
 pub mod txn;
 pub mod verify;
 pub mod versions;
