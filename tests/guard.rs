@@ -70,20 +70,37 @@ fn proxy(
     })
 }
 
-async fn connect_as(fx: &Fixture, addr: std::net::SocketAddr, user: &str) -> Result<tokio_postgres::Client> {
+async fn connect_as(
+    fx: &Fixture,
+    addr: std::net::SocketAddr,
+    user: &str,
+) -> Result<tokio_postgres::Client> {
     let token = fx.token(user, "acme", "analyst");
     support::connect(&fx.conn_str(addr, "acme", "tester", &token)).await
 }
 
 fn guard_error(e: &tokio_postgres::Error, budget: &str) -> Result<()> {
-    let db = e.as_db_error().ok_or_else(|| anyhow!("not a server error: {e:#}"))?;
-    ensure!(db.code().code() == "53400", "SQLSTATE {}: {}", db.code().code(), db.message());
-    ensure!(db.message().contains(budget), "message does not name {budget}: {}", db.message());
+    let db = e
+        .as_db_error()
+        .ok_or_else(|| anyhow!("not a server error: {e:#}"))?;
+    ensure!(
+        db.code().code() == "53400",
+        "SQLSTATE {}: {}",
+        db.code().code(),
+        db.message()
+    );
+    ensure!(
+        db.message().contains(budget),
+        "message does not name {budget}: {}",
+        db.message()
+    );
     Ok(())
 }
 
 fn row_count(msgs: &[SimpleQueryMessage]) -> usize {
-    msgs.iter().filter(|m| matches!(m, SimpleQueryMessage::Row(_))).count()
+    msgs.iter()
+        .filter(|m| matches!(m, SimpleQueryMessage::Row(_)))
+        .count()
 }
 
 /// A result large enough to be streamed while the cancel travels (2.56 million rows).
@@ -98,44 +115,86 @@ fn cap_transaction_mode(fx: &Fixture) -> Result<()> {
 }
 
 fn cap(fx: &Fixture, txn: bool) -> Result<()> {
-    let name = if txn { "guard-cap-txn" } else { "guard-cap-session" };
+    let name = if txn {
+        "guard-cap-txn"
+    } else {
+        "guard-cap-session"
+    };
     let guard = format!("max_rows_per_statement = {CAP}");
     let p = proxy(fx, name, &guard, txn, None)?;
     let handle = pgveil::telemetry::install();
     fx.block_on(async {
         let c = connect_as(fx, p.addr, "carol@acme.example").await?;
         // Simple protocol, small result (complete before the cancel lands): error, session usable.
-        let e = c.simple_query("SELECT id FROM payers").await.expect_err("over the cap");
+        let e = c
+            .simple_query("SELECT id FROM payers")
+            .await
+            .expect_err("over the cap");
         guard_error(&e, "max_rows_per_statement")?;
-        let ok = c.simple_query("SELECT id FROM payers ORDER BY id LIMIT 5").await?;
-        ensure!(row_count(&ok) == CAP, "within the cap: {} rows", row_count(&ok));
+        let ok = c
+            .simple_query("SELECT id FROM payers ORDER BY id LIMIT 5")
+            .await?;
+        ensure!(
+            row_count(&ok) == CAP,
+            "within the cap: {} rows",
+            row_count(&ok)
+        );
         // Simple protocol, a big result: cancelled while streaming.
         let e = c.simple_query(BIG).await.expect_err("over the cap");
         guard_error(&e, "max_rows_per_statement")?;
         // Extended protocol: exactly the cap's rows were relayed before the error (a portal with a row
         // stream shows them).
-        let stream = c.query_raw("SELECT id FROM payers ORDER BY id", Vec::<i32>::new()).await?;
-        let rows: Vec<Result<tokio_postgres::Row, _>> = futures_util::StreamExt::collect(stream).await;
+        let stream = c
+            .query_raw("SELECT id FROM payers ORDER BY id", Vec::<i32>::new())
+            .await?;
+        let rows: Vec<Result<tokio_postgres::Row, _>> =
+            futures_util::StreamExt::collect(stream).await;
         let got = rows.iter().filter(|r| r.is_ok()).count();
-        ensure!(got == CAP, "extended protocol relayed {got} rows before the error");
-        let err = rows.into_iter().find_map(|r| r.err()).ok_or_else(|| anyhow!("no error"))?;
+        ensure!(
+            got == CAP,
+            "extended protocol relayed {got} rows before the error"
+        );
+        let err = rows
+            .into_iter()
+            .find_map(|r| r.err())
+            .ok_or_else(|| anyhow!("no error"))?;
         guard_error(&err, "max_rows_per_statement")?;
-        let one: i32 = c.query_one("SELECT id FROM payers WHERE id = $1", &[&3i32]).await?.get(0);
+        let one: i64 = c
+            .query_one("SELECT id FROM payers WHERE id = $1", &[&3i64])
+            .await?
+            .get(0);
         ensure!(one == 3);
         // COPY TO: one CopyData per row.
+        // (A COPY stream that failed keeps failing when polled again: read up to its first error.)
         let copy = c.copy_out("COPY (SELECT id FROM payers) TO STDOUT").await?;
-        let chunks: Vec<Result<bytes::Bytes, _>> = futures_util::StreamExt::collect(copy).await;
-        let err = chunks.into_iter().find_map(|r| r.err()).ok_or_else(|| anyhow!("COPY was not stopped"))?;
+        futures_util::pin_mut!(copy);
+        let mut copied = 0;
+        let err = loop {
+            match futures_util::StreamExt::next(&mut copy).await {
+                Some(Ok(_)) => copied += 1,
+                Some(Err(e)) => break e,
+                None => anyhow::bail!("COPY was not stopped ({copied} rows)"),
+            }
+        };
+        ensure!(copied == CAP, "COPY relayed {copied} rows before the error");
         guard_error(&err, "max_rows_per_statement")?;
-        let copy = c.copy_out("COPY (SELECT id FROM payers LIMIT 3) TO STDOUT").await?;
+        let copy = c
+            .copy_out("COPY (SELECT id FROM payers LIMIT 3) TO STDOUT")
+            .await?;
         let chunks: Vec<Result<bytes::Bytes, _>> = futures_util::StreamExt::collect(copy).await;
-        ensure!(chunks.len() == 3 && chunks.iter().all(|c| c.is_ok()), "{chunks:?}");
+        ensure!(
+            chunks.len() == 3 && chunks.iter().all(|c| c.is_ok()),
+            "{chunks:?}"
+        );
         // Inside a transaction block, cancelled while streaming: the transaction is failed like the
         // client was told (25P02 until ROLLBACK), then the session goes on.
         c.batch_execute("BEGIN").await?;
         let e = c.simple_query(BIG).await.expect_err("over the cap");
         guard_error(&e, "max_rows_per_statement")?;
-        let e = c.simple_query("SELECT 1").await.expect_err("transaction is failed");
+        let e = c
+            .simple_query("SELECT 1")
+            .await
+            .expect_err("transaction is failed");
         ensure!(e.code().map(|c| c.code()) == Some("25P02"), "{e:#}");
         c.batch_execute("ROLLBACK").await?;
         let ok = c.simple_query("SELECT id FROM payers LIMIT 2").await?;
@@ -143,7 +202,10 @@ fn cap(fx: &Fixture, txn: bool) -> Result<()> {
         // Inside a transaction block, a small result had completed before the cancel: the session is ended
         // (its transaction could not be failed in step), never left out of step.
         c.batch_execute("BEGIN").await?;
-        let e = c.simple_query("SELECT id FROM payers").await.expect_err("over the cap");
+        let e = c
+            .simple_query("SELECT id FROM payers")
+            .await
+            .expect_err("over the cap");
         guard_error(&e, "max_rows_per_statement")?;
         match c.simple_query("SELECT 1").await {
             Err(e) if e.code().map(|c| c.code()) == Some("25P02") => {}
@@ -161,7 +223,9 @@ fn cap(fx: &Fixture, txn: bool) -> Result<()> {
     if let Some(h) = handle {
         let text = h.render();
         ensure!(
-            text.lines().any(|l| l.starts_with("pgveil_guard_trips_total{budget=\"max_rows_per_statement\"}")),
+            text.lines()
+                .any(|l| l
+                    .starts_with("pgveil_guard_trips_total{budget=\"max_rows_per_statement\"}")),
             "no guard metric:\n{text}"
         );
     }
@@ -184,7 +248,10 @@ fn window_budgets(fx: &Fixture) -> Result<()> {
         let started = tokio::time::Instant::now();
         ensure!(row_count(&one.simple_query(sql).await?) == 20);
         // The same user's second session shares the window: 10 rows left.
-        let e = two.simple_query(sql).await.expect_err("over the window budget");
+        let e = two
+            .simple_query(sql)
+            .await
+            .expect_err("over the window budget");
         guard_error(&e, "max_rows")?;
         ensure!(row_count(&two.simple_query("SELECT id FROM payers LIMIT 0").await?) == 0);
         // Another user has a budget of their own.
@@ -211,19 +278,35 @@ fn audit_file(fx: &Fixture) -> Result<()> {
     let dir = fx.env.dir().join("guard-audit");
     std::fs::create_dir_all(&dir)?;
     let file = dir.join("audit.log");
-    let p = proxy(fx, "guard-audit-policy", "max_rows_per_statement = 25", false, Some(&file))?;
+    let p = proxy(
+        fx,
+        "guard-audit-policy",
+        "max_rows_per_statement = 25",
+        false,
+        Some(&file),
+    )?;
     let shared = p.shared.clone();
     const MANY: usize = 400;
     fx.block_on(async {
         let c = connect_as(fx, p.addr, "frank@acme.example").await?;
-        c.simple_query("SELECT id, email FROM payers ORDER BY id LIMIT 7").await?;
-        let n: i64 = c.query_one("SELECT count(*) FROM payers WHERE id > $1", &[&0i32]).await?.get(0);
+        c.simple_query("SELECT id, email FROM payers ORDER BY id LIMIT 7")
+            .await?;
+        let n: i64 = c
+            .query_one("SELECT count(*) FROM payers WHERE id > $1", &[&0i64])
+            .await?
+            .get(0);
         ensure!(n == 40);
-        let e = c.simple_query("SELECT id FROM payers").await.expect_err("over the cap");
+        let e = c
+            .simple_query("SELECT id FROM payers")
+            .await
+            .expect_err("over the cap");
         guard_error(&e, "max_rows_per_statement")?;
         anyhow::Ok(())
     })?;
-    ensure!(shared.audit.flush_blocking(Duration::from_secs(10)), "audit flush");
+    ensure!(
+        shared.audit.flush_blocking(Duration::from_secs(10)),
+        "audit flush"
+    );
     let lines = audit_lines(&file)?;
     let frank = of_user(&lines, "frank@acme.example");
     let statement = |fp_rows: u64| {
@@ -234,22 +317,46 @@ fn audit_file(fx: &Fixture) -> Result<()> {
     };
     let seven = statement(7).ok_or_else(|| anyhow!("no record with 7 rows: {frank:#?}"))?;
     let f = &seven["fields"];
-    ensure!(f["decision"] == "rewritten" && f["outcome"] == "complete", "{seven}");
-    ensure!(f["fingerprint"].as_str().is_some_and(|s| s.len() == 16), "{seven}");
+    ensure!(
+        f["decision"] == "rewritten" && f["outcome"] == "complete",
+        "{seven}"
+    );
+    ensure!(
+        f["fingerprint"].as_str().is_some_and(|s| s.len() == 16),
+        "{seven}"
+    );
     ensure!(f["duration_us"].as_u64().is_some_and(|d| d > 0), "{seven}");
-    ensure!(f["masked"].as_str().is_some_and(|m| m.contains("payers.email")), "{seven}");
+    ensure!(
+        f["masked"]
+            .as_str()
+            .is_some_and(|m| m.contains("payers.email")),
+        "{seven}"
+    );
     // The extended-protocol statement is correlated with its Parse's decision.
-    ensure!(statement(1).is_some_and(|v| v["fields"]["fingerprint"].as_str().is_some_and(|s| s.len() == 16)), "{frank:#?}");
+    ensure!(
+        statement(1).is_some_and(|v| v["fields"]["fingerprint"]
+            .as_str()
+            .is_some_and(|s| s.len() == 16)),
+        "{frank:#?}"
+    );
     let trip = frank
         .iter()
         .find(|v| v["fields"]["message"] == "exfiltration guard tripped")
         .ok_or_else(|| anyhow!("no guard record: {frank:#?}"))?;
-    ensure!(trip["fields"]["budget"] == "max_rows_per_statement" && trip["fields"]["limit"] == 25, "{trip}");
     ensure!(
-        frank.iter().any(|v| v["fields"]["outcome"] == "error" && v["fields"]["error"] == "53400" && v["fields"]["rows"] == 25),
+        trip["fields"]["budget"] == "max_rows_per_statement" && trip["fields"]["limit"] == 25,
+        "{trip}"
+    );
+    ensure!(
+        frank.iter().any(|v| v["fields"]["outcome"] == "error"
+            && v["fields"]["error"] == "53400"
+            && v["fields"]["rows"] == 25),
         "{frank:#?}"
     );
-    ensure!(!std::fs::read_to_string(&file)?.contains("@example.com"), "row values in the audit file");
+    ensure!(
+        !std::fs::read_to_string(&file)?.contains("@example.com"),
+        "row values in the audit file"
+    );
 
     // Rotation: move the file away, reopen (what SIGHUP does), new records go to a new file.
     let rotated = dir.join("audit.log.1");
@@ -258,7 +365,11 @@ fn audit_file(fx: &Fixture) -> Result<()> {
     fx.block_on(async {
         let c = connect_as(fx, p.addr, "grace@acme.example").await?;
         for i in 0..MANY {
-            c.simple_query(&format!("SELECT id FROM merchants WHERE id = {}", i % 5 + 1)).await?;
+            c.simple_query(&format!(
+                "SELECT id FROM merchants WHERE id = {}",
+                i % 5 + 1
+            ))
+            .await?;
         }
         anyhow::Ok(())
     })?;
@@ -266,7 +377,11 @@ fn audit_file(fx: &Fixture) -> Result<()> {
     drop(p);
     let fresh = audit_lines(&file)?;
     let grace = of_user(&fresh, "grace@acme.example");
-    ensure!(grace.len() == MANY, "{} of {MANY} records after shutdown", grace.len());
+    ensure!(
+        grace.len() == MANY,
+        "{} of {MANY} records after shutdown",
+        grace.len()
+    );
     ensure!(of_user(&audit_lines(&rotated)?, "grace@acme.example").is_empty());
     ensure!(shared.audit.dropped() == 0);
     Ok(())

@@ -136,7 +136,10 @@ struct Window {
 
 impl Window {
     fn roll(&mut self, window: Duration, now: Instant) {
-        if self.started.is_some_and(|s| now.duration_since(s) >= window) {
+        if self
+            .started
+            .is_some_and(|s| now.duration_since(s) >= window)
+        {
             *self = Window::default();
         }
     }

@@ -209,7 +209,16 @@ async fn run_session(
         }
         tracing::info!(transaction_mode = true, "session started");
         let tally = tally(startup, who, shared);
-        super::txn::serve(stream, who, shared, &tenant, (ctx, tally), &handle, &mut killed).await;
+        super::txn::serve(
+            stream,
+            who,
+            shared,
+            &tenant,
+            (ctx, tally),
+            &handle,
+            &mut killed,
+        )
+        .await;
         return;
     }
     let mut conn: PooledConn = match shared.pools.checkout(&tenant, &who.role).await {

@@ -4,9 +4,10 @@
 //! and duration for the audit record; and the exfiltration guard ([`crate::exfil`]) on the DataRow/CopyData
 //! messages the backend splitter counts.
 //!
-//! A statement over a budget: the splitter stops before the first row over it ([`Item::Limit`]), the backend
-//! gets a CancelRequest (sent by the relay, which then never reuses that backend for another client: a late
-//! cancel must not hit someone else's statement), the rest of its rows are dropped, and its end (the 57014
+//! A statement over a budget: the splitter stops before the first row over it ([`Item::Limit`]); unless its end
+//! is in the same backend read, the backend gets a CancelRequest (sent by the relay, which then never reuses
+//! that backend for another client: a late cancel must not hit someone else's statement); the rest of its rows
+//! are dropped, and its end (the 57014
 //! ErrorResponse, or its CommandComplete when it finished before the cancel landed) is replaced by pgveil's
 //! 53400 error. When it had finished, the backend did not fail: if its ReadyForQuery then says `I` and no
 //! other statement of the same request ran, the client's view matches (the statement ran on its own and
@@ -44,9 +45,15 @@ const MAX_NAMES: usize = 4096;
 
 enum Pending {
     /// Query or FunctionCall: ends at ReadyForQuery, each of its statements at their end message.
-    Query { sent: Instant, tag: Option<AuditTag> },
+    Query {
+        sent: Instant,
+        tag: Option<AuditTag>,
+    },
     /// Execute: ends at its end message (skipped by the backend after an error until Sync).
-    Execute { sent: Instant, tag: Option<AuditTag> },
+    Execute {
+        sent: Instant,
+        tag: Option<AuditTag>,
+    },
     /// Sync: ends at ReadyForQuery.
     Sync,
 }
@@ -136,7 +143,13 @@ impl Tally {
         let mut tag = tag;
         if let Some(t) = tag.as_ref().filter(|t| t.decision == "refused") {
             // Its Execute, if any, fails with it: not recorded a second time.
-            self.record(Some(t.clone()), 0, Default::default(), Outcome::Error, Some(t.code.into()));
+            self.record(
+                Some(t.clone()),
+                0,
+                Default::default(),
+                Outcome::Error,
+                Some(t.code.into()),
+            );
             tag = None;
         }
         if name.is_empty() {
@@ -343,7 +356,8 @@ impl Tally {
             Some(_) => (Some("53400".to_owned()), Outcome::Error),
             None => (code, outcome),
         };
-        let rows = if t == tag::COMMAND_COMPLETE {
+        // A stopped statement's rows are those the client got, not the tag of a result it did not get.
+        let rows = if t == tag::COMMAND_COMPLETE && trip.is_none() {
             tag_rows(body).unwrap_or(self.stmt_rows)
         } else {
             self.stmt_rows
@@ -375,6 +389,9 @@ impl Tally {
         let action = match trip {
             None => EndAction::Forward,
             Some(Trip { budget, limits }) => {
+                // Ended within the batch it was stopped in: no cancel is needed, and none must be sent (it
+                // would land on the session's next statement).
+                self.cancel = false;
                 let (limit, window) = budget.limit(&limits);
                 let mut err = PgError::guard_exceeded(budget.name(), limit, window);
                 if t != tag::ERROR_RESPONSE {

@@ -88,7 +88,10 @@ impl FrameSplitter {
 
     /// Counted frames and their bytes since the last call.
     pub fn take_counts(&mut self) -> (u64, u64) {
-        (std::mem::take(&mut self.rows), std::mem::take(&mut self.bytes))
+        (
+            std::mem::take(&mut self.rows),
+            std::mem::take(&mut self.bytes),
+        )
     }
 
     /// True while in the middle of a streamed frame.
@@ -277,7 +280,9 @@ mod tests {
         let a = s.next(&mut buf, is_c).unwrap().unwrap();
         assert_eq!(
             a,
-            Item::Forward(BytesMut::from(&[msg(b'D', b"r1"), msg(b'D', b"r2")].concat()[..]))
+            Item::Forward(BytesMut::from(
+                &[msg(b'D', b"r1"), msg(b'D', b"r2")].concat()[..]
+            ))
         );
         assert_eq!(s.take_counts(), (2, 14));
         // The third row is over the allowance: nothing is consumed until the caller decides.
@@ -285,7 +290,10 @@ mod tests {
         assert_eq!(s.next(&mut buf, is_c).unwrap(), Some(Item::Limit));
         s.discarding = true;
         assert_eq!(s.next(&mut buf, is_c).unwrap(), Some(Item::Discarded));
-        assert!(matches!(s.next(&mut buf, is_c).unwrap(), Some(Item::Inspect(_))));
+        assert!(matches!(
+            s.next(&mut buf, is_c).unwrap(),
+            Some(Item::Inspect(_))
+        ));
         assert_eq!(s.take_counts(), (0, 0));
         // Byte allowance: a frame larger than what is left is over it; a streamed one is dropped whole.
         let mut s = FrameSplitter::counting(1024);

@@ -168,7 +168,10 @@ max_rows = 10
         (Some(100), Some(1000), 3600)
     );
     let g = p.guard(&globex, &analyst).unwrap();
-    assert_eq!((g.max_rows_per_statement, g.max_rows), (Some(100), Some(10)));
+    assert_eq!(
+        (g.max_rows_per_statement, g.max_rows),
+        (Some(100), Some(10))
+    );
     assert!(p.guard(&acme, &RoleName::new("admin")).is_none());
     let err = load(
         r#"
@@ -183,5 +186,8 @@ max_rows = 10
     .unwrap_err();
     let text = err.to_string();
     assert!(text.contains("max_bytes must be at least 1"), "{text}");
-    assert!(text.contains("tenant \"globex\": role \"analyst\""), "{text}");
+    assert!(
+        text.contains("tenant \"globex\": role \"analyst\""),
+        "{text}"
+    );
 }
