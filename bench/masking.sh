@@ -7,14 +7,20 @@
 # serves it), extended and prepared; transaction mode, --threads 1. Reports TPS, the ratio masked/privileged
 # and pgveil's CPU time per transaction (utime+stime from /proc; far less noisy than TPS on shared cores).
 # Usage: bash bench/masking.sh [seconds per run, default 10] [clients, default 8] [scale, default 10]
+# (PGVEIL_LOG="info,pgveil::audit=off" in the environment: audit records not written)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 secs=${1:-10}
 clients=${2:-8}
 scale=${3:-10}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target}
-cargo build --release --quiet --bin pgveil
-bin=$(cd "$CARGO_TARGET_DIR/release" && pwd)/pgveil
+# PGVEIL_BIN: measure that binary instead of building this checkout (e.g. a build of an earlier commit).
+if [ -n "${PGVEIL_BIN:-}" ]; then
+    bin=$PGVEIL_BIN
+else
+    cargo build --release --quiet --bin pgveil
+    bin=$(cd "$CARGO_TARGET_DIR/release" && pwd)/pgveil
+fi
 work=$(mktemp -d)
 pids=()
 cleanup() {

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod audit;
 pub mod backend;
 pub mod cancel;
 pub mod config;
@@ -15,6 +16,7 @@ pub mod control;
 pub mod demo;
 pub mod doctor;
 pub mod event_loops;
+pub mod exfil;
 pub mod frontend;
 pub mod identity;
 pub mod ids;

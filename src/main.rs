@@ -410,8 +410,16 @@ fn serve(path: &Path, threads: usize) -> Result<()> {
         // listens too); it must never end the process, which is SIGHUP's default action.
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
         let policies = cfg.policy.is_some();
+        let opts = ServerOptions {
+            loops,
+            ..ServerOptions::default()
+        };
+        let server = Server::bind(cfg.clone(), opts).await?;
+        // SIGHUP also reopens the audit file (log rotation: move it, then SIGHUP).
+        let audit = server.shared().audit.clone();
         tokio::spawn(async move {
             while hup.recv().await.is_some() {
+                audit.reopen();
                 if policies {
                     tracing::info!(
                         "SIGHUP: masking policies re-read; other settings need a restart"
@@ -421,11 +429,6 @@ fn serve(path: &Path, threads: usize) -> Result<()> {
                 }
             }
         });
-        let opts = ServerOptions {
-            loops,
-            ..ServerOptions::default()
-        };
-        let server = Server::bind(cfg.clone(), opts).await?;
         let api = if cfg.api.is_some() {
             Some(pgveil::api::ApiServer::bind(cfg.clone(), api_options(&server)).await?)
         } else {

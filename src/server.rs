@@ -11,11 +11,13 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
+use crate::audit::Auditor;
 use crate::backend::Pools;
 use crate::cancel::CancelRegistry;
 use crate::config::Config;
 use crate::control::ControlDb;
 use crate::event_loops::EventLoops;
+use crate::exfil::Budgets;
 use crate::policy::engine::MaskingEngine;
 use crate::policy::{AllowAll, StatementPolicy};
 use crate::proto::PgError;
@@ -45,6 +47,9 @@ pub enum ServerError {
     /// The control database could not be opened.
     #[error("control database: {0}")]
     Control(#[from] crate::control::ControlError),
+    /// The audit file could not be opened (or the writer thread started).
+    #[error("audit: {0}")]
+    Audit(std::io::Error),
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -92,6 +97,10 @@ pub struct Shared {
     pub revocations: Option<Arc<RevocationCache>>,
     /// Live sessions, so revocations can end them.
     pub sessions: Arc<SessionRegistry>,
+    /// The audit queue (`[audit]`).
+    pub audit: Auditor,
+    /// The exfiltration guard's per-user windows.
+    pub budgets: Budgets,
 }
 
 /// A bound, not yet running server.
@@ -194,6 +203,7 @@ impl Server {
                     addr: cfg.listen.addr,
                     source,
                 })?;
+        let audit = Auditor::start(&cfg.audit).map_err(ServerError::Audit)?;
         let (shutdown_tx, shutdown) = watch::channel(false);
         let sessions = Arc::new(SessionRegistry::default());
         if let (Some(cache), Some(c)) = (&revocations, &cfg.control) {
@@ -216,6 +226,8 @@ impl Server {
             starting: AtomicUsize::new(0),
             revocations,
             sessions,
+            audit,
+            budgets: Budgets::default(),
         });
         Ok(Server {
             shared,
@@ -285,6 +297,10 @@ impl Server {
             task.abort();
         }
         shared.pools.close_all();
+        // Every audit event of the sessions that ended is written before the process may exit.
+        if !shared.audit.shutdown(Duration::from_secs(10)).await {
+            tracing::warn!("audit queue not flushed within 10s at shutdown");
+        }
         tracing::info!("pgveil stopped");
     }
 }

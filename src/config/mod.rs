@@ -80,6 +80,9 @@ pub struct Config {
     /// Prometheus `/metrics` over plain HTTP (bind it to a loopback or internal address).
     #[serde(default)]
     pub metrics: Option<crate::telemetry::MetricsConfig>,
+    /// Audit records: where they go (process log or a file) and the writer's queue.
+    #[serde(default)]
+    pub audit: crate::audit::AuditConfig,
 }
 
 /// The masking engine's settings.
@@ -558,6 +561,9 @@ impl Config {
         }
         if let Some(p) = &mut self.policy {
             fix(&mut p.dir);
+        }
+        if let Some(f) = &mut self.audit.file {
+            fix(f);
         }
     }
 

@@ -12,6 +12,7 @@ pub mod retry;
 pub mod session;
 pub mod sqlscan;
 pub mod sqltree;
+pub mod tally;
 pub mod txn;
 pub mod verify;
 pub mod versions;

@@ -24,8 +24,10 @@ use tokio::sync::watch;
 
 use super::limits::{extended_tag, scan_frontend};
 use super::retry::{self, Retry, Verdict};
+use super::tally::{EndAction, Tally, ends_statement};
 use super::txn::TxnCtx;
 use super::versions::{StateEpochs, UNINSPECTED, may_create_state};
+use crate::audit::AuditTag;
 use crate::backend::BackendConn;
 use crate::backend::statements::BackendStatements;
 use crate::identity::Identity;
@@ -154,6 +156,10 @@ pub struct Relay<'a> {
     /// The backend is fresh from the pool and nothing of its answer was relayed yet: the batch can be sent
     /// again elsewhere if it dies (see [`super::retry`]).
     retry: Option<Retry>,
+    /// Statement rows, durations and the exfiltration guard (sessions of a masking policy; `None`: none).
+    pub tally: Option<Tally>,
+    /// The audit tag of the last decision ([`Relay::decide`]).
+    last_tag: Option<AuditTag>,
 }
 
 /// Longest time a session's messages are held while a schema change is reloaded; then it is ended.
@@ -196,6 +202,8 @@ impl<'a> Relay<'a> {
             fatal: None,
             held_since: None,
             retry: None,
+            tally: None,
+            last_tag: None,
         }
     }
 
@@ -246,6 +254,9 @@ impl<'a> Relay<'a> {
             params,
             rbuf,
             statements,
+            target,
+            key,
+            broken,
             ..
         } = backend;
         let (mut cr, mut cw) = client.split();
@@ -255,7 +266,11 @@ impl<'a> Relay<'a> {
         let mut bin = std::mem::take(rbuf);
         let (mut to_b, mut to_c) = std::mem::take(&mut self.out_bufs);
         let mut csplit = FrameSplitter::new(self.max_query_bytes);
-        let mut bsplit = FrameSplitter::new(MAX_BACKEND_INSPECTED);
+        let mut bsplit = if self.tally.is_some() {
+            FrameSplitter::counting(MAX_BACKEND_INSPECTED)
+        } else {
+            FrameSplitter::new(MAX_BACKEND_INSPECTED)
+        };
         let (mut flush_b, mut flush_c) = (false, false);
         let mut ending: Option<RelayEnd> = None;
         let mut watch_shutdown = true;
@@ -365,28 +380,38 @@ impl<'a> Relay<'a> {
                     Ok(_) if self.retry.is_some()
                         && retry::first_message(&bin) == Verdict::Retry
                         && self.may_retry(true, &csplit) => ending = Some(RelayEnd::Retry),
-                    Ok(_) => if let Err(e) = {
+                    Ok(_) => {
                         self.retry = None;
                         if idle_on {
                             last_activity = tokio::time::Instant::now();
                         }
-                        self.on_backend_bytes(&mut bin, &mut bsplit, &mut to_c, params, statements)
-                    } {
-                        tracing::warn!(error = %e, "backend protocol error");
-                        PgError::backend_lost().encode(&mut to_c);
-                        ending = Some(RelayEnd::BackendGone);
-                    } else if let Some(err) = self.fatal.take() {
-                        err.encode(&mut to_c);
-                        ending = Some(RelayEnd::BackendGone); // never reused
-                    } else if self.releasable()
-                        && cin.is_empty()
-                        && to_b.is_empty()
-                        && bin.is_empty()
-                        && !csplit.mid_frame()
-                        && !bsplit.mid_frame()
-                    {
-                        ending = Some(RelayEnd::Release);
-                    },
+                        let r = self.on_backend_bytes(&mut bin, &mut bsplit, &mut to_c, params, statements);
+                        if let Some(t) = self.tally.as_mut()
+                            && std::mem::take(&mut t.cancel)
+                        {
+                            // The guard stopped a statement. A cancel that lands late hits whatever the backend
+                            // runs then: it never serves another client (closed at the end of the session, or
+                            // of the transaction in transaction mode).
+                            crate::cancel::send_cancel_detached(target.clone(), *key);
+                            *broken = true;
+                        }
+                        if let Err(e) = r {
+                            tracing::warn!(error = %e, "backend protocol error");
+                            PgError::backend_lost().encode(&mut to_c);
+                            ending = Some(RelayEnd::BackendGone);
+                        } else if let Some(err) = self.fatal.take() {
+                            err.encode(&mut to_c);
+                            ending = Some(RelayEnd::BackendGone); // never reused
+                        } else if self.releasable()
+                            && cin.is_empty()
+                            && to_b.is_empty()
+                            && bin.is_empty()
+                            && !csplit.mid_frame()
+                            && !bsplit.mid_frame()
+                        {
+                            ending = Some(RelayEnd::Release);
+                        }
+                    }
                 },
                 r = pump(&mut bw, &mut to_b), if !to_b.is_empty() || flush_b => match r {
                     Ok(flushed) => {
@@ -497,11 +522,16 @@ impl<'a> Relay<'a> {
                                 return Step::End(RelayEnd::ClientProtocol(err));
                             }
                         }
+                        if let Some(t) = self.tally.as_mut() {
+                            t.on_client_run(&bytes);
+                        }
                     }
                     to_b.extend_from_slice(&bytes);
                     continue;
                 }
                 Item::Inspect(frame) => frame,
+                // Only counting splitters (the backend side) produce these.
+                Item::Limit | Item::Discarded => continue,
             };
             if extended_tag(frame[0]) {
                 self.state.unsynced = true;
@@ -549,6 +579,9 @@ impl<'a> Relay<'a> {
                         decision = Decision::Deny(err);
                     }
                 }
+                if let Some(t) = self.tally.as_mut() {
+                    t.on_query(self.last_tag.take());
+                }
                 match decision {
                     Decision::Allow => to_b.extend_from_slice(frame),
                     Decision::Rewrite(text) => messages::query(to_b, &text),
@@ -558,7 +591,11 @@ impl<'a> Relay<'a> {
             tag::PARSE => {
                 let p = messages::decode_parse(body)
                     .ok_or_else(|| PgError::protocol_violation("invalid Parse message"))?;
-                match self.decide(p.sql, Some(p.name)) {
+                let decision = self.decide(p.sql, Some(p.name));
+                if let Some(t) = self.tally.as_mut() {
+                    t.on_parse(p.name, self.last_tag.take());
+                }
+                match decision {
                     Decision::Allow => to_b.extend_from_slice(frame),
                     Decision::Rewrite(text) => messages::parse(to_b, p.name, &text, p.param_types),
                     Decision::Deny(err) => messages::parse(to_b, p.name, &self.deny(err), &[0, 0]),
@@ -566,6 +603,9 @@ impl<'a> Relay<'a> {
             }
             tag::FUNCTION_CALL => {
                 self.state.in_flight += 1;
+                if let Some(t) = self.tally.as_mut() {
+                    t.on_query(None);
+                }
                 if self.inspects() {
                     let err = PgError::feature_not_supported(
                         "fast-path function calls are not allowed through pgveil",
@@ -577,10 +617,16 @@ impl<'a> Relay<'a> {
             }
             tag::SYNC => {
                 self.state.in_flight += 1;
+                if let Some(t) = self.tally.as_mut() {
+                    t.on_sync();
+                }
                 to_b.extend_from_slice(frame);
             }
             b'C' => {
                 self.epochs.on_close(body);
+                if let Some(t) = self.tally.as_mut() {
+                    t.on_close(body);
+                }
                 to_b.extend_from_slice(frame);
             }
             tag::TERMINATE => return Ok(Step::End(RelayEnd::Terminate)),
@@ -605,6 +651,9 @@ impl<'a> Relay<'a> {
                     .ok_or_else(|| PgError::protocol_violation("invalid Parse message"))?;
                 let (name, param_types) = (p.name, p.param_types);
                 let decision = self.decide(p.sql, Some(name));
+                if let Some(t) = self.tally.as_mut() {
+                    t.on_parse(name, self.last_tag.take());
+                }
                 let t = self.txn.as_mut().expect("transaction mode");
                 let sql: &[u8] = match &decision {
                     Decision::Allow => p.sql,
@@ -632,6 +681,9 @@ impl<'a> Relay<'a> {
             }
             tag::BIND => {
                 t.unsynced = true;
+                if let Some(tally) = self.tally.as_mut() {
+                    tally.on_bind(body);
+                }
                 t.stmts.bind(body, stmts, to_b).err()
             }
             b'D' => {
@@ -641,14 +693,25 @@ impl<'a> Relay<'a> {
             b'C' => {
                 t.unsynced = true;
                 self.epochs.on_close(body);
+                if let Some(tally) = self.tally.as_mut() {
+                    tally.on_close(body);
+                }
                 t.stmts.close(body, to_b).err()
             }
             tag::EXECUTE | b'H' => {
                 t.unsynced = true;
+                if frame[0] == tag::EXECUTE
+                    && let Some(tally) = self.tally.as_mut()
+                {
+                    tally.on_execute(body);
+                }
                 to_b.extend_from_slice(frame);
                 None
             }
             tag::SYNC => {
+                if let Some(tally) = self.tally.as_mut() {
+                    tally.on_sync();
+                }
                 t.unsynced = false;
                 t.stmts.on_sync_sent();
                 self.state.in_flight += 1;
@@ -658,6 +721,9 @@ impl<'a> Relay<'a> {
             tag::FUNCTION_CALL => {
                 t.stmts.on_sync_sent();
                 self.state.in_flight += 1;
+                if let Some(tally) = self.tally.as_mut() {
+                    tally.on_query(None);
+                }
                 if self.inspects() {
                     let err = PgError::feature_not_supported(
                         "fast-path function calls are not allowed through pgveil",
@@ -708,6 +774,7 @@ impl<'a> Relay<'a> {
     /// Runs the statement hook on SQL text (skipped entirely for roles that are not inspected). `parse`: the
     /// name of the statement when the text comes in a Parse message (the statement outlives it).
     fn decide(&mut self, sql: &[u8], parse: Option<&[u8]>) -> Decision {
+        self.last_tag = None;
         if parse.is_none() && self.versioned {
             self.epochs.on_query();
         }
@@ -723,7 +790,10 @@ impl<'a> Relay<'a> {
         }
         match std::str::from_utf8(sql) {
             Ok(sql) => {
-                let v = self.policy.check_versioned(sql, self.who);
+                let mut v = self.policy.check_versioned(sql, self.who);
+                if self.tally.is_some() {
+                    self.last_tag = v.audit.take();
+                }
                 if self.versioned && !matches!(v.decision, Decision::Deny(_)) {
                     match parse {
                         Some(name) => self.epochs.on_parse(name, v.epoch),
@@ -782,25 +852,65 @@ impl<'a> Relay<'a> {
     ) -> Result<(), FrameError> {
         let txn = self.txn.is_some();
         let watch = self.watch_backend;
+        let tallying = self.tally.is_some();
+        if let Some(t) = self.tally.as_mut() {
+            t.arm(split, self.policy.guard(self.who));
+        }
         loop {
-            let watching_errors = txn || watch || !self.denials.is_empty();
+            let watching_errors = txn || watch || tallying || !self.denials.is_empty();
             let inspect = |t: u8| {
                 matches!(t, tag::READY_FOR_QUERY | tag::PARAMETER_STATUS)
                     || (watching_errors && t == tag::ERROR_RESPONSE)
                     || (watch && matches!(t, tag::COMMAND_COMPLETE | tag::NOTICE_RESPONSE))
                     || (txn && matches!(t, tag::PARSE_COMPLETE | tag::CLOSE_COMPLETE))
+                    || (tallying && ends_statement(t))
             };
             let frame = match split.next(bin, inspect)? {
-                None => return Ok(()),
+                None => {
+                    if let Some(t) = self.tally.as_mut() {
+                        t.absorb(split);
+                    }
+                    return Ok(());
+                }
                 Some(Item::Forward(bytes)) => {
-                    to_c.extend_from_slice(&bytes);
+                    if !self.tally.as_ref().is_some_and(|t| t.swallowing()) {
+                        to_c.extend_from_slice(&bytes);
+                    }
                     continue;
                 }
+                Some(Item::Limit) => {
+                    if let Some(t) = self.tally.as_mut() {
+                        t.on_limit(split);
+                    }
+                    continue;
+                }
+                Some(Item::Discarded) => continue,
                 Some(Item::Inspect(frame)) => frame,
             };
             let body = payload(&frame);
+            if let Some(t) = self.tally.as_mut() {
+                if t.swallowed(frame[0]) {
+                    continue;
+                }
+                if ends_statement(frame[0])
+                    && frame[0] != tag::ERROR_RESPONSE
+                    && let EndAction::Replace(err) = t.on_end(frame[0], body, None, split)
+                {
+                    if watch && crate::policy::schema_changing_tag(body) {
+                        self.ddl_pending = true;
+                    }
+                    err.encode(to_c);
+                    continue;
+                }
+            }
             match frame[0] {
                 tag::READY_FOR_QUERY => {
+                    if let Some(t) = self.tally.as_mut()
+                        && let Some(err) = t.on_ready(body.first().copied().unwrap_or(b'I'), split)
+                    {
+                        self.fatal = Some(err);
+                        return Ok(());
+                    }
                     self.state.txn_status = body.first().copied().unwrap_or(b'I');
                     self.state.in_flight = self.state.in_flight.saturating_sub(1);
                     if self.state.in_flight == 0 {
@@ -854,9 +964,22 @@ impl<'a> Relay<'a> {
                     if let Some(t) = self.txn.as_mut() {
                         t.stmts.on_error(stmts);
                     }
-                    if !self.denials.is_empty()
-                        && let Some(err) = self.take_denial(body)
-                    {
+                    let denial = if self.denials.is_empty() {
+                        None
+                    } else {
+                        self.take_denial(body)
+                    };
+                    if let Some(t) = self.tally.as_mut() {
+                        let code = match &denial {
+                            Some(e) => Some(e.code.to_owned()),
+                            None => error_code(body),
+                        };
+                        if let EndAction::Replace(err) = t.on_end(frame[0], body, code, split) {
+                            err.encode(to_c);
+                            continue;
+                        }
+                    }
+                    if let Some(err) = denial {
                         err.encode(to_c);
                         continue;
                     }
@@ -900,6 +1023,14 @@ impl<'a> Relay<'a> {
             .position(|(marker, _)| message.contains(&format!("\"{marker}\"")))?;
         Some(self.denials.remove(idx).1)
     }
+}
+
+/// The SQLSTATE of an ErrorResponse (payload).
+fn error_code(body: &[u8]) -> Option<String> {
+    parse_fields(body)
+        .iter()
+        .find(|(t, _)| *t == b'C')
+        .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
 }
 
 /// Whether a NoticeResponse has a severity below NOTICE (`DEBUG1`-`DEBUG5`, `LOG`), by its non-localized

@@ -209,7 +209,17 @@ async fn run_session(
             return;
         }
         tracing::info!(transaction_mode = true, "session started");
-        super::txn::serve(stream, who, shared, &tenant, ctx, &handle, &mut killed).await;
+        let tally = tally(startup, who, shared);
+        super::txn::serve(
+            stream,
+            who,
+            shared,
+            &tenant,
+            (ctx, tally),
+            &handle,
+            &mut killed,
+        )
+        .await;
         return;
     }
     let Some(mut conn) = open_backend(stream, who, shared, &tenant, &settings, requested_db).await
@@ -225,6 +235,7 @@ async fn run_session(
     handle.set_backend(Some((conn.target.clone(), conn.key)));
     let mut relay = Relay::new(who, &*shared.policy, shared.cfg.listen.max_query_bytes);
     relay.idle = IdleTimeouts::from_listen(&shared.cfg.listen);
+    relay.tally = tally(startup, who, shared);
     let mut shutdown = shared.shutdown.clone();
     // A revoked token or disabled user ends the session at once (not at its next idle point, as a drain
     // does): the relay is dropped mid-flight and the backend is cancelled and closed.
@@ -316,6 +327,32 @@ async fn open_backend(
         return None;
     }
     Some(conn)
+}
+
+/// The statement tally of a session (audit records with rows and durations, the exfiltration guard) when a
+/// masking policy is configured (the policy names audited roles and guards); `None` otherwise: nothing is
+/// counted and nothing is allocated for it.
+pub(super) fn tally(
+    startup: &StartupMessage,
+    who: &Identity,
+    shared: &Shared,
+) -> Option<super::tally::Tally> {
+    if !shared.policy.watches_backend() {
+        return None;
+    }
+    let session = std::sync::Arc::new(crate::audit::SessionInfo {
+        client: who.client.0.to_string(),
+        user: who.user.clone(),
+        startup_user: startup.get("user").unwrap_or_default().to_owned(),
+        tenant: who.tenant.clone(),
+        role: who.role.clone(),
+    });
+    let audit = super::tally::SessionAudit {
+        auditor: shared.audit.clone(),
+        session,
+    };
+    let window = shared.budgets.user(&who.tenant, &who.user);
+    Some(super::tally::Tally::new(audit, window))
 }
 
 /// Completes the login: AuthenticationOk, the server parameters, the client's own cancel key, the grace-period

@@ -405,12 +405,13 @@ pub async fn serve(
     who: &Identity,
     shared: &Shared,
     tenant: &Arc<Tenant>,
-    ctx: TxnCtx,
+    (ctx, tally): (TxnCtx, Option<super::tally::Tally>),
     handle: &CancelHandle,
     killed: &mut watch::Receiver<bool>,
 ) {
     let mut relay = Relay::new(who, &*shared.policy, shared.cfg.listen.max_query_bytes);
     relay.txn = Some(ctx);
+    relay.tally = tally;
     relay.idle = IdleTimeouts::from_listen(&shared.cfg.listen);
     let mut shutdown = shared.shutdown.clone();
     let mut held: Option<PooledConn> = None;

@@ -19,6 +19,7 @@ use super::rewrite::{
     Context, Normalized, Outcome, Template, check, may_have_comment, normalize, without_comments,
 };
 use super::{Decision, StatementPolicy, Versioned};
+use crate::audit::AuditTag;
 use crate::identity::Identity;
 use crate::ids::{RoleName, SecretId, TenantId};
 use crate::proto::PgError;
@@ -337,9 +338,14 @@ impl MaskingEngine {
         }
     }
 
-    /// Decides with the cache.
+    /// Decides with the cache, and logs the decision's audit event now (sessions' relays queue theirs with
+    /// the statement's completion instead, see [`crate::audit`]).
     pub fn check_cached(&self, sql: &str, tenant: &TenantId, role: &RoleName) -> Decision {
-        self.check_epoch(sql, tenant, role).decision
+        let v = self.check_epoch(sql, tenant, role);
+        if let Some(tag) = &v.audit {
+            tag.log(tenant, role);
+        }
+        v.decision
     }
 
     /// Decides with the cache; also returns the epoch of the snapshots the decision was made with.
@@ -397,6 +403,7 @@ impl MaskingEngine {
             decision: c.decision.clone(),
             epoch,
             lasting: c.lasting,
+            audit: Some(audit(c)),
         };
         // Statements that differ only in comments share one key: a comment is whitespace to PostgreSQL, so it
         // never changes the decision. Their rewrites come from plans (the comments are holes of the plan, so
@@ -420,7 +427,6 @@ impl MaskingEngine {
         if let Some(c) = hit {
             self.stats.hits.fetch_add(1, Ordering::Relaxed);
             metrics::counter!("pgveil_rewrite_cache_total", "result" => "hit").increment(1);
-            audit(&c, tenant, role);
             return versioned(&c);
         }
         // The same statement with other literals: splice them into its plan.
@@ -453,7 +459,6 @@ impl MaskingEngine {
                         masked: p.masked,
                         lasting: false, // plans are made for SELECT and DML only
                     };
-                    audit(&c, tenant, role);
                     return versioned(&c);
                 }
             }
@@ -476,7 +481,6 @@ impl MaskingEngine {
             fingerprint: fingerprint.into(),
             masked: masked.into(),
         };
-        audit(&c, tenant, role);
         // Catalog-not-loaded refusals are not cached: the key's catalog version 0 would keep them forever.
         if key.catalog == 0 {
             return versioned(&c);
@@ -660,17 +664,23 @@ fn policy_stamp(path: &Path) -> Vec<(PathBuf, Option<SystemTime>, u64)> {
     out
 }
 
-/// One structured audit event per decided statement (target `pgveil::audit`): the fingerprint of the statement
-/// with literals removed (never its text), the decision, the refusal's SQLSTATE and rule (its reason; not the
-/// message, which can quote the statement) and the masked columns.
-fn audit(c: &Cached, tenant: &TenantId, role: &RoleName) {
+/// What the audit records of a decided statement say about it: the fingerprint of the statement with literals
+/// removed (never its text), the decision, the refusal's SQLSTATE and rule (its reason; not the message, which
+/// can quote the statement) and the masked columns. Counts the decision.
+fn audit(c: &Cached) -> AuditTag {
     let (decision, code) = match &c.decision {
         Decision::Allow => ("allowed", ""),
         Decision::Rewrite(_) => ("rewritten", ""),
         Decision::Deny(e) => ("refused", e.code),
     };
     metrics::counter!("pgveil_statements_total", "decision" => decision).increment(1);
-    tracing::info!(target: "pgveil::audit", %tenant, %role, fingerprint = %c.fingerprint, decision, code, rule = c.rule, masked = ?c.masked, "statement");
+    AuditTag {
+        fingerprint: c.fingerprint.clone(),
+        decision,
+        code,
+        rule: c.rule,
+        masked: c.masked.clone(),
+    }
 }
 
 impl StatementPolicy for MaskingEngine {
@@ -717,6 +727,10 @@ impl StatementPolicy for MaskingEngine {
         tracing::info!(tenant = %who.tenant, "backend session defaults differ from the catalog snapshot; reloading it over a new connection");
         self.loader.forget(&who.tenant);
         self.schema_changed_in(&who.tenant);
+    }
+
+    fn guard(&self, who: &Identity) -> Option<crate::exfil::Limits> {
+        self.policy.load().policy.guard(&who.tenant, &who.role)
     }
 
     fn withholds_details(&self, who: &Identity) -> bool {

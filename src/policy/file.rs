@@ -14,6 +14,7 @@ use super::catalog::resolve::DEFAULT_TRUSTED_EXTENSIONS;
 use super::functions::{Generalize, MaskFn, valid_json_key};
 use super::kinds::StatementKind;
 use super::pattern::ColumnPattern;
+use crate::exfil::{GuardDoc, Limits};
 use crate::ids::{RoleName, TenantId};
 
 /// Errors loading a policy: every problem found, each located.
@@ -122,6 +123,9 @@ struct RoleDoc {
     allow_operators: Vec<String>,
     #[serde(default)]
     unclassified: Option<Unclassified>,
+    /// Exfiltration guard (`crate::exfil`).
+    #[serde(default)]
+    guard: Option<GuardDoc>,
 }
 
 #[derive(Deserialize)]
@@ -148,6 +152,8 @@ struct TenantRoleDoc {
     allow_operators: Option<Vec<String>>,
     #[serde(default)]
     unclassified: Option<Unclassified>,
+    #[serde(default)]
+    guard: Option<GuardDoc>,
 }
 
 // ---------------------------------------------------------------- validated policy
@@ -221,6 +227,7 @@ impl Clone for TenantRoleDoc {
             allow_functions: self.allow_functions.clone(),
             allow_operators: self.allow_operators.clone(),
             unclassified: self.unclassified,
+            guard: self.guard,
         }
     }
 }
@@ -256,6 +263,7 @@ struct RoleDoc2 {
     allow_functions: HashSet<String>,
     allow_operators: HashSet<String>,
     unclassified: Option<Unclassified>,
+    guard: GuardDoc,
 }
 
 /// The policy for one (tenant, role): what the rewriter and firewall use.
@@ -410,6 +418,10 @@ impl Policy {
                 pending_rules.push((loc.clone(), Some("raw"), r.raw.join(","), name.clone()));
                 let allow_functions = functions(&r.allow_functions, &loc, &mut p);
                 let allow_operators = operators(&r.allow_operators, &loc, &mut p);
+                let guard = r.guard.unwrap_or_default();
+                for problem in guard.problems() {
+                    p.push(format!("{loc}: role {name:?}: {problem}"));
+                }
                 policy.roles.insert(
                     rn,
                     RoleDoc2 {
@@ -419,6 +431,7 @@ impl Policy {
                         allow_functions,
                         allow_operators,
                         unclassified: r.unclassified,
+                        guard,
                     },
                 );
             }
@@ -461,6 +474,12 @@ impl Policy {
                     }
                     if let Some(o) = &r.allow_operators {
                         operators(o, &rloc, &mut p);
+                    }
+                    // Checked alone here; the window, once merged with the role's keys (below).
+                    if let Some(g) = &r.guard {
+                        for problem in g.problems().into_iter().filter(|m| !m.contains("window")) {
+                            p.push(format!("{rloc}: role {role:?}: {problem}"));
+                        }
                     }
                     if let Some(raw) = &r.raw {
                         pending_rules.push((
@@ -514,6 +533,18 @@ impl Policy {
                 }
             }
         }
+        // A tenant's guard keys merged with its role's must still name the window their budgets need.
+        for (tenant, t) in &policy.tenants {
+            for (role, o) in &t.roles {
+                if let (Some(g), Some(base)) = (o.guard, policy.roles.get(role)) {
+                    for problem in base.guard.overridden(Some(g)).problems() {
+                        if problem.contains("window") {
+                            p.push(format!("tenant \"{tenant}\": role \"{role}\": {problem}"));
+                        }
+                    }
+                }
+            }
+        }
         if policy.roles.is_empty() && p.0.is_empty() {
             p.push(
                 "no roles are defined: every statement of every role would be refused".to_owned(),
@@ -535,6 +566,18 @@ impl Policy {
     /// Extensions whose objects count as built-ins (`trusted_extensions`, or the default list).
     pub fn trusted_extensions(&self) -> &BTreeSet<String> {
         &self.trusted_extensions
+    }
+
+    /// The exfiltration guard of `role` within `tenant` (the tenant's keys replace the role's one by one);
+    /// `None` when nothing is limited.
+    pub fn guard(&self, tenant: &TenantId, role: &RoleName) -> Option<Limits> {
+        let base = self.roles.get(role)?;
+        let over = self
+            .tenants
+            .get(tenant)
+            .and_then(|t| t.roles.get(role))
+            .and_then(|o| o.guard);
+        base.guard.overridden(over).limits()
     }
 
     /// The roles the policy defines.

@@ -46,6 +46,8 @@ pub struct Versioned {
     /// The statement creates state that outlives it (SQL `PREPARE`, `DECLARE` cursors): it must not be used
     /// once the epoch has changed.
     pub lasting: bool,
+    /// What the statement's audit records say about the decision (`None`: not audited).
+    pub audit: Option<crate::audit::AuditTag>,
 }
 
 /// Decides, per statement string, whether and how it may reach the backend.
@@ -64,7 +66,13 @@ pub trait StatementPolicy: Send + Sync {
             decision: self.check(sql, who),
             epoch: 0,
             lasting: false,
+            audit: None,
         }
+    }
+
+    /// The exfiltration guard of `who` (`crate::exfil`), asked per statement; `None`: nothing is limited.
+    fn guard(&self, _who: &Identity) -> Option<crate::exfil::Limits> {
+        None
     }
 
     /// Whether decisions have epochs that change ([`StatementPolicy::epoch`]): relays then track under which

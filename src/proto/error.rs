@@ -227,6 +227,41 @@ impl PgError {
         )
         .with_hint("Try again; pgveil reloads the tenant's catalog.")
     }
+    /// 53400 (configuration_limit_exceeded, PostgreSQL's code for a configured limit hit while a statement runs,
+    /// as `temp_file_limit`): the exfiltration guard stopped the statement. `window`: of a window budget.
+    pub fn guard_exceeded(budget: &str, limit: u64, window: Option<std::time::Duration>) -> Self {
+        match window {
+            None => Self::new(
+                Severity::Error,
+                "53400",
+                format!(
+                    "pgveil exfiltration guard: the statement returned more than {budget} = {limit} rows; \
+                     it was cancelled"
+                ),
+            )
+            .with_hint("Narrow the statement (WHERE, LIMIT) or fetch in smaller statements."),
+            Some(w) => Self::new(
+                Severity::Error,
+                "53400",
+                format!(
+                    "pgveil exfiltration guard: this user's reads within the {} window exceeded {budget} = \
+                     {limit}; the statement was cancelled",
+                    humantime::format_duration(w)
+                ),
+            )
+            .with_hint("Reads are allowed again when the window ends."),
+        }
+    }
+    /// 53400 FATAL: a statement the guard stopped had already completed inside a transaction block, whose
+    /// state then differs from the error the client was sent: the session is ended (backend discarded).
+    pub fn guard_session_ended() -> Self {
+        Self::new(
+            Severity::Fatal,
+            "53400",
+            "pgveil exfiltration guard: the stopped statement had already completed and its transaction could \
+             not be failed in step with the error; the session is ended (its transaction is rolled back)",
+        )
+    }
     /// Is this FATAL?
     pub fn is_fatal(&self) -> bool {
         self.severity == Severity::Fatal

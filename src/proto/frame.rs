@@ -30,6 +30,10 @@ pub enum Item {
     Inspect(BytesMut),
     /// Bytes to forward unchanged (whole frames, or part of a large streamed frame).
     Forward(BytesMut),
+    /// Counting splitters: the next frame is a counted one beyond the allowance (nothing was consumed).
+    Limit,
+    /// Counting splitters in discard mode: a counted frame (or CopyDone), or part of one, was dropped.
+    Discarded,
 }
 
 /// Incremental frame splitter for one direction.
@@ -37,6 +41,25 @@ pub enum Item {
 pub struct FrameSplitter {
     pass_remaining: usize,
     max_inspected: usize,
+    /// The streamed frame in progress is being dropped.
+    pass_discard: bool,
+    /// Count DataRow and CopyData frames (backend side, for the exfiltration guard and audit).
+    counting: bool,
+    /// Counted frames relayed since the last [`FrameSplitter::take_counts`].
+    rows: u64,
+    /// Their bytes (whole frames).
+    bytes: u64,
+    /// Counted frames still allowed before [`Item::Limit`].
+    pub rows_left: u64,
+    /// Bytes of counted frames still allowed before [`Item::Limit`].
+    pub bytes_left: u64,
+    /// Drop counted frames and CopyDone instead of forwarding them.
+    pub discarding: bool,
+}
+
+/// Frames a counting splitter counts: DataRow and CopyData (one row each in COPY TO, see `crate::exfil`).
+fn counted(tag: u8) -> bool {
+    tag == b'D' || tag == b'd'
 }
 
 impl FrameSplitter {
@@ -45,12 +68,55 @@ impl FrameSplitter {
         Self {
             pass_remaining: 0,
             max_inspected,
+            pass_discard: false,
+            counting: false,
+            rows: 0,
+            bytes: 0,
+            rows_left: u64::MAX,
+            bytes_left: u64::MAX,
+            discarding: false,
         }
+    }
+
+    /// A splitter that also counts DataRow and CopyData frames, within an allowance.
+    pub fn counting(max_inspected: usize) -> Self {
+        Self {
+            counting: true,
+            ..Self::new(max_inspected)
+        }
+    }
+
+    /// Counted frames and their bytes since the last call.
+    pub fn take_counts(&mut self) -> (u64, u64) {
+        (
+            std::mem::take(&mut self.rows),
+            std::mem::take(&mut self.bytes),
+        )
     }
 
     /// True while in the middle of a streamed frame.
     pub fn mid_frame(&self) -> bool {
         self.pass_remaining > 0
+    }
+
+    /// Whether a frame of `tag` and `total` bytes is counted, and fits the allowance (then it is counted).
+    fn admit(&mut self, tag: u8, total: usize) -> bool {
+        if !self.counting || !counted(tag) {
+            return true;
+        }
+        let total = total as u64;
+        if self.rows_left == 0 || total > self.bytes_left {
+            return false;
+        }
+        self.rows_left -= 1;
+        self.bytes_left -= total;
+        self.rows += 1;
+        self.bytes += total;
+        true
+    }
+
+    fn dropped(&self, tag: u8) -> bool {
+        self.discarding && (counted(tag) || tag == b'c')
     }
 
     /// Takes the next item off the front of `buf`, or `None` when more bytes are needed.
@@ -66,7 +132,12 @@ impl FrameSplitter {
             }
             let n = self.pass_remaining.min(buf.len());
             self.pass_remaining -= n;
-            return Ok(Some(Item::Forward(buf.split_to(n))));
+            let bytes = buf.split_to(n);
+            return Ok(Some(if self.pass_discard {
+                Item::Discarded
+            } else {
+                Item::Forward(bytes)
+            }));
         }
         if buf.len() < 5 {
             return Ok(None);
@@ -90,26 +161,42 @@ impl FrameSplitter {
             buf.reserve(total - buf.len());
             return Ok(None);
         }
-        if buf.len() >= total {
-            // Forward as many consecutive whole pass-through frames as are buffered, in one piece.
-            let mut end = total;
-            while buf.len() >= end + 5 {
-                let t = buf[end];
-                let l =
-                    i32::from_be_bytes([buf[end + 1], buf[end + 2], buf[end + 3], buf[end + 4]]);
-                if l < 4 || inspect(t) || buf.len() < end + 1 + l as usize {
-                    break;
-                }
-                end += 1 + l as usize;
-            }
-            return Ok(Some(Item::Forward(buf.split_to(end))));
+        let drop = self.dropped(tag);
+        if buf.len() < total && total <= STREAM_THRESHOLD {
+            buf.reserve(total - buf.len());
+            return Ok(None);
         }
-        if total > STREAM_THRESHOLD {
+        if !drop && !self.admit(tag, total) {
+            return Ok(Some(Item::Limit));
+        }
+        if buf.len() < total {
             self.pass_remaining = total - buf.len();
-            return Ok(Some(Item::Forward(buf.split_to(buf.len()))));
+            self.pass_discard = drop;
+            let bytes = buf.split_to(buf.len());
+            return Ok(Some(if drop {
+                Item::Discarded
+            } else {
+                Item::Forward(bytes)
+            }));
         }
-        buf.reserve(total - buf.len());
-        Ok(None)
+        if drop {
+            let _ = buf.split_to(total);
+            return Ok(Some(Item::Discarded));
+        }
+        // Forward as many consecutive whole pass-through frames as are buffered, in one piece.
+        let mut end = total;
+        while buf.len() >= end + 5 {
+            let t = buf[end];
+            let l = i32::from_be_bytes([buf[end + 1], buf[end + 2], buf[end + 3], buf[end + 4]]);
+            if l < 4 || inspect(t) || buf.len() < end + 1 + l as usize || self.dropped(t) {
+                break;
+            }
+            if !self.admit(t, 1 + l as usize) {
+                break;
+            }
+            end += 1 + l as usize;
+        }
+        Ok(Some(Item::Forward(buf.split_to(end))))
     }
 }
 
@@ -178,5 +265,51 @@ mod tests {
         ));
         let mut buf = BytesMut::from(&[b'Q', 0, 0, 0, 2][..]);
         assert_eq!(s.next(&mut buf, |_| true), Err(FrameError::BadLength(2)));
+    }
+
+    #[test]
+    fn counts_rows_within_an_allowance_then_drops_them_in_discard_mode() {
+        let mut buf = BytesMut::new();
+        for r in [&b"r1"[..], b"r2", b"r3"] {
+            buf.extend_from_slice(&msg(b'D', r));
+        }
+        buf.extend_from_slice(&msg(b'C', b"SELECT 3\0"));
+        let mut s = FrameSplitter::counting(1024);
+        s.rows_left = 2;
+        let is_c = |t| t == b'C';
+        let a = s.next(&mut buf, is_c).unwrap().unwrap();
+        assert_eq!(
+            a,
+            Item::Forward(BytesMut::from(
+                &[msg(b'D', b"r1"), msg(b'D', b"r2")].concat()[..]
+            ))
+        );
+        assert_eq!(s.take_counts(), (2, 14));
+        // The third row is over the allowance: nothing is consumed until the caller decides.
+        assert_eq!(s.next(&mut buf, is_c).unwrap(), Some(Item::Limit));
+        assert_eq!(s.next(&mut buf, is_c).unwrap(), Some(Item::Limit));
+        s.discarding = true;
+        assert_eq!(s.next(&mut buf, is_c).unwrap(), Some(Item::Discarded));
+        assert!(matches!(
+            s.next(&mut buf, is_c).unwrap(),
+            Some(Item::Inspect(_))
+        ));
+        assert_eq!(s.take_counts(), (0, 0));
+        // Byte allowance: a frame larger than what is left is over it; a streamed one is dropped whole.
+        let mut s = FrameSplitter::counting(1024);
+        s.bytes_left = 100;
+        let big = msg(b'd', &vec![1u8; 100_000]);
+        let mut buf = BytesMut::from(&big[..1000]);
+        assert_eq!(s.next(&mut buf, |_| false).unwrap(), Some(Item::Limit));
+        s.discarding = true;
+        assert_eq!(s.next(&mut buf, |_| false).unwrap(), Some(Item::Discarded));
+        buf.extend_from_slice(&big[1000..]);
+        buf.extend_from_slice(&msg(b'Z', b"I"));
+        assert_eq!(s.next(&mut buf, |_| false).unwrap(), Some(Item::Discarded));
+        assert!(!s.mid_frame());
+        assert_eq!(
+            s.next(&mut buf, |_| false).unwrap(),
+            Some(Item::Forward(BytesMut::from(&msg(b'Z', b"I")[..])))
+        );
     }
 }

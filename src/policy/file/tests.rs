@@ -141,3 +141,53 @@ raw = []
         .to_string();
     assert!(err.contains("`hide_length` does not apply"), "{err}");
 }
+
+#[test]
+fn guards_merge_tenant_keys_over_the_roles_and_need_a_window() {
+    let p = load(
+        r#"
+[roles.analyst]
+[roles.analyst.guard]
+max_rows_per_statement = 100
+max_rows = 1000
+window = "1h"
+
+[roles.admin]
+unrestricted = true
+
+[tenants.globex.roles.analyst.guard]
+max_rows = 10
+"#,
+    )
+    .unwrap();
+    let (acme, globex) = (TenantId::new("acme"), TenantId::new("globex"));
+    let analyst = RoleName::new("analyst");
+    let a = p.guard(&acme, &analyst).unwrap();
+    assert_eq!(
+        (a.max_rows_per_statement, a.max_rows, a.window.as_secs()),
+        (Some(100), Some(1000), 3600)
+    );
+    let g = p.guard(&globex, &analyst).unwrap();
+    assert_eq!(
+        (g.max_rows_per_statement, g.max_rows),
+        (Some(100), Some(10))
+    );
+    assert!(p.guard(&acme, &RoleName::new("admin")).is_none());
+    let err = load(
+        r#"
+[roles.analyst]
+[roles.support]
+[roles.support.guard]
+max_bytes = 0
+[tenants.globex.roles.analyst.guard]
+max_rows = 10
+"#,
+    )
+    .unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("max_bytes must be at least 1"), "{text}");
+    assert!(
+        text.contains("tenant \"globex\": role \"analyst\""),
+        "{text}"
+    );
+}
