@@ -97,6 +97,7 @@ pub struct Shared {
 pub struct Server {
     shared: Arc<Shared>,
     listener: TcpListener,
+    addr: SocketAddr,
     shutdown_tx: watch::Sender<bool>,
 }
 
@@ -187,6 +188,10 @@ impl Server {
                     addr: cfg.listen.addr,
                     source,
                 })?;
+        let addr = listener.local_addr().map_err(|source| ServerError::Bind {
+            addr: cfg.listen.addr,
+            source,
+        })?;
         let (shutdown_tx, shutdown) = watch::channel(false);
         let sessions = Arc::new(SessionRegistry::default());
         if let (Some(cache), Some(c)) = (&revocations, &cfg.control) {
@@ -213,15 +218,14 @@ impl Server {
         Ok(Server {
             shared,
             listener,
+            addr,
             shutdown_tx,
         })
     }
 
     /// The bound address (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .expect("bound listener has an address")
+        self.addr
     }
 
     /// Shared state (for tests and metrics).
@@ -236,6 +240,7 @@ impl Server {
             shared,
             listener,
             shutdown_tx,
+            addr: _,
         } = self;
         tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "pgveil listening");
         let mut tasks = tokio::task::JoinSet::new();

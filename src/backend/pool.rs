@@ -2,10 +2,11 @@
 //! session used, and no backend ever crosses tenants. Built on deadpool's managed pool.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool::managed::{self, Metrics, RecycleError, RecycleResult, Timeouts};
+use parking_lot::Mutex;
 
 use super::connect::{self, BackendConn, BackendTarget, ConnectError};
 use super::health;
@@ -154,7 +155,7 @@ impl managed::Manager for Manager {
         let mut conn = self.connect_rotating().await?;
         conn.reset_timeout = self.reset_timeout;
         tracing::debug!(tenant = %self.tenant.id, pid = conn.key.pid, "backend connection opened");
-        *self.greeting.lock().expect("greeting lock poisoned") = Some(Greeting {
+        *self.greeting.lock() = Some(Greeting {
             params: conn.params.clone(),
             dbname: conn.target.dbname.clone(),
         });
@@ -196,7 +197,13 @@ pub enum CheckoutError {
     /// The pool is closed (shutdown).
     #[error("pool closed")]
     Closed,
+    /// The pool could not be built (deadpool refused its settings).
+    #[error("backend pool: {0}")]
+    Build(#[from] managed::BuildError),
 }
+
+/// A pool and the greeting its backends gave (once one has been opened).
+type PoolEntry = (Pool, Arc<Mutex<Option<Greeting>>>);
 
 /// All pools, created on first use.
 pub struct Pools {
@@ -204,7 +211,7 @@ pub struct Pools {
     checkout_timeout: Duration,
     connect_timeout: Duration,
     reset_timeout: Duration,
-    pools: Mutex<HashMap<PoolKey, (Pool, Arc<Mutex<Option<Greeting>>>)>>,
+    pools: Mutex<HashMap<PoolKey, PoolEntry>>,
     /// Per pool: the tenant-defined function names its backends see, and when they were read.
     functions: Mutex<HashMap<PoolKey, (std::time::Instant, FunctionNames)>>,
 }
@@ -240,7 +247,7 @@ impl Pools {
             tenant: tenant.id.clone(),
             role_class: role_class.clone(),
         };
-        let map = self.functions.lock().expect("functions lock poisoned");
+        let map = self.functions.lock();
         map.get(&key).cloned()
     }
 
@@ -250,52 +257,50 @@ impl Pools {
             tenant: tenant.id.clone(),
             role_class: role_class.clone(),
         };
-        let mut map = self.functions.lock().expect("functions lock poisoned");
+        let mut map = self.functions.lock();
         map.insert(key, (std::time::Instant::now(), names));
     }
 
     /// The greeting of (tenant, role class)'s backends, once one has been opened.
     pub fn greeting(&self, tenant: &Arc<Tenant>, role_class: &RoleName) -> Option<Greeting> {
-        let greeting = self.entry(tenant, role_class).1;
-        greeting.lock().expect("greeting lock poisoned").clone()
+        let greeting = self.entry(tenant, role_class).ok()?.1;
+        greeting.lock().clone()
     }
 
-    fn pool(&self, tenant: &Arc<Tenant>, role_class: &RoleName) -> Pool {
-        self.entry(tenant, role_class).0
+    fn pool(&self, tenant: &Arc<Tenant>, role_class: &RoleName) -> Result<Pool, CheckoutError> {
+        Ok(self.entry(tenant, role_class)?.0)
     }
 
     fn entry(
         &self,
         tenant: &Arc<Tenant>,
         role_class: &RoleName,
-    ) -> (Pool, Arc<Mutex<Option<Greeting>>>) {
+    ) -> Result<PoolEntry, CheckoutError> {
         let key = PoolKey {
             tenant: tenant.id.clone(),
             role_class: role_class.clone(),
         };
-        let mut pools = self.pools.lock().expect("pools lock poisoned");
-        pools
-            .entry(key)
-            .or_insert_with(|| {
-                let greeting = Arc::new(Mutex::new(None));
-                let manager = Manager {
-                    tenant: tenant.clone(),
-                    secrets: self.secrets.clone(),
-                    connect_timeout: self.connect_timeout,
-                    reset_timeout: self.reset_timeout,
-                    greeting: greeting.clone(),
-                };
-                // LIFO: the most recently used backends stay hot (CPU caches, plan caches, pgveil's statement
-                // cache); idle ones are the ones left alone.
-                let pool = Pool::builder(manager)
-                    .max_size(tenant.pool_size)
-                    .queue_mode(deadpool::managed::QueueMode::Lifo)
-                    .runtime(deadpool::Runtime::Tokio1)
-                    .build()
-                    .expect("runtime is set");
-                (pool, greeting)
-            })
-            .clone()
+        let mut pools = self.pools.lock();
+        if let Some(entry) = pools.get(&key) {
+            return Ok(entry.clone());
+        }
+        let greeting = Arc::new(Mutex::new(None));
+        let manager = Manager {
+            tenant: tenant.clone(),
+            secrets: self.secrets.clone(),
+            connect_timeout: self.connect_timeout,
+            reset_timeout: self.reset_timeout,
+            greeting: greeting.clone(),
+        };
+        // LIFO: the most recently used backends stay hot (CPU caches, plan caches, pgveil's statement
+        // cache); idle ones are the ones left alone.
+        let pool = Pool::builder(manager)
+            .max_size(tenant.pool_size)
+            .queue_mode(deadpool::managed::QueueMode::Lifo)
+            .runtime(deadpool::Runtime::Tokio1)
+            .build()?;
+        pools.insert(key, (pool.clone(), greeting.clone()));
+        Ok((pool, greeting))
     }
 
     /// A backend for (tenant, role class) if one is free or can be opened now (no waiting in the queue).
@@ -304,7 +309,7 @@ impl Pools {
         tenant: &Arc<Tenant>,
         role_class: &RoleName,
     ) -> Result<Option<PooledConn>, CheckoutError> {
-        let pool = self.pool(tenant, role_class);
+        let pool = self.pool(tenant, role_class)?;
         // Fast path (every transaction in transaction mode): a free backend, no timers. Recycling is a flag
         // check and one non-blocking read, so it needs no timeout.
         let immediate = Timeouts {
@@ -336,7 +341,7 @@ impl Pools {
         if let Some(conn) = self.try_checkout(tenant, role_class).await? {
             return Ok(conn);
         }
-        let pool = self.pool(tenant, role_class);
+        let pool = self.pool(tenant, role_class)?;
         let timeouts = Timeouts {
             wait: Some(self.checkout_timeout),
             create: Some(self.connect_timeout),
@@ -360,7 +365,7 @@ impl Pools {
 
     /// Closes every pool (shutdown): idle connections are dropped, waiting checkouts fail.
     pub fn close_all(&self) {
-        for (pool, _) in self.pools.lock().expect("pools lock poisoned").values() {
+        for (pool, _) in self.pools.lock().values() {
             pool.close();
         }
     }
@@ -369,7 +374,6 @@ impl Pools {
     pub fn status(&self) -> Vec<(PoolKey, usize, usize)> {
         self.pools
             .lock()
-            .expect("pools lock poisoned")
             .iter()
             .map(|(k, (p, _))| {
                 let s = p.status();

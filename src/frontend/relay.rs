@@ -534,7 +534,7 @@ impl<'a> Relay<'a> {
         stmts: &mut BackendStatements,
     ) -> Result<Step, PgError> {
         let body = payload(frame);
-        let t = self.txn.as_mut().expect("transaction mode");
+        let t = self.txn.as_mut().ok_or_else(PgError::internal)?;
         let denied = match frame[0] {
             tag::PARSE => {
                 t.unsynced = true;
@@ -542,7 +542,7 @@ impl<'a> Relay<'a> {
                     .ok_or_else(|| PgError::protocol_violation("invalid Parse message"))?;
                 let (name, param_types) = (p.name, p.param_types);
                 let decision = self.decide(p.sql, Some(name));
-                let t = self.txn.as_mut().expect("transaction mode");
+                let t = self.txn.as_mut().ok_or_else(PgError::internal)?;
                 let sql: &[u8] = match &decision {
                     Decision::Allow => p.sql,
                     Decision::Rewrite(s) => s.as_bytes(),

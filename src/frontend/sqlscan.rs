@@ -323,7 +323,10 @@ impl<'a> Lexer<'a> {
     }
 
     fn skip_dollar(&mut self) {
-        let len = self.dollar_tag().expect("checked");
+        let Some(len) = self.dollar_tag() else {
+            self.i += 1; // the caller checked the tag; never stay in place
+            return;
+        };
         let tag = &self.s[self.i..self.i + len];
         self.i += len;
         match self.s[self.i..].windows(len).position(|w| w == tag) {

@@ -227,6 +227,10 @@ impl PgError {
         )
         .with_hint("Try again; pgveil reloads the tenant's catalog.")
     }
+    /// XX000 FATAL: an invariant of pgveil's own code did not hold; the session is ended (details in the log).
+    pub fn internal() -> Self {
+        Self::new(Severity::Fatal, "XX000", "pgveil: internal error")
+    }
     /// Is this FATAL?
     pub fn is_fatal(&self) -> bool {
         self.severity == Severity::Fatal
