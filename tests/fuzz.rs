@@ -1,5 +1,5 @@
 //! The fuzz targets (fuzz/targets.rs) as a bounded, deterministic test: every committed corpus input of each
-//! target, then inputs mutated from them with a fixed seed (`PGVEIL_FUZZ_ITERS` per target, default 1000;
+//! target, then inputs mutated from them with a fixed seed (`PGVEIL_FUZZ_ITERS` per target, default 5000;
 //! `PGVEIL_FUZZ_SEED` picks another seed). No instrumentation: the coverage-guided long run is the `fuzz/`
 //! crate under cargo-afl (README "Tests"). A failing input is printed and saved under target/fuzz-failures/.
 // Test code: a failed unwrap is a failed test; std locks are fine here.
@@ -151,7 +151,7 @@ fn fuzz(name: &str) {
         run_one(name, target, &path.display().to_string(), data);
     }
     let dict = dictionary(&fuzz_dir().join("dict").join(format!("{name}.dict")));
-    let iterations = env_u64("PGVEIL_FUZZ_ITERS", 1000);
+    let iterations = env_u64("PGVEIL_FUZZ_ITERS", 5000);
     let seed = env_u64("PGVEIL_FUZZ_SEED", 0x9e37_79b9_7f4a_7c15) ^ fnv(name.as_bytes());
     let mut rng = StdRng::seed_from_u64(seed);
     for i in 0..iterations {

@@ -161,6 +161,25 @@ mod tests {
         }
     }
 
+    /// A panic while the registry's lock is held does not fail later callers (parking_lot does not poison).
+    #[test]
+    fn a_panic_under_the_lock_does_not_poison_it() {
+        let r = Arc::new(SessionRegistry::default());
+        let a = r.register(new("alice", "acme", None, None)).unwrap();
+        let r2 = r.clone();
+        let panicked = std::thread::spawn(move || {
+            let _held = r2.live.lock();
+            panic!("while holding the registry lock");
+        })
+        .join();
+        assert!(panicked.is_err());
+        assert_eq!(r.len(), 1);
+        drop(a);
+        assert_eq!(r.len(), 0);
+        let _b = r.register(new("bob", "acme", None, None)).unwrap();
+        assert_eq!(r.len(), 1);
+    }
+
     #[test]
     fn caps_count_live_sessions_only() {
         let r = Arc::new(SessionRegistry::default());
