@@ -272,7 +272,13 @@ impl<'a> Lexer<'a> {
                         }
                     }
                     let word = &self.s[start..self.i];
-                    if self.peek(0) == b'\'' {
+                    // Only E'', B'', X'' and N'' are one literal; `DO'...'` is DO and a string.
+                    if self.peek(0) == b'\''
+                        && matches!(
+                            word,
+                            [b'e' | b'E' | b'b' | b'B' | b'x' | b'X' | b'n' | b'N']
+                        )
+                    {
                         // E'...' has backslash escapes; B'', X'', N'', U&'' do not matter here.
                         self.skip_quoted(b'\'', word.eq_ignore_ascii_case(b"e"));
                         return Tok::Other;
@@ -361,6 +367,9 @@ mod tests {
         assert!(scan(b"\x0bDEALLOCATE ALL").drops_statements);
         assert_eq!(scan(b"\x0bPREPARE p AS SELECT 1").pins, Some("SQL PREPARE"));
         assert!(scan(b"-- x\rSET work_mem = '1MB'").settings);
+        // A keyword right before a string.
+        assert!(scan(b"DO'BEGIN PERFORM 1; END'").settings);
+        assert_eq!(scan(b"LOAD'auto_explain'").pins, Some("LOAD"));
         assert_eq!(scan(b"-- x\rLISTEN ch").pins, Some("LISTEN"));
         // A word that a closing dollar quote follows.
         assert_eq!(
