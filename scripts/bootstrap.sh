@@ -18,6 +18,7 @@
 #             the Kubernetes manifests) (each only when its import fails);
 #        npm: playwright-core in tests/browser (drives Debian's chromium; no browser is downloaded) and
 #             node-postgres (pg) and postgres.js (postgres) in tests/node (npm ci: the lock file's versions).
+#        Rust: the clippy and rustfmt components (tests/run.sh checks lints and formatting), when missing.
 #
 # Runs as root, or as a user with sudo. It never starts or stops the system PostgreSQL service: while it
 # installs packages it asks Debian not to auto-start services (policy-rc.d), and a cluster the package starts
@@ -150,6 +151,20 @@ bootstrap_rust() {
     fi
 }
 
+# The clippy and rustfmt components (tests/run.sh runs `cargo clippy` and `cargo fmt --check`), when missing.
+bootstrap_rust_components() {
+    local missing=()
+    cargo clippy --version >/dev/null 2>&1 || missing+=(clippy)
+    cargo fmt --version >/dev/null 2>&1 || missing+=(rustfmt)
+    [ "${#missing[@]}" -gt 0 ] || return 0
+    if ! command -v rustup >/dev/null 2>&1; then
+        bootstrap_log "missing Rust components ${missing[*]}, and no rustup to install them"
+        return 1
+    fi
+    bootstrap_log "installing ${missing[*]} (rustup component)"
+    rustup component add "${missing[@]}" >&2 || return
+}
+
 # bootstrap demo|tests
 bootstrap() {
     local mode=${1:-}
@@ -168,6 +183,9 @@ bootstrap() {
         bootstrap_npm "$root" || return
     fi
     bootstrap_rust
+    if [ "$mode" = tests ]; then
+        bootstrap_rust_components || return
+    fi
 }
 
 # Run directly (not sourced): bootstrap the given mode.

@@ -2,10 +2,11 @@
 //! backend's own key) only to the backend currently serving that client. Unknown keys do nothing.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use parking_lot::Mutex;
 use tokio::io::AsyncWriteExt;
 
 use crate::backend::{BackendKey, BackendTarget};
@@ -36,24 +37,20 @@ pub struct CancelHandle {
 impl CancelHandle {
     /// Records which backend serves the client now (None while it holds none).
     pub fn set_backend(&self, backend: Option<(Arc<BackendTarget>, BackendKey)>) {
-        *self.slot.lock().expect("cancel slot poisoned") = backend;
+        *self.slot.lock() = backend;
     }
 }
 
 impl Drop for CancelHandle {
     fn drop(&mut self) {
-        self.registry
-            .entries
-            .lock()
-            .expect("cancel registry poisoned")
-            .remove(&self.pid);
+        self.registry.entries.lock().remove(&self.pid);
     }
 }
 
 impl CancelRegistry {
     /// Registers a new client with a fresh random key.
     pub fn register(self: &Arc<Self>) -> CancelHandle {
-        let mut entries = self.entries.lock().expect("cancel registry poisoned");
+        let mut entries = self.entries.lock();
         let pid = loop {
             let pid = rand::random::<i32>() & 0x7fff_ffff;
             if pid != 0 && !entries.contains_key(&pid) {
@@ -80,12 +77,10 @@ impl CancelRegistry {
     /// Handles a CancelRequest: forwards it to the matching client's current backend, if any.
     pub async fn cancel(&self, pid: i32, secret: i32) {
         let target = {
-            let entries = self.entries.lock().expect("cancel registry poisoned");
+            let entries = self.entries.lock();
             match entries.get(&pid) {
                 // Integer equality does not leak timing about how many bits matched.
-                Some(e) if e.secret == secret => {
-                    e.slot.lock().expect("cancel slot poisoned").clone()
-                }
+                Some(e) if e.secret == secret => e.slot.lock().clone(),
                 _ => None,
             }
         };
@@ -102,7 +97,7 @@ impl CancelRegistry {
 
     /// Number of registered clients.
     pub fn len(&self) -> usize {
-        self.entries.lock().expect("cancel registry poisoned").len()
+        self.entries.lock().len()
     }
 
     /// True when no client is registered.

@@ -107,6 +107,7 @@ pub struct Shared {
 pub struct Server {
     shared: Arc<Shared>,
     listener: TcpListener,
+    addr: SocketAddr,
     shutdown_tx: watch::Sender<bool>,
     loops: Option<Arc<EventLoops>>,
 }
@@ -204,6 +205,10 @@ impl Server {
                     source,
                 })?;
         let audit = Auditor::start(&cfg.audit).map_err(ServerError::Audit)?;
+        let addr = listener.local_addr().map_err(|source| ServerError::Bind {
+            addr: cfg.listen.addr,
+            source,
+        })?;
         let (shutdown_tx, shutdown) = watch::channel(false);
         let sessions = Arc::new(SessionRegistry::default());
         if let (Some(cache), Some(c)) = (&revocations, &cfg.control) {
@@ -232,6 +237,7 @@ impl Server {
         Ok(Server {
             shared,
             listener,
+            addr,
             shutdown_tx,
             loops: opts.loops,
         })
@@ -239,9 +245,7 @@ impl Server {
 
     /// The bound address (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .expect("bound listener has an address")
+        self.addr
     }
 
     /// Shared state (for tests and metrics).
@@ -257,6 +261,7 @@ impl Server {
             listener,
             shutdown_tx,
             loops,
+            addr: _,
         } = self;
         tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "pgveil listening");
         let idle_check = idle_check(&shared);

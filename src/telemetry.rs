@@ -47,13 +47,15 @@ const SECONDS: &[f64] = &[
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
 /// Installs the Prometheus recorder for this process (once; later calls return the same handle). Until it is
-/// installed, every `metrics::` call is a no-op. `None` when another recorder was installed first.
+/// installed, every `metrics::` call is a no-op. `None` when another recorder was installed first (or, never
+/// expected, the exporter refused the bucket list: logged).
 pub fn install() -> Option<PrometheusHandle> {
     HANDLE
         .get_or_init(|| {
             let recorder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS)
-                .expect("non-empty bucket list")
+                .inspect_err(|e| tracing::error!(error = %e, "metrics: histogram buckets refused"))
+                .ok()?
                 .build_recorder();
             let handle = recorder.handle();
             metrics::set_global_recorder(recorder).ok()?;
@@ -129,6 +131,7 @@ fn describe() {
 /// A bound `/metrics` listener.
 pub struct MetricsServer {
     listener: TcpListener,
+    addr: SocketAddr,
     handle: PrometheusHandle,
 }
 
@@ -143,14 +146,22 @@ impl MetricsServer {
                     addr: cfg.addr,
                     source,
                 })?;
-        Ok(MetricsServer { listener, handle })
+        let addr = listener
+            .local_addr()
+            .map_err(|source| TelemetryError::Bind {
+                addr: cfg.addr,
+                source,
+            })?;
+        Ok(MetricsServer {
+            listener,
+            addr,
+            handle,
+        })
     }
 
     /// The bound address.
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .expect("bound listener has an address")
+        self.addr
     }
 
     /// Serves `GET /metrics` until `stop` resolves; runs the recorder's upkeep every few seconds.

@@ -1,5 +1,7 @@
 //! What a newcomer sees when a command fails or uses the demo's file secret store: one line per error (with the
 //! hint), the full chain only when RUST_BACKTRACE asks for it, and the file-store warning once per command.
+// Test code: a failed unwrap is a failed test; std locks are fine here.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_types)]
 
 use std::process::{Command, Output};
 

@@ -5,6 +5,8 @@
 //! its own objects: `\copy` in uses a scratch table on acme, pgbench owns clearco's `pgbench_*` tables,
 //! asyncpg writes only to a temporary table. Catalog listings (`\d`, `\dt`, ...) are compared on globex,
 //! which nothing modifies.
+// Test code: a failed unwrap is a failed test; std locks are fine here.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_types)]
 
 mod support;
 

@@ -4,6 +4,8 @@
 //! lower, reversed, hex, base64) and must contain none. The same queries as `admin` do show canaries (so
 //! the search works). Also: transparency of psql's `\d` family, pseudonym determinism and joinability,
 //! policy hot reload with an invalid policy kept out.
+// Test code: a failed unwrap is a failed test; std locks are fine here.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_types)]
 
 mod support;
 

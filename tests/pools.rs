@@ -3,6 +3,8 @@
 //! UPDATE or a skip-until-Sync state), dead pooled backends are never handed out, a refused Parse of the
 //! unnamed statement leaves none, transaction-mode logins do not need a free backend, and the startup phase
 //! and oversized frames are bounded.
+// Test code: a failed unwrap is a failed test; std locks are fine here.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_types)]
 
 mod support;
 mod txpool_raw;
@@ -495,7 +497,7 @@ fn big_statements_memory_bounded(fx: &Fixture) -> Result<()> {
         let c = fx.connect_to(proxy.addr, "acme", "analyst").await?;
         let big = |i: usize| {
             let pad = format!("{i:04}").repeat(256 * 1024);
-            if i % 2 == 0 {
+            if i.is_multiple_of(2) {
                 format!("SELECT email FROM payers /* {pad} */ WHERE id < 3")
             } else {
                 format!("SELECT email, '{pad}' AS pad FROM payers WHERE id < 3")

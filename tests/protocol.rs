@@ -2,6 +2,8 @@
 //! a direct connection (simple, extended, binary), portals, COPY, errors in transactions, notices and
 //! notifications, cancel, backend reuse without leaked state, disconnects and backend failures, startup
 //! settings, and the statement policy hook (deny and rewrite, in transactions and pipelines).
+// Test code: a failed unwrap is a failed test; std locks are fine here.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_types)]
 
 mod support;
 

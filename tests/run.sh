@@ -6,8 +6,10 @@
 # "demo" mode; that file lists what each mode installs): PostgreSQL's server and client, clang/libclang,
 # build tools, pgbouncer, chromium and chromium-driver, node/npm, python3/pip, the Python and npm packages
 # the client tests use, and Rust (rustup) when no cargo is found;
-# then runs `cargo test --locked --release --all-targets --no-fail-fast "$@"` and, for a whole run (no arguments), the Debian
-# package test tests/deb.sh; exits non-zero when either failed.
+# then, for a whole run (no arguments), checks formatting (`cargo fmt --check`) and lints (`cargo clippy --release
+# --all-targets -- -D warnings`, the [lints] of Cargo.toml and clippy.toml included), runs
+# `cargo test --locked --release --all-targets --no-fail-fast "$@"` and, again for a whole run, the Debian
+# package test tests/deb.sh; exits non-zero when any of them failed (each counts as one test in the summary).
 #
 # The tests start their own throwaway PostgreSQL clusters on free ports. Neither script ever starts or
 # stops the system PostgreSQL service.
@@ -19,11 +21,34 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/bootstrap.sh
 bootstrap tests
 
+log_file=$(mktemp)
+status=0
+
+# Runs a check ("$1" names it, the rest is the command) and counts it as one test in the summary.
+check() {
+    local name=$1 started=$SECONDS
+    shift
+    echo "==> $name: $*"
+    if "$@"; then
+        echo "test result: ok. 1 passed; 0 failed ($name, $((SECONDS - started)) s)" | tee -a "$log_file"
+    else
+        echo "test result: FAILED. 0 passed; 1 failed ($name)" | tee -a "$log_file"
+        status=1
+    fi
+}
+
+# ---- formatting and lints (a whole run; before the tests, which still run when these fail) -----------
+# clippy in release mode shares the test build's build scripts and proc macros.
+if [ "$#" -eq 0 ]; then
+    check rustfmt cargo fmt --all --check
+    check rustfmt-fuzz rustfmt --edition 2024 --check fuzz/main.rs
+    check clippy cargo clippy --locked --release --all-targets -- -D warnings
+fi
+
 # ---- the test suite -------------------------------------------------------------------------------
 # --all-targets: unit and end-to-end tests (there are no doc tests); a summary line closes the output.
-log_file=$(mktemp)
-if cargo test --locked --release --all-targets --no-fail-fast "$@" 2>&1 | tee "$log_file"; then
-    status=0
+if cargo test --locked --release --all-targets --no-fail-fast "$@" 2>&1 | tee -a "$log_file"; then
+    :
 else
     status=${PIPESTATUS[0]}
 fi

@@ -4,6 +4,10 @@
 //! password (simple, and the AWSPENDING flow) and of the user (alternating users) while clients are connected
 //! and connecting; a store outage within and past the staleness bound, and recovery; no secret value in logs,
 //! client errors or Debug output. Tests run one at a time (they share moto and the tenants' passwords).
+// Test code: a failed unwrap is a failed test; std locks are fine here.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_types)]
+// `std::env::set_var` in main, before any other thread exists (see the SAFETY comment there).
+#![allow(unsafe_code)]
 
 mod secrets_env;
 mod support;

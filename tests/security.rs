@@ -2,6 +2,8 @@
 //! the TLS policy, handshake and session-phase protocol abuse, identity-changing startup settings, connection
 //! limits, backend failures and secret leaks. Every refusal is checked for its exact SQLSTATE and, where the
 //! protocol says so, for the connection being closed afterwards.
+// Test code: a failed unwrap is a failed test; std locks are fine here.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_types)]
 
 mod support;
 

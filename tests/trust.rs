@@ -8,6 +8,8 @@
 //! - versions: prepared statements (protocol and SQL) and WITH HOLD cursors made under an old policy or
 //!   catalog never return rows after the change;
 //! - tenant-side session defaults (`ALTER ROLE ... SET`) checked at backend start.
+// Test code: a failed unwrap is a failed test; std locks are fine here.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_types)]
 
 mod support;
 

@@ -2,6 +2,8 @@
 //! (tokio-postgres, psycopg `prepare=True`, asyncpg, `pgbench -M prepared`), the exact extended-protocol
 //! responses compared with direct PostgreSQL, isolation of statements and settings between clients, pinning,
 //! cancel, the queue timeout, and backends or clients that die mid-transaction.
+// Test code: a failed unwrap is a failed test; std locks are fine here.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_types)]
 
 mod support;
 mod txpool_raw;

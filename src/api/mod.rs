@@ -200,6 +200,7 @@ pub struct ApiState {
 /// A bound API server.
 pub struct ApiServer {
     listener: TcpListener,
+    addr: SocketAddr,
     tls: TlsAcceptor,
     state: Arc<ApiState>,
 }
@@ -267,6 +268,9 @@ impl ApiServer {
         let listener = TcpListener::bind(api.addr)
             .await
             .map_err(|e| ApiError::Io(format!("cannot listen on {}: {e}", api.addr)))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| ApiError::Io(format!("cannot listen on {}: {e}", api.addr)))?;
         let state = Arc::new(ApiState {
             mfa: MfaService::new(db, secret_box, api.throttle.clone()),
             signer,
@@ -285,6 +289,7 @@ impl ApiServer {
         });
         Ok(ApiServer {
             listener,
+            addr,
             tls: TlsAcceptor::from(Arc::new(server_tls)),
             state,
         })
@@ -292,9 +297,7 @@ impl ApiServer {
 
     /// The bound address.
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .expect("bound listener has an address")
+        self.addr
     }
 
     /// Serves until `stop` resolves.

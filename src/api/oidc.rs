@@ -3,11 +3,11 @@
 //! the `email` claim, which must name the user logging in.
 
 use std::path::PathBuf;
-use std::sync::RwLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use parking_lot::RwLock;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -94,7 +94,7 @@ impl OidcVerifier {
         let mut key = self.key_for(header.kid.as_deref(), header.alg);
         if key.is_none() && self.cfg.jwks_url.is_some() && self.stale_or_unknown() {
             let set = load_jwks(&self.cfg).await?;
-            *self.jwks.write().unwrap_or_else(|e| e.into_inner()) = (set, Some(Instant::now()));
+            *self.jwks.write() = (set, Some(Instant::now()));
             key = self.key_for(header.kid.as_deref(), header.alg);
         }
         let key = key.ok_or(OidcError::BadSignature)?;
@@ -151,12 +151,12 @@ impl OidcVerifier {
     }
 
     fn stale_or_unknown(&self) -> bool {
-        let g = self.jwks.read().unwrap_or_else(|e| e.into_inner());
+        let g = self.jwks.read();
         g.1.is_none_or(|t| t.elapsed() > Duration::from_secs(30))
     }
 
     fn key_for(&self, kid: Option<&str>, alg: Algorithm) -> Option<DecodingKey> {
-        let g = self.jwks.read().unwrap_or_else(|e| e.into_inner());
+        let g = self.jwks.read();
         if g.1.is_some_and(|t| t.elapsed() > JWKS_TTL) && self.cfg.jwks_url.is_some() {
             return None;
         }

@@ -2,10 +2,11 @@
 //! session used, and no backend ever crosses tenants. Built on deadpool's managed pool.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool::managed::{self, Metrics, RecycleError, RecycleResult, Timeouts};
+use parking_lot::Mutex;
 
 use super::connect::{self, BackendConn, BackendTarget, ConnectError};
 use super::health;
@@ -145,7 +146,7 @@ impl managed::Manager for Manager {
         let mut conn = self.connect_rotating().await?;
         conn.reset_timeout = self.reset_timeout;
         tracing::debug!(tenant = %self.tenant.id, pid = conn.key.pid, "backend connection opened");
-        *self.greeting.lock().expect("greeting lock poisoned") = Some(Greeting {
+        *self.greeting.lock() = Some(Greeting {
             params: conn.params.clone(),
             dbname: conn.target.dbname.clone(),
         });
@@ -214,7 +215,13 @@ pub enum CheckoutError {
     /// The pool is closed (shutdown).
     #[error("pool closed")]
     Closed,
+    /// The pool could not be built (deadpool refused its settings).
+    #[error("backend pool: {0}")]
+    Build(#[from] managed::BuildError),
 }
+
+/// A pool and the greeting its backends gave (once one has been opened).
+type PoolEntry = (Shares, Arc<Mutex<Option<Greeting>>>);
 
 /// All pools, created on first use.
 pub struct Pools {
@@ -224,7 +231,7 @@ pub struct Pools {
     reset_timeout: Duration,
     /// Event loops sharing the pools (see [`Shares`]).
     loops: usize,
-    pools: Mutex<HashMap<PoolKey, (Shares, Arc<Mutex<Option<Greeting>>>)>>,
+    pools: Mutex<HashMap<PoolKey, PoolEntry>>,
     /// Per pool: the tenant-defined function names its backends see, and when they were read.
     functions: Mutex<HashMap<PoolKey, (std::time::Instant, FunctionNames)>>,
 }
@@ -262,7 +269,7 @@ impl Pools {
             tenant: tenant.id.clone(),
             role_class: role_class.clone(),
         };
-        let map = self.functions.lock().expect("functions lock poisoned");
+        let map = self.functions.lock();
         map.get(&key).cloned()
     }
 
@@ -272,57 +279,56 @@ impl Pools {
             tenant: tenant.id.clone(),
             role_class: role_class.clone(),
         };
-        let mut map = self.functions.lock().expect("functions lock poisoned");
+        let mut map = self.functions.lock();
         map.insert(key, (std::time::Instant::now(), names));
     }
 
     /// The greeting of (tenant, role class)'s backends, once one has been opened.
     pub fn greeting(&self, tenant: &Arc<Tenant>, role_class: &RoleName) -> Option<Greeting> {
-        let greeting = self.entry(tenant, role_class).1;
-        greeting.lock().expect("greeting lock poisoned").clone()
+        let greeting = self.entry(tenant, role_class).ok()?.1;
+        greeting.lock().clone()
     }
 
-    fn shares(&self, tenant: &Arc<Tenant>, role_class: &RoleName) -> Shares {
-        self.entry(tenant, role_class).0
+    fn shares(&self, tenant: &Arc<Tenant>, role_class: &RoleName) -> Result<Shares, CheckoutError> {
+        Ok(self.entry(tenant, role_class)?.0)
     }
 
     fn entry(
         &self,
         tenant: &Arc<Tenant>,
         role_class: &RoleName,
-    ) -> (Shares, Arc<Mutex<Option<Greeting>>>) {
+    ) -> Result<PoolEntry, CheckoutError> {
         let key = PoolKey {
             tenant: tenant.id.clone(),
             role_class: role_class.clone(),
         };
-        let mut pools = self.pools.lock().expect("pools lock poisoned");
-        pools
-            .entry(key)
-            .or_insert_with(|| {
-                let greeting = Arc::new(Mutex::new(None));
-                let shares = Shares::split(tenant.pool_size, self.loops)
-                    .into_iter()
-                    .map(|size| {
-                        let manager = Manager {
-                            tenant: tenant.clone(),
-                            secrets: self.secrets.clone(),
-                            connect_timeout: self.connect_timeout,
-                            reset_timeout: self.reset_timeout,
-                            greeting: greeting.clone(),
-                        };
-                        // LIFO: the most recently used backends stay hot (CPU caches, plan caches,
-                        // pgveil's statement cache); idle ones are the ones left alone.
-                        Pool::builder(manager)
-                            .max_size(size)
-                            .queue_mode(deadpool::managed::QueueMode::Lifo)
-                            .runtime(deadpool::Runtime::Tokio1)
-                            .build()
-                            .expect("runtime is set")
-                    })
-                    .collect();
-                (Shares(shares), greeting)
-            })
-            .clone()
+        let mut pools = self.pools.lock();
+        if let Some(entry) = pools.get(&key) {
+            return Ok(entry.clone());
+        }
+        let greeting = Arc::new(Mutex::new(None));
+        let mut shares = Vec::new();
+        for size in Shares::split(tenant.pool_size, self.loops) {
+            let manager = Manager {
+                tenant: tenant.clone(),
+                secrets: self.secrets.clone(),
+                connect_timeout: self.connect_timeout,
+                reset_timeout: self.reset_timeout,
+                greeting: greeting.clone(),
+            };
+            // LIFO: the most recently used backends stay hot (CPU caches, plan caches, pgveil's statement
+            // cache); idle ones are the ones left alone.
+            shares.push(
+                Pool::builder(manager)
+                    .max_size(size)
+                    .queue_mode(deadpool::managed::QueueMode::Lifo)
+                    .runtime(deadpool::Runtime::Tokio1)
+                    .build()?,
+            );
+        }
+        let entry = (Shares(shares.into()), greeting);
+        pools.insert(key, entry.clone());
+        Ok(entry)
     }
 
     /// A backend for (tenant, role class) if one is free or can be opened now (no waiting in the queue):
@@ -332,7 +338,7 @@ impl Pools {
         tenant: &Arc<Tenant>,
         role_class: &RoleName,
     ) -> Result<Option<PooledConn>, CheckoutError> {
-        let shares = self.shares(tenant, role_class);
+        let shares = self.shares(tenant, role_class)?;
         let home = shares.home();
         if let Some(conn) = self.immediate(&shares.0[home]).await? {
             metrics::counter!("pgveil_pool_checkouts_total", "result" => "immediate").increment(1);
@@ -389,7 +395,7 @@ impl Pools {
         if let Some(conn) = self.try_checkout(tenant, role_class).await? {
             return Ok(conn);
         }
-        let shares = self.shares(tenant, role_class);
+        let shares = self.shares(tenant, role_class)?;
         let home = shares.home();
         let started = std::time::Instant::now();
         let deadline = started + self.checkout_timeout;
@@ -437,7 +443,6 @@ impl Pools {
         let pools: Vec<(PoolKey, Pool)> = self
             .pools
             .lock()
-            .expect("pools lock poisoned")
             .iter()
             .flat_map(|(k, (shares, _))| shares.0.iter().map(|p| (k.clone(), p.clone())))
             .collect();
@@ -461,7 +466,7 @@ impl Pools {
 
     /// Closes every pool (shutdown): idle connections are dropped, waiting checkouts fail.
     pub fn close_all(&self) {
-        for (shares, _) in self.pools.lock().expect("pools lock poisoned").values() {
+        for (shares, _) in self.pools.lock().values() {
             for pool in shares.0.iter() {
                 pool.close();
             }
@@ -472,7 +477,6 @@ impl Pools {
     pub fn status(&self) -> Vec<(PoolKey, usize, usize)> {
         self.pools
             .lock()
-            .expect("pools lock poisoned")
             .iter()
             .map(|(k, (shares, _))| {
                 let (size, available) = shares.0.iter().fold((0, 0), |(n, a), p| {

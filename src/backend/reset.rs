@@ -151,9 +151,12 @@ async fn run_inner(
                 }
                 first_error = Some(e);
             }
-            b'D' if rows.is_some() => {
-                let row = decode_data_row(payload).ok_or(InternalError::Protocol("bad DataRow"))?;
-                rows.as_mut().expect("checked").push(row);
+            b'D' => {
+                if let Some(rows) = rows.as_mut() {
+                    let row =
+                        decode_data_row(payload).ok_or(InternalError::Protocol("bad DataRow"))?;
+                    rows.push(row);
+                }
             }
             // CopyIn/CopyOut/CopyBoth responses cannot come from our statements.
             b'G' | b'H' | b'W' => {

@@ -67,7 +67,8 @@ pub fn parse_options(options: &str) -> Result<Vec<(String, String)>, PgError> {
                 }
                 in_word = true;
             }
-            c if c.is_ascii_whitespace() => {
+            // The server splits on isspace(): \v too, which Rust's ASCII whitespace lacks.
+            c if c.is_ascii_whitespace() || c == '\x0b' => {
                 if in_word {
                     words.push(std::mem::take(&mut cur));
                     in_word = false;
@@ -156,6 +157,13 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
         }
+    }
+
+    #[test]
+    fn options_split_on_every_space_the_server_splits_on() {
+        let got = parse_options("-c\x0bwork_mem=4MB\x0b-c\tsearch_path=app").unwrap();
+        let want = [("work_mem", "4MB"), ("search_path", "app")].map(|(k, v)| (k.into(), v.into()));
+        assert_eq!(got, want);
     }
 
     #[test]

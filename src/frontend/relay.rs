@@ -643,7 +643,7 @@ impl<'a> Relay<'a> {
         stmts: &mut BackendStatements,
     ) -> Result<Step, PgError> {
         let body = payload(frame);
-        let t = self.txn.as_mut().expect("transaction mode");
+        let t = self.txn.as_mut().ok_or_else(PgError::internal)?;
         let denied = match frame[0] {
             tag::PARSE => {
                 t.unsynced = true;
@@ -654,7 +654,7 @@ impl<'a> Relay<'a> {
                 if let Some(t) = self.tally.as_mut() {
                     t.on_parse(name, self.last_tag.take());
                 }
-                let t = self.txn.as_mut().expect("transaction mode");
+                let t = self.txn.as_mut().ok_or_else(PgError::internal)?;
                 let sql: &[u8] = match &decision {
                     Decision::Allow => p.sql,
                     Decision::Rewrite(s) => s.as_bytes(),

@@ -174,11 +174,15 @@ async fn run_session(
     shared: &Shared,
 ) {
     let who = &auth.identity;
-    let tenant = shared
-        .router
-        .tenant(&who.tenant)
-        .expect("authenticate checked the tenant")
-        .clone();
+    // authenticate checked the tenant against the same router.
+    let Some(tenant) = shared.router.tenant(&who.tenant).cloned() else {
+        refuse(
+            stream,
+            PgError::invalid_authorization("token's tenant is not served here"),
+        )
+        .await;
+        return;
+    };
     let settings = match requested_settings(startup) {
         Ok(s) => s,
         Err(e) => {
@@ -396,10 +400,10 @@ async fn apply_settings(
         })
         .map(|(n, v)| (n.as_str(), v.as_str()))
         .collect();
-    if pending.is_empty() {
+    // `None`: nothing to apply.
+    let Some(sql) = checked_settings_sql(&pending, who, shared)? else {
         return Ok(());
-    }
-    let sql = checked_settings_sql(&pending, who, shared)?.expect("settings are not empty");
+    };
     match run_queries(conn, &[sql.as_str()]).await {
         Ok((_, None)) => Ok(()),
         Ok((_, Some(err))) => Err(PgError::invalid_startup_setting(err.message)),
@@ -464,6 +468,10 @@ pub(super) fn checkout_error(e: &CheckoutError, who: &Identity) -> PgError {
             who.role
         )),
         CheckoutError::Closed => PgError::shutting_down(),
+        CheckoutError::Build(b) => {
+            tracing::error!(error = %b, "backend pool could not be built");
+            PgError::internal()
+        }
         CheckoutError::Backend(b) => {
             tracing::warn!(error = %b, "backend unavailable");
             let (kind, err) = match b {

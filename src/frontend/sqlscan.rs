@@ -94,28 +94,40 @@ fn classify(kw: &[u8], saw_hold: bool, fx: &mut SqlEffects) {
 pub(super) fn scan_words(sql: &[u8], fx: &mut SqlEffects) {
     let is_ident = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80;
     for word in sql.split(|&b| !is_ident(b)) {
-        if word.len() < 4 {
-            continue;
-        }
-        if word.eq_ignore_ascii_case(b"set_config") {
-            fx.settings = true;
-        } else if word.eq_ignore_ascii_case(b"pg_prepared_statements")
-            || word.eq_ignore_ascii_case(b"pg_prepared_statement")
-            || (word.len() >= NAME_PREFIX_LEN
-                && word[..NAME_PREFIX_LEN].eq_ignore_ascii_case(PREFIX))
-        {
-            fx.reserved = true;
-        } else if fx.pins.is_none()
-            && let Some((_, why)) = PINNING_WORDS
-                .iter()
-                .find(|(w, _)| word.eq_ignore_ascii_case(w.as_bytes()))
-        {
-            fx.pins = Some(why);
+        word_effects(word, fx);
+        // `$` continues an identifier but also closes a dollar quote (`DO $x$ ... pg_advisory_lock$x$`) or
+        // starts a parameter (`$2name`): the parts, without a parameter's digits, count as words too.
+        if word.contains(&b'$') {
+            for part in word.split(|&b| b == b'$') {
+                let digits = part.iter().take_while(|b| b.is_ascii_digit()).count();
+                word_effects(&part[digits..], fx);
+            }
         }
     }
     // `U&"pgveil\005fps\005f1"` names the same statement as `pgveil_ps_1`: decode such identifiers.
     if !fx.reserved && sql.windows(2).any(|w| w == b"&\"") && unicode_idents_reserved(sql) {
         fx.reserved = true;
+    }
+}
+
+/// The effects of one whole word (see [`scan_words`]).
+fn word_effects(word: &[u8], fx: &mut SqlEffects) {
+    if word.len() < 4 {
+        return;
+    }
+    if word.eq_ignore_ascii_case(b"set_config") {
+        fx.settings = true;
+    } else if word.eq_ignore_ascii_case(b"pg_prepared_statements")
+        || word.eq_ignore_ascii_case(b"pg_prepared_statement")
+        || (word.len() >= NAME_PREFIX_LEN && word[..NAME_PREFIX_LEN].eq_ignore_ascii_case(PREFIX))
+    {
+        fx.reserved = true;
+    } else if fx.pins.is_none()
+        && let Some((_, why)) = PINNING_WORDS
+            .iter()
+            .find(|(w, _)| word.eq_ignore_ascii_case(w.as_bytes()))
+    {
+        fx.pins = Some(why);
     }
 }
 
@@ -224,9 +236,11 @@ impl<'a> Lexer<'a> {
                 return Tok::End;
             }
             match c {
-                c if c.is_ascii_whitespace() => self.i += 1,
+                // PostgreSQL's `space`: [ \t\n\r\f\v] (Rust's ASCII whitespace lacks \v).
+                c if c.is_ascii_whitespace() || c == 0x0b => self.i += 1,
+                // A `--` comment ends at \n or \r.
                 b'-' if self.peek(1) == b'-' => {
-                    while self.i < self.s.len() && self.s[self.i] != b'\n' {
+                    while self.i < self.s.len() && !matches!(self.s[self.i], b'\n' | b'\r') {
                         self.i += 1;
                     }
                 }
@@ -258,7 +272,13 @@ impl<'a> Lexer<'a> {
                         }
                     }
                     let word = &self.s[start..self.i];
-                    if self.peek(0) == b'\'' {
+                    // Only E'', B'', X'' and N'' are one literal; `DO'...'` is DO and a string.
+                    if self.peek(0) == b'\''
+                        && matches!(
+                            word,
+                            [b'e' | b'E' | b'b' | b'B' | b'x' | b'X' | b'n' | b'N']
+                        )
+                    {
                         // E'...' has backslash escapes; B'', X'', N'', U&'' do not matter here.
                         self.skip_quoted(b'\'', word.eq_ignore_ascii_case(b"e"));
                         return Tok::Other;
@@ -323,7 +343,10 @@ impl<'a> Lexer<'a> {
     }
 
     fn skip_dollar(&mut self) {
-        let len = self.dollar_tag().expect("checked");
+        let Some(len) = self.dollar_tag() else {
+            self.i += 1; // the caller checked the tag; never stay in place
+            return;
+        };
         let tag = &self.s[self.i..self.i + len];
         self.i += len;
         match self.s[self.i..].windows(len).position(|w| w == tag) {
@@ -336,6 +359,24 @@ impl<'a> Lexer<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the `sqlscan` fuzz target (tree vs scan): spellings PostgreSQL's lexer reads differently.
+    #[test]
+    fn lexes_like_postgresql() {
+        // \v is whitespace; a `--` comment ends at \r.
+        assert!(scan(b"\x0bDEALLOCATE ALL").drops_statements);
+        assert_eq!(scan(b"\x0bPREPARE p AS SELECT 1").pins, Some("SQL PREPARE"));
+        assert!(scan(b"-- x\rSET work_mem = '1MB'").settings);
+        // A keyword right before a string.
+        assert!(scan(b"DO'BEGIN PERFORM 1; END'").settings);
+        assert_eq!(scan(b"LOAD'auto_explain'").pins, Some("LOAD"));
+        assert_eq!(scan(b"-- x\rLISTEN ch").pins, Some("LISTEN"));
+        // A word that a closing dollar quote follows.
+        assert_eq!(
+            scan(b"DO $x$ BEGIN END pg_try_advisory_lock$x$").pins,
+            Some("session advisory lock")
+        );
+    }
 
     #[test]
     fn ordinary_statements_have_no_effects() {

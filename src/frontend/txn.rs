@@ -417,7 +417,9 @@ pub async fn serve(
     let mut held: Option<PooledConn> = None;
     let mut cin = BytesMut::new();
     loop {
-        let ctx = relay.txn.as_mut().expect("transaction mode");
+        let Some(ctx) = relay.txn.as_mut() else {
+            return internal_error(stream, held.take()).await;
+        };
         let conn = match held.as_mut() {
             Some(conn) => conn,
             None => {
@@ -462,13 +464,16 @@ pub async fn serve(
         };
         handle.set_backend(None);
         let Some(end) = end else {
-            let conn = held.take().expect("held");
-            crate::cancel::send_cancel_detached(conn.target.clone(), conn.key);
-            discard(conn);
+            if let Some(conn) = held.take() {
+                crate::cancel::send_cancel_detached(conn.target.clone(), conn.key);
+                discard(conn);
+            }
             terminated(stream).await;
             return;
         };
-        let ctx = relay.txn.as_mut().expect("transaction mode");
+        let Some(ctx) = relay.txn.as_mut() else {
+            return internal_error(stream, held.take()).await;
+        };
         match end {
             RelayEnd::Retry => {
                 tracing::info!(
@@ -488,7 +493,9 @@ pub async fn serve(
                     capture_settings(conn, ctx).await;
                 }
                 if conn.broken {
-                    discard(held.take().expect("held"));
+                    if let Some(conn) = held.take() {
+                        discard(conn);
+                    }
                 } else if ctx.pinned.is_none() {
                     held = None; // back to the pool
                 }
@@ -508,7 +515,11 @@ pub async fn serve(
 /// extended-protocol messages without Sync or was pinned, or discard it when responses are still owed (after a
 /// cancel). Every step runs under `pool.reset_timeout`.
 async fn finish(mut conn: PooledConn, relay: &Relay<'_>, end: &RelayEnd) {
-    let ctx = relay.txn.as_ref().expect("transaction mode");
+    let Some(ctx) = relay.txn.as_ref() else {
+        tracing::error!("transaction-mode session without its state");
+        discard(conn);
+        return;
+    };
     let reusable =
         relay.state.backend_idle() && !matches!(end, RelayEnd::BackendGone) && !conn.broken;
     if !reusable {
@@ -541,6 +552,16 @@ async fn finish(mut conn: PooledConn, relay: &Relay<'_>, end: &RelayEnd) {
     if !ok {
         discard(conn);
     }
+}
+
+/// Ends a session whose relay lost its transaction-mode state (a bug; never expected): FATAL XX000, and the
+/// held backend, in an unknown state, is discarded.
+async fn internal_error(stream: &mut ClientStream, held: Option<PooledConn>) {
+    tracing::error!("transaction-mode session without its state");
+    if let Some(conn) = held {
+        discard(conn);
+    }
+    refuse(stream, PgError::internal()).await;
 }
 
 /// Tells the client its session was ended by a revocation.

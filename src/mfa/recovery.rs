@@ -16,10 +16,9 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock};
 
-use std::sync::Mutex;
-
 use argon2::password_hash::PasswordHash;
 use argon2::{Algorithm, Argon2, Block, Params, Version};
+use parking_lot::Mutex;
 use rand::RngExt;
 use subtle::ConstantTimeEq;
 use tokio::sync::Semaphore;
@@ -111,18 +110,11 @@ pub async fn find_legacy_match(
     // even if the request is cancelled meanwhile.
     tokio::task::spawn_blocking(move || {
         let _held = (permit, admitted);
-        let mut blocks = LEGACY_BUFFERS
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pop()
-            .unwrap_or_default();
+        let mut blocks = LEGACY_BUFFERS.lock().pop().unwrap_or_default();
         let found = hashes
             .iter()
             .position(|h| verify_legacy(code.as_bytes(), h, &mut blocks));
-        LEGACY_BUFFERS
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(blocks);
+        LEGACY_BUFFERS.lock().push(blocks);
         found
     })
     .await

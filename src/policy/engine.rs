@@ -5,11 +5,12 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
+use parking_lot::Mutex;
 
 use super::cache::{ByteCache, HeapSize};
 use super::catalog::Catalog;
@@ -226,8 +227,7 @@ impl MaskingEngine {
 
     /// Whether a schema change was reported for the tenant since its catalog was last loaded.
     pub fn is_stale(&self, tenant: &TenantId) -> bool {
-        self.stale_count.load(Ordering::Acquire) != 0
-            && self.stale.lock().expect("stale lock").contains_key(tenant)
+        self.stale_count.load(Ordering::Acquire) != 0 && self.stale.lock().contains_key(tenant)
     }
 
     /// Records a schema change in a tenant's database: its catalog counts as not loaded until a load that
@@ -235,16 +235,13 @@ impl MaskingEngine {
     pub fn schema_changed_in(&self, tenant: &TenantId) {
         let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
         {
-            let mut stale = self.stale.lock().expect("stale lock");
+            let mut stale = self.stale.lock();
             stale.insert(tenant.clone(), generation);
             self.stale_count.store(stale.len(), Ordering::Release);
         }
         self.stats.schema_changes.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("pgveil_schema_changes_total").increment(1);
-        self.requested
-            .lock()
-            .expect("requested lock")
-            .insert(tenant.clone());
+        self.requested.lock().insert(tenant.clone());
         self.wake.notify_one();
     }
 
@@ -252,7 +249,7 @@ impl MaskingEngine {
     fn loaded(&self, tenant: &TenantId, started: u64) {
         self.stats.catalog_loads.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("pgveil_catalog_loads_total", "result" => "ok").increment(1);
-        let mut stale = self.stale.lock().expect("stale lock");
+        let mut stale = self.stale.lock();
         if stale.get(tenant).is_some_and(|g| *g <= started) {
             stale.remove(tenant);
             self.stale_count.store(stale.len(), Ordering::Release);
@@ -533,12 +530,7 @@ impl MaskingEngine {
                         _ = tokio::time::sleep_until(next) => break,
                         _ = engine.wake.notified() => {}
                     }
-                    let ids: Vec<TenantId> = engine
-                        .requested
-                        .lock()
-                        .expect("requested lock")
-                        .drain()
-                        .collect();
+                    let ids: Vec<TenantId> = engine.requested.lock().drain().collect();
                     for id in ids {
                         if let Some(tenant) = router.tenant(&id) {
                             engine
@@ -773,7 +765,7 @@ mod tests {
 
     impl std::io::Write for Capture {
         fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().expect("capture").extend_from_slice(b);
+            self.0.lock().extend_from_slice(b);
             Ok(b.len())
         }
         fn flush(&mut self) -> std::io::Result<()> {
@@ -804,7 +796,7 @@ mod tests {
                 e.check_cached(sql, &t, &r);
             }
         });
-        let out = String::from_utf8(capture.0.lock().expect("capture").clone()).expect("utf-8");
+        let out = String::from_utf8(capture.0.lock().clone()).expect("utf-8");
         let lines: Vec<&str> = out
             .lines()
             .filter(|l| l.contains("pgveil::audit"))

@@ -11,8 +11,10 @@
 
 use std::collections::HashMap;
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
 
 use super::catalog::Catalog;
 use super::catalog::load;
@@ -74,10 +76,10 @@ impl OnDemand {
     /// demand less than [`INTERVAL`] ago, the loader is not running, or the load failed or took too long.
     pub fn load_now(&self, tenant: &TenantId) -> Option<Catalog> {
         let jobs = self.jobs.get()?;
-        let _flight = self.flight.lock().expect("on-demand flight lock");
+        let _flight = self.flight.lock();
         let now = Instant::now();
         {
-            let mut last = self.last.lock().expect("on-demand lock");
+            let mut last = self.last.lock();
             if last
                 .get(tenant)
                 .is_some_and(|t| now.duration_since(*t) < INTERVAL)
@@ -87,10 +89,7 @@ impl OnDemand {
             last.insert(tenant.clone(), now);
         }
         let (tx, rx) = mpsc::channel();
-        jobs.lock()
-            .expect("on-demand jobs lock")
-            .send((tenant.clone(), tx))
-            .ok()?;
+        jobs.lock().send((tenant.clone(), tx)).ok()?;
         metrics::counter!("pgveil_catalog_on_demand_total").increment(1);
         rx.recv_timeout(WAIT).ok().flatten()
     }

@@ -15,18 +15,21 @@ impl ColumnPattern {
     /// Parses a pattern; errors say what is wrong.
     pub fn parse(text: &str) -> Result<ColumnPattern, String> {
         let parts: Vec<&str> = text.split('.').collect();
+        let bad = || {
+            format!(
+                "column pattern {text:?} must be `schema.table.column`, `table.column` or `column` (`*` matches any characters)"
+            )
+        };
         if text.is_empty()
             || parts.len() > 3
             || parts
                 .iter()
                 .any(|p| p.is_empty() || p.len() > 63 || p.contains('\0'))
         {
-            return Err(format!(
-                "column pattern {text:?} must be `schema.table.column`, `table.column` or `column` (`*` matches any characters)"
-            ));
+            return Err(bad());
         }
         let mut it = parts.iter().rev();
-        let column = it.next().expect("non-empty").to_string();
+        let column = it.next().ok_or_else(bad)?.to_string();
         let table = it.next().map(|s| s.to_string());
         let schema = it.next().map(|s| s.to_string());
         Ok(ColumnPattern {

@@ -10,7 +10,8 @@
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::sync::Mutex;
+
+use parking_lot::Mutex;
 
 use super::file::{Effective, RawSet};
 use crate::ids::{RoleName, TenantId};
@@ -53,13 +54,13 @@ impl Fingerprints {
         effective: impl FnOnce() -> Option<Effective<'p>>,
     ) -> u64 {
         let id = (tenant.clone(), role.clone());
-        if let Some((v, fp)) = self.0.lock().expect("fingerprint lock").get(&id)
+        if let Some((v, fp)) = self.0.lock().get(&id)
             && *v == version
         {
             return *fp;
         }
         let fp = effective().map_or(0, |e| fingerprint(&e));
-        let mut map = self.0.lock().expect("fingerprint lock");
+        let mut map = self.0.lock();
         if map.len() >= 10_000 {
             map.clear();
         }

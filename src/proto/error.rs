@@ -262,6 +262,10 @@ impl PgError {
              not be failed in step with the error; the session is ended (its transaction is rolled back)",
         )
     }
+    /// XX000 FATAL: an invariant of pgveil's own code did not hold; the session is ended (details in the log).
+    pub fn internal() -> Self {
+        Self::new(Severity::Fatal, "XX000", "pgveil: internal error")
+    }
     /// Is this FATAL?
     pub fn is_fatal(&self) -> bool {
         self.severity == Severity::Fatal

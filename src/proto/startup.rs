@@ -77,15 +77,21 @@ pub enum StartupReadError {
 
 /// Decodes the body of a startup-phase packet (after its length word).
 pub fn decode_startup(body: &[u8]) -> Result<StartupPacket, PgError> {
-    let code = i32::from_be_bytes(body[..4].try_into().expect("caller checked length"));
-    let rest = &body[4..];
-    match code {
+    let Some((code, rest)) = body.split_first_chunk::<4>() else {
+        return Err(PgError::protocol_violation(
+            "invalid length of startup packet",
+        ));
+    };
+    match i32::from_be_bytes(*code) {
         SSL_REQUEST if rest.is_empty() => Ok(StartupPacket::SslRequest),
         GSSENC_REQUEST if rest.is_empty() => Ok(StartupPacket::GssEncRequest),
-        CANCEL_REQUEST if rest.len() == 8 => Ok(StartupPacket::Cancel {
-            pid: i32::from_be_bytes(rest[..4].try_into().expect("len 8")),
-            secret: i32::from_be_bytes(rest[4..].try_into().expect("len 8")),
-        }),
+        CANCEL_REQUEST if rest.len() == 8 => match rest.as_chunks::<4>() {
+            ([pid, secret], []) => Ok(StartupPacket::Cancel {
+                pid: i32::from_be_bytes(*pid),
+                secret: i32::from_be_bytes(*secret),
+            }),
+            _ => Err(PgError::protocol_violation("invalid startup packet")),
+        },
         v if v >> 16 == PROTOCOL_MAJOR_3 => {
             decode_params(v & 0xffff, rest).map(StartupPacket::Startup)
         }
@@ -150,6 +156,10 @@ mod tests {
 
     #[test]
     fn rejects_garbage() {
+        for short in [&b""[..], b"\0", b"\0\x03\0"] {
+            let e = decode_startup(short).unwrap_err();
+            assert_eq!(e.code, "08P01");
+        }
         assert!(decode_startup(&packet(196608, b"user\0u\0database")).is_err());
         assert!(decode_startup(&packet(196608, b"user\0u\0\0junk")).is_err());
         assert!(decode_startup(&packet(0x0102_0304, b"")).is_err());

@@ -1,8 +1,10 @@
 //! The revocation snapshot and its refresh loop.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use parking_lot::RwLock;
 
 use super::SessionRegistry;
 use crate::control::users::RevocationRows;
@@ -79,7 +81,7 @@ impl RevocationCache {
 
     /// Checks a verified token's claims.
     pub fn check(&self, claims: &Claims) -> Result<(), Revoked> {
-        let snap = self.snapshot.read().unwrap_or_else(|e| e.into_inner());
+        let snap = self.snapshot.read();
         match snap.loaded {
             Some(at) if at.elapsed() <= self.max_stale => {}
             _ => return Err(Revoked::Unavailable),
@@ -101,7 +103,7 @@ impl RevocationCache {
                 "terminated sessions of revoked tokens or disabled users"
             );
         }
-        *self.snapshot.write().unwrap_or_else(|e| e.into_inner()) = snap;
+        *self.snapshot.write() = snap;
         Ok(())
     }
 

@@ -2,9 +2,10 @@
 //! session counts for the connection caps.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 
+use parking_lot::Mutex;
 use tokio::sync::watch;
 
 struct Entry {
@@ -73,7 +74,7 @@ pub struct SessionGuard {
 
 impl Drop for SessionGuard {
     fn drop(&mut self) {
-        let mut live = self.registry.live.lock().unwrap_or_else(|e| e.into_inner());
+        let mut live = self.registry.live.lock();
         if let Some(e) = live.sessions.remove(&self.id) {
             Live::count(&mut live.per_user, &e.user, false);
             Live::count(&mut live.per_tenant, &e.tenant, false);
@@ -84,7 +85,7 @@ impl Drop for SessionGuard {
 impl SessionRegistry {
     /// Registers a session, unless it would exceed a cap (checked and counted under one lock).
     pub fn register(self: &Arc<Self>, s: NewSession<'_>) -> Result<SessionGuard, CapReached> {
-        let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        let mut live = self.live.lock();
         if let Some(max) = s.max_per_user
             && live.per_user.get(s.user).copied().unwrap_or(0) >= max
         {
@@ -118,7 +119,7 @@ impl SessionRegistry {
 
     /// Signals every session for which `doomed(user, jti, iat)` holds; returns how many.
     pub fn kill_where(&self, doomed: impl Fn(&str, &str, i64) -> bool) -> usize {
-        let live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        let live = self.live.lock();
         let mut n = 0;
         for e in live.sessions.values() {
             if !*e.kill.borrow() && doomed(&e.user, &e.jti, e.iat) {
@@ -131,11 +132,7 @@ impl SessionRegistry {
 
     /// Live sessions.
     pub fn len(&self) -> usize {
-        self.live
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .sessions
-            .len()
+        self.live.lock().sessions.len()
     }
 
     /// Whether there are no live sessions.
@@ -162,6 +159,25 @@ mod tests {
             max_per_user: per_user,
             max_per_tenant: per_tenant,
         }
+    }
+
+    /// A panic while the registry's lock is held does not fail later callers (parking_lot does not poison).
+    #[test]
+    fn a_panic_under_the_lock_does_not_poison_it() {
+        let r = Arc::new(SessionRegistry::default());
+        let a = r.register(new("alice", "acme", None, None)).unwrap();
+        let r2 = r.clone();
+        let panicked = std::thread::spawn(move || {
+            let _held = r2.live.lock();
+            panic!("while holding the registry lock");
+        })
+        .join();
+        assert!(panicked.is_err());
+        assert_eq!(r.len(), 1);
+        drop(a);
+        assert_eq!(r.len(), 0);
+        let _b = r.register(new("bob", "acme", None, None)).unwrap();
+        assert_eq!(r.len(), 1);
     }
 
     #[test]

@@ -16,10 +16,11 @@
 //! Time is `tokio::time::Instant`, so unit tests run on a paused clock.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use tokio::time::Instant;
 
 use super::{BoxFuture, ExposeSecret, SecretError, SecretStore, SecretString};
@@ -134,12 +135,7 @@ impl CachedSecretStore {
 
 impl Inner {
     fn slot(&self, id: &SecretId) -> Arc<Slot> {
-        self.slots
-            .lock()
-            .expect("secret cache lock")
-            .entry(id.clone())
-            .or_default()
-            .clone()
+        self.slots.lock().entry(id.clone()).or_default().clone()
     }
 
     async fn get(self: &Arc<Self>, id: &SecretId) -> Result<SecretString, SecretError> {
@@ -148,7 +144,7 @@ impl Inner {
         let slot = self.slot(id);
         let generation;
         {
-            let mut st = slot.state.lock().expect("secret slot lock");
+            let mut st = slot.state.lock();
             generation = st.generation;
             if let Some((value, at)) = &st.value {
                 let age = start.saturating_duration_since(*at);
@@ -188,7 +184,7 @@ impl Inner {
     ) -> Result<SecretString, SecretError> {
         let _flight = slot.fetching.lock().await;
         {
-            let mut st = slot.state.lock().expect("secret slot lock");
+            let mut st = slot.state.lock();
             if st.generation != seen
                 && st.failed.is_none()
                 && let Some((value, _)) = &st.value
@@ -208,7 +204,7 @@ impl Inner {
         }
         let result = self.call_store(id).await;
         let now = Instant::now();
-        let mut st = slot.state.lock().expect("secret slot lock");
+        let mut st = slot.state.lock();
         st.generation += 1;
         match result {
             Ok(value) => {
@@ -305,7 +301,7 @@ impl Inner {
             if let Ok(_flight) = slot.fetching.try_lock() {
                 let result = this.call_store(&id).await;
                 let now = Instant::now();
-                let mut st = slot.state.lock().expect("secret slot lock");
+                let mut st = slot.state.lock();
                 st.generation += 1;
                 match result {
                     Ok(value) => this.store_value(&id, &mut st, value, now),
@@ -316,7 +312,7 @@ impl Inner {
                 }
                 st.refreshing = false;
             } else {
-                slot.state.lock().expect("secret slot lock").refreshing = false;
+                slot.state.lock().refreshing = false;
             }
         });
     }
@@ -329,7 +325,7 @@ impl Inner {
         let slot = self.slot(id);
         let generation;
         {
-            let st = slot.state.lock().expect("secret slot lock");
+            let st = slot.state.lock();
             generation = st.generation;
             if let Some((value, _)) = &st.value
                 && value.expose_secret() != rejected.expose_secret()

@@ -1,8 +1,10 @@
 //! Cache behaviour on a paused tokio clock: no real sleeps.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use parking_lot::Mutex;
 
 use super::*;
 
@@ -24,7 +26,7 @@ impl FakeStore {
         })
     }
     fn set(&self, answer: Result<&str, SecretError>) {
-        *self.answer.lock().unwrap() = answer.map(str::to_owned);
+        *self.answer.lock() = answer.map(str::to_owned);
     }
     fn calls(&self) -> usize {
         self.calls.load(Ordering::SeqCst)
@@ -36,14 +38,14 @@ impl SecretStore for FakeStore {
         Box::pin(async move {
             self.calls.fetch_add(1, Ordering::SeqCst);
             tokio::time::sleep(self.latency).await;
-            self.answer.lock().unwrap().clone().map(SecretString::from)
+            self.answer.lock().clone().map(SecretString::from)
         })
     }
     fn fetch_pending<'a>(
         &'a self,
         _id: &'a SecretId,
     ) -> BoxFuture<'a, Result<Option<SecretString>, SecretError>> {
-        Box::pin(async move { Ok(self.pending.lock().unwrap().clone().map(SecretString::from)) })
+        Box::pin(async move { Ok(self.pending.lock().clone().map(SecretString::from)) })
     }
 }
 
@@ -234,7 +236,7 @@ async fn pending_passes_through_uncached() {
     let store = FakeStore::new("cur", Duration::from_millis(5));
     let cache = CachedSecretStore::new(store.clone(), settings());
     assert!(cache.fetch_pending(&id()).await.unwrap().is_none());
-    *store.pending.lock().unwrap() = Some("next".into());
+    *store.pending.lock() = Some("next".into());
     assert_eq!(
         cache
             .fetch_pending(&id())

@@ -2,6 +2,8 @@
 //! (Python pyotp), replay/stale/wrong codes, throttling and lockout with an injected clock, recovery codes,
 //! OIDC first factor, forced 2FA through a real client, revocation of live sessions, two API instances racing
 //! on one code, the CLI, and the security page in headless Chromium.
+// Test code: a failed unwrap is a failed test; std locks are fine here.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_types)]
 
 #[path = "../support/mod.rs"]
 mod support;

@@ -3,10 +3,11 @@
 //! credentials (from the secret store, rotation included) change.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use parking_lot::Mutex;
 use tokio_postgres::tls::MakeTlsConnect;
 
 use super::Catalog;
@@ -36,10 +37,7 @@ impl CatalogPools {
     /// Drops `tenant`'s pooled connection: the next load connects anew and so sees the session defaults the
     /// tenant set since (`ALTER ROLE ... SET search_path`), which an open connection keeps from its start.
     pub fn forget(&self, tenant: &TenantId) {
-        self.pools
-            .lock()
-            .expect("catalog pools lock")
-            .remove(tenant);
+        self.pools.lock().remove(tenant);
     }
 
     /// Loads `tenant`'s catalog over its pooled connection (opened on first use).
@@ -84,7 +82,6 @@ impl CatalogPools {
         let existing = self
             .pools
             .lock()
-            .expect("pool lock")
             .get(&tenant.id)
             .filter(|(t, _)| **t == target)
             .map(|(_, p)| p.clone());
@@ -94,7 +91,6 @@ impl CatalogPools {
                 let p = build(tenant, &creds, &target, timeout)?;
                 self.pools
                     .lock()
-                    .expect("pool lock")
                     .insert(tenant.id.clone(), (Arc::new(target), p.clone()));
                 p
             }

@@ -148,3 +148,19 @@ fn unwritable_destination_is_an_error_naming_it() {
         "{e}"
     );
 }
+
+/// The fuzz targets decide statements against this fixture, saved as fuzz/catalog.json; the file must stay the
+/// fixture's (`PGVEIL_WRITE_FUZZ_CATALOG=1` rewrites it).
+#[test]
+fn fuzz_catalog_is_the_fixture() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/catalog.json");
+    let json = to_json(&TenantId::new("acme"), &fixture::catalog()).expect("json");
+    if std::env::var_os("PGVEIL_WRITE_FUZZ_CATALOG").is_some() {
+        std::fs::write(&path, &json).expect("write fuzz/catalog.json");
+    }
+    let saved = std::fs::read_to_string(&path).expect("fuzz/catalog.json");
+    assert!(
+        saved == json,
+        "fuzz/catalog.json is not the fixture: run with PGVEIL_WRITE_FUZZ_CATALOG=1"
+    );
+}

@@ -336,10 +336,10 @@ fn lent_names(v: &Value, out: &mut HashSet<String>) {
                     out.insert(last);
                 }
             }
-            if let Some(tn) = m.get("type_name") {
-                if let Some(last) = names(list(tn, "names")).and_then(|n| n.last().cloned()) {
-                    out.insert(last);
-                }
+            if let Some(tn) = m.get("type_name")
+                && let Some(last) = names(list(tn, "names")).and_then(|n| n.last().cloned())
+            {
+                out.insert(last);
             }
             m.values().for_each(|x| lent_names(x, out));
         }

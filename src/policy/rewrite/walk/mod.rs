@@ -1,5 +1,7 @@
 //! The exhaustive walk over a statement's parse tree (serde JSON of libpg_query's protobuf): statement kinds,
 //! relation references (with CTE scoping), functions, operators and settings; collects the text edits.
+// `from_*` here are about SQL's FROM clause, not conversions.
+#![allow(clippy::wrong_self_convention)]
 
 use std::collections::HashSet;
 
