@@ -5,6 +5,7 @@
 //! window lock per batch). Prints ns per batch (best of 5 runs) and the difference.
 //!
 //! Usage: cargo run --release --example guard_cost
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_types)]
 
 use std::hint::black_box;
 use std::sync::Arc;

@@ -5,6 +5,7 @@
 //! without live_since, unverified TLS, an unreachable tenant; and a clean tenant (verify-full TLS, SCRAM, a
 //! role owning nothing, every PII column classified) with no finding above info. Also the demo's tenants.
 //! Exit codes and the JSON document are checked.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_types)]
 
 use std::path::PathBuf;
 use std::process::{Command, ExitCode, Output};

@@ -6,6 +6,7 @@
 //! refusals pgveil counted while it ran are reported (goal: 0). On `globex`, whose tenant also defines its
 //! own `=` on `money_amount`, psql's `\d` family (but `\d table`, a known gap) and pgjdbc's metadata calls
 //! give what they give directly.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_types)]
 
 mod support;
 

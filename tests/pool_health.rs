@@ -6,6 +6,7 @@
 //!   transaction mode) is never sent twice: the client gets the error;
 //! - a PostgreSQL restart with an idle pool costs no session a failure, in both modes;
 //! - the periodic idle check (`pool.idle_check_interval`) removes dead idle backends from their pool.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_types)]
 
 mod support;
 

@@ -9,9 +9,10 @@
 //! counted after the previous one ended, and the whole budget is available again when it ends.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::{Mutex, MutexGuard};
 use serde::Deserialize;
 use tokio::time::Instant;
 
@@ -151,8 +152,8 @@ pub struct UserWindow(Mutex<Window>);
 
 impl UserWindow {
     fn lock(&self) -> MutexGuard<'_, Window> {
-        // Plain counters: a panicking holder cannot leave them inconsistent.
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+        // parking_lot: a panicking holder does not poison it (plain counters, never left inconsistent).
+        self.0.lock()
     }
 
     /// Rows and bytes still allowed in the current window (`u64::MAX` when unlimited).
@@ -197,7 +198,7 @@ const PRUNE_ABOVE: usize = 4096;
 impl Budgets {
     /// The window of (tenant, user), shared with that user's other sessions.
     pub fn user(&self, tenant: &TenantId, user: &UserId) -> Arc<UserWindow> {
-        let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
+        let mut users = self.users.lock();
         if users.len() > PRUNE_ABOVE {
             let now = Instant::now();
             let day = Duration::from_secs(86_400);

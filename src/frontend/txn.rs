@@ -482,7 +482,9 @@ pub async fn serve(
                 );
                 metrics::counter!("pgveil_backend_retries_total", "mode" => "transaction")
                     .increment(1);
-                discard(held.take().expect("held"));
+                if let Some(conn) = held.take() {
+                    discard(conn);
+                }
                 let Some(conn) = check_out(stream, who, shared, tenant, ctx, true).await else {
                     return;
                 };
