@@ -85,6 +85,10 @@ pub fn frames(data: &[u8]) {
                     out.extend_from_slice(&b);
                 }
                 Ok(None) => break,
+                // Only counting splitters (the guard's backend side) limit or discard; this one does not count.
+                Ok(Some(Item::Limit | Item::Discarded)) => {
+                    panic!("a non-counting splitter limited")
+                }
                 Err(_) => return, // the relay ends the session: nothing more is read
             }
         }
