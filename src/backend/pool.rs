@@ -344,12 +344,12 @@ impl Pools {
             metrics::counter!("pgveil_pool_checkouts_total", "result" => "immediate").increment(1);
             return Ok(Some(conn));
         }
-        self.from_other_loops(&shares, home).await
+        self.free_in_other_loops(&shares, home).await
     }
 
     /// A backend from another loop's share, when one is free (its socket stays registered with that loop:
     /// this transaction pays the cross-thread wake-ups the shares otherwise avoid).
-    async fn from_other_loops(
+    async fn free_in_other_loops(
         &self,
         shares: &Shares,
         home: usize,
@@ -416,7 +416,7 @@ impl Pools {
                 Err(managed::PoolError::Backend(b)) => break Err(CheckoutError::Backend(b)),
                 Err(_) => break Err(CheckoutError::Closed),
             }
-            match self.from_other_loops(&shares, home).await {
+            match self.free_in_other_loops(&shares, home).await {
                 Ok(Some(conn)) => break Ok(conn),
                 Ok(None) if std::time::Instant::now() >= deadline => {
                     break Err(CheckoutError::Timeout);

@@ -193,7 +193,7 @@ impl Tally {
     /// An Execute (payload) was sent.
     pub fn on_execute(&mut self, body: &[u8]) {
         let tag = match read_cstr(body) {
-            Some((p, _)) if p.is_empty() => self.unnamed_portal.clone(),
+            Some(([], _)) => self.unnamed_portal.clone(),
             Some((p, _)) => self.portals.get(p).cloned(),
             None => None,
         };

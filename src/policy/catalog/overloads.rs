@@ -146,7 +146,7 @@ mod tests {
         }
         let tenant = sig("public", "length", &[("money_amount", 'C')]);
         let text = Arg::Expr(Operand::of(&["citext", "text"]));
-        assert!(!r.could_pick_function(&tenant, &[text.clone()]));
+        assert!(!r.could_pick_function(&tenant, std::slice::from_ref(&text)));
         assert!(!r.could_pick_function(&tenant, &[Arg::Literal]));
         assert!(!r.could_pick_function(&tenant, &[]));
         assert!(!r.could_pick_function(&tenant, &[Arg::Literal, Arg::Literal]));
