@@ -4,10 +4,11 @@
 # unrestricted role (`admin`: statements are not even parsed), in the same run, interleaved, on the
 # `pgveil demo` environment (whose schema, like real ones, has citext for payers.email, pgcrypto and a tenant
 # type with its own operator, so every decision runs with extension and tenant objects present); -M simple (a new literal in every statement: the literal-normalized plan cache
-# serves it), extended and prepared; transaction mode, --threads 1. Reports TPS, the ratio masked/privileged
+# serves it), extended and prepared; transaction mode, the default event loops (one per core). Reports TPS, the ratio masked/privileged
 # and pgveil's CPU time per transaction (utime+stime from /proc; far less noisy than TPS on shared cores).
 # Usage: bash bench/masking.sh [seconds per run, default 10] [clients, default 8] [scale, default 10]
-# (PGVEIL_LOG="info,pgveil::audit=off" in the environment: audit records not written)
+# (PGVEIL_LOG="info,pgveil::audit=off" in the environment: audit records not written; PGVEIL_AUDIT_FILE=1:
+# written to a file instead of the log)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 secs=${1:-10}
@@ -56,7 +57,11 @@ vport=$(free_port)
 sed -e "s/^addr = .*/addr = \"127.0.0.1:$vport\"/" -e "s/^size = .*/size = 16\nmode = \"transaction\"\nmax_prepared_statements = 200/" \
     -e "s|^dir = \"policies\"|dir = \"$work/policies\"|" <(proxy_config "$envdir/pgveil.toml" control api) >"$work/pgveil.toml"
 grep -q "^dir = \"$work/policies\"" "$work/pgveil.toml" || { echo "policy dir not replaced" >&2; exit 1; }
-"$bin" serve --threads 1 --config "$work/pgveil.toml" >"$work/pgveil.log" 2>&1 &
+# PGVEIL_AUDIT_FILE=1: audit records to a file ([audit] file, as in production) instead of the log.
+if [ -n "${PGVEIL_AUDIT_FILE:-}" ]; then
+    printf '\n[audit]\nfile = "%s"\n' "$work/audit.jsonl" >>"$work/pgveil.toml"
+fi
+"$bin" serve --config "$work/pgveil.toml" >"$work/pgveil.log" 2>&1 &
 vpid=$!
 pids+=($vpid)
 for _ in $(seq 1 100); do (echo >/dev/tcp/127.0.0.1/$vport) 2>/dev/null && break; sleep 0.1; done
@@ -71,7 +76,11 @@ exts=$(PGPASSWORD=$dbpass psql -X -At -h 127.0.0.1 -p "$dbport" -U "$dbuser" acm
     "SELECT count(*) FROM pg_extension WHERE extname IN ('citext', 'pgcrypto')")
 [ "$exts" = 2 ] || { echo "the bench schema lacks citext/pgcrypto ($exts)" >&2; exit 1; }
 # Proof that the masked role's reads are rewritten (else the comparison means nothing).
-filler=$(PGPASSWORD=$masked psql -X -At "$conn" -c "SELECT rtrim(filler) FROM pgbench_accounts WHERE aid = 1")
+# (Retried while the tenant's catalog is still loading: pgveil refuses masked reads until it is.)
+for _ in $(seq 1 60); do
+    filler=$(PGPASSWORD=$masked psql -X -At "$conn" -c "SELECT rtrim(filler) FROM pgbench_accounts WHERE aid = 1" 2>/dev/null) && break
+    sleep 0.5
+done
 [ "$filler" = "[address removed]" ] || { echo "masked role read filler as '$filler'" >&2; exit 1; }
 
 tck=$(getconf CLK_TCK)
@@ -89,10 +98,10 @@ run() { # run <token> <mode>: "tps cpu_us_per_txn"
 
 echo
 echo "pgbench -S through pgveil, ${secs}s per run, $clients clients, scale $scale, $(nproc) cores, $(date -u +%F)"
-echo "| mode | admin TPS | analyst TPS | analyst/admin | admin µs/txn | analyst µs/txn |"
-echo "|---|---|---|---|---|---|"
+echo "| mode | admin TPS | analyst TPS | analyst/admin | admin µs/txn | analyst µs/txn | analyst - admin µs |"
+echo "|---|---|---|---|---|---|---|"
 for mode in simple extended prepared; do
     read -r ta ca < <(run "$admin" "$mode")
     read -r tm cm < <(run "$masked" "$mode")
-    python3 -c "import sys; m, ta, tm, ca, cm = sys.argv[1:]; print(f'| {m} | {float(ta):.0f} | {float(tm):.0f} | {float(tm) / float(ta):.2f} | {ca} | {cm} |')" "$mode" "$ta" "$tm" "$ca" "$cm"
+    python3 -c "import sys; m, ta, tm, ca, cm = sys.argv[1:]; print(f'| {m} | {float(ta):.0f} | {float(tm):.0f} | {float(tm) / float(ta):.2f} | {ca} | {cm} | {float(cm) - float(ca):+.1f} |')" "$mode" "$ta" "$tm" "$ca" "$cm"
 done

@@ -20,8 +20,13 @@ pool=${2:-16}
 scale=${3:-10}
 ulimit -n 20000
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target}
-cargo build --release --quiet --bin pgveil
-bin=$CARGO_TARGET_DIR/release/pgveil
+# PGVEIL_BIN: measure that binary instead of building this checkout.
+if [ -n "${PGVEIL_BIN:-}" ]; then
+    bin=$PGVEIL_BIN
+else
+    cargo build --release --quiet --bin pgveil
+    bin=$CARGO_TARGET_DIR/release/pgveil
+fi
 work=$(mktemp -d)
 pids=()
 cleanup() {
@@ -68,6 +73,9 @@ token=$("$bin" token mint --config "$envdir/pgveil.toml" --user bench --tenant a
 bport=$(free_port)
 secret=$(superuser "SELECT rolpassword FROM pg_authid WHERE rolname = '$dbuser'")
 printf '"%s" "%s"\n' "$dbuser" "$secret" >"$work/userlist.txt"
+# Both proxies serve TLS with the demo's server certificate (clients choose: sslmode=disable or require).
+read -r tls_cert tls_key < <(python3 -c "import tomllib; t=tomllib.load(open('$envdir/pgveil.toml','rb'))['tls']; print(t['cert'], t['key'])")
+cp "$tls_cert" "$work/server.crt"; cp "$tls_key" "$work/server.key"; chmod 600 "$work/server.key"
 cat >"$work/pgbouncer.ini" <<EOF
 [databases]
 acme_tx = host=127.0.0.1 port=$dbport dbname=acme pool_mode=transaction pool_size=$pool
@@ -82,6 +90,9 @@ max_client_conn = 1000
 default_pool_size = $pool
 logfile = $work/pgbouncer.log
 pidfile = $work/pgbouncer.pid
+client_tls_sslmode = allow
+client_tls_cert_file = $work/server.crt
+client_tls_key_file = $work/server.key
 EOF
 chown -R postgres "$work"
 runuser -u postgres -- pgbouncer "$work/pgbouncer.ini" >/dev/null 2>&1 &
@@ -94,10 +105,14 @@ done
 
 tck=$(getconf CLK_TCK)
 cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+usr() { awk '{print $14}' "/proc/$1/stat"; }
 # run <target> <pid or -> <mode> <clients> <script flag>: prints
-# "tps latency_ms cpu_us_per_txn syscalls_per_txn context_switches_per_txn" (the last three "-" for direct)
+# "tps latency_ms cpu_us_per_txn syscalls_per_txn context_switches_per_txn user_percent" (the last four "-" for
+# direct; user_percent: the share of the CPU time spent in user space, the rest is the kernel's)
+# $sslmode: "disable" (plain loopback, the main table) or "require" (the TLS table); both proxies alike.
+sslmode=disable
 run() {
-    local target=$1 pid=$2 mode=$3 clients=$4 flag=$5 conn pw before after out threads=2 perf_pid=
+    local target=$1 pid=$2 mode=$3 clients=$4 flag=$5 conn pw before after ubefore uafter out threads=2 perf_pid=
     case $target in
         direct) conn="host=127.0.0.1 port=$dbport dbname=acme user=$dbuser"; pw=$dbpass ;;
         pgbouncer) local db=acme_tx; [ "$mode" = prepared ] && db=acme_session
@@ -105,11 +120,12 @@ run() {
         pgveil) conn="host=127.0.0.1 port=$vport dbname=acme user=bench"; pw=$token ;;
         pgveil1) conn="host=127.0.0.1 port=$v1port dbname=acme user=bench"; pw=$token ;;
     esac
+    conn="$conn sslmode=$sslmode"
     # pgbench prepares each command synchronously on first use, blocking its thread: in TPC-B (a multi-
     # statement transaction) that stalls same-thread clients holding pooled backends, so use a thread each.
     [ "$mode" = prepared ] && [ -z "$flag" ] && threads=$clients
     if [ "$pid" != - ]; then
-        before=$(cpu "$pid")
+        before=$(cpu "$pid"); ubefore=$(usr "$pid")
         perf stat -x, -e raw_syscalls:sys_enter,context-switches -p "$pid" -o "$work/perf.out" 2>/dev/null &
         perf_pid=$!
     fi
@@ -117,7 +133,7 @@ run() {
         echo "$out" >&2; [ -n "$perf_pid" ] && kill -INT "$perf_pid"; echo "0 0 - - -"; return; }
     local tps lat n sys cs
     if [ "$pid" != - ]; then
-        after=$(cpu "$pid")
+        after=$(cpu "$pid"); uafter=$(usr "$pid")
         kill -INT "$perf_pid"; wait "$perf_pid" 2>/dev/null || true
         sys=$(awk -F, '/raw_syscalls:sys_enter/ {print $1}' "$work/perf.out")
         cs=$(awk -F, '/context-switches/ {print $1}' "$work/perf.out")
@@ -126,43 +142,65 @@ run() {
     lat=$(sed -n 's/^latency average = \([0-9.]*\).*/\1/p' <<<"$out")
     n=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' <<<"$out")
     if [ "$pid" != - ]; then
-        python3 -c "n = max($n, 1); print($tps, $lat, round(($after - $before) / $tck / n * 1e6, 1), round(${sys:-0} / n, 2), round(${cs:-0} / n, 2))"
+        python3 -c "n = max($n, 1); print($tps, $lat, round(($after - $before) / $tck / n * 1e6, 1), round(${sys:-0} / n, 2), round(${cs:-0} / n, 2), round(100 * ($uafter - $ubefore) / max($after - $before, 1)))"
     else
-        echo "$tps $lat - - -"
+        echo "$tps $lat - - - -"
     fi
 }
 
 echo
 echo "pgbench, ${secs}s per run, scale $scale, pool $pool, $(nproc) cores, $(date -u +%F), $(uname -r), load average $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "PgBouncer $(pgbouncer --version | head -1 | awk '{print $2}'): transaction mode for simple/extended, session mode for prepared; pgveil: transaction mode;"
-echo "'pgveil' = default (one event loop per core), 'pgveil -t1' = --threads 1; us, sys, cs = the proxy's CPU µs, system calls, context switches per transaction."
-printf '| %-6s | %-8s | %3s | %-10s | %8s | %7s | %6s | %6s | %6s | %6s | %5s |\n' \
-    test mode c target TPS "lat ms" "/direct" "/bouncer" us sys cs
-echo "|---|---|---|---|---|---|---|---|---|---|---|"
-for test in select tpcb; do
-    flag=""; [ $test = select ] && flag="-S"
-    for mode in prepared extended simple; do
-        for c in 8 64; do
-            rows=()
-            for target in direct pgbouncer pgveil pgveil1; do
-                case $target in direct) p=- ;; pgbouncer) p=$bpid ;; pgveil) p=$vpid ;; pgveil1) p=$v1pid ;; esac
-                rows+=("$target $(run "$target" "$p" "$mode" "$c" "$flag")")
-            done
-            python3 - "$test" "$mode" "$c" "${rows[@]}" <<'EOF'
+echo "'pgveil' = default (one event loop per core), 'pgveil -t1' = --threads 1; us, sys, cs = the proxy's CPU µs, system calls, context switches per transaction; usr% = the share of us in user space."
+printf '| %-6s | %-8s | %3s | %-10s | %8s | %7s | %6s | %6s | %6s | %4s | %6s | %5s |\n' \
+    test mode c target TPS "lat ms" "/direct" "/bouncer" us "usr%" sys cs
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
+# row <test> <mode> <clients> <target>...: runs the targets one after the other and prints their table rows.
+# PGVEIL_BENCH_ROWS (e.g. "select-simple-8 select-prepared-64"): only those rows of the main table.
+row() {
+    local test=$1 mode=$2 c=$3 flag="" rows=() target p
+    shift 3
+    if [ -n "${PGVEIL_BENCH_ROWS:-}" ] && [[ " $PGVEIL_BENCH_ROWS " != *" $test-$mode-$c "* ]]; then return; fi
+    [ "$test" = select ] && flag="-S"
+    for target in "$@"; do
+        case $target in direct) p=- ;; pgbouncer) p=$bpid ;; pgveil) p=$vpid ;; pgveil1) p=$v1pid ;; esac
+        rows+=("$target $(run "$target" "$p" "$mode" "$c" "$flag")")
+    done
+    python3 - "$test" "$mode" "$c" "${rows[@]}" <<'EOF'
 import sys
 t, m, c, *rows = sys.argv[1:]
 rows = [r.split() for r in rows]
 tps = {r[0]: float(r[1]) for r in rows}
-ratio = lambda a, b: f"{tps[a] / tps[b]:.2f}" if tps[b] else "-"
+ratio = lambda a, b: f"{tps[a] / tps[b]:.2f}" if tps.get(b) else "-"
 names = {"direct": "direct", "pgbouncer": "pgbouncer", "pgveil": "pgveil", "pgveil1": "pgveil -t1"}
-for name, tp, lat, us, sysc, cs in rows:
+for name, tp, lat, us, sysc, cs, usr in rows:
     d = "" if name == "direct" else ratio(name, "direct")
     b = "" if name in ("direct", "pgbouncer") else ratio(name, "pgbouncer")
-    print(f"| {t:<6} | {m:<8} | {c:>3} | {names[name]:<10} | {float(tp):8.0f} | {lat:>7} | {d:>6} | {b:>6} | {us:>6} | {sysc:>6} | {cs:>5} |")
+    print(f"| {t:<6} | {m:<8} | {c:>3} | {names[name]:<10} | {float(tp):8.0f} | {lat:>7} | {d:>6} | {b:>6} | {us:>6} | {usr:>4} | {sysc:>6} | {cs:>5} |")
 EOF
+}
+for test in select tpcb; do
+    for mode in prepared extended simple; do
+        for c in 8 64; do
+            row "$test" "$mode" "$c" direct pgbouncer pgveil pgveil1
         done
     done
 done
+
+# TLS towards the clients (sslmode=require; the proxies' backends stay plain): PgBouncer 1.18 with client TLS
+# against pgveil's default configuration, select-only.
+echo
+echo "TLS between pgbench and the proxy (sslmode=require), the same certificate for both proxies:"
+printf '| %-6s | %-8s | %3s | %-10s | %8s | %7s | %6s | %6s | %6s | %4s | %6s | %5s |\n' \
+    test mode c target TPS "lat ms" "/direct" "/bouncer" us "usr%" sys cs
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
+sslmode=require
+for mode in extended simple; do
+    for c in 8 64; do
+        row select "$mode" "$c" pgbouncer pgveil
+    done
+done
+sslmode=disable
 
 # Connection setup: new connection + SELECT 1 + disconnect (pgbench -C), 4 clients.
 echo 'SELECT 1;' >"$work/one.sql"

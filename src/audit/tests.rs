@@ -104,3 +104,40 @@ fn a_full_queue_drops_and_counts_without_waiting() {
     assert_eq!(got.len(), 4);
     assert_eq!(got[3]["fields"]["rows"], 3);
 }
+
+/// A file record's exact JSON line (written straight from the event's fields): the shape of a tracing JSON
+/// event in the session span, with sorted keys.
+#[test]
+fn file_record_is_the_tracing_json_shape() {
+    let at = SystemTime::UNIX_EPOCH + Duration::from_micros(1_764_633_600_123_456);
+    let mut e = statement(42);
+    if let Event::Statement { at: a, .. } = &mut e {
+        *a = at;
+    }
+    let mut out = Vec::new();
+    writer::write_record(&mut out, &e).unwrap();
+    let line = String::from_utf8(out).unwrap();
+    let span = r#"{"client":"127.0.0.1:5000","name":"session","role":"analyst","startup_user":"bob","tenant":"acme","user":"bob@acme.example"}"#;
+    let expected = format!(
+        r#"{{"fields":{{"code":"","decision":"rewritten","duration_us":1500,"error":"","fingerprint":"0123456789abcdef","masked":"[\"public.payers.email -> email\"]","message":"statement","outcome":"complete","role":"analyst","rows":42,"rule":"","tenant":"acme"}},"level":"INFO","span":{span},"spans":[{span}],"target":"pgveil::audit","timestamp":"2025-12-02T00:00:00.123456Z"}}"#
+    );
+    assert_eq!(line, format!("{expected}\n"));
+
+    let trip = Event::GuardTrip {
+        session: session(),
+        at,
+        budget: "max_rows",
+        limit: 1000,
+        window: Some(Duration::from_secs(3600)),
+        tag: None,
+    };
+    let mut out = Vec::new();
+    writer::write_record(&mut out, &trip).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(
+        v["fields"],
+        serde_json::json!({"budget": "max_rows", "fingerprint": "", "limit": 1000,
+            "message": "exfiltration guard tripped", "role": "analyst", "tenant": "acme", "window": "1h"})
+    );
+    assert_eq!(v["level"], "WARN");
+}

@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Receiver;
 
-use serde_json::{Value, json};
+use std::time::SystemTime;
+
+use serde::Serialize;
 
 use super::{AuditTag, Event, Msg, SessionInfo};
 
@@ -46,9 +48,7 @@ impl Sink {
         match self {
             Sink::Log => log(event),
             Sink::File { out, .. } => {
-                let mut line = record(event).to_string();
-                line.push('\n');
-                if let Err(e) = out.write_all(line.as_bytes()) {
+                if let Err(e) = write_record(out, event) {
                     tracing::warn!(error = %e, "audit file write failed");
                 }
             }
@@ -162,13 +162,18 @@ fn log(e: &Event) {
     }
 }
 
-/// The JSON line of a file record: the shape of a tracing JSON event in the session span.
-fn record(e: &Event) -> Value {
+/// One event's JSON line, serialized straight from borrowed fields (no intermediate JSON tree): the shape of
+/// a tracing JSON event in the session span, keys in the order `serde_json::Value` printed them (sorted).
+pub(super) fn write_record(out: &mut impl Write, e: &Event) -> std::io::Result<()> {
     let s = session(e);
-    let span = json!({
-        "client": s.client, "user": s.user.as_str(), "startup_user": s.startup_user,
-        "tenant": s.tenant.as_str(), "role": s.role.as_str(), "name": "session",
-    });
+    let span = SpanRecord {
+        client: &s.client,
+        name: "session",
+        role: s.role.as_str(),
+        startup_user: &s.startup_user,
+        tenant: s.tenant.as_str(),
+        user: s.user.as_str(),
+    };
     let (at, level, fields) = match e {
         Event::Statement {
             at,
@@ -179,12 +184,20 @@ fn record(e: &Event) -> Value {
             code: error,
             ..
         } => {
-            let (fingerprint, decision, code, rule, masked) = tag_fields(tag.as_ref());
-            let fields = json!({
-                "message": "statement", "tenant": s.tenant.as_str(), "role": s.role.as_str(),
-                "fingerprint": fingerprint, "decision": decision, "code": code, "rule": rule, "masked": masked,
-                "rows": rows, "duration_us": duration.as_micros() as u64, "outcome": outcome.as_str(),
-                "error": error.as_deref().unwrap_or(""),
+            let t = tag.as_ref();
+            let fields = Fields::Statement(StatementFields {
+                code: t.map_or("", |t| t.code),
+                decision: t.map_or("", |t| t.decision),
+                duration_us: duration.as_micros() as u64,
+                error: error.as_deref().unwrap_or(""),
+                fingerprint: t.map_or("", |t| &t.fingerprint),
+                masked: Masked(t.map(|t| &t.masked[..])),
+                message: "statement",
+                outcome: outcome.as_str(),
+                role: s.role.as_str(),
+                rows: *rows,
+                rule: t.map_or("", |t| t.rule),
+                tenant: s.tenant.as_str(),
             });
             (at, "INFO", fields)
         }
@@ -196,21 +209,103 @@ fn record(e: &Event) -> Value {
             tag,
             ..
         } => {
-            let (fingerprint, ..) = tag_fields(tag.as_ref());
-            let fields = json!({
-                "message": "exfiltration guard tripped", "tenant": s.tenant.as_str(), "role": s.role.as_str(),
-                "fingerprint": fingerprint, "budget": budget, "limit": limit,
-                "window": window.map(|w| humantime::format_duration(w).to_string()).unwrap_or_default(),
+            let fields = Fields::Guard(GuardFields {
+                budget,
+                fingerprint: tag.as_ref().map_or("", |t| &t.fingerprint),
+                limit: *limit,
+                message: "exfiltration guard tripped",
+                role: s.role.as_str(),
+                tenant: s.tenant.as_str(),
+                window: window
+                    .map(|w| humantime::format_duration(w).to_string())
+                    .unwrap_or_default(),
             });
             (at, "WARN", fields)
         }
     };
-    json!({
-        "timestamp": humantime::format_rfc3339_micros(*at).to_string(),
-        "level": level,
-        "fields": fields,
-        "target": "pgveil::audit",
-        "span": span.clone(),
-        "spans": [span],
-    })
+    let record = Record {
+        fields,
+        level,
+        span: &span,
+        spans: [&span],
+        target: "pgveil::audit",
+        timestamp: Timestamp(*at),
+    };
+    serde_json::to_writer(&mut *out, &record)?;
+    out.write_all(b"\n")
+}
+
+#[derive(Serialize)]
+struct Record<'a> {
+    fields: Fields<'a>,
+    level: &'static str,
+    span: &'a SpanRecord<'a>,
+    spans: [&'a SpanRecord<'a>; 1],
+    target: &'static str,
+    timestamp: Timestamp,
+}
+
+#[derive(Serialize)]
+struct SpanRecord<'a> {
+    client: &'a str,
+    name: &'static str,
+    role: &'a str,
+    startup_user: &'a str,
+    tenant: &'a str,
+    user: &'a str,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Fields<'a> {
+    Statement(StatementFields<'a>),
+    Guard(GuardFields<'a>),
+}
+
+#[derive(Serialize)]
+struct StatementFields<'a> {
+    code: &'a str,
+    decision: &'a str,
+    duration_us: u64,
+    error: &'a str,
+    fingerprint: &'a str,
+    masked: Masked<'a>,
+    message: &'static str,
+    outcome: &'static str,
+    role: &'a str,
+    rows: u64,
+    rule: &'a str,
+    tenant: &'a str,
+}
+
+#[derive(Serialize)]
+struct GuardFields<'a> {
+    budget: &'a str,
+    fingerprint: &'a str,
+    limit: u64,
+    message: &'static str,
+    role: &'a str,
+    tenant: &'a str,
+    window: String,
+}
+
+/// The masked columns as one string, as the log prints them (`["a -> b"]`; empty without a tag).
+struct Masked<'a>(Option<&'a [String]>);
+
+impl Serialize for Masked<'_> {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            Some(list) => ser.collect_str(&format_args!("{list:?}")),
+            None => ser.serialize_str(""),
+        }
+    }
+}
+
+/// RFC 3339 with microseconds, written without an intermediate string.
+struct Timestamp(SystemTime);
+
+impl Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        ser.collect_str(&humantime::format_rfc3339_micros(self.0))
+    }
 }
