@@ -54,16 +54,50 @@ pub async fn load_functions(conn: &mut PooledConn) -> Option<FunctionNames> {
     }
 }
 
+/// The longest identifier PostgreSQL keeps (NAMEDATALEN - 1 bytes); it truncates longer ones.
+const MAX_IDENT: usize = 63;
+
 /// Whether `sql` mentions one of `names` as a whole word (case-insensitive; quoted spellings included, and
-/// escaped ones are caught by the caller as inconclusive text).
+/// escaped ones are caught by the caller as inconclusive text). A word longer than PostgreSQL's identifier
+/// limit is also looked up as PostgreSQL would truncate it (at a character boundary within 63 bytes).
+/// Runs on every statement in transaction mode when the tenant has functions: ASCII words are lowercased in a
+/// stack buffer (no allocation per word).
 pub fn mentions(sql: &[u8], names: &HashSet<String>) -> bool {
     if names.is_empty() {
         return false;
     }
     let is_ident = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80;
+    let mut buf = [0u8; MAX_IDENT];
     sql.split(|&b| !is_ident(b))
         .filter(|w| !w.is_empty())
-        .any(|w| std::str::from_utf8(w).is_ok_and(|w| names.contains(&w.to_lowercase())))
+        .any(|w| mentioned(w, names, &mut buf))
+}
+
+fn mentioned(word: &[u8], names: &HashSet<String>, buf: &mut [u8; MAX_IDENT]) -> bool {
+    if word.is_ascii() {
+        let w = &word[..word.len().min(MAX_IDENT)];
+        let lower = &mut buf[..w.len()];
+        lower.copy_from_slice(w);
+        lower.make_ascii_lowercase();
+        return std::str::from_utf8(lower).is_ok_and(|l| names.contains(l));
+    }
+    let Ok(w) = std::str::from_utf8(word) else {
+        return false;
+    };
+    let lower = w.to_lowercase();
+    if names.contains(&lower) {
+        return true;
+    }
+    // Truncated as PostgreSQL would: the client's spelling cut at 63 bytes, then lowercased (either order
+    // is looked up; matching too much only costs a verification).
+    let cut = |s: &str| -> String {
+        let mut end = s.len().min(MAX_IDENT);
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s[..end].to_owned()
+    };
+    w.len() > MAX_IDENT && (names.contains(&cut(w).to_lowercase()) || names.contains(&cut(&lower)))
 }
 
 /// Whether client SQL creates or replaces a function or procedure (the names must be read again).
@@ -83,6 +117,14 @@ mod tests {
         assert!(mentions(b"SELECT public.LEAK_FN()", &names));
         assert!(mentions(br#"SELECT "leak_fn"()"#, &names));
         assert!(!mentions(b"SELECT leak_fn_other()", &names));
+        // PostgreSQL truncates identifiers to 63 bytes: a longer spelling calls the function too.
+        let long = "f".repeat(63);
+        let names: HashSet<String> = [long.clone(), "äpfel".to_owned()].into();
+        assert!(mentions(format!("SELECT {}xyz()", long.to_uppercase()).as_bytes(), &names));
+        assert!(mentions(format!("SELECT \"{long}\"()").as_bytes(), &names));
+        assert!(!mentions(format!("SELECT {}()", &long[..62]).as_bytes(), &names));
+        assert!(mentions("SELECT \"ÄPFEL\"()".as_bytes(), &names));
+        assert!(mentions(format!("SELECT \"äpfel{}\"()", "x".repeat(70)).as_bytes(), &["äpfel".to_owned() + &"x".repeat(57)].into()));
         assert!(defines_function(b"CREATE OR REPLACE FUNCTION f() ..."));
         assert!(!defines_function(b"SELECT 1"));
     }
