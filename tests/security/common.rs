@@ -125,8 +125,4 @@ pub async fn login_expect_fatal(
     raw::expect_fatal(&mut s, code).await
 }
 
-/// A port nothing listens on (bound, then released).
-pub fn free_port() -> Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
-}
+pub use crate::support::free_port;

@@ -18,6 +18,13 @@ use pgveil::demo::env::{DemoEnv, EnvOptions, TenantSpec};
 use pgveil::server::{Server, ServerOptions, Shared};
 use tokio::sync::oneshot;
 
+/// A port nothing listens on (bound on 127.0.0.1, then released): the one such helper of the test binaries.
+pub fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
 /// A test: gets the fixture, fails with an error.
 pub type TestFn = fn(&Fixture) -> Result<()>;
 
