@@ -27,8 +27,7 @@ use crate::proto::PgError;
 use crate::route::Router;
 use crate::secret::{ExposeSecret, SecretStore};
 
-/// Default byte budget of the decision caches (exact texts and literal-normalized plans, half each).
-pub const DEFAULT_CACHE_BYTES: u64 = 32 << 20;
+pub use crate::config::DEFAULT_CACHE_BYTES;
 
 /// A policy with its version.
 pub struct PolicySnapshot {
