@@ -1,4 +1,9 @@
-//! `pgveil login` and `pgveil user ...`: thin clients of the HTTP API.
+//! The command line's pieces: its arguments ([`args`]), `pgveil serve` ([`serve`]) and `pgveil demo`
+//! ([`demo`]); here, `pgveil login` and `pgveil user ...`: thin clients of the HTTP API.
+
+pub mod args;
+pub mod demo;
+pub mod serve;
 
 use std::io::{BufRead, Write};
 use std::path::PathBuf;

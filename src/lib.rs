@@ -11,6 +11,7 @@ pub mod api;
 pub mod audit;
 pub mod backend;
 pub mod cancel;
+pub mod clock;
 pub mod config;
 pub mod control;
 pub mod demo;

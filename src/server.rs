@@ -14,6 +14,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::audit::Auditor;
 use crate::backend::Pools;
 use crate::cancel::CancelRegistry;
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::control::ControlDb;
 use crate::event_loops::EventLoops;
@@ -59,9 +60,6 @@ pub enum ServerError {
         source: std::io::Error,
     },
 }
-
-/// A clock, injectable for tests of time-dependent logic.
-pub type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
 
 /// State shared by every session (an immutable snapshot plus the pools).
 pub struct Shared {

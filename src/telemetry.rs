@@ -13,16 +13,9 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use serde::Deserialize;
 use tokio::net::TcpListener;
 
-/// `[metrics]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MetricsConfig {
-    /// Address and port of the plain-HTTP `/metrics` listener.
-    pub addr: SocketAddr,
-}
+pub use crate::config::MetricsConfig;
 
 /// Errors of the metrics listener.
 #[derive(Debug, thiserror::Error)]
@@ -196,20 +189,5 @@ impl MetricsServer {
             tracing::warn!(error = %e, "metrics listener failed");
         }
         upkeep.abort();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::MetricsConfig;
-
-    #[test]
-    fn config_takes_an_address_and_nothing_else() {
-        let c: MetricsConfig = toml::from_str("addr = \"127.0.0.1:9432\"").expect("valid");
-        assert_eq!(c.addr.port(), 9432);
-        assert!(
-            toml::from_str::<MetricsConfig>("addr = \"127.0.0.1:9432\"\npath = \"/m\"").is_err()
-        );
-        assert!(toml::from_str::<MetricsConfig>("addr = \"localhost\"").is_err());
     }
 }

@@ -18,14 +18,7 @@ pub struct TrustedProxies(Vec<IpNet>);
 impl TrustedProxies {
     /// Parses CIDRs (`10.0.0.0/8`) or single addresses; the error names the first bad entry.
     pub fn parse(list: &[String]) -> Result<Self, String> {
-        list.iter()
-            .map(|s| {
-                IpNet::from_str(s.trim())
-                    .or_else(|_| IpAddr::from_str(s.trim()).map(IpNet::from))
-                    .map_err(|_| format!("{s:?} is not an IP address or CIDR"))
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map(TrustedProxies)
+        crate::config::parse_trusted_proxies(list).map(TrustedProxies)
     }
 
     fn trusts(&self, ip: IpAddr) -> bool {

@@ -13,23 +13,9 @@ use ring::hmac;
 use serde::{Deserialize, Serialize};
 
 use super::oidc::{OidcError, OidcVerifier};
-use crate::ids::SecretId;
 use crate::secret::{ExposeSecret, SecretString};
 
-/// `[api.webapp]`: the trusted web-app vouches for its users with signed assertions.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WebappConfig {
-    /// Secret id of the HMAC-SHA256 key shared with the web-app.
-    pub key_secret: SecretId,
-    /// Longest accepted assertion lifetime.
-    #[serde(default = "default_max_age", with = "humantime_serde")]
-    pub max_age: Duration,
-}
-
-fn default_max_age() -> Duration {
-    Duration::from_secs(600)
-}
+pub use crate::config::WebappConfig;
 
 /// What a client presents as its first factor.
 #[derive(Debug, Default, Clone, Deserialize)]

@@ -14,133 +14,27 @@ mod revoke;
 pub mod routes;
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
-use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt as _;
 
-use self::first_factor::{FirstFactor, WebappConfig};
-use self::oidc::{OidcConfig, OidcVerifier};
-use crate::config::Config;
+use self::first_factor::FirstFactor;
+use self::oidc::OidcVerifier;
+use crate::clock::Clock;
+use crate::config::{Config, demo_mode};
 use crate::control::{ControlDb, ControlError};
-use crate::ids::SecretId;
 use crate::mfa::MfaService;
 use crate::mfa::crypto::{CryptoError, SecretBox};
-use crate::mfa::throttle::ThrottleConfig;
 use crate::revoke::{RevocationCache, SessionRegistry};
 use crate::secret::{SecretError, SecretStore, SecretString};
-use crate::server::Clock;
 use crate::token::{TokenError, TokenSigner};
 
-/// Default API port (DESIGN.md "Interfaces").
-pub const DEFAULT_API_PORT: u16 = 8432;
-
-/// `[api]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ApiConfig {
-    /// Address and port to listen on (TLS, with the `[tls]` certificate).
-    #[serde(default = "default_addr")]
-    pub addr: SocketAddr,
-    /// Secret id of the admin API key.
-    pub admin_key_secret: SecretId,
-    /// Lifetime of tokens issued at login.
-    #[serde(default = "default_ttl", with = "humantime_serde")]
-    pub token_ttl: Duration,
-    /// Host name clients use to reach the proxy (in connection strings); default `localhost`.
-    #[serde(default = "default_public_host")]
-    pub proxy_host: String,
-    /// Proxy port clients use; default the proxy's listen port.
-    #[serde(default)]
-    pub proxy_port: Option<u16>,
-    /// First factor: OIDC ID tokens from the company IdP.
-    #[serde(default)]
-    pub oidc: Option<OidcConfig>,
-    /// First factor: assertions signed by the trusted web-app.
-    #[serde(default)]
-    pub webapp: Option<WebappConfig>,
-    /// Demo only: no first factor at all (logged loudly at start-up). Refused unless `PGVEIL_DEMO=1`.
-    #[serde(default)]
-    pub insecure_no_first_factor: bool,
-    /// Brute-force throttling.
-    #[serde(default)]
-    pub throttle: ThrottleConfig,
-    /// Load balancers / reverse proxies (CIDRs) whose `Forwarded` / `X-Forwarded-For` headers name the
-    /// client address the throttles count. Empty (default): the TCP peer is the client.
-    #[serde(default)]
-    pub trusted_proxies: Vec<String>,
-}
-
-fn default_addr() -> SocketAddr {
-    SocketAddr::from(([0, 0, 0, 0], DEFAULT_API_PORT))
-}
-fn default_ttl() -> Duration {
-    Duration::from_secs(8 * 3600)
-}
-fn default_public_host() -> String {
-    "localhost".into()
-}
-
-impl ApiConfig {
-    pub(crate) fn resolve_paths(&mut self, base: &Path) {
-        if let Some(o) = &mut self.oidc
-            && let Some(p) = &mut o.jwks_file
-            && p.is_relative()
-        {
-            *p = base.join(&*p);
-        }
-    }
-
-    /// Adds every problem with this section to `problems`.
-    pub fn validate(&self, problems: &mut Vec<String>) {
-        if self.oidc.is_none() && self.webapp.is_none() && !self.insecure_no_first_factor {
-            problems.push("[api] needs a first factor: [api.oidc] and/or [api.webapp]".into());
-        }
-        if self.insecure_no_first_factor && !demo_mode() {
-            problems.push(
-                "api.insecure_no_first_factor is refused outside the demo (it issues tokens without any first \
-                 factor; only `PGVEIL_DEMO=1` accepts it)"
-                    .into(),
-            );
-        }
-        if let Err(e) = client_ip::TrustedProxies::parse(&self.trusted_proxies) {
-            problems.push(format!("api.trusted_proxies: {e}"));
-        }
-        if let Some(o) = &self.oidc {
-            if o.jwks_file.is_none() == o.jwks_url.is_none() {
-                problems.push("api.oidc: set exactly one of jwks_file and jwks_url".into());
-            }
-            if o.jwks_url.as_deref().is_some_and(|u| {
-                !u.get(..8)
-                    .is_some_and(|p| p.eq_ignore_ascii_case("https://"))
-            }) {
-                problems.push("api.oidc.jwks_url must be an https:// URL".into());
-            }
-            if o.issuer.is_empty() || o.audience.is_empty() {
-                problems.push("api.oidc: issuer and audience must be set".into());
-            }
-        }
-        if self.token_ttl < Duration::from_secs(60)
-            || self.token_ttl > Duration::from_secs(7 * 24 * 3600)
-        {
-            problems.push("api.token_ttl must be between 1m and 7d".into());
-        }
-        if self.throttle.user_max_failures == 0 || self.throttle.ip_max_failures == 0 {
-            problems.push("api.throttle: max failures must be at least 1".into());
-        }
-    }
-}
-
-/// Whether `PGVEIL_DEMO=1` is set (the only way to accept `api.insecure_no_first_factor`).
-fn demo_mode() -> bool {
-    std::env::var("PGVEIL_DEMO").as_deref() == Ok("1")
-}
+pub use crate::config::{ApiConfig, DEFAULT_API_PORT};
 
 /// Errors starting the API.
 #[derive(Debug, thiserror::Error)]

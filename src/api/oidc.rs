@@ -2,13 +2,11 @@
 //! (RS256 or ES256, from a local file or an HTTPS URL), issuer, audience, expiry with the injected clock, and
 //! the `email` claim, which must name the user logging in.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use parking_lot::RwLock;
-use serde::Deserialize;
 use serde_json::Value;
 
 /// Clock skew tolerated on `exp`, `nbf` and `iat`, in seconds.
@@ -16,29 +14,7 @@ const LEEWAY_SECS: i64 = 60;
 /// How long a JWKS fetched from a URL is used before it is fetched again.
 const JWKS_TTL: Duration = Duration::from_secs(600);
 
-/// `[api.oidc]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OidcConfig {
-    /// Expected `iss` (the IdP's issuer URL).
-    pub issuer: String,
-    /// Expected audience: pgveil's client id at the IdP.
-    pub audience: String,
-    /// JWKS as a local JSON file.
-    #[serde(default)]
-    pub jwks_file: Option<PathBuf>,
-    /// JWKS URL (HTTPS, verified against the system CA bundle); re-fetched every 10 minutes and when a token
-    /// names an unknown `kid`.
-    #[serde(default)]
-    pub jwks_url: Option<String>,
-    /// Claim holding the user's email.
-    #[serde(default = "default_email_claim")]
-    pub email_claim: String,
-}
-
-fn default_email_claim() -> String {
-    "email".into()
-}
+pub use crate::config::OidcConfig;
 
 /// Why an ID token was refused (a label for logs; clients get one generic error).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

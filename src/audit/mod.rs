@@ -11,40 +11,14 @@
 
 pub mod writer;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError};
 use std::time::{Duration, SystemTime};
 
-use serde::Deserialize;
-
 use crate::ids::{RoleName, TenantId, UserId};
 
-/// `[audit]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AuditConfig {
-    /// Append JSON lines to this file instead of the process log; reopened on SIGHUP.
-    #[serde(default)]
-    pub file: Option<PathBuf>,
-    /// Events that may wait for the writer; more are dropped (and counted).
-    #[serde(default = "default_queue")]
-    pub queue: usize,
-}
-
-impl Default for AuditConfig {
-    fn default() -> Self {
-        Self {
-            file: None,
-            queue: default_queue(),
-        }
-    }
-}
-
-fn default_queue() -> usize {
-    65_536
-}
+pub use crate::config::AuditConfig;
 
 /// What the masking engine decided for one SQL string, for its audit records (cheap to clone: two `Arc`s).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -12,47 +12,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::net::BackendStream;
+pub use crate::route::BackendTarget;
 use crate::secret::{DbCredentials, ExposeSecret};
-
-/// Where a tenant's backend lives (no credentials here: they come from the secret store per connection).
-#[derive(Clone)]
-pub struct BackendTarget {
-    /// Host name or address.
-    pub host: String,
-    /// Port.
-    pub port: u16,
-    /// Database name.
-    pub dbname: String,
-    /// TLS client config when TLS is used towards this backend.
-    pub tls: Option<Arc<rustls::ClientConfig>>,
-}
-
-impl BackendTarget {
-    /// The target of `tenant`: its config overrides, else the secret's values (port 5432 by default); `None`
-    /// when neither names a host or a database.
-    pub fn of_tenant(
-        tenant: &crate::route::Tenant,
-        creds: &DbCredentials,
-    ) -> Option<BackendTarget> {
-        Some(BackendTarget {
-            host: tenant.host.clone().or_else(|| creds.host.clone())?,
-            port: tenant.port.or(creds.port).unwrap_or(5432),
-            dbname: tenant.dbname.clone().or_else(|| creds.dbname.clone())?,
-            tls: tenant.tls.clone(),
-        })
-    }
-}
-
-impl std::fmt::Debug for BackendTarget {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BackendTarget")
-            .field("host", &self.host)
-            .field("port", &self.port)
-            .field("dbname", &self.dbname)
-            .field("tls", &self.tls.is_some())
-            .finish()
-    }
-}
 
 /// The cancel key a backend gave us.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

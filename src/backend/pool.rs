@@ -72,7 +72,8 @@ pub struct Greeting {
 
 impl Manager {
     fn target(&self, creds: &DbCredentials) -> Result<Arc<BackendTarget>, BackendError> {
-        BackendTarget::of_tenant(&self.tenant, creds)
+        self.tenant
+            .target(creds)
             .map(Arc::new)
             .ok_or_else(|| BackendError::Incomplete(self.tenant.id.clone()))
     }

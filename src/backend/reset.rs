@@ -62,7 +62,7 @@ fn gone_wrong(conn: &mut BackendConn, e: &InternalError) {
     conn.broken = true;
     if matches!(e, InternalError::Timeout) {
         metrics::counter!("pgveil_backend_reset_timeouts_total").increment(1);
-        crate::cancel::send_cancel_detached(conn.target.clone(), conn.key);
+        super::cancel::send_cancel_detached(conn.target.clone(), conn.key);
     }
 }
 

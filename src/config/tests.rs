@@ -1,5 +1,6 @@
 //! Config parsing and validation.
 use super::*;
+use std::time::Duration;
 
 #[test]
 fn reports_every_problem_at_once() {

@@ -9,12 +9,12 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 
 use super::{Finding, Severity, extensions, pii, privileges, transport};
-use crate::backend::BackendTarget;
 use crate::backend::connect::{AuthMethod, connect};
 use crate::config::TenantConfig;
 use crate::ids::TenantId;
 use crate::policy::catalog::load;
 use crate::policy::file::Policy;
+use crate::route::BackendTarget;
 use crate::route::Tenant;
 use crate::secret::{DbCredentials, SecretStore};
 
@@ -56,7 +56,7 @@ pub(super) async fn check_tenant(
         Ok(c) => c,
         Err(e) => return vec![unreachable(id, format!("credentials: {e}"))],
     };
-    let Some(target) = BackendTarget::of_tenant(tenant, &creds) else {
+    let Some(target) = tenant.target(&creds) else {
         return vec![unreachable(
             id,
             "neither the config nor the secret names the backend host and database",

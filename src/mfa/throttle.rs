@@ -15,58 +15,9 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
-
 use crate::control::{ControlDb, ControlError};
 
-/// `[api.throttle]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ThrottleConfig {
-    /// Second-factor guesses per user before a lockout (at most this many per lockout period).
-    #[serde(default = "default_user_max")]
-    pub user_max_failures: u32,
-    /// Failures per client IP (in each of its two budgets) before each further one doubles a wait.
-    #[serde(default = "default_ip_max")]
-    pub ip_max_failures: u32,
-    /// Wait after the first failure; doubled with each further failure.
-    #[serde(default = "default_base", with = "humantime_serde")]
-    pub base_backoff: Duration,
-    /// Longest wait between attempts short of a lockout.
-    #[serde(default = "default_max_backoff", with = "humantime_serde")]
-    pub max_backoff: Duration,
-    /// How long a lockout lasts.
-    #[serde(default = "default_lockout", with = "humantime_serde")]
-    pub lockout: Duration,
-}
-
-impl Default for ThrottleConfig {
-    fn default() -> Self {
-        Self {
-            user_max_failures: default_user_max(),
-            ip_max_failures: default_ip_max(),
-            base_backoff: default_base(),
-            max_backoff: default_max_backoff(),
-            lockout: default_lockout(),
-        }
-    }
-}
-
-fn default_user_max() -> u32 {
-    5
-}
-fn default_ip_max() -> u32 {
-    50
-}
-fn default_base() -> Duration {
-    Duration::from_secs(1)
-}
-fn default_max_backoff() -> Duration {
-    Duration::from_secs(60)
-}
-fn default_lockout() -> Duration {
-    Duration::from_secs(15 * 60)
-}
+pub use crate::config::ThrottleConfig;
 
 /// What is counted: a user or a client address.
 #[derive(Debug, Clone)]

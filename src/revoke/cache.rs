@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 use parking_lot::RwLock;
 
 use super::SessionRegistry;
+use crate::clock::Clock;
 use crate::control::users::RevocationRows;
 use crate::control::{ControlDb, epoch};
-use crate::server::Clock;
 use crate::token::Claims;
 
 /// Why a token is refused by the revocation check.

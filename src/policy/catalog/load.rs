@@ -13,7 +13,6 @@ use tokio_postgres::tls::{ChannelBinding, NoTls, TlsConnect};
 use super::{Catalog, Column, QualName, Relation, SYSTEM_SCHEMAS};
 
 mod resolution;
-use crate::backend::BackendTarget;
 use crate::policy::functions::TypeFamily;
 use crate::route::Tenant;
 use crate::secret::{DbCredentials, ExposeSecret, SecretError, SecretStore};
@@ -66,7 +65,7 @@ pub async fn connect(
     application_name: &str,
 ) -> Result<tokio_postgres::Client, LoadError> {
     let creds = DbCredentials::fetch(secrets, &tenant.secret).await?;
-    let target = BackendTarget::of_tenant(tenant, &creds).ok_or(LoadError::Incomplete)?;
+    let target = tenant.target(&creds).ok_or(LoadError::Incomplete)?;
     let mut cfg = tokio_postgres::Config::new();
     cfg.user(&creds.username)
         .password(creds.password.expose_secret())

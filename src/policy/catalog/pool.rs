@@ -59,18 +59,11 @@ impl CatalogPools {
         timeout: Duration,
     ) -> Result<Catalog, LoadError> {
         let creds = DbCredentials::fetch(secrets, &tenant.secret).await?;
+        let backend = tenant.target(&creds).ok_or(LoadError::Incomplete)?;
         let target = Target {
-            host: tenant
-                .host
-                .clone()
-                .or_else(|| creds.host.clone())
-                .ok_or(LoadError::Incomplete)?,
-            port: tenant.port.or(creds.port).unwrap_or(5432),
-            dbname: tenant
-                .dbname
-                .clone()
-                .or_else(|| creds.dbname.clone())
-                .ok_or(LoadError::Incomplete)?,
+            host: backend.host,
+            port: backend.port,
+            dbname: backend.dbname,
             username: creds.username.clone(),
             password_digest: ring::digest::digest(
                 &ring::digest::SHA256,
