@@ -5,8 +5,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
-use bytes::BytesMut;
-use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
@@ -18,6 +16,7 @@ use crate::config::Config;
 use crate::control::ControlDb;
 use crate::event_loops::EventLoops;
 use crate::exfil::Budgets;
+use crate::net::Framed;
 use crate::policy::engine::MaskingEngine;
 use crate::policy::{AllowAll, StatementPolicy};
 use crate::proto::PgError;
@@ -409,7 +408,6 @@ impl Drop for Slot<'_> {
 }
 
 async fn too_many(mut tcp: TcpStream) {
-    let mut out = BytesMut::new();
-    PgError::too_many_connections("sorry, too many clients already").encode(&mut out);
-    let _ = tcp.write_all(&out).await;
+    let err = PgError::too_many_connections("sorry, too many clients already");
+    let _ = Framed::exact(&mut tcp).write_fatal(&err).await;
 }

@@ -19,7 +19,7 @@
 //! pipelines while the backend streams results can never deadlock the loop.
 
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
 use super::limits::{extended_tag, scan_frontend};
@@ -1086,30 +1086,4 @@ async fn pump<W: AsyncWrite + Unpin>(w: &mut W, buf: &mut BytesMut) -> std::io::
         return Err(std::io::ErrorKind::WriteZero.into());
     }
     Ok(false)
-}
-
-/// Reads exactly one whole frame from a stream (used during startup), refusing lengths above `max`.
-pub async fn read_frame<R: AsyncRead + Unpin>(
-    r: &mut R,
-    max: usize,
-) -> Result<(u8, BytesMut), ReadFrameError> {
-    let tag = r.read_u8().await.map_err(ReadFrameError::Io)?;
-    let len = r.read_i32().await.map_err(ReadFrameError::Io)?;
-    if len < 4 || len as usize - 4 > max {
-        return Err(ReadFrameError::Invalid(len));
-    }
-    let mut body = BytesMut::zeroed(len as usize - 4);
-    r.read_exact(&mut body).await.map_err(ReadFrameError::Io)?;
-    Ok((tag, body))
-}
-
-/// Errors of [`read_frame`].
-#[derive(Debug, thiserror::Error)]
-pub enum ReadFrameError {
-    /// I/O failure or EOF.
-    #[error("i/o: {0}")]
-    Io(std::io::Error),
-    /// Length out of range.
-    #[error("invalid message length {0}")]
-    Invalid(i32),
 }

@@ -272,10 +272,13 @@ async fn run_session(
     drop(handle);
     let Some(end) = end else {
         tracing::info!("session terminated: token revoked or user disabled");
-        let mut out = BytesMut::new();
-        PgError::invalid_authorization("session terminated: pgveil token revoked or user disabled")
-            .encode(&mut out);
-        let _ = stream.write_all(&out).await;
+        refuse(
+            stream,
+            PgError::invalid_authorization(
+                "session terminated: pgveil token revoked or user disabled",
+            ),
+        )
+        .await;
         crate::cancel::send_cancel_detached(conn.target.clone(), conn.key);
         finish(conn, false, Leftover::Synced(b'I'), shared).await;
         return;
