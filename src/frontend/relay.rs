@@ -345,7 +345,7 @@ impl<'a> Relay<'a> {
                     } else {
                         PgError::idle_in_transaction_timeout()
                     };
-                    tracing::info!(code = err.code, "client idle timeout");
+                    tracing::info!(code = err.code(), "client idle timeout");
                     self.state.mid_frame |= csplit.mid_frame();
                     err.encode(&mut to_c);
                     ending = Some(RelayEnd::IdleTimeout);
@@ -461,7 +461,7 @@ impl<'a> Relay<'a> {
                 Ok(None) => self.held_since = None,
                 Ok(Some(err)) => {
                     tracing::info!(
-                        code = err.code,
+                        code = err.code(),
                         "policy version changed under prepared state"
                     );
                     err.encode(to_c);
@@ -836,7 +836,7 @@ impl<'a> Relay<'a> {
         let marker = format!("pgveil:{:016x}", rand::random::<u64>());
         // Not the message: a parse error quotes the statement (literals included); the masking engine's audit
         // event carries the rule that refused it.
-        tracing::info!(code = err.code, "statement refused");
+        tracing::info!(code = err.code(), "statement refused");
         let sql = format!("SELECT \"{marker}\"");
         self.denials.push((marker, err));
         sql
@@ -971,7 +971,7 @@ impl<'a> Relay<'a> {
                     };
                     if let Some(t) = self.tally.as_mut() {
                         let code = match &denial {
-                            Some(e) => Some(e.code.to_owned()),
+                            Some(e) => Some(e.code().to_owned()),
                             None => error_code(body),
                         };
                         if let EndAction::Replace(err) = t.on_end(frame[0], body, code, split) {

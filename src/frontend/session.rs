@@ -158,7 +158,7 @@ async fn start(
             None
         }
         Err(AuthError::Refused(e)) => {
-            metrics::counter!("pgveil_auth_total", "result" => "refused", "sqlstate" => e.code)
+            metrics::counter!("pgveil_auth_total", "result" => "refused", "sqlstate" => e.code())
                 .increment(1);
             refuse(&mut stream, e).await;
             None
@@ -433,7 +433,7 @@ pub(super) fn checked_settings_sql(
     match shared.policy.check(&sql, who) {
         Decision::Allow => Ok(Some(sql)),
         Decision::Rewrite(s) => Ok(Some(s)),
-        Decision::Deny(e) => Err(PgError::startup_setting_refused(e.message)),
+        Decision::Deny(e) => Err(PgError::startup_setting_refused(e.into_message())),
     }
 }
 

@@ -349,7 +349,7 @@ impl MaskingEngine {
     pub fn check_epoch(&self, sql: &str, tenant: &TenantId, role: &RoleName) -> Versioned {
         let mut d = self.check_uncounted(sql, tenant, role);
         // A relation the snapshot does not have: load the catalog now and decide again, once.
-        if matches!(&d.decision, Decision::Deny(e) if e.code == "42P01")
+        if matches!(&d.decision, Decision::Deny(e) if e.code() == "42P01")
             && self.reload_on_demand(tenant)
         {
             d = self.check_uncounted(sql, tenant, role);
@@ -663,7 +663,7 @@ fn audit(c: &Cached) -> AuditTag {
     let (decision, code) = match &c.decision {
         Decision::Allow => ("allowed", ""),
         Decision::Rewrite(_) => ("rewritten", ""),
-        Decision::Deny(e) => ("refused", e.code),
+        Decision::Deny(e) => ("refused", e.code()),
     };
     metrics::counter!("pgveil_statements_total", "decision" => decision).increment(1);
     AuditTag {

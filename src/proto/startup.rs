@@ -128,7 +128,7 @@ mod tests {
     fn rejects_garbage() {
         for short in [&b""[..], b"\0", b"\0\x03\0"] {
             let e = decode_startup(short).unwrap_err();
-            assert_eq!(e.code, "08P01");
+            assert_eq!(e.code(), "08P01");
         }
         assert!(decode_startup(&packet(196608, b"user\0u\0database")).is_err());
         assert!(decode_startup(&packet(196608, b"user\0u\0\0junk")).is_err());

@@ -61,13 +61,13 @@ async fn startup_packets_are_capped_and_decoded() {
         .read_startup(10_000)
         .await
         .unwrap_err();
-    assert!(matches!(err, ReadError::Refused(e) if e.code == "08P01"));
+    assert!(matches!(err, ReadError::Refused(e) if e.code() == "08P01"));
     let mut data: &[u8] = &[0, 0, 0, 4];
     let err = Framed::exact(&mut data)
         .read_startup(10_000)
         .await
         .unwrap_err();
-    assert!(matches!(err, ReadError::Refused(e) if e.code == "08P01"));
+    assert!(matches!(err, ReadError::Refused(e) if e.code() == "08P01"));
     let ssl = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f, 0x16];
     let mut r: &[u8] = &ssl;
     let p = Framed::exact(&mut r).read_startup(10_000).await.unwrap();
