@@ -27,7 +27,7 @@ use crate::token::TokenVerifier;
 
 /// Errors starting the server.
 #[derive(Debug, thiserror::Error)]
-pub enum ServerError {
+pub enum ServerStartError {
     /// TLS material could not be loaded.
     #[error("tls: {0}")]
     Tls(#[from] crate::tls::TlsError),
@@ -141,7 +141,7 @@ impl Default for ServerOptions {
 
 impl Server {
     /// Loads keys and TLS material and binds the listener.
-    pub async fn bind(cfg: Config, opts: ServerOptions) -> Result<Server, ServerError> {
+    pub async fn bind(cfg: Config, opts: ServerOptions) -> Result<Server, ServerStartError> {
         let tls = match &cfg.tls {
             Some(t) => Some(TlsAcceptor::from(crate::tls::server_config(
                 &t.cert, &t.key,
@@ -199,15 +199,17 @@ impl Server {
         let listener =
             TcpListener::bind(cfg.listen.addr)
                 .await
-                .map_err(|source| ServerError::Bind {
+                .map_err(|source| ServerStartError::Bind {
                     addr: cfg.listen.addr,
                     source,
                 })?;
-        let audit = Auditor::start(&cfg.audit).map_err(ServerError::Audit)?;
-        let addr = listener.local_addr().map_err(|source| ServerError::Bind {
-            addr: cfg.listen.addr,
-            source,
-        })?;
+        let audit = Auditor::start(&cfg.audit).map_err(ServerStartError::Audit)?;
+        let addr = listener
+            .local_addr()
+            .map_err(|source| ServerStartError::Bind {
+                addr: cfg.listen.addr,
+                source,
+            })?;
         let (shutdown_tx, shutdown) = watch::channel(false);
         let sessions = Arc::new(SessionRegistry::default());
         if let (Some(cache), Some(c)) = (&revocations, &cfg.control) {

@@ -16,9 +16,9 @@ use crate::proto::messages::{self, tag};
 /// Largest message (length word) accepted in an internal exchange.
 const MAX_INTERNAL_MESSAGE: usize = 1 << 20;
 
-/// An error the server returned for an internal statement.
+/// The ErrorResponse a backend returned for an internal statement (its SQLSTATE and message).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServerError {
+pub struct BackendErrorResponse {
     /// SQLSTATE.
     pub code: String,
     /// Message.
@@ -57,7 +57,7 @@ impl From<ReadError> for InternalError {
 pub async fn run_queries(
     conn: &mut BackendConn,
     sqls: &[&str],
-) -> Result<(u8, Option<ServerError>), InternalError> {
+) -> Result<(u8, Option<BackendErrorResponse>), InternalError> {
     let limit = conn.reset_timeout;
     let r = tokio::time::timeout(limit, run_inner(conn, sqls, None))
         .await
@@ -86,7 +86,7 @@ pub type Rows = Vec<Vec<Option<String>>>;
 pub async fn query_rows(
     conn: &mut BackendConn,
     sql: &str,
-) -> Result<(u8, Option<ServerError>, Rows), InternalError> {
+) -> Result<(u8, Option<BackendErrorResponse>, Rows), InternalError> {
     let mut rows = Vec::new();
     let limit = conn.reset_timeout;
     let r = tokio::time::timeout(limit, run_inner(conn, &[sql], Some(&mut rows)))
@@ -114,7 +114,7 @@ async fn run_inner(
     conn: &mut BackendConn,
     sqls: &[&str],
     mut rows: Option<&mut Rows>,
-) -> Result<(u8, Option<ServerError>), InternalError> {
+) -> Result<(u8, Option<BackendErrorResponse>), InternalError> {
     let mut out = BytesMut::new();
     for sql in sqls {
         messages::query(&mut out, sql);
@@ -146,7 +146,7 @@ async fn run_inner(
                 );
             }
             tag::ERROR_RESPONSE if first_error.is_none() => {
-                let mut e = ServerError {
+                let mut e = BackendErrorResponse {
                     code: String::new(),
                     message: String::new(),
                 };
