@@ -362,7 +362,7 @@ async fn connection(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
             crate::frontend::session::serve(tcp, peer, shared.clone(), slot).await;
         }
         None => {
-            metrics::counter!("pgveil_auth_total", "result" => "refused", "sqlstate" => "53300")
+            metrics::counter!("pgveil_auth_total", "result" => crate::error::ErrorKind::Refused.as_label(), "sqlstate" => "53300")
                 .increment(1);
             too_many(tcp).await;
         }

@@ -9,6 +9,7 @@ use std::time::SystemTime;
 use bytes::BytesMut;
 
 use crate::config::Config;
+use crate::error::{Classified, ErrorKind};
 use crate::identity::Identity;
 use crate::ids::ClientAddr;
 use crate::mfa::policy::MfaRequirement;
@@ -39,6 +40,15 @@ pub enum AuthError {
     /// The client went away (e.g. psql closing to prompt for a password).
     #[error("client left during authentication")]
     Gone,
+}
+
+impl Classified for AuthError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            AuthError::Refused(_) => ErrorKind::Refused,
+            AuthError::Gone => ErrorKind::ClientGone,
+        }
+    }
 }
 
 /// Asks for and verifies the token.

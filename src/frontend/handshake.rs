@@ -5,6 +5,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
+use crate::error::{Classified, ErrorKind};
 use crate::net::{ClientStream, Framed, ReadError};
 use crate::proto::PgError;
 use crate::proto::startup::{StartupMessage, StartupPacket};
@@ -40,6 +41,15 @@ pub enum HandshakeError {
     /// The client sent something invalid; it was sent this error.
     #[error("{0}")]
     Refused(PgError),
+}
+
+impl Classified for HandshakeError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            HandshakeError::Io(_) => ErrorKind::ClientGone,
+            HandshakeError::Refused(_) => ErrorKind::Refused,
+        }
+    }
 }
 
 /// Negotiates TLS and reads the startup message.
