@@ -16,6 +16,7 @@ pub mod config;
 pub mod control;
 pub mod demo;
 pub mod doctor;
+pub mod error;
 pub mod event_loops;
 pub mod exfil;
 pub mod frontend;

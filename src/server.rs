@@ -5,8 +5,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
-use bytes::BytesMut;
-use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
@@ -19,6 +17,7 @@ use crate::config::Config;
 use crate::control::ControlDb;
 use crate::event_loops::EventLoops;
 use crate::exfil::Budgets;
+use crate::net::Framed;
 use crate::policy::engine::MaskingEngine;
 use crate::policy::{AllowAll, StatementPolicy};
 use crate::proto::PgError;
@@ -29,7 +28,7 @@ use crate::token::TokenVerifier;
 
 /// Errors starting the server.
 #[derive(Debug, thiserror::Error)]
-pub enum ServerError {
+pub enum ServerStartError {
     /// TLS material could not be loaded.
     #[error("tls: {0}")]
     Tls(#[from] crate::tls::TlsError),
@@ -140,7 +139,7 @@ impl Default for ServerOptions {
 
 impl Server {
     /// Loads keys and TLS material and binds the listener.
-    pub async fn bind(cfg: Config, opts: ServerOptions) -> Result<Server, ServerError> {
+    pub async fn bind(cfg: Config, opts: ServerOptions) -> Result<Server, ServerStartError> {
         let tls = match &cfg.tls {
             Some(t) => Some(TlsAcceptor::from(crate::tls::server_config(
                 &t.cert, &t.key,
@@ -198,15 +197,17 @@ impl Server {
         let listener =
             TcpListener::bind(cfg.listen.addr)
                 .await
-                .map_err(|source| ServerError::Bind {
+                .map_err(|source| ServerStartError::Bind {
                     addr: cfg.listen.addr,
                     source,
                 })?;
-        let audit = Auditor::start(&cfg.audit).map_err(ServerError::Audit)?;
-        let addr = listener.local_addr().map_err(|source| ServerError::Bind {
-            addr: cfg.listen.addr,
-            source,
-        })?;
+        let audit = Auditor::start(&cfg.audit).map_err(ServerStartError::Audit)?;
+        let addr = listener
+            .local_addr()
+            .map_err(|source| ServerStartError::Bind {
+                addr: cfg.listen.addr,
+                source,
+            })?;
         let (shutdown_tx, shutdown) = watch::channel(false);
         let sessions = Arc::new(SessionRegistry::default());
         if let (Some(cache), Some(c)) = (&revocations, &cfg.control) {
@@ -359,7 +360,7 @@ async fn connection(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
             crate::frontend::session::serve(tcp, peer, shared.clone(), slot).await;
         }
         None => {
-            metrics::counter!("pgveil_auth_total", "result" => "refused", "sqlstate" => "53300")
+            metrics::counter!("pgveil_auth_total", "result" => crate::error::ErrorKind::Refused.as_label(), "sqlstate" => "53300")
                 .increment(1);
             too_many(tcp).await;
         }
@@ -407,7 +408,6 @@ impl Drop for Slot<'_> {
 }
 
 async fn too_many(mut tcp: TcpStream) {
-    let mut out = BytesMut::new();
-    PgError::too_many_connections("sorry, too many clients already").encode(&mut out);
-    let _ = tcp.write_all(&out).await;
+    let err = PgError::too_many_connections("sorry, too many clients already");
+    let _ = Framed::exact(&mut tcp).write_fatal(&err).await;
 }

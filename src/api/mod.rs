@@ -38,7 +38,7 @@ pub use crate::config::{ApiConfig, DEFAULT_API_PORT};
 
 /// Errors starting the API.
 #[derive(Debug, thiserror::Error)]
-pub enum ApiError {
+pub enum ApiStartError {
     /// Configuration missing.
     #[error("{0}")]
     Config(&'static str),
@@ -101,19 +101,19 @@ pub struct ApiServer {
 
 impl ApiServer {
     /// Opens the control database, loads keys and binds the listener.
-    pub async fn bind(cfg: Config, opts: ApiOptions) -> Result<ApiServer, ApiError> {
+    pub async fn bind(cfg: Config, opts: ApiOptions) -> Result<ApiServer, ApiStartError> {
         let api = cfg
             .api
             .clone()
-            .ok_or(ApiError::Config("no [api] section"))?;
+            .ok_or(ApiStartError::Config("no [api] section"))?;
         let control = cfg
             .control
             .clone()
-            .ok_or(ApiError::Config("[api] needs [control]"))?;
+            .ok_or(ApiStartError::Config("[api] needs [control]"))?;
         let tls_cfg = cfg
             .tls
             .clone()
-            .ok_or(ApiError::Config("the API needs a [tls] certificate"))?;
+            .ok_or(ApiStartError::Config("the API needs a [tls] certificate"))?;
         let secrets = opts.secrets;
         let db = ControlDb::open(&control, &*secrets).await?;
         let secret_box = SecretBox::from_secret(&secrets.fetch(&control.totp_key_secret).await?)?;
@@ -122,7 +122,7 @@ impl ApiServer {
             .auth
             .signing_key_secret
             .clone()
-            .ok_or(ApiError::Config("[api] needs auth.signing_key_secret"))?;
+            .ok_or(ApiStartError::Config("[api] needs auth.signing_key_secret"))?;
         // The signing key comes from the secret store, like every other pgveil key.
         let pem = secrets.fetch(&key_id).await?;
         let signer = TokenSigner::from_pem(&pem, &cfg.auth.issuer)?;
@@ -145,7 +145,7 @@ impl ApiServer {
         };
         if api.insecure_no_first_factor {
             if !demo_mode() {
-                return Err(ApiError::Config(
+                return Err(ApiStartError::Config(
                     "api.insecure_no_first_factor is for demos only (set PGVEIL_DEMO=1 to accept it)",
                 ));
             }
@@ -157,14 +157,14 @@ impl ApiServer {
         server_tls.alpn_protocols = vec![b"http/1.1".to_vec()];
         let trusted_proxies = Arc::new(
             client_ip::TrustedProxies::parse(&api.trusted_proxies)
-                .map_err(|_| ApiError::Config("api.trusted_proxies is invalid"))?,
+                .map_err(|_| ApiStartError::Config("api.trusted_proxies is invalid"))?,
         );
         let listener = TcpListener::bind(api.addr)
             .await
-            .map_err(|e| ApiError::Io(format!("cannot listen on {}: {e}", api.addr)))?;
+            .map_err(|e| ApiStartError::Io(format!("cannot listen on {}: {e}", api.addr)))?;
         let addr = listener
             .local_addr()
-            .map_err(|e| ApiError::Io(format!("cannot listen on {}: {e}", api.addr)))?;
+            .map_err(|e| ApiStartError::Io(format!("cannot listen on {}: {e}", api.addr)))?;
         let state = Arc::new(ApiState {
             mfa: MfaService::new(db, secret_box, api.throttle.clone()),
             signer,

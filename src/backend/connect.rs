@@ -11,7 +11,7 @@ use postgres_protocol::message::{backend::Message, frontend};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::net::BackendStream;
+use crate::net::{BackendStream, Framed, ReadError};
 pub use crate::route::BackendTarget;
 use crate::secret::{DbCredentials, ExposeSecret};
 
@@ -136,7 +136,7 @@ impl ConnectError {
     }
 }
 
-/// Largest message accepted from a backend during startup.
+/// Largest message (length word) accepted from a backend during startup.
 const MAX_STARTUP_MESSAGE: usize = 1 << 20;
 
 /// Opens and authenticates a backend connection. `params` are extra startup parameters (GUCs).
@@ -171,7 +171,7 @@ async fn connect_inner(
         .await
         .map_err(io)?;
     tcp.set_nodelay(true).map_err(io)?;
-    let mut stream = match &target.tls {
+    let stream = match &target.tls {
         None => BackendStream::Plain(tcp),
         Some(cfg) => BackendStream::Tls(Box::new(
             start_tls(tcp, cfg.clone(), &target.host, addr).await?,
@@ -183,16 +183,15 @@ async fn connect_inner(
         vec![("user", &creds.username), ("database", &target.dbname)];
     startup.extend_from_slice(params);
     frontend::startup_message(startup.iter().copied(), &mut buf).map_err(io)?;
-    stream.write_all(&buf).await.map_err(io)?;
+    let mut framed = Framed::buffered(stream, BytesMut::with_capacity(8192));
+    framed.send(&buf).await.map_err(io)?;
 
-    let mut rbuf = BytesMut::with_capacity(8192);
     let mut scram: Option<ScramSha256> = None;
     let mut server_params = BTreeMap::new();
     let mut key = None;
     let mut auth = AuthMethod::None;
     loop {
-        let msg = read_message(&mut stream, &mut rbuf).await.map_err(io)?;
-        let msg = msg.ok_or_else(|| proto("connection closed during startup"))?;
+        let msg = next_message(&mut framed, addr).await?;
         buf.clear();
         match msg {
             Message::AuthenticationOk => {}
@@ -268,9 +267,10 @@ async fn connect_inner(
             _ => return Err(proto("unexpected message during startup")),
         }
         if !buf.is_empty() {
-            stream.write_all(&buf).await.map_err(io)?;
+            framed.send(&buf).await.map_err(io)?;
         }
     }
+    let (stream, rbuf) = framed.into_parts();
     Ok(BackendConn {
         stream,
         params: server_params,
@@ -313,28 +313,35 @@ async fn start_tls(
         .map_err(|e| tls_err(e.to_string()))
 }
 
-/// Reads one whole backend message during startup.
-async fn read_message(
-    stream: &mut BackendStream,
-    rbuf: &mut BytesMut,
-) -> std::io::Result<Option<Message>> {
-    loop {
-        if rbuf.len() >= 5 {
-            let len = i32::from_be_bytes([rbuf[1], rbuf[2], rbuf[3], rbuf[4]]);
-            if len < 4 || len as usize > MAX_STARTUP_MESSAGE {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    "invalid message length",
-                ));
-            }
+/// The next backend message during startup.
+async fn next_message(
+    framed: &mut Framed<BackendStream>,
+    addr: &str,
+) -> Result<Message, ConnectError> {
+    let io = |source| ConnectError::Io {
+        addr: addr.to_owned(),
+        source,
+    };
+    let frame = match framed.read_frame(MAX_STARTUP_MESSAGE).await {
+        Ok(frame) => frame,
+        Err(ReadError::Closed) => {
+            return Err(ConnectError::Protocol {
+                addr: addr.to_owned(),
+                reason: "connection closed during startup".to_owned(),
+            });
         }
-        if let Some(m) = Message::parse(rbuf)? {
-            return Ok(Some(m));
+        Err(ReadError::Io(e)) => return Err(io(e)),
+        Err(ReadError::BadLength(_) | ReadError::Refused(_)) => {
+            return Err(io(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "invalid message length",
+            )));
         }
-        if stream.read_buf(rbuf).await? == 0 {
-            return Ok(None);
-        }
-    }
+    };
+    // A whole frame always parses to a message.
+    Message::parse(&mut frame.into_bytes())
+        .map_err(io)?
+        .ok_or_else(|| io(std::io::ErrorKind::UnexpectedEof.into()))
 }
 
 fn server_error(

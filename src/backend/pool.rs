@@ -50,6 +50,17 @@ pub enum BackendError {
     Connect(#[from] ConnectError),
 }
 
+impl crate::error::Classified for BackendError {
+    fn kind(&self) -> crate::error::ErrorKind {
+        use crate::error::ErrorKind;
+        match self {
+            BackendError::Secret { .. } => ErrorKind::Secret,
+            BackendError::Incomplete(_) => ErrorKind::Incomplete,
+            BackendError::Connect(_) => ErrorKind::Connect,
+        }
+    }
+}
+
 /// Creates and recycles backend connections for one pool.
 pub struct Manager {
     tenant: Arc<Tenant>,

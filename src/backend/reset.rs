@@ -6,19 +6,19 @@
 //! answer in time is marked broken and cancelled, so its caller closes it instead of waiting forever or handing
 //! it to the next client.
 
-use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use bytes::BytesMut;
 
 use super::BackendConn;
+use crate::net::{Framed, ReadError};
 use crate::proto::error::parse_fields;
 use crate::proto::messages::{self, tag};
 
-/// Largest message accepted in an internal exchange.
+/// Largest message (length word) accepted in an internal exchange.
 const MAX_INTERNAL_MESSAGE: usize = 1 << 20;
 
-/// An error the server returned for an internal statement.
+/// The ErrorResponse a backend returned for an internal statement (its SQLSTATE and message).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServerError {
+pub struct BackendErrorResponse {
     /// SQLSTATE.
     pub code: String,
     /// Message.
@@ -39,13 +39,25 @@ pub enum InternalError {
     Timeout,
 }
 
+impl From<ReadError> for InternalError {
+    fn from(e: ReadError) -> Self {
+        match e {
+            ReadError::Io(e) => InternalError::Io(e),
+            ReadError::Closed => InternalError::Protocol("server closed the connection"),
+            ReadError::BadLength(_) | ReadError::Refused(_) => {
+                InternalError::Protocol("invalid message length")
+            }
+        }
+    }
+}
+
 /// Runs each SQL string as its own simple Query (pipelined) and waits for all of them. Returns the first
 /// server error, if any; ParameterStatus updates are recorded in `conn.params`. Returns the final
 /// transaction status.
 pub async fn run_queries(
     conn: &mut BackendConn,
     sqls: &[&str],
-) -> Result<(u8, Option<ServerError>), InternalError> {
+) -> Result<(u8, Option<BackendErrorResponse>), InternalError> {
     let limit = conn.reset_timeout;
     let r = tokio::time::timeout(limit, run_inner(conn, sqls, None))
         .await
@@ -74,7 +86,7 @@ pub type Rows = Vec<Vec<Option<String>>>;
 pub async fn query_rows(
     conn: &mut BackendConn,
     sql: &str,
-) -> Result<(u8, Option<ServerError>, Rows), InternalError> {
+) -> Result<(u8, Option<BackendErrorResponse>, Rows), InternalError> {
     let mut rows = Vec::new();
     let limit = conn.reset_timeout;
     let r = tokio::time::timeout(limit, run_inner(conn, &[sql], Some(&mut rows)))
@@ -102,25 +114,21 @@ async fn run_inner(
     conn: &mut BackendConn,
     sqls: &[&str],
     mut rows: Option<&mut Rows>,
-) -> Result<(u8, Option<ServerError>), InternalError> {
+) -> Result<(u8, Option<BackendErrorResponse>), InternalError> {
     let mut out = BytesMut::new();
     for sql in sqls {
         messages::query(&mut out, sql);
     }
-    conn.stream.write_all(&out).await?;
+    let params = &mut conn.params;
+    let mut framed = Framed::buffered(&mut conn.stream, &mut conn.rbuf);
+    framed.send(&out).await?;
     let mut pending = sqls.len();
     let mut first_error = None;
     let mut status = b'I';
     while pending > 0 {
-        while conn.rbuf.len() < 5 || conn.rbuf.len() < 1 + frame_len(&conn.rbuf)? {
-            if conn.stream.read_buf(&mut conn.rbuf).await? == 0 {
-                return Err(InternalError::Protocol("server closed the connection"));
-            }
-        }
-        let len = frame_len(&conn.rbuf)?;
-        let frame = conn.rbuf.split_to(1 + len);
-        let payload = &frame[5..];
-        match frame[0] {
+        let frame = framed.read_frame(MAX_INTERNAL_MESSAGE).await?;
+        let payload = frame.payload();
+        match frame.tag() {
             tag::READY_FOR_QUERY => {
                 status = *payload
                     .first()
@@ -132,13 +140,13 @@ async fn run_inner(
                     .ok_or(InternalError::Protocol("bad ParameterStatus"))?;
                 let (value, _) = messages::read_cstr(rest)
                     .ok_or(InternalError::Protocol("bad ParameterStatus"))?;
-                conn.params.insert(
+                params.insert(
                     String::from_utf8_lossy(name).into_owned(),
                     String::from_utf8_lossy(value).into_owned(),
                 );
             }
             tag::ERROR_RESPONSE if first_error.is_none() => {
-                let mut e = ServerError {
+                let mut e = BackendErrorResponse {
                     code: String::new(),
                     message: String::new(),
                 };
@@ -186,14 +194,6 @@ fn decode_data_row(mut p: &[u8]) -> Option<Vec<Option<String>>> {
         }
     }
     Some(row)
-}
-
-fn frame_len(buf: &BytesMut) -> Result<usize, InternalError> {
-    let len = (&buf[1..5]).get_i32();
-    if len < 4 || len as usize > MAX_INTERNAL_MESSAGE {
-        return Err(InternalError::Protocol("invalid message length"));
-    }
-    Ok(len as usize)
 }
 
 /// Makes a backend safe for the next session: rolls back an open transaction, then `DISCARD ALL` (drops temp
@@ -255,11 +255,15 @@ async fn drain_inner(conn: &mut BackendConn, marker: &str) -> Result<u8, Interna
     messages::sync(&mut out);
     messages::query(&mut out, "ROLLBACK");
     messages::query(&mut out, &format!("SELECT 1 AS \"{marker}\""));
-    conn.stream.write_all(&out).await?;
+    let mut framed = Framed::buffered(&mut conn.stream, &mut conn.rbuf);
+    framed.send(&out).await?;
     let mut seen_marker = false;
     loop {
-        let (t, body) = next_frame_skipping(conn).await?;
-        match t {
+        // The payload of a message larger than an internal exchange allows (a departed client's rows) is
+        // skipped. `MAX_INTERNAL_MESSAGE` counts the tag here.
+        let frame = framed.read_frame_or_skip(MAX_INTERNAL_MESSAGE - 1).await?;
+        let body = frame.payload();
+        match frame.tag() {
             b'T' if body.windows(marker.len()).any(|w| w == marker.as_bytes()) => {
                 seen_marker = true;
             }
@@ -272,43 +276,4 @@ async fn drain_inner(conn: &mut BackendConn, marker: &str) -> Result<u8, Interna
             _ => {} // the client's leftovers and our statements' own responses
         }
     }
-}
-
-/// The next backend message; the payload of messages larger than an internal exchange allows (a departed
-/// client's rows) is skipped and returned empty.
-async fn next_frame_skipping(conn: &mut BackendConn) -> Result<(u8, BytesMut), InternalError> {
-    while conn.rbuf.len() < 5 {
-        read_more(conn).await?;
-    }
-    let len = (&conn.rbuf[1..5]).get_i32();
-    if len < 4 {
-        return Err(InternalError::Protocol("invalid message length"));
-    }
-    let total = 1 + len as usize;
-    if total <= MAX_INTERNAL_MESSAGE {
-        while conn.rbuf.len() < total {
-            read_more(conn).await?;
-        }
-        let frame = conn.rbuf.split_to(total);
-        return Ok((frame[0], BytesMut::from(&frame[5..])));
-    }
-    let t = conn.rbuf[0];
-    let mut left = total;
-    loop {
-        let n = left.min(conn.rbuf.len());
-        conn.rbuf.advance(n);
-        left -= n;
-        if left == 0 {
-            return Ok((t, BytesMut::new()));
-        }
-        read_more(conn).await?;
-    }
-}
-
-async fn read_more(conn: &mut BackendConn) -> Result<(), InternalError> {
-    conn.rbuf.reserve(16 * 1024);
-    if conn.stream.read_buf(&mut conn.rbuf).await? == 0 {
-        return Err(InternalError::Protocol("server closed the connection"));
-    }
-    Ok(())
 }

@@ -7,14 +7,13 @@ use std::net::SocketAddr;
 use std::time::SystemTime;
 
 use bytes::BytesMut;
-use tokio::io::AsyncWriteExt;
 
-use super::relay::{ReadFrameError, read_frame};
 use crate::config::Config;
+use crate::error::{Classified, ErrorKind};
 use crate::identity::Identity;
 use crate::ids::ClientAddr;
 use crate::mfa::policy::MfaRequirement;
-use crate::net::ClientStream;
+use crate::net::{ClientStream, Framed, ReadError};
 use crate::proto::PgError;
 use crate::proto::messages::{self, tag};
 use crate::revoke::{RevocationCache, Revoked};
@@ -43,6 +42,15 @@ pub enum AuthError {
     Gone,
 }
 
+impl Classified for AuthError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            AuthError::Refused(_) => ErrorKind::Refused,
+            AuthError::Gone => ErrorKind::ClientGone,
+        }
+    }
+}
+
 /// Asks for and verifies the token.
 pub async fn authenticate(
     stream: &mut ClientStream,
@@ -62,22 +70,24 @@ pub async fn authenticate(
     }
     let mut out = BytesMut::new();
     messages::auth_cleartext(&mut out);
-    stream.write_all(&out).await.map_err(|_| AuthError::Gone)?;
-    let (t, body) = match read_frame(stream, MAX_TOKEN_LEN + 16).await {
+    let mut framed = Framed::exact(&mut *stream);
+    framed.send(&out).await.map_err(|_| AuthError::Gone)?;
+    // The password message's payload may hold a token and its NUL, with room to spare.
+    let frame = match framed.read_frame(4 + MAX_TOKEN_LEN + 16).await {
         Ok(f) => f,
-        Err(ReadFrameError::Io(_)) => return Err(AuthError::Gone),
-        Err(ReadFrameError::Invalid(_)) => {
+        Err(ReadError::Io(_) | ReadError::Closed) => return Err(AuthError::Gone),
+        Err(ReadError::BadLength(_) | ReadError::Refused(_)) => {
             return Err(AuthError::Refused(PgError::protocol_violation(
                 "invalid password message",
             )));
         }
     };
-    if t != tag::PASSWORD {
+    if frame.tag() != tag::PASSWORD {
         return Err(AuthError::Refused(PgError::protocol_violation(
             "expected a password message",
         )));
     }
-    let token = messages::decode_query(&body)
+    let token = messages::decode_query(frame.payload())
         .and_then(|b| std::str::from_utf8(b).ok())
         .ok_or_else(|| {
             AuthError::Refused(PgError::protocol_violation("invalid password message"))

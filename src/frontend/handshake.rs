@@ -1,14 +1,14 @@
 //! The first bytes of a connection: direct TLS (PostgreSQL 17, ALPN `postgresql`), SSLRequest, GSSENCRequest
 //! (always 'N'), CancelRequest, and finally the StartupMessage.
 
-use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
-use crate::net::ClientStream;
+use crate::error::{Classified, ErrorKind};
+use crate::net::{ClientStream, Framed, ReadError};
 use crate::proto::PgError;
-use crate::proto::startup::{StartupMessage, StartupPacket, StartupReadError, read_startup};
+use crate::proto::startup::{StartupMessage, StartupPacket};
 use crate::tls::ALPN_POSTGRESQL;
 
 /// The first byte of a TLS ClientHello record.
@@ -41,6 +41,15 @@ pub enum HandshakeError {
     /// The client sent something invalid; it was sent this error.
     #[error("{0}")]
     Refused(PgError),
+}
+
+impl Classified for HandshakeError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            HandshakeError::Io(_) => ErrorKind::ClientGone,
+            HandshakeError::Refused(_) => ErrorKind::Refused,
+        }
+    }
 }
 
 /// Negotiates TLS and reads the startup message.
@@ -135,18 +144,22 @@ async fn stream_packet(
     stream: &mut ClientStream,
     max_packet: usize,
 ) -> Result<StartupPacket, HandshakeError> {
-    match read_startup(stream, max_packet).await {
+    match Framed::exact(&mut *stream).read_startup(max_packet).await {
         Ok(p) => Ok(p),
-        Err(StartupReadError::Io(e)) => Err(e.into()),
-        Err(StartupReadError::Protocol(e)) => Err(refuse(stream, e).await),
+        Err(ReadError::Io(e)) => Err(e.into()),
+        Err(ReadError::Closed) => {
+            Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into())
+        }
+        Err(ReadError::Refused(e)) => Err(refuse(stream, e).await),
+        // Startup reads report bad lengths as `Refused`.
+        Err(e @ ReadError::BadLength(_)) => {
+            Err(refuse(stream, PgError::protocol_violation(e.to_string())).await)
+        }
     }
 }
 
 /// Sends a FATAL error and returns it as the handshake error.
 pub async fn refuse(stream: &mut ClientStream, err: PgError) -> HandshakeError {
-    let mut out = BytesMut::new();
-    err.encode(&mut out);
-    let _ = stream.write_all(&out).await;
-    let _ = stream.flush().await;
+    let _ = Framed::exact(stream).write_fatal(&err).await;
     HandshakeError::Refused(err)
 }

@@ -181,7 +181,7 @@ mod tests {
         ]);
         let got = requested_settings(&m).unwrap_err();
         // "-c\ x=1" makes the word "-c x=1", whose name " x" is invalid.
-        assert_eq!(got.code, "0A000");
+        assert_eq!(got.code(), "0A000");
         let m = msg(&[
             ("application_name", "DBeaver 24"),
             ("DateStyle", "ISO"),
@@ -212,13 +212,13 @@ mod tests {
             ("standard_conforming_strings", "off"),
         ] {
             assert_eq!(
-                requested_settings(&msg(&[(k, v)])).unwrap_err().code,
+                requested_settings(&msg(&[(k, v)])).unwrap_err().code(),
                 "42501",
                 "{k}"
             );
         }
         let opts = msg(&[("options", "-c role=postgres")]);
-        assert_eq!(requested_settings(&opts).unwrap_err().code, "42501");
+        assert_eq!(requested_settings(&opts).unwrap_err().code(), "42501");
         assert!(requested_settings(&msg(&[("standard_conforming_strings", "on")])).is_ok());
         assert!(requested_settings(&msg(&[("options", "-B 100")])).is_err());
     }

@@ -367,13 +367,13 @@ mod tests {
         let mut bind = BytesMut::new();
         messages::bind_renamed(&mut bind, b"", b"nope", &[0, 0, 0, 0, 0, 0]);
         assert_eq!(
-            c.bind(&bind[5..], &mut b2, &mut out).unwrap_err().code,
+            c.bind(&bind[5..], &mut b2, &mut out).unwrap_err().code(),
             "26000"
         );
         assert_eq!(
             c.parse(b"s1", def("select 2"), &mut b2, &mut out)
                 .unwrap_err()
-                .code,
+                .code(),
             "42P05"
         );
         // Close is answered by the backend without closing the shared statement.

@@ -19,7 +19,7 @@
 //! pipelines while the backend streams results can never deadlock the loop.
 
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
 use super::limits::{extended_tag, scan_frontend};
@@ -345,7 +345,7 @@ impl<'a> Relay<'a> {
                     } else {
                         PgError::idle_in_transaction_timeout()
                     };
-                    tracing::info!(code = err.code, "client idle timeout");
+                    tracing::info!(code = err.code(), "client idle timeout");
                     self.state.mid_frame |= csplit.mid_frame();
                     err.encode(&mut to_c);
                     ending = Some(RelayEnd::IdleTimeout);
@@ -461,7 +461,7 @@ impl<'a> Relay<'a> {
                 Ok(None) => self.held_since = None,
                 Ok(Some(err)) => {
                     tracing::info!(
-                        code = err.code,
+                        code = err.code(),
                         "policy version changed under prepared state"
                     );
                     err.encode(to_c);
@@ -836,7 +836,7 @@ impl<'a> Relay<'a> {
         let marker = format!("pgveil:{:016x}", rand::random::<u64>());
         // Not the message: a parse error quotes the statement (literals included); the masking engine's audit
         // event carries the rule that refused it.
-        tracing::info!(code = err.code, "statement refused");
+        tracing::info!(code = err.code(), "statement refused");
         let sql = format!("SELECT \"{marker}\"");
         self.denials.push((marker, err));
         sql
@@ -971,7 +971,7 @@ impl<'a> Relay<'a> {
                     };
                     if let Some(t) = self.tally.as_mut() {
                         let code = match &denial {
-                            Some(e) => Some(e.code.to_owned()),
+                            Some(e) => Some(e.code().to_owned()),
                             None => error_code(body),
                         };
                         if let EndAction::Replace(err) = t.on_end(frame[0], body, code, split) {
@@ -1086,30 +1086,4 @@ async fn pump<W: AsyncWrite + Unpin>(w: &mut W, buf: &mut BytesMut) -> std::io::
         return Err(std::io::ErrorKind::WriteZero.into());
     }
     Ok(false)
-}
-
-/// Reads exactly one whole frame from a stream (used during startup), refusing lengths above `max`.
-pub async fn read_frame<R: AsyncRead + Unpin>(
-    r: &mut R,
-    max: usize,
-) -> Result<(u8, BytesMut), ReadFrameError> {
-    let tag = r.read_u8().await.map_err(ReadFrameError::Io)?;
-    let len = r.read_i32().await.map_err(ReadFrameError::Io)?;
-    if len < 4 || len as usize - 4 > max {
-        return Err(ReadFrameError::Invalid(len));
-    }
-    let mut body = BytesMut::zeroed(len as usize - 4);
-    r.read_exact(&mut body).await.map_err(ReadFrameError::Io)?;
-    Ok((tag, body))
-}
-
-/// Errors of [`read_frame`].
-#[derive(Debug, thiserror::Error)]
-pub enum ReadFrameError {
-    /// I/O failure or EOF.
-    #[error("i/o: {0}")]
-    Io(std::io::Error),
-    /// Length out of range.
-    #[error("invalid message length {0}")]
-    Invalid(i32),
 }

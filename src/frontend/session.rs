@@ -18,6 +18,7 @@ use super::relay::{IdleTimeouts, Relay, RelayEnd};
 use crate::backend::pool::{BackendError, CheckoutError, PooledConn};
 use crate::backend::reset::{drain_unsynced, reset, run_queries};
 use crate::config::PoolMode;
+use crate::error::{Classified, ErrorKind};
 use crate::identity::Identity;
 use crate::net::ClientStream;
 use crate::policy::Decision;
@@ -44,7 +45,7 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, starti
         }
     };
     let Some(_client) = Slot::take(&shared.clients, shared.cfg.listen.max_clients) else {
-        metrics::counter!("pgveil_auth_total", "result" => "refused", "sqlstate" => "53300")
+        metrics::counter!("pgveil_auth_total", "result" => ErrorKind::Refused.as_label(), "sqlstate" => "53300")
             .increment(1);
         refuse(
             &mut stream,
@@ -75,7 +76,7 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, starti
         }
         Err(e) => {
             tracing::info!(parent: &span, cap = %e, "session refused: connection cap");
-            metrics::counter!("pgveil_auth_total", "result" => "refused", "sqlstate" => "53300")
+            metrics::counter!("pgveil_auth_total", "result" => ErrorKind::Refused.as_label(), "sqlstate" => "53300")
                 .increment(1);
             refuse(&mut stream, PgError::too_many_connections(e.to_string())).await;
             return;
@@ -101,7 +102,7 @@ async fn start(
     {
         Ok(h) => h,
         Err(e) => {
-            tracing::debug!(client = %peer, error = %e, "handshake ended");
+            tracing::debug!(client = %peer, kind = e.kind().as_label(), error = %e, "handshake ended");
             return None;
         }
     };
@@ -152,13 +153,13 @@ async fn start(
     {
         // Counted as "ok" once the session is registered within its caps (`serve`).
         Ok(who) => Some((stream, startup, who)),
-        Err(AuthError::Gone) => {
-            metrics::counter!("pgveil_auth_total", "result" => "gone", "sqlstate" => "")
+        Err(e @ AuthError::Gone) => {
+            metrics::counter!("pgveil_auth_total", "result" => e.kind().as_label(), "sqlstate" => "")
                 .increment(1);
             None
         }
         Err(AuthError::Refused(e)) => {
-            metrics::counter!("pgveil_auth_total", "result" => "refused", "sqlstate" => e.code)
+            metrics::counter!("pgveil_auth_total", "result" => ErrorKind::Refused.as_label(), "sqlstate" => e.code())
                 .increment(1);
             refuse(&mut stream, e).await;
             None
@@ -272,10 +273,13 @@ async fn run_session(
     drop(handle);
     let Some(end) = end else {
         tracing::info!("session terminated: token revoked or user disabled");
-        let mut out = BytesMut::new();
-        PgError::invalid_authorization("session terminated: pgveil token revoked or user disabled")
-            .encode(&mut out);
-        let _ = stream.write_all(&out).await;
+        refuse(
+            stream,
+            PgError::invalid_authorization(
+                "session terminated: pgveil token revoked or user disabled",
+            ),
+        )
+        .await;
         crate::cancel::send_cancel_detached(conn.target.clone(), conn.key);
         finish(conn, false, Leftover::Synced(b'I'), shared).await;
         return;
@@ -430,7 +434,7 @@ pub(super) fn checked_settings_sql(
     match shared.policy.check(&sql, who) {
         Decision::Allow => Ok(Some(sql)),
         Decision::Rewrite(s) => Ok(Some(s)),
-        Decision::Deny(e) => Err(PgError::startup_setting_refused(e.message)),
+        Decision::Deny(e) => Err(PgError::startup_setting_refused(e.into_message())),
     }
 }
 
@@ -473,14 +477,15 @@ pub(super) fn checkout_error(e: &CheckoutError, who: &Identity) -> PgError {
             PgError::internal()
         }
         CheckoutError::Backend(b) => {
-            tracing::warn!(error = %b, "backend unavailable");
-            let (kind, err) = match b {
-                BackendError::Secret { .. } => ("secret", PgError::credentials_unavailable()),
-                BackendError::Incomplete(_) => ("incomplete", PgError::backend_unavailable()),
-                BackendError::Connect(_) => ("connect", PgError::backend_unavailable()),
-            };
+            let kind = b.kind().as_label();
+            tracing::warn!(kind, error = %b, "backend unavailable");
             metrics::counter!("pgveil_backend_errors_total", "kind" => kind).increment(1);
-            err
+            match b {
+                BackendError::Secret { .. } => PgError::credentials_unavailable(),
+                BackendError::Incomplete(_) | BackendError::Connect(_) => {
+                    PgError::backend_unavailable()
+                }
+            }
         }
     }
 }

@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use deadpool::managed::Object;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
 
 use super::handshake::refuse;
@@ -428,9 +428,7 @@ pub async fn serve(
                     Idle::Data => {}
                     Idle::TimedOut => {
                         tracing::info!(code = "57P05", "client idle timeout");
-                        let mut out = BytesMut::new();
-                        PgError::idle_session_timeout().encode(&mut out);
-                        let _ = stream.write_all(&out).await;
+                        refuse(stream, PgError::idle_session_timeout()).await;
                         return;
                     }
                     Idle::Gone => return,
@@ -439,9 +437,7 @@ pub async fn serve(
                         return;
                     }
                     Idle::Shutdown => {
-                        let mut out = BytesMut::new();
-                        PgError::shutting_down().encode(&mut out);
-                        let _ = stream.write_all(&out).await;
+                        refuse(stream, PgError::shutting_down()).await;
                         return;
                     }
                 }
@@ -569,10 +565,11 @@ async fn internal_error(stream: &mut ClientStream, held: Option<PooledConn>) {
 /// Tells the client its session was ended by a revocation.
 async fn terminated(stream: &mut ClientStream) {
     tracing::info!("session terminated: token revoked or user disabled");
-    let mut out = BytesMut::new();
-    PgError::invalid_authorization("session terminated: pgveil token revoked or user disabled")
-        .encode(&mut out);
-    let _ = stream.write_all(&out).await;
+    refuse(
+        stream,
+        PgError::invalid_authorization("session terminated: pgveil token revoked or user disabled"),
+    )
+    .await;
 }
 
 /// Removes a backend from its pool and closes it.

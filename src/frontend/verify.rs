@@ -120,11 +120,20 @@ mod tests {
         // PostgreSQL truncates identifiers to 63 bytes: a longer spelling calls the function too.
         let long = "f".repeat(63);
         let names: HashSet<String> = [long.clone(), "äpfel".to_owned()].into();
-        assert!(mentions(format!("SELECT {}xyz()", long.to_uppercase()).as_bytes(), &names));
+        assert!(mentions(
+            format!("SELECT {}xyz()", long.to_uppercase()).as_bytes(),
+            &names
+        ));
         assert!(mentions(format!("SELECT \"{long}\"()").as_bytes(), &names));
-        assert!(!mentions(format!("SELECT {}()", &long[..62]).as_bytes(), &names));
+        assert!(!mentions(
+            format!("SELECT {}()", &long[..62]).as_bytes(),
+            &names
+        ));
         assert!(mentions("SELECT \"ÄPFEL\"()".as_bytes(), &names));
-        assert!(mentions(format!("SELECT \"äpfel{}\"()", "x".repeat(70)).as_bytes(), &["äpfel".to_owned() + &"x".repeat(57)].into()));
+        assert!(mentions(
+            format!("SELECT \"äpfel{}\"()", "x".repeat(70)).as_bytes(),
+            &["äpfel".to_owned() + &"x".repeat(57)].into()
+        ));
         assert!(defines_function(b"CREATE OR REPLACE FUNCTION f() ..."));
         assert!(!defines_function(b"SELECT 1"));
     }

@@ -266,7 +266,7 @@ impl MaskingEngine {
     pub fn check_epoch(&self, sql: &str, tenant: &TenantId, role: &RoleName) -> Versioned {
         let mut d = self.check_uncounted(sql, tenant, role);
         // A relation the snapshot does not have: load the catalog now and decide again, once.
-        if matches!(&d.decision, Decision::Deny(e) if e.code == "42P01")
+        if matches!(&d.decision, Decision::Deny(e) if e.code() == "42P01")
             && self.reload_on_demand(tenant)
         {
             d = self.check_uncounted(sql, tenant, role);

@@ -281,7 +281,7 @@ fn explain_with(
             );
         }
         Decision::Deny(e) => {
-            let _ = writeln!(out, "decision: refuse\n{} {}", e.code, e.message);
+            let _ = writeln!(out, "decision: refuse\n{} {}", e.code(), e.message());
         }
     }
     out

@@ -12,17 +12,18 @@ pub enum Severity {
     Fatal,
 }
 
-/// An error (or notice) as the client will see it.
+/// An error (or notice) as the client will see it. The fields are private: the named constructors below are
+/// the only way to make one, so nothing outside this allowlist of SQLSTATEs can reach a client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PgError {
     /// ERROR or FATAL.
-    pub severity: Severity,
+    severity: Severity,
     /// Five-character SQLSTATE.
-    pub code: &'static str,
+    code: &'static str,
     /// Primary message.
-    pub message: String,
+    message: String,
     /// Optional hint.
-    pub hint: Option<String>,
+    hint: Option<String>,
 }
 
 impl PgError {
@@ -265,6 +266,26 @@ impl PgError {
     /// XX000 FATAL: an invariant of pgveil's own code did not hold; the session is ended (details in the log).
     pub fn internal() -> Self {
         Self::new(Severity::Fatal, "XX000", "pgveil: internal error")
+    }
+    /// ERROR or FATAL.
+    pub fn severity(&self) -> Severity {
+        self.severity
+    }
+    /// The SQLSTATE.
+    pub fn code(&self) -> &'static str {
+        self.code
+    }
+    /// The primary message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+    /// The hint, if any.
+    pub fn hint(&self) -> Option<&str> {
+        self.hint.as_deref()
+    }
+    /// The primary message, taken out.
+    pub fn into_message(self) -> String {
+        self.message
     }
     /// Is this FATAL?
     pub fn is_fatal(&self) -> bool {

@@ -1,6 +1,5 @@
-//! The untagged startup-phase packets: StartupMessage, SSLRequest, GSSENCRequest, CancelRequest.
-
-use tokio::io::{AsyncRead, AsyncReadExt};
+//! The untagged startup-phase packets: StartupMessage, SSLRequest, GSSENCRequest, CancelRequest. They are
+//! read (length capped) by [`crate::net::Framed::read_startup`] and decoded here.
 
 use super::error::PgError;
 
@@ -44,35 +43,6 @@ impl StartupMessage {
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
     }
-}
-
-/// Reads one startup-phase packet, refusing lengths outside `8..=max_len` before allocating.
-pub async fn read_startup<R: AsyncRead + Unpin>(
-    r: &mut R,
-    max_len: usize,
-) -> Result<StartupPacket, StartupReadError> {
-    let len = r.read_i32().await.map_err(StartupReadError::Io)?;
-    if len < 8 || len as usize > max_len {
-        return Err(StartupReadError::Protocol(PgError::protocol_violation(
-            format!("invalid startup packet length {len}"),
-        )));
-    }
-    let mut body = vec![0u8; len as usize - 4];
-    r.read_exact(&mut body)
-        .await
-        .map_err(StartupReadError::Io)?;
-    decode_startup(&body).map_err(StartupReadError::Protocol)
-}
-
-/// Errors reading a startup packet.
-#[derive(Debug, thiserror::Error)]
-pub enum StartupReadError {
-    /// The connection failed or closed.
-    #[error("i/o: {0}")]
-    Io(std::io::Error),
-    /// The packet is malformed.
-    #[error("{0}")]
-    Protocol(PgError),
 }
 
 /// Decodes the body of a startup-phase packet (after its length word).
@@ -158,7 +128,7 @@ mod tests {
     fn rejects_garbage() {
         for short in [&b""[..], b"\0", b"\0\x03\0"] {
             let e = decode_startup(short).unwrap_err();
-            assert_eq!(e.code, "08P01");
+            assert_eq!(e.code(), "08P01");
         }
         assert!(decode_startup(&packet(196608, b"user\0u\0database")).is_err());
         assert!(decode_startup(&packet(196608, b"user\0u\0\0junk")).is_err());
@@ -172,12 +142,5 @@ mod tests {
             decode_startup(&packet(80877102, &[0, 0, 0, 1, 0, 0, 0, 2])).unwrap(),
             StartupPacket::Cancel { pid: 1, secret: 2 }
         ));
-    }
-
-    #[tokio::test]
-    async fn caps_length_before_allocating() {
-        let mut data: &[u8] = &[0x7f, 0xff, 0xff, 0xff, 0, 3, 0, 0];
-        let err = read_startup(&mut data, 10_000).await.unwrap_err();
-        assert!(matches!(err, StartupReadError::Protocol(e) if e.code == "08P01"));
     }
 }

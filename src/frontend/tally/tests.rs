@@ -91,7 +91,7 @@ fn relay(
                 return (out, errors, Some(e));
             }
         } else if let EndAction::Replace(e) = t.on_end(frame[0], body, None, split) {
-            errors.push(e.code.to_owned());
+            errors.push(e.code().to_owned());
             continue;
         }
         out.extend_from_slice(&frame);

@@ -250,7 +250,7 @@ fn audit(c: &Cached) -> AuditTag {
     let (decision, code) = match &c.decision {
         Decision::Allow => ("allowed", ""),
         Decision::Rewrite(_) => ("rewritten", ""),
-        Decision::Deny(e) => ("refused", e.code),
+        Decision::Deny(e) => ("refused", e.code()),
     };
     metrics::counter!("pgveil_statements_total", "decision" => decision).increment(1);
     AuditTag {

@@ -251,14 +251,14 @@ fn names_and_errors_as_postgresql() {
         Outcome::Refuse(r) => {
             let e = r.to_pg_error();
             assert_eq!(
-                (e.code, e.message.as_str()),
+                (e.code(), e.message()),
                 ("42P01", "relation \"nosuchtable\" does not exist")
             );
         }
         other => panic!("{other:?}"),
     }
     match run_as("analyst", "SELECT * FROM other.public.payers") {
-        Outcome::Refuse(r) => assert_eq!(r.to_pg_error().code, "0A000"),
+        Outcome::Refuse(r) => assert_eq!(r.to_pg_error().code(), "0A000"),
         other => panic!("{other:?}"),
     }
 }
