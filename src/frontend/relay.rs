@@ -37,7 +37,9 @@ use crate::policy::{Decision, StatementPolicy};
 use crate::proto::PgError;
 use crate::proto::error::parse_fields;
 use crate::proto::frame::{FrameError, FrameSplitter, Item, payload};
-use crate::proto::messages::{self, tag};
+use crate::proto::TxnStatus;
+use crate::proto::messages;
+use crate::proto::tags::{backend as tag_b, frontend as tag_f};
 
 /// Stop reading a side while this much is queued for the other.
 const HIGH_WATER: usize = 256 * 1024;
@@ -95,8 +97,8 @@ impl IdleTimeouts {
 /// Protocol state that outlives one relay run (the backend's view of the conversation).
 #[derive(Debug, Clone)]
 pub struct RelayState {
-    /// Transaction status from the last ReadyForQuery (`I`, `T`, `E`).
-    pub txn_status: u8,
+    /// Transaction status from the last ReadyForQuery.
+    pub txn_status: TxnStatus,
     /// Query/Sync/FunctionCall messages sent whose ReadyForQuery has not arrived yet.
     pub in_flight: usize,
     /// True while a frame is only partly relayed in either direction.
@@ -110,7 +112,7 @@ pub struct RelayState {
 impl Default for RelayState {
     fn default() -> Self {
         Self {
-            txn_status: b'I',
+            txn_status: TxnStatus::Idle,
             in_flight: 0,
             mid_frame: false,
             unsynced: false,
@@ -308,7 +310,7 @@ impl<'a> Relay<'a> {
             }
             if *shutdown.borrow()
                 && self.state.backend_idle()
-                && self.state.txn_status == b'I'
+                && self.state.txn_status.is_idle()
                 && to_c.is_empty()
             {
                 PgError::shutting_down().encode(&mut to_c);
@@ -322,7 +324,7 @@ impl<'a> Relay<'a> {
                 && !flush_b
                 && !flush_c
             {
-                if self.state.txn_status == b'I' {
+                if self.state.txn_status.is_idle() {
                     self.idle.session
                 } else {
                     self.idle.transaction
@@ -340,7 +342,7 @@ impl<'a> Relay<'a> {
                         None => std::future::pending().await,
                     }
                 }, if idle_deadline.is_some() => {
-                    let err = if self.state.txn_status == b'I' {
+                    let err = if self.state.txn_status.is_idle() {
                         PgError::idle_session_timeout()
                     } else {
                         PgError::idle_in_transaction_timeout()
@@ -535,7 +537,7 @@ impl<'a> Relay<'a> {
             };
             if extended_tag(frame[0]) {
                 self.state.unsynced = true;
-            } else if frame[0] == tag::SYNC {
+            } else if frame[0] == tag_f::SYNC {
                 self.state.unsynced = false;
             }
             match self.on_client_frame(&frame, to_b, stmts) {
@@ -556,13 +558,13 @@ impl<'a> Relay<'a> {
         stmts: &mut BackendStatements,
     ) -> Result<Step, PgError> {
         let body = payload(frame);
-        if self.txn.is_some() && frame[0] != tag::QUERY {
+        if self.txn.is_some() && frame[0] != tag_f::QUERY {
             // Translated against this backend's prepared statements: not portable to another one.
             self.retry = None;
             return self.on_client_frame_txn(frame, to_b, stmts);
         }
         match frame[0] {
-            tag::QUERY => {
+            tag_f::QUERY => {
                 let sql = messages::decode_query(body)
                     .ok_or_else(|| PgError::protocol_violation("invalid Query message"))?;
                 self.state.in_flight += 1;
@@ -588,7 +590,7 @@ impl<'a> Relay<'a> {
                     Decision::Deny(err) => messages::query(to_b, &self.deny(err)),
                 }
             }
-            tag::PARSE => {
+            tag_f::PARSE => {
                 let p = messages::decode_parse(body)
                     .ok_or_else(|| PgError::protocol_violation("invalid Parse message"))?;
                 let decision = self.decide(p.sql, Some(p.name));
@@ -601,7 +603,7 @@ impl<'a> Relay<'a> {
                     Decision::Deny(err) => messages::parse(to_b, p.name, &self.deny(err), &[0, 0]),
                 }
             }
-            tag::FUNCTION_CALL => {
+            tag_f::FUNCTION_CALL => {
                 self.state.in_flight += 1;
                 if let Some(t) = self.tally.as_mut() {
                     t.on_query(None);
@@ -615,21 +617,21 @@ impl<'a> Relay<'a> {
                     to_b.extend_from_slice(frame);
                 }
             }
-            tag::SYNC => {
+            tag_f::SYNC => {
                 self.state.in_flight += 1;
                 if let Some(t) = self.tally.as_mut() {
                     t.on_sync();
                 }
                 to_b.extend_from_slice(frame);
             }
-            b'C' => {
+            tag_f::CLOSE => {
                 self.epochs.on_close(body);
                 if let Some(t) = self.tally.as_mut() {
                     t.on_close(body);
                 }
                 to_b.extend_from_slice(frame);
             }
-            tag::TERMINATE => return Ok(Step::End(RelayEnd::Terminate)),
+            tag_f::TERMINATE => return Ok(Step::End(RelayEnd::Terminate)),
             t => return Err(invalid_frontend_tag(t)),
         }
         Ok(Step::Continue)
@@ -645,7 +647,7 @@ impl<'a> Relay<'a> {
         let body = payload(frame);
         let t = self.txn.as_mut().ok_or_else(PgError::internal)?;
         let denied = match frame[0] {
-            tag::PARSE => {
+            tag_f::PARSE => {
                 t.unsynced = true;
                 let p = messages::decode_parse(body)
                     .ok_or_else(|| PgError::protocol_violation("invalid Parse message"))?;
@@ -679,18 +681,18 @@ impl<'a> Relay<'a> {
                 }
                 refused
             }
-            tag::BIND => {
+            tag_f::BIND => {
                 t.unsynced = true;
                 if let Some(tally) = self.tally.as_mut() {
                     tally.on_bind(body);
                 }
                 t.stmts.bind(body, stmts, to_b).err()
             }
-            b'D' => {
+            tag_f::DESCRIBE => {
                 t.unsynced = true;
                 t.stmts.describe(body, stmts, to_b).err()
             }
-            b'C' => {
+            tag_f::CLOSE => {
                 t.unsynced = true;
                 self.epochs.on_close(body);
                 if let Some(tally) = self.tally.as_mut() {
@@ -698,9 +700,9 @@ impl<'a> Relay<'a> {
                 }
                 t.stmts.close(body, to_b).err()
             }
-            tag::EXECUTE | b'H' => {
+            tag_f::EXECUTE | tag_f::FLUSH => {
                 t.unsynced = true;
-                if frame[0] == tag::EXECUTE
+                if frame[0] == tag_f::EXECUTE
                     && let Some(tally) = self.tally.as_mut()
                 {
                     tally.on_execute(body);
@@ -708,7 +710,7 @@ impl<'a> Relay<'a> {
                 to_b.extend_from_slice(frame);
                 None
             }
-            tag::SYNC => {
+            tag_f::SYNC => {
                 if let Some(tally) = self.tally.as_mut() {
                     tally.on_sync();
                 }
@@ -718,7 +720,7 @@ impl<'a> Relay<'a> {
                 to_b.extend_from_slice(frame);
                 None
             }
-            tag::FUNCTION_CALL => {
+            tag_f::FUNCTION_CALL => {
                 t.stmts.on_sync_sent();
                 self.state.in_flight += 1;
                 if let Some(tally) = self.tally.as_mut() {
@@ -734,7 +736,7 @@ impl<'a> Relay<'a> {
                 }
                 None
             }
-            tag::TERMINATE => return Ok(Step::End(RelayEnd::Terminate)),
+            tag_f::TERMINATE => return Ok(Step::End(RelayEnd::Terminate)),
             t => return Err(invalid_frontend_tag(t)),
         };
         if let Some(err) = denied {
@@ -759,7 +761,7 @@ impl<'a> Relay<'a> {
                     && !t.unsynced
                     && t.stmts.settled()
                     && self.state.in_flight == 0
-                    && self.state.txn_status == b'I'
+                    && self.state.txn_status.is_idle()
             }
             None => false,
         }
@@ -859,10 +861,10 @@ impl<'a> Relay<'a> {
         loop {
             let watching_errors = txn || watch || tallying || !self.denials.is_empty();
             let inspect = |t: u8| {
-                matches!(t, tag::READY_FOR_QUERY | tag::PARAMETER_STATUS)
-                    || (watching_errors && t == tag::ERROR_RESPONSE)
-                    || (watch && matches!(t, tag::COMMAND_COMPLETE | tag::NOTICE_RESPONSE))
-                    || (txn && matches!(t, tag::PARSE_COMPLETE | tag::CLOSE_COMPLETE))
+                matches!(t, tag_b::READY_FOR_QUERY | tag_b::PARAMETER_STATUS)
+                    || (watching_errors && t == tag_b::ERROR_RESPONSE)
+                    || (watch && matches!(t, tag_b::COMMAND_COMPLETE | tag_b::NOTICE_RESPONSE))
+                    || (txn && matches!(t, tag_b::PARSE_COMPLETE | tag_b::CLOSE_COMPLETE))
                     || (tallying && ends_statement(t))
             };
             let frame = match split.next(bin, inspect)? {
@@ -893,7 +895,7 @@ impl<'a> Relay<'a> {
                     continue;
                 }
                 if ends_statement(frame[0])
-                    && frame[0] != tag::ERROR_RESPONSE
+                    && frame[0] != tag_b::ERROR_RESPONSE
                     && let EndAction::Replace(err) = t.on_end(frame[0], body, None, split)
                 {
                     if watch && crate::policy::schema_changing_tag(body) {
@@ -904,14 +906,14 @@ impl<'a> Relay<'a> {
                 }
             }
             match frame[0] {
-                tag::READY_FOR_QUERY => {
+                tag_b::READY_FOR_QUERY => {
                     if let Some(t) = self.tally.as_mut()
-                        && let Some(err) = t.on_ready(body.first().copied().unwrap_or(b'I'), split)
+                        && let Some(err) = t.on_ready(TxnStatus::from_payload(body), split)
                     {
                         self.fatal = Some(err);
                         return Ok(());
                     }
-                    self.state.txn_status = body.first().copied().unwrap_or(b'I');
+                    self.state.txn_status = TxnStatus::from_payload(body);
                     self.state.in_flight = self.state.in_flight.saturating_sub(1);
                     if self.state.in_flight == 0 {
                         // Denials still pending here were skipped by the backend after an earlier error.
@@ -920,25 +922,25 @@ impl<'a> Relay<'a> {
                     if let Some(t) = self.txn.as_mut() {
                         t.stmts.on_ready();
                     }
-                    if self.ddl_pending && self.state.txn_status == b'I' {
+                    if self.ddl_pending && self.state.txn_status.is_idle() {
                         self.ddl_pending = false;
                         self.policy.schema_changed(self.who);
                     }
                 }
-                tag::COMMAND_COMPLETE if watch && crate::policy::schema_changing_tag(body) => {
+                tag_b::COMMAND_COMPLETE if watch && crate::policy::schema_changing_tag(body) => {
                     self.ddl_pending = true;
                 }
                 // Messages below NOTICE echo statement text and plans (`parse <unnamed>: <rewritten SQL>`).
-                tag::NOTICE_RESPONSE if watch && below_notice(body) && self.inspects() => continue,
-                tag::NOTICE_RESPONSE if watch && self.withheld_detail(&frame, to_c) => continue,
-                tag::PARSE_COMPLETE | tag::CLOSE_COMPLETE => {
+                tag_b::NOTICE_RESPONSE if watch && below_notice(body) && self.inspects() => continue,
+                tag_b::NOTICE_RESPONSE if watch && self.withheld_detail(&frame, to_c) => continue,
+                tag_b::PARSE_COMPLETE | tag_b::CLOSE_COMPLETE => {
                     if let Some(t) = self.txn.as_mut()
                         && !t.stmts.on_complete(frame[0])
                     {
                         continue; // the response to a message pgveil injected
                     }
                 }
-                tag::PARAMETER_STATUS => {
+                tag_b::PARAMETER_STATUS => {
                     if let Some((name, rest)) = messages::read_cstr(body)
                         && let Some((value, _)) = messages::read_cstr(rest)
                     {
@@ -960,7 +962,7 @@ impl<'a> Relay<'a> {
                         );
                     }
                 }
-                tag::ERROR_RESPONSE => {
+                tag_b::ERROR_RESPONSE => {
                     if let Some(t) = self.txn.as_mut() {
                         t.stmts.on_error(stmts);
                     }

@@ -21,8 +21,8 @@ use crate::config::PoolMode;
 use crate::identity::Identity;
 use crate::net::ClientStream;
 use crate::policy::Decision;
-use crate::proto::PgError;
 use crate::proto::messages;
+use crate::proto::{PgError, TxnStatus};
 use crate::proto::startup::StartupMessage;
 use crate::revoke::NewSession;
 use crate::route::Tenant;
@@ -232,7 +232,7 @@ async fn run_session(
     };
     let handle = shared.cancel.register();
     if greet(stream, &conn.params, &handle, auth).await.is_err() {
-        finish(conn, true, Leftover::Synced(b'I'), shared).await;
+        finish(conn, true, Leftover::Synced(TxnStatus::Idle), shared).await;
         return;
     }
     tracing::info!(transaction_mode = false, "session started");
@@ -259,7 +259,7 @@ async fn run_session(
             "backend died before running the session's first batch; sending it to a fresh backend"
         );
         metrics::counter!("pgveil_backend_retries_total", "mode" => "session").increment(1);
-        finish(conn, false, Leftover::Synced(b'I'), shared).await;
+        finish(conn, false, Leftover::Synced(TxnStatus::Idle), shared).await;
         let Some(fresh) = open_backend(stream, who, shared, &tenant, &settings, requested_db).await
         else {
             handle.set_backend(None);
@@ -277,7 +277,7 @@ async fn run_session(
             .encode(&mut out);
         let _ = stream.write_all(&out).await;
         crate::cancel::send_cancel_detached(conn.target.clone(), conn.key);
-        finish(conn, false, Leftover::Synced(b'I'), shared).await;
+        finish(conn, false, Leftover::Synced(TxnStatus::Idle), shared).await;
         return;
     };
     tracing::info!(end = ?end, "session ended");
@@ -322,12 +322,12 @@ async fn open_backend(
         && let Err(e) = super::guard::verify_backend(&mut conn, who, &*shared.policy).await
     {
         refuse(stream, e).await;
-        finish(conn, false, Leftover::Synced(b'I'), shared).await;
+        finish(conn, false, Leftover::Synced(TxnStatus::Idle), shared).await;
         return None;
     }
     if let Err(e) = apply_settings(&mut conn, settings, who, shared).await {
         refuse(stream, e).await;
-        finish(conn, true, Leftover::Synced(b'I'), shared).await;
+        finish(conn, true, Leftover::Synced(TxnStatus::Idle), shared).await;
         return None;
     }
     Some(conn)
@@ -376,7 +376,7 @@ async fn greet(
     if let Some(notice) = &auth.notice {
         PgError::encode_notice("01000", notice, &mut out);
     }
-    messages::ready_for_query(&mut out, b'I');
+    messages::ready_for_query(&mut out, TxnStatus::Idle.byte());
     stream.write_all(&out).await
 }
 
@@ -438,7 +438,7 @@ pub(super) fn checked_settings_sql(
 #[derive(Debug, Clone, Copy)]
 enum Leftover {
     /// Everything was synced; the last ReadyForQuery said this transaction status.
-    Synced(u8),
+    Synced(TxnStatus),
     /// Extended-protocol messages after the last Sync: drain first.
     Unsynced,
 }
@@ -448,10 +448,10 @@ async fn finish(mut conn: PooledConn, reusable: bool, left: Leftover, _shared: &
     if reusable && !conn.broken {
         let status = match left {
             Leftover::Synced(status) => status,
-            Leftover::Unsynced => b'I', // once drained
+            Leftover::Unsynced => TxnStatus::Idle, // once drained
         };
         let drained = matches!(left, Leftover::Synced(_)) || drain_unsynced(&mut conn).await;
-        if drained && reset(&mut conn, status).await {
+        if drained && reset(&mut conn, status.byte()).await {
             drop(conn); // back to the pool, clean
             return;
         }

@@ -35,7 +35,8 @@ use crate::backend::statements::BackendStatements;
 use crate::cancel::CancelHandle;
 use crate::identity::Identity;
 use crate::net::ClientStream;
-use crate::proto::PgError;
+use crate::proto::tags::frontend;
+use crate::proto::{PgError, TxnStatus};
 use crate::route::Tenant;
 use crate::server::Shared;
 
@@ -130,7 +131,7 @@ pub async fn ensure_settings(conn: &mut PooledConn, ctx: &TxnCtx) -> Result<(), 
         sqls.push(sql);
     }
     match run_queries(conn, &sqls).await {
-        Ok((b'I', None)) => {
+        Ok((status, None)) if TxnStatus::from_byte(status).is_idle() => {
             conn.applied = Some(ctx.settings.clone());
             Ok(())
         }
@@ -153,7 +154,7 @@ async fn capture_settings(conn: &mut PooledConn, ctx: &mut TxnCtx) {
     ctx.settings_dirty = false;
     ctx.verify = false;
     match query_rows(conn, verify::VERIFY_SQL).await {
-        Ok((b'I', None, rows)) => {
+        Ok((status, None, rows)) if TxnStatus::from_byte(status).is_idle() => {
             let mut settings: Vec<(String, String)> = rows
                 .into_iter()
                 .filter_map(|r| match <[Option<String>; 2]>::try_from(r) {
@@ -445,7 +446,7 @@ pub async fn serve(
                         return;
                     }
                 }
-                if cin[0] == crate::proto::messages::tag::TERMINATE {
+                if cin[0] == frontend::TERMINATE {
                     return;
                 }
                 let Some(conn) = check_out(stream, who, shared, tenant, ctx, false).await else {
@@ -535,17 +536,17 @@ async fn finish(mut conn: PooledConn, relay: &Relay<'_>, end: &RelayEnd) {
     let ok = if relay.state.unsynced {
         // Parses, portals and settings of the unsynced batch are unknown: drain, then reset like a pinned
         // backend (pgveil's server-side statements are forgotten with it).
-        let ok = drain_unsynced(&mut conn).await && reset(&mut conn, b'I').await;
+        let ok = drain_unsynced(&mut conn).await && reset(&mut conn, TxnStatus::Idle.byte()).await;
         conn.statements.clear();
         conn.applied = Some(Vec::new());
         ok
     } else if ctx.pinned.is_some() || ctx.verify {
-        let ok = reset(&mut conn, status).await;
+        let ok = reset(&mut conn, status.byte()).await;
         conn.statements.clear();
         conn.applied = Some(Vec::new());
         ok
     } else {
-        let ok = status == b'I' || rollback(&mut conn).await;
+        let ok = status.is_idle() || rollback(&mut conn).await;
         if ctx.settings_dirty {
             conn.applied = None; // unknown: the next client starts with RESET ALL
         }
