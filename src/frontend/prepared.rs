@@ -248,12 +248,7 @@ impl TxnStatements {
         }
         let server = self.allocate(&def, stmts, to_b);
         messages::parse_def(to_b, &server, &def);
-        self.push(
-            PARSE_COMPLETE,
-            true,
-            Some((def, server.clone())),
-            false,
-        );
+        self.push(PARSE_COMPLETE, true, Some((def, server.clone())), false);
         Ok(server)
     }
 
@@ -323,7 +318,6 @@ impl TxnStatements {
         self.recv_rfq += 1;
     }
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -25,7 +25,8 @@ use crate::exfil::{Budget, Limits, UserWindow};
 use crate::proto::frame::FrameSplitter;
 use crate::proto::messages::read_cstr;
 use crate::proto::tags::backend::{
-    COMMAND_COMPLETE, EMPTY_QUERY, ERROR_RESPONSE, PARAMETER_STATUS, PORTAL_SUSPENDED, READY_FOR_QUERY,
+    COMMAND_COMPLETE, EMPTY_QUERY, ERROR_RESPONSE, PARAMETER_STATUS, PORTAL_SUSPENDED,
+    READY_FOR_QUERY,
 };
 use crate::proto::tags::frontend;
 use crate::proto::{PgError, TxnStatus};

@@ -7,8 +7,8 @@ use bytes::{BufMut, BytesMut};
 /// `tags::backend`; new code names a tag by the side that sends it.
 pub mod tag {
     pub use crate::proto::tags::backend::{
-        AUTHENTICATION, BACKEND_KEY_DATA, BIND_COMPLETE, CLOSE_COMPLETE, COMMAND_COMPLETE, ERROR_RESPONSE,
-        NOTICE_RESPONSE, PARAMETER_STATUS, PARSE_COMPLETE, READY_FOR_QUERY,
+        AUTHENTICATION, BACKEND_KEY_DATA, BIND_COMPLETE, CLOSE_COMPLETE, COMMAND_COMPLETE,
+        ERROR_RESPONSE, NOTICE_RESPONSE, PARAMETER_STATUS, PARSE_COMPLETE, READY_FOR_QUERY,
     };
     pub use crate::proto::tags::frontend::{
         BIND, EXECUTE, FUNCTION_CALL, PARSE, PASSWORD, QUERY, SYNC, TERMINATE,
