@@ -16,6 +16,7 @@ use pgveil::audit::{AuditConfig, AuditTag, Auditor, SessionInfo};
 use pgveil::exfil::{Budgets, Limits};
 use pgveil::frontend::tally::{EndAction, SessionAudit, Tally};
 use pgveil::ids::{RoleName, TenantId, UserId};
+use pgveil::proto::TxnStatus;
 use pgveil::proto::frame::{FrameSplitter, Item};
 
 const ROWS_PER_BATCH: usize = 160;
@@ -145,7 +146,7 @@ fn main() {
             tally.on_query(Some(tag.clone()));
             let a = tally.on_end(b'C', b"SELECT 1\0", None, &mut split);
             black_box(matches!(a, EndAction::Forward));
-            black_box(tally.on_ready(b'I', &mut split));
+            black_box(tally.on_ready(TxnStatus::Idle, &mut split));
         }
         relay_best = relay_best.min(t.elapsed());
         // The writer thread formats and writes meanwhile (on another core); until it is done:

@@ -357,7 +357,7 @@ async fn connection(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     // The startup phase has its own cap; `max_clients` is checked once authenticated (`session::serve`).
     match Slot::take(&shared.starting, shared.cfg.listen.max_startups) {
         Some(slot) => {
-            crate::frontend::session::serve(tcp, peer, shared.clone(), slot).await;
+            crate::frontend::stages::serve(tcp, peer, shared.clone(), slot).await;
         }
         None => {
             metrics::counter!("pgveil_auth_total", "result" => crate::error::ErrorKind::Refused.as_label(), "sqlstate" => "53300")

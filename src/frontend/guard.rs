@@ -18,7 +18,7 @@ use crate::backend::reset::query_rows;
 use crate::identity::Identity;
 use crate::policy::StatementPolicy;
 use crate::policy::settings::{refusal, reported_value_ok};
-use crate::proto::PgError;
+use crate::proto::{PgError, TxnStatus};
 
 /// `client_min_messages` (ordinality 0) and the schemas of `current_schemas(false)` (ordinality 1..), in order.
 const DEFAULTS_QUERY: &str = "SELECT 0::int8 AS n, pg_catalog.current_setting('client_min_messages') AS v \
@@ -71,7 +71,7 @@ async fn read_defaults(conn: &mut PooledConn) -> Result<(String, Vec<String>), P
         PgError::backend_unavailable()
     };
     let rows = match query_rows(conn, DEFAULTS_QUERY).await {
-        Ok((b'I', None, rows)) => rows,
+        Ok((status, None, rows)) if TxnStatus::from_byte(status).is_idle() => rows,
         other => {
             tracing::warn!(
                 ok = other.is_ok(),

@@ -21,7 +21,8 @@ use bytes::{Bytes, BytesMut};
 
 use crate::backend::statements::BackendStatements;
 use crate::proto::PgError;
-use crate::proto::messages::{self, tag};
+use crate::proto::messages;
+use crate::proto::tags::backend::{CLOSE_COMPLETE, PARSE_COMPLETE};
 
 /// A name that never exists on a backend (the statement prefix is refused in client SQL).
 const NEVER_NAME: &[u8] = b"pgveil_ps_none";
@@ -125,7 +126,7 @@ impl TxnStatements {
     ) -> Result<(), PgError> {
         if name.is_empty() {
             messages::parse_def(to_b, b"", &def);
-            self.push(tag::PARSE_COMPLETE, false, None, true);
+            self.push(PARSE_COMPLETE, false, None, true);
             self.unnamed = Some(def);
             self.unnamed_on_backend = true;
             return Ok(());
@@ -146,7 +147,7 @@ impl TxnStatements {
             None => self.allocate(&def, stmts, to_b),
         };
         messages::parse_def(to_b, &server, &def);
-        self.push(tag::PARSE_COMPLETE, false, Some((def, server)), false);
+        self.push(PARSE_COMPLETE, false, Some((def, server)), false);
         if let Some(e) = self.expect.back_mut() {
             e.client_name = Some(name.to_vec());
         }
@@ -215,7 +216,7 @@ impl TxnStatements {
 
     /// A denial replaced a message with a Parse of the unnamed statement.
     pub fn on_denial_parse(&mut self) {
-        self.push(tag::PARSE_COMPLETE, false, None, true);
+        self.push(PARSE_COMPLETE, false, None, true);
         self.unnamed_on_backend = false;
     }
 
@@ -233,7 +234,7 @@ impl TxnStatements {
                     .clone()
                     .ok_or_else(PgError::unnamed_statement_missing)?;
                 messages::parse_def(to_b, b"", &def);
-                self.push(tag::PARSE_COMPLETE, true, None, true);
+                self.push(PARSE_COMPLETE, true, None, true);
                 self.unnamed_on_backend = true;
             }
             return Ok(Bytes::new());
@@ -247,12 +248,7 @@ impl TxnStatements {
         }
         let server = self.allocate(&def, stmts, to_b);
         messages::parse_def(to_b, &server, &def);
-        self.push(
-            tag::PARSE_COMPLETE,
-            true,
-            Some((def, server.clone())),
-            false,
-        );
+        self.push(PARSE_COMPLETE, true, Some((def, server.clone())), false);
         Ok(server)
     }
 
@@ -322,8 +318,6 @@ impl TxnStatements {
         self.recv_rfq += 1;
     }
 }
-
-const CLOSE_COMPLETE: u8 = b'3';
 
 #[cfg(test)]
 mod tests {

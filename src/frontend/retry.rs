@@ -26,7 +26,7 @@
 use bytes::BytesMut;
 
 use crate::proto::error::parse_fields;
-use crate::proto::messages::tag;
+use crate::proto::tags::backend;
 
 /// Largest batch kept for a retry; a larger one is sent without a second chance.
 pub const MAX_BATCH: usize = 1 << 20;
@@ -56,7 +56,7 @@ pub fn first_message(bin: &[u8]) -> Verdict {
     let Some(&t) = bin.first() else {
         return Verdict::Wait;
     };
-    if t != tag::ERROR_RESPONSE {
+    if t != backend::ERROR_RESPONSE {
         return Verdict::Answered;
     }
     if bin.len() < 5 {

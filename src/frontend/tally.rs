@@ -22,20 +22,20 @@ use std::time::{Instant, SystemTime};
 
 use crate::audit::{AuditTag, Auditor, Event, Outcome, SessionInfo};
 use crate::exfil::{Budget, Limits, UserWindow};
-use crate::proto::PgError;
 use crate::proto::frame::FrameSplitter;
-use crate::proto::messages::{read_cstr, tag};
-
-/// Backend tags that end one statement.
-pub const EMPTY_QUERY: u8 = b'I';
-/// PortalSuspended.
-pub const PORTAL_SUSPENDED: u8 = b's';
+use crate::proto::messages::read_cstr;
+use crate::proto::tags::backend::{
+    COMMAND_COMPLETE, EMPTY_QUERY, ERROR_RESPONSE, PARAMETER_STATUS, PORTAL_SUSPENDED,
+    READY_FOR_QUERY,
+};
+use crate::proto::tags::frontend;
+use crate::proto::{PgError, TxnStatus};
 
 /// Whether a backend message ends a statement.
 pub fn ends_statement(t: u8) -> bool {
     matches!(
         t,
-        tag::COMMAND_COMPLETE | EMPTY_QUERY | PORTAL_SUSPENDED | tag::ERROR_RESPONSE
+        COMMAND_COMPLETE | EMPTY_QUERY | PORTAL_SUSPENDED | ERROR_RESPONSE
     )
 }
 
@@ -234,8 +234,8 @@ impl Tally {
             };
             let body = &bytes[(off + 5).min(bytes.len())..(off + 1 + len).min(bytes.len())];
             match t {
-                tag::BIND => self.on_bind(body),
-                tag::EXECUTE => self.on_execute(body),
+                frontend::BIND => self.on_bind(body),
+                frontend::EXECUTE => self.on_execute(body),
                 _ => {}
             }
             off += 1 + len;
@@ -322,7 +322,7 @@ impl Tally {
     /// ReadyForQuery belongs to what the client was told failed).
     pub fn swallowed(&mut self, t: u8) -> bool {
         // ParameterStatus (sent before ReadyForQuery) is session state, tracked and relayed as always.
-        if !self.swallow || t == tag::READY_FOR_QUERY || t == tag::PARAMETER_STATUS {
+        if !self.swallow || t == READY_FOR_QUERY || t == PARAMETER_STATUS {
             return false;
         }
         if ends_statement(t) {
@@ -347,7 +347,7 @@ impl Tally {
         self.absorb(split);
         let now = Instant::now();
         let outcome = match t {
-            tag::ERROR_RESPONSE => Outcome::Error,
+            ERROR_RESPONSE => Outcome::Error,
             PORTAL_SUSPENDED => Outcome::Suspended,
             _ => Outcome::Complete,
         };
@@ -357,7 +357,7 @@ impl Tally {
             None => (code, outcome),
         };
         // A stopped statement's rows are those the client got, not the tag of a result it did not get.
-        let rows = if t == tag::COMMAND_COMPLETE && trip.is_none() {
+        let rows = if t == COMMAND_COMPLETE && trip.is_none() {
             tag_rows(body).unwrap_or(self.stmt_rows)
         } else {
             self.stmt_rows
@@ -373,7 +373,7 @@ impl Tally {
                 let d = now.saturating_duration_since(started(*sent, self.last_end));
                 let tag = tag.clone();
                 self.fifo.pop_front();
-                if t == tag::ERROR_RESPONSE {
+                if t == ERROR_RESPONSE {
                     // The backend skips the batch's other Executes until Sync.
                     while matches!(self.fifo.front(), Some(Pending::Execute { .. })) {
                         self.fifo.pop_front();
@@ -394,7 +394,7 @@ impl Tally {
                 self.cancel = false;
                 let (limit, window) = budget.limit(&limits);
                 let mut err = PgError::guard_exceeded(budget.name(), limit, window);
-                if t != tag::ERROR_RESPONSE {
+                if t != ERROR_RESPONSE {
                     // It completed before the cancel landed: the backend did not fail.
                     self.swallow = true;
                     self.ended_since_trip = false;
@@ -411,14 +411,14 @@ impl Tally {
     }
 
     /// ReadyForQuery with transaction `status`: ends the request; `Some(error)` when the session must end.
-    pub fn on_ready(&mut self, status: u8, split: &mut FrameSplitter) -> Option<PgError> {
+    pub fn on_ready(&mut self, status: TxnStatus, split: &mut FrameSplitter) -> Option<PgError> {
         while let Some(p) = self.fifo.pop_front() {
             if matches!(p, Pending::Query { .. } | Pending::Sync) {
                 break;
             }
         }
         let mut fatal = None;
-        if std::mem::take(&mut self.swallow) && (status != b'I' || self.ended_since_trip) {
+        if std::mem::take(&mut self.swallow) && (!status.is_idle() || self.ended_since_trip) {
             fatal = Some(PgError::guard_session_ended());
         }
         if self.trip.take().is_some() {

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use crate::backend::pool::{FunctionNames, PooledConn};
 use crate::backend::reset::query_rows;
+use crate::proto::TxnStatus;
 
 /// How long a pool's function names are used before they are read again.
 pub const FUNCTIONS_MAX_AGE: Duration = Duration::from_secs(60);
@@ -41,7 +42,7 @@ pub const PINS_ROW: &str = " pins";
 /// Reads the function names on `conn`; `None` (and the connection marked broken) on failure.
 pub async fn load_functions(conn: &mut PooledConn) -> Option<FunctionNames> {
     match query_rows(conn, FUNCTIONS_SQL).await {
-        Ok((b'I', None, rows)) => Some(Arc::new(
+        Ok((status, None, rows)) if TxnStatus::from_byte(status).is_idle() => Some(Arc::new(
             rows.into_iter()
                 .filter_map(|r| r.into_iter().next().flatten())
                 .collect::<HashSet<String>>(),

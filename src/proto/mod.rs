@@ -7,5 +7,8 @@ pub mod messages;
 #[cfg(test)]
 mod robustness;
 pub mod startup;
+pub mod tags;
+mod txn_status;
 
 pub use error::PgError;
+pub use txn_status::TxnStatus;

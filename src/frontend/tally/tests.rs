@@ -61,7 +61,7 @@ fn relay(
     let mut buf = BytesMut::from(bytes);
     let mut out = Vec::new();
     let mut errors = Vec::new();
-    let ends = |x: u8| x == tag::READY_FOR_QUERY || ends_statement(x);
+    let ends = |x: u8| x == READY_FOR_QUERY || ends_statement(x);
     t.arm(split, l);
     loop {
         let frame = match split.next(&mut buf, ends).unwrap() {
@@ -86,8 +86,8 @@ fn relay(
             continue;
         }
         let body = &frame[5..];
-        if frame[0] == tag::READY_FOR_QUERY {
-            if let Some(e) = t.on_ready(body[0], split) {
+        if frame[0] == READY_FOR_QUERY {
+            if let Some(e) = t.on_ready(TxnStatus::from_byte(body[0]), split) {
                 return (out, errors, Some(e));
             }
         } else if let EndAction::Replace(e) = t.on_end(frame[0], body, None, split) {
