@@ -31,6 +31,7 @@ pub mod revoke;
 pub mod route;
 pub mod secret;
 pub mod server;
+pub mod shared;
 pub mod telemetry;
 pub mod tls;
 pub mod token;

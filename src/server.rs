@@ -23,8 +23,10 @@ use crate::policy::{AllowAll, StatementPolicy};
 use crate::proto::PgError;
 use crate::revoke::{RevocationCache, SessionRegistry};
 use crate::route::Router;
-use crate::secret::{CachedSecretStore, SecretStore};
+use crate::secret::SecretStore;
 use crate::token::TokenVerifier;
+
+pub use crate::shared::{Shared, Slot};
 
 /// Errors starting the server.
 #[derive(Debug, thiserror::Error)]
@@ -58,46 +60,6 @@ pub enum ServerStartError {
         /// Underlying error.
         source: std::io::Error,
     },
-}
-
-/// State shared by every session (an immutable snapshot plus the pools).
-pub struct Shared {
-    /// Configuration.
-    pub cfg: Config,
-    /// Tenants.
-    pub router: Router,
-    /// Backend pools.
-    pub pools: Pools,
-    /// Token verifier.
-    pub verifier: TokenVerifier,
-    /// TLS acceptor for clients.
-    pub tls: Option<TlsAcceptor>,
-    /// Secret store (cached) the pools and key loaders use.
-    pub secrets: Arc<dyn SecretStore>,
-    /// The cache, when the store came from the config (for stats).
-    pub secret_cache: Option<Arc<CachedSecretStore>>,
-    /// Statement hook.
-    pub policy: Arc<dyn StatementPolicy>,
-    /// The masking engine, when `[policy]` is configured (it is then also `policy`).
-    pub masking: Option<Arc<MaskingEngine>>,
-    /// Cancel keys.
-    pub cancel: Arc<CancelRegistry>,
-    /// Shutdown signal: true = drain.
-    pub shutdown: watch::Receiver<bool>,
-    /// Clock.
-    pub clock: Clock,
-    /// Authenticated client sessions.
-    pub clients: AtomicUsize,
-    /// Connections in their startup phase (handshake and authentication).
-    pub starting: AtomicUsize,
-    /// Revoked tokens and disabled users (when a control database is configured).
-    pub revocations: Option<Arc<RevocationCache>>,
-    /// Live sessions, so revocations can end them.
-    pub sessions: Arc<SessionRegistry>,
-    /// The audit queue (`[audit]`).
-    pub audit: Auditor,
-    /// The exfiltration guard's per-user windows.
-    pub budgets: Budgets,
 }
 
 /// A bound, not yet running server.
@@ -137,6 +99,55 @@ impl Default for ServerOptions {
     }
 }
 
+/// The token verifier, with the verifying keys read from the secret store.
+async fn token_verifier(
+    cfg: &Config,
+    secrets: &dyn SecretStore,
+) -> Result<TokenVerifier, ServerStartError> {
+    let mut pems = Vec::new();
+    for id in &cfg.auth.verifying_key_secrets {
+        let pem = crate::secret::fetch_text(secrets, id).await?;
+        pems.push(crate::secret::ExposeSecret::expose_secret(&pem).to_owned());
+    }
+    Ok(TokenVerifier::from_pems(&pems, &cfg.auth.issuer)?.with_max_ttl(cfg.auth.max_token_ttl))
+}
+
+/// The statement hook, and the masking engine when it is one.
+type Hooks = (Arc<dyn StatementPolicy>, Option<Arc<MaskingEngine>>);
+
+/// The statement hook: the masking engine (started: catalog loads, policy reloads) when `[policy]` is
+/// configured, else `default`.
+fn statement_policy(
+    cfg: &Config,
+    default: Arc<dyn StatementPolicy>,
+    secrets: &Arc<dyn SecretStore>,
+) -> Result<Hooks, ServerStartError> {
+    let Some(pc) = &cfg.policy else {
+        return Ok((default, None));
+    };
+    let engine = Arc::new(MaskingEngine::new(&pc.dir)?.with_cache_budget(pc.cache_bytes));
+    let keys = pc
+        .pseudonym_keys
+        .iter()
+        .map(|(t, s)| (t.clone(), s.clone()))
+        .collect();
+    engine.start(
+        Arc::new(Router::from_config(cfg)?),
+        secrets.clone(),
+        keys,
+        pc.catalog_refresh,
+    );
+    Ok((engine.clone() as Arc<dyn StatementPolicy>, Some(engine)))
+}
+
+/// The client listener and the address it is bound to (useful with port 0).
+async fn listen(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), ServerStartError> {
+    let bind_error = |source| ServerStartError::Bind { addr, source };
+    let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
+    let bound = listener.local_addr().map_err(bind_error)?;
+    Ok((listener, bound))
+}
+
 impl Server {
     /// Loads keys and TLS material and binds the listener.
     pub async fn bind(cfg: Config, opts: ServerOptions) -> Result<Server, ServerStartError> {
@@ -153,13 +164,7 @@ impl Server {
                 (cache.clone(), Some(cache))
             }
         };
-        let mut pems = Vec::new();
-        for id in &cfg.auth.verifying_key_secrets {
-            let pem = crate::secret::fetch_text(&*secrets, id).await?;
-            pems.push(crate::secret::ExposeSecret::expose_secret(&pem).to_owned());
-        }
-        let verifier =
-            TokenVerifier::from_pems(&pems, &cfg.auth.issuer)?.with_max_ttl(cfg.auth.max_token_ttl);
+        let verifier = token_verifier(&cfg, &*secrets).await?;
         let router = Router::from_config(&cfg)?;
         let revocations = match &cfg.control {
             Some(c) => {
@@ -168,25 +173,7 @@ impl Server {
             }
             None => None,
         };
-        let (policy, masking) = match &cfg.policy {
-            None => (opts.policy, None),
-            Some(pc) => {
-                let engine =
-                    Arc::new(MaskingEngine::new(&pc.dir)?.with_cache_budget(pc.cache_bytes));
-                let keys = pc
-                    .pseudonym_keys
-                    .iter()
-                    .map(|(t, s)| (t.clone(), s.clone()))
-                    .collect();
-                engine.start(
-                    Arc::new(Router::from_config(&cfg)?),
-                    secrets.clone(),
-                    keys,
-                    pc.catalog_refresh,
-                );
-                (engine.clone() as Arc<dyn StatementPolicy>, Some(engine))
-            }
-        };
+        let (policy, masking) = statement_policy(&cfg, opts.policy, &secrets)?;
         let pools = Pools::new(
             secrets.clone(),
             cfg.pool.checkout_timeout,
@@ -194,20 +181,8 @@ impl Server {
             cfg.pool.reset_timeout,
             opts.loops.as_ref().map_or(1, |l| l.len()),
         );
-        let listener =
-            TcpListener::bind(cfg.listen.addr)
-                .await
-                .map_err(|source| ServerStartError::Bind {
-                    addr: cfg.listen.addr,
-                    source,
-                })?;
+        let (listener, addr) = listen(cfg.listen.addr).await?;
         let audit = Auditor::start(&cfg.audit).map_err(ServerStartError::Audit)?;
-        let addr = listener
-            .local_addr()
-            .map_err(|source| ServerStartError::Bind {
-                addr: cfg.listen.addr,
-                source,
-            })?;
         let (shutdown_tx, shutdown) = watch::channel(false);
         let sessions = Arc::new(SessionRegistry::default());
         if let (Some(cache), Some(c)) = (&revocations, &cfg.control) {
@@ -387,24 +362,6 @@ fn idle_check(shared: &Arc<Shared>) -> Option<tokio::task::JoinHandle<()>> {
             shared.pools.check_idle();
         }
     }))
-}
-
-/// One place under a counted cap (startup phase or authenticated sessions); released when dropped.
-pub struct Slot<'a>(&'a AtomicUsize);
-
-impl<'a> Slot<'a> {
-    /// Takes a place when fewer than `cap` are taken.
-    pub fn take(counter: &'a AtomicUsize, cap: usize) -> Option<Slot<'a>> {
-        let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
-        let slot = Slot(counter);
-        (n <= cap).then_some(slot)
-    }
-}
-
-impl Drop for Slot<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
 }
 
 async fn too_many(mut tcp: TcpStream) {

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
-use postgres_protocol::message::{backend::Message, frontend};
+use postgres_protocol::message::backend::{AuthenticationSaslBody, Message};
+use postgres_protocol::message::frontend;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -186,85 +187,17 @@ async fn connect_inner(
     let mut framed = Framed::buffered(stream, BytesMut::with_capacity(8192));
     framed.send(&buf).await.map_err(io)?;
 
-    let mut scram: Option<ScramSha256> = None;
-    let mut server_params = BTreeMap::new();
-    let mut key = None;
-    let mut auth = AuthMethod::None;
+    let mut st = StartupState {
+        scram: None,
+        params: BTreeMap::new(),
+        key: None,
+        auth: AuthMethod::None,
+    };
     loop {
         let msg = next_message(&mut framed, addr).await?;
         buf.clear();
-        match msg {
-            Message::AuthenticationOk => {}
-            Message::AuthenticationCleartextPassword => {
-                auth = AuthMethod::Cleartext;
-                frontend::password_message(creds.password.expose_secret().as_bytes(), &mut buf)
-                    .map_err(io)?;
-            }
-            Message::AuthenticationMd5Password(body) => {
-                auth = AuthMethod::Md5;
-                let hash = postgres_protocol::authentication::md5_hash(
-                    creds.username.as_bytes(),
-                    creds.password.expose_secret().as_bytes(),
-                    body.salt(),
-                );
-                frontend::password_message(hash.as_bytes(), &mut buf).map_err(io)?;
-            }
-            Message::AuthenticationSasl(body) => {
-                let mut offered = Vec::new();
-                let mut mechs = body.mechanisms();
-                while let Some(m) =
-                    fallible_iterator::FallibleIterator::next(&mut mechs).map_err(io)?
-                {
-                    offered.push(m.to_owned());
-                }
-                if !offered.iter().any(|m| m == "SCRAM-SHA-256") {
-                    return Err(proto(&format!(
-                        "server offers no supported SASL mechanism ({offered:?})"
-                    )));
-                }
-                // Channel binding is not used ("n" flag): SCRAM-SHA-256 over the (optionally TLS) link.
-                let s = ScramSha256::new(
-                    creds.password.expose_secret().as_bytes(),
-                    ChannelBinding::unsupported(),
-                );
-                frontend::sasl_initial_response("SCRAM-SHA-256", s.message(), &mut buf)
-                    .map_err(io)?;
-                auth = AuthMethod::ScramSha256;
-                scram = Some(s);
-            }
-            Message::AuthenticationSaslContinue(body) => {
-                let mut s = scram
-                    .take()
-                    .ok_or_else(|| proto("unexpected SASL continue"))?;
-                let data = body.data().to_vec();
-                // PBKDF2 with thousands of iterations: keep it off the reactor threads.
-                let s = tokio::task::spawn_blocking(move || s.update(&data).map(|()| s))
-                    .await
-                    .map_err(|_| proto("SCRAM task failed"))?
-                    .map_err(|e| proto(&format!("SCRAM: {e}")))?;
-                frontend::sasl_response(s.message(), &mut buf).map_err(io)?;
-                scram = Some(s);
-            }
-            Message::AuthenticationSaslFinal(body) => {
-                let mut s = scram.take().ok_or_else(|| proto("unexpected SASL final"))?;
-                s.finish(body.data())
-                    .map_err(|_| proto("server SCRAM signature does not verify"))?;
-            }
-            Message::ParameterStatus(body) => {
-                let name = body.name().map_err(io)?.to_owned();
-                let value = body.value().map_err(io)?.to_owned();
-                server_params.insert(name, value);
-            }
-            Message::BackendKeyData(body) => {
-                key = Some(BackendKey {
-                    pid: body.process_id(),
-                    secret: body.secret_key(),
-                });
-            }
-            Message::ReadyForQuery(_) => break,
-            Message::ErrorResponse(body) => return Err(server_error(addr, &body)),
-            Message::NoticeResponse(_) => {}
-            _ => return Err(proto("unexpected message during startup")),
+        if st.on_message(msg, creds, &mut buf, addr).await? {
+            break;
         }
         if !buf.is_empty() {
             framed.send(&buf).await.map_err(io)?;
@@ -273,8 +206,10 @@ async fn connect_inner(
     let (stream, rbuf) = framed.into_parts();
     Ok(BackendConn {
         stream,
-        params: server_params,
-        key: key.ok_or_else(|| proto("server sent no BackendKeyData"))?,
+        params: st.params,
+        key: st
+            .key
+            .ok_or_else(|| proto("server sent no BackendKeyData"))?,
         rbuf,
         broken: false,
         target,
@@ -282,8 +217,135 @@ async fn connect_inner(
         applied: Some(Vec::new()),
         reset_timeout: Duration::from_secs(5),
         defaults: None,
-        auth,
+        auth: st.auth,
     })
+}
+
+/// What the startup exchange has collected so far.
+struct StartupState {
+    /// The SCRAM exchange in progress.
+    scram: Option<ScramSha256>,
+    /// ParameterStatus values.
+    params: BTreeMap<String, String>,
+    /// BackendKeyData.
+    key: Option<BackendKey>,
+    /// How the server authenticated us.
+    auth: AuthMethod,
+}
+
+impl StartupState {
+    /// Handles one startup message, putting any reply into `buf`; `true` at ReadyForQuery.
+    async fn on_message(
+        &mut self,
+        msg: Message,
+        creds: &DbCredentials,
+        buf: &mut BytesMut,
+        addr: &str,
+    ) -> Result<bool, ConnectError> {
+        let io = |source| ConnectError::Io {
+            addr: addr.to_owned(),
+            source,
+        };
+        let proto = |reason: &str| protocol_error(addr, reason);
+        match msg {
+            Message::AuthenticationOk => {}
+            Message::AuthenticationCleartextPassword => {
+                self.auth = AuthMethod::Cleartext;
+                frontend::password_message(creds.password.expose_secret().as_bytes(), buf)
+                    .map_err(io)?;
+            }
+            Message::AuthenticationMd5Password(body) => {
+                self.auth = AuthMethod::Md5;
+                let hash = postgres_protocol::authentication::md5_hash(
+                    creds.username.as_bytes(),
+                    creds.password.expose_secret().as_bytes(),
+                    body.salt(),
+                );
+                frontend::password_message(hash.as_bytes(), buf).map_err(io)?;
+            }
+            Message::AuthenticationSasl(body) => {
+                self.scram = Some(sasl_start(&body, creds, buf, addr)?);
+                self.auth = AuthMethod::ScramSha256;
+            }
+            Message::AuthenticationSaslContinue(body) => {
+                let mut s = self
+                    .scram
+                    .take()
+                    .ok_or_else(|| proto("unexpected SASL continue"))?;
+                let data = body.data().to_vec();
+                // PBKDF2 with thousands of iterations: keep it off the reactor threads.
+                let s = tokio::task::spawn_blocking(move || s.update(&data).map(|()| s))
+                    .await
+                    .map_err(|_| proto("SCRAM task failed"))?
+                    .map_err(|e| proto(&format!("SCRAM: {e}")))?;
+                frontend::sasl_response(s.message(), buf).map_err(io)?;
+                self.scram = Some(s);
+            }
+            Message::AuthenticationSaslFinal(body) => {
+                let mut s = self
+                    .scram
+                    .take()
+                    .ok_or_else(|| proto("unexpected SASL final"))?;
+                s.finish(body.data())
+                    .map_err(|_| proto("server SCRAM signature does not verify"))?;
+            }
+            Message::ParameterStatus(body) => {
+                let name = body.name().map_err(io)?.to_owned();
+                let value = body.value().map_err(io)?.to_owned();
+                self.params.insert(name, value);
+            }
+            Message::BackendKeyData(body) => {
+                self.key = Some(BackendKey {
+                    pid: body.process_id(),
+                    secret: body.secret_key(),
+                });
+            }
+            Message::ReadyForQuery(_) => return Ok(true),
+            Message::ErrorResponse(body) => return Err(server_error(addr, &body)),
+            Message::NoticeResponse(_) => {}
+            _ => return Err(proto("unexpected message during startup")),
+        }
+        Ok(false)
+    }
+}
+
+/// Answers AuthenticationSASL: SCRAM-SHA-256 without channel binding, or an error when the server offers no
+/// mechanism pgveil supports.
+fn sasl_start(
+    body: &AuthenticationSaslBody,
+    creds: &DbCredentials,
+    buf: &mut BytesMut,
+    addr: &str,
+) -> Result<ScramSha256, ConnectError> {
+    let io = |source| ConnectError::Io {
+        addr: addr.to_owned(),
+        source,
+    };
+    let mut offered = Vec::new();
+    let mut mechs = body.mechanisms();
+    while let Some(m) = fallible_iterator::FallibleIterator::next(&mut mechs).map_err(io)? {
+        offered.push(m.to_owned());
+    }
+    if !offered.iter().any(|m| m == "SCRAM-SHA-256") {
+        return Err(protocol_error(
+            addr,
+            &format!("server offers no supported SASL mechanism ({offered:?})"),
+        ));
+    }
+    // Channel binding is not used ("n" flag): SCRAM-SHA-256 over the (optionally TLS) link.
+    let s = ScramSha256::new(
+        creds.password.expose_secret().as_bytes(),
+        ChannelBinding::unsupported(),
+    );
+    frontend::sasl_initial_response("SCRAM-SHA-256", s.message(), buf).map_err(io)?;
+    Ok(s)
+}
+
+fn protocol_error(addr: &str, reason: &str) -> ConnectError {
+    ConnectError::Protocol {
+        addr: addr.to_owned(),
+        reason: reason.to_owned(),
+    }
 }
 
 async fn start_tls(

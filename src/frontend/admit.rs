@@ -2,16 +2,16 @@
 //! registered within the per-user and per-tenant caps, before any backend is touched: registered first, so a
 //! revocation racing with the rest of start-up still ends it.
 
-use crate::error::ErrorKind;
 use tokio::sync::watch;
 
 use super::auth::Authenticated;
 use super::handshake::refuse;
+use crate::error::ErrorKind;
 use crate::net::ClientStream;
 use crate::proto::PgError;
 use crate::proto::startup::StartupMessage;
 use crate::revoke::{NewSession, SessionGuard};
-use crate::server::{Shared, Slot};
+use crate::shared::{Shared, Slot};
 
 /// An admitted session: its places under the caps (given up when dropped) and its revocation signal.
 pub struct Admitted<'s> {
@@ -47,7 +47,10 @@ pub async fn admit<'s>(
     // with where it comes from.
     let startup_user = startup.get("user").unwrap_or_default();
     let span = tracing::info_span!("session", client = %peer, user = %who.user, startup_user = %startup_user, tenant = %who.tenant, role = %who.role);
-    let cap = shared.cfg.tenant(&who.tenant).and_then(|t| t.max_clients);
+    let cap = shared
+        .router
+        .tenant(&who.tenant)
+        .and_then(|t| t.max_clients);
     let registered = match shared.sessions.register(NewSession {
         user: who.user.as_str(),
         tenant: who.tenant.as_str(),

@@ -12,13 +12,12 @@ use crate::config::Config;
 use crate::error::{Classified, ErrorKind};
 use crate::identity::Identity;
 use crate::ids::ClientAddr;
-use crate::mfa::policy::MfaRequirement;
 use crate::net::{ClientStream, Framed, ReadError};
 use crate::proto::PgError;
 use crate::proto::messages::{self, tag};
 use crate::revoke::{RevocationCache, Revoked};
 use crate::route::Router;
-use crate::token::{MAX_TOKEN_LEN, TokenError, TokenVerifier};
+use crate::token::{Claims, MAX_TOKEN_LEN, TokenError, TokenVerifier};
 
 /// A successful authentication.
 #[derive(Debug)]
@@ -68,6 +67,28 @@ pub async fn authenticate(
                 .with_hint("Connect with sslmode=require (or verify-full with the pgveil CA)."),
         ));
     }
+    let token = read_token(stream).await?;
+    let claims = verifier.verify(&token, now).map_err(|e| {
+        tracing::info!(client = %peer, reason = e.label(), "token refused");
+        AuthError::Refused(token_error(&e))
+    })?;
+    let notice = admissible(&claims, peer, cfg, router, revocations, now)?;
+    Ok(Authenticated {
+        identity: Identity {
+            mfa: claims.has_mfa(),
+            user: claims.sub,
+            tenant: claims.tenant,
+            role: claims.role,
+            token_id: claims.jti,
+            client: ClientAddr(peer),
+        },
+        issued_at: claims.iat,
+        notice,
+    })
+}
+
+/// Asks for the token (a cleartext password request) and reads the client's password message.
+async fn read_token(stream: &mut ClientStream) -> Result<String, AuthError> {
     let mut out = BytesMut::new();
     messages::auth_cleartext(&mut out);
     let mut framed = Framed::exact(&mut *stream);
@@ -87,21 +108,28 @@ pub async fn authenticate(
             "expected a password message",
         )));
     }
-    let token = messages::decode_query(frame.payload())
+    messages::decode_query(frame.payload())
         .and_then(|b| std::str::from_utf8(b).ok())
-        .ok_or_else(|| {
-            AuthError::Refused(PgError::protocol_violation("invalid password message"))
-        })?;
-    let claims = verifier.verify(token, now).map_err(|e| {
-        tracing::info!(client = %peer, reason = e.label(), "token refused");
-        AuthError::Refused(token_error(&e))
-    })?;
-    if router.tenant(&claims.tenant).is_none() {
+        .map(str::to_owned)
+        .ok_or_else(|| AuthError::Refused(PgError::protocol_violation("invalid password message")))
+}
+
+/// Whether verified claims may open a session here: a served tenant, a configured role, not revoked, and a
+/// second factor where the tenant requires one. `Ok` carries the MFA grace-period notice, if any.
+fn admissible(
+    claims: &Claims,
+    peer: SocketAddr,
+    cfg: &Config,
+    router: &Router,
+    revocations: Option<&RevocationCache>,
+    now: SystemTime,
+) -> Result<Option<String>, AuthError> {
+    let Some(tenant) = router.tenant(&claims.tenant) else {
         tracing::info!(client = %peer, tenant = %claims.tenant, "token for unknown tenant");
         return Err(AuthError::Refused(PgError::invalid_authorization(
             "token's tenant is not served here",
         )));
-    }
+    };
     if !cfg.roles.contains(&claims.role) {
         tracing::info!(client = %peer, role = %claims.role, "token with unknown role");
         return Err(AuthError::Refused(PgError::invalid_authorization(
@@ -109,7 +137,7 @@ pub async fn authenticate(
         )));
     }
     if let Some(cache) = revocations
-        && let Err(r) = cache.check(&claims)
+        && let Err(r) = cache.check(claims)
     {
         tracing::info!(client = %peer, user = %claims.sub, reason = %r, "token refused by revocation check");
         let msg = match r {
@@ -121,33 +149,20 @@ pub async fn authenticate(
         };
         return Err(AuthError::Refused(PgError::invalid_authorization(msg)));
     }
-    let mfa = claims.has_mfa();
-    let mut notice = None;
-    if !mfa && let Some(tenant) = cfg.tenant(&claims.tenant) {
-        let req = MfaRequirement::of(tenant, now);
-        if !req.allows_without_mfa() {
-            tracing::info!(client = %peer, user = %claims.sub, "token without MFA refused: tenant requires MFA");
-            return Err(AuthError::Refused(
-                PgError::invalid_authorization(
-                    "two-factor authentication is required for this tenant: enrol an authenticator app first",
-                )
-                    .with_hint("Enrol an authenticator app on the pgveil security page, then obtain a new token with `pgveil login`."),
-            ));
-        }
-        notice = req.grace_notice();
+    if claims.has_mfa() {
+        return Ok(None);
     }
-    Ok(Authenticated {
-        identity: Identity {
-            mfa,
-            user: claims.sub,
-            tenant: claims.tenant,
-            role: claims.role,
-            token_id: claims.jti,
-            client: ClientAddr(peer),
-        },
-        issued_at: claims.iat,
-        notice,
-    })
+    let req = tenant.mfa_requirement(now);
+    if !req.allows_without_mfa() {
+        tracing::info!(client = %peer, user = %claims.sub, "token without MFA refused: tenant requires MFA");
+        return Err(AuthError::Refused(
+            PgError::invalid_authorization(
+                "two-factor authentication is required for this tenant: enrol an authenticator app first",
+            )
+            .with_hint("Enrol an authenticator app on the pgveil security page, then obtain a new token with `pgveil login`."),
+        ));
+    }
+    Ok(req.grace_notice())
 }
 
 fn token_error(e: &TokenError) -> PgError {

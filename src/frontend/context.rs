@@ -1,5 +1,5 @@
 //! What serving a session needs from the server, and nothing more: a lean context built once per session
-//! from [`crate::server::Shared`] by the serve stage ([`super::stages`]), so session and transaction mode
+//! from [`crate::shared::Shared`] by the serve stage ([`super::stages`]), so session and transaction mode
 //! never see the config, the router, the token verifier or the other sessions.
 
 use std::sync::Arc;
@@ -14,7 +14,7 @@ use crate::cancel::CancelRegistry;
 use crate::exfil::Budgets;
 use crate::identity::Identity;
 use crate::policy::StatementPolicy;
-use crate::server::Shared;
+use crate::shared::Shared;
 
 /// Who a served session is, as the earlier stages established it.
 pub struct Client<'a> {

@@ -8,7 +8,6 @@
 //! Handshake and authentication run under `listen.startup_timeout` and `listen.max_startups`; serving gets
 //! only a [`SessionCtx`], not the server's whole shared state.
 
-use crate::error::{Classified, ErrorKind};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -23,11 +22,12 @@ use super::context::{Client, SessionCtx};
 use super::handshake::{Hello, negotiate, refuse};
 use super::routing::route;
 use crate::config::PoolMode;
+use crate::error::{Classified, ErrorKind};
 use crate::net::ClientStream;
 use crate::proto::PgError;
 use crate::proto::messages;
 use crate::proto::startup::StartupMessage;
-use crate::server::{Shared, Slot};
+use crate::shared::{Shared, Slot};
 
 /// Serves one accepted TCP connection to the end. `starting` is its place under `listen.max_startups`, given
 /// up once authentication ends; an authenticated session then takes one under `listen.max_clients`.
