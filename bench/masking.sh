@@ -15,13 +15,9 @@ secs=${1:-10}
 clients=${2:-8}
 scale=${3:-10}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target}
-# PGVEIL_BIN: measure that binary instead of building this checkout (e.g. a build of an earlier commit).
-if [ -n "${PGVEIL_BIN:-}" ]; then
-    bin=$PGVEIL_BIN
-else
-    cargo build --release --quiet --bin pgveil
-    bin=$(cd "$CARGO_TARGET_DIR/release" && pwd)/pgveil
-fi
+# shellcheck source=bench/lib.sh
+source bench/lib.sh  # the working directory is the repository root (cd above)
+bin=$(pgveil_bin)  # PGVEIL_BIN: measure that binary instead of building this checkout
 work=$(mktemp -d)
 pids=()
 cleanup() {
@@ -31,16 +27,8 @@ cleanup() {
 }
 trap cleanup EXIT
 fail() { echo "$1" >&2; [ -f "$work/pgveil.log" ] && tail -5 "$work/pgveil.log" >&2; exit 1; }
-# shellcheck source=bench/lib.sh
-source bench/lib.sh  # the working directory is the repository root (cd above)
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-"$bin" demo --listen 127.0.0.1:0 --api-listen 127.0.0.1:0 >"$work/demo.out" 2>/dev/null &
-pids+=($!)
-for _ in $(seq 1 120); do grep -q "pgveil demo ready" "$work/demo.out" && break; sleep 0.5; done
-grep -q "pgveil demo ready" "$work/demo.out" || { echo "demo did not start" >&2; exit 1; }
-envdir=$(sed -n 's/.*Environment (config, keys, certs, secrets): //p' "$work/demo.out")
-read -r dbuser dbpass dbport < <(python3 -c "import json; s=json.load(open('$envdir/secrets.json'))['tenants/acme/db']; print(s['username'], s['password'], s['port'])")
+start_demo "$bin" "$work"
 echo "initialising pgbench tables, scale $scale..." >&2
 PGPASSWORD=$dbpass pgbench -i -q -s "$scale" -h 127.0.0.1 -p "$dbport" -U "$dbuser" acme >/dev/null 2>&1
 

@@ -20,13 +20,9 @@ pool=${2:-16}
 scale=${3:-10}
 ulimit -n 20000
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target}
-# PGVEIL_BIN: measure that binary instead of building this checkout.
-if [ -n "${PGVEIL_BIN:-}" ]; then
-    bin=$PGVEIL_BIN
-else
-    cargo build --release --quiet --bin pgveil
-    bin=$CARGO_TARGET_DIR/release/pgveil
-fi
+# shellcheck source=bench/lib.sh
+source bench/lib.sh  # the working directory is the repository root (cd above)
+bin=$(pgveil_bin)  # PGVEIL_BIN: measure that binary instead of building this checkout
 work=$(mktemp -d)
 pids=()
 cleanup() {
@@ -37,17 +33,9 @@ cleanup() {
     rm -rf "$work"
 }
 trap cleanup EXIT
-# shellcheck source=bench/lib.sh
-source bench/lib.sh  # the working directory is the repository root (cd above)
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # 1. Throwaway PostgreSQL with the demo tenants (the demo's own proxy stays idle).
-"$bin" demo --listen 127.0.0.1:0 --api-listen 127.0.0.1:0 >"$work/demo.out" 2>/dev/null &
-pids+=($!)
-for _ in $(seq 1 120); do grep -q "pgveil demo ready" "$work/demo.out" && break; sleep 0.5; done
-grep -q "pgveil demo ready" "$work/demo.out" || { echo "demo did not start" >&2; exit 1; }
-envdir=$(sed -n 's/.*Environment (config, keys, certs, secrets): //p' "$work/demo.out")
-read -r dbuser dbpass dbport < <(python3 -c "import json; s=json.load(open('$envdir/secrets.json'))['tenants/acme/db']; print(s['username'], s['password'], s['port'])")
+start_demo "$bin" "$work"
 sockdir=$(dirname "$(ps -o args= -C postgres | sed -n "s/.*-D \(\/tmp\/pgveil-cluster-[^ ]*\)\/data -p $dbport.*/\1/p" | head -1)/x")/sock
 superuser() { psql -X -At -h "$sockdir" -p "$dbport" -U postgres -d acme -c "$1"; }
 superuser "SELECT 1" >/dev/null
