@@ -157,7 +157,53 @@ impl State {
                 .insert(name.to_owned(), value.to_string());
         }
         let out = req.send().await.with_context(|| format!("put {name}"))?;
-        Ok(out.version_id().unwrap_or_default().to_owned())
+        let version = out.version_id().unwrap_or_default().to_owned();
+        if stages.is_none() {
+            self.one_current(name, &version).await?;
+        }
+        Ok(version)
+    }
+
+    /// Makes `version` the only AWSCURRENT version and checks that GetSecretValue serves it. AWS keeps a
+    /// staging label on one version; moto (5.x) does not after UpdateSecretVersionStage (rotation_pending's
+    /// promotion): it leaves its "default version" pointing at the old one, so the next PutSecretValue moves
+    /// AWSCURRENT off that old version and leaves it on the promoted one too, and GetSecretValue(AWSCURRENT)
+    /// serves the first match (the promoted, now outdated, value) -- which made the rotation tests depend on
+    /// the order the test threads ran them in. The label is removed from every other version here, as AWS
+    /// would have, and the result is checked, so a test never blames pgveil for the emulator's state.
+    async fn one_current(&self, name: &str, version: &str) -> Result<()> {
+        let listed = self
+            .client
+            .list_secret_version_ids()
+            .secret_id(name)
+            .send()
+            .await
+            .with_context(|| format!("list versions of {name}"))?;
+        for v in listed.versions() {
+            let id = v.version_id().unwrap_or_default();
+            if id != version && v.version_stages().iter().any(|s| s == "AWSCURRENT") {
+                self.client
+                    .update_secret_version_stage()
+                    .secret_id(name)
+                    .version_stage("AWSCURRENT")
+                    .remove_from_version_id(id)
+                    .send()
+                    .await
+                    .with_context(|| format!("remove AWSCURRENT from an old version of {name}"))?;
+            }
+        }
+        let served = self
+            .client
+            .get_secret_value()
+            .secret_id(name)
+            .version_stage("AWSCURRENT")
+            .send()
+            .await?;
+        ensure!(
+            served.version_id() == Some(version),
+            "moto serves another AWSCURRENT version of {name} than the one just put"
+        );
+        Ok(())
     }
 
     fn check_no_secret(&self, text: &str, what: &str) -> Result<()> {
