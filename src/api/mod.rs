@@ -5,6 +5,7 @@
 //! Admin endpoints authenticate with an admin API key held in the secret store (`api.admin_key_secret`),
 //! sent as `Authorization: Bearer <key>` and compared in constant time.
 
+mod admin;
 pub mod client_ip;
 pub mod fetch;
 pub mod first_factor;
@@ -99,6 +100,54 @@ pub struct ApiServer {
     state: Arc<ApiState>,
 }
 
+/// The first factors the API accepts, from its config (keys from the secret store). Demo-only options are
+/// refused outside demo mode.
+async fn first_factor(
+    api: &ApiConfig,
+    secrets: &dyn SecretStore,
+) -> Result<FirstFactor, ApiStartError> {
+    let oidc = match &api.oidc {
+        Some(o) => Some(OidcVerifier::new(o.clone()).await?),
+        None => None,
+    };
+    if api
+        .webapp
+        .as_ref()
+        .is_some_and(|w| w.max_age > Duration::from_secs(15 * 60))
+    {
+        tracing::warn!(
+            "api.webapp.max_age is over 15 minutes: an assertion is a bearer credential (replayable) until it expires"
+        );
+    }
+    let webapp = match &api.webapp {
+        Some(w) => Some((secrets.fetch(&w.key_secret).await?, w.max_age)),
+        None => None,
+    };
+    if api.insecure_no_first_factor {
+        if !demo_mode() {
+            return Err(ApiStartError::Config(
+                "api.insecure_no_first_factor is for demos only (set PGVEIL_DEMO=1 to accept it)",
+            ));
+        }
+        tracing::warn!(
+            "!!! DEMO MODE: the API issues tokens WITHOUT any first factor: anyone who knows an email and its TOTP code gets a token. Never use this with real data. !!!"
+        );
+    }
+    Ok(FirstFactor {
+        oidc,
+        webapp,
+        insecure_none: api.insecure_no_first_factor,
+    })
+}
+
+/// The API's listening socket and its bound address.
+async fn listen(at: SocketAddr) -> Result<(TcpListener, SocketAddr), ApiStartError> {
+    let io = |e: std::io::Error| ApiStartError::Io(format!("cannot listen on {at}: {e}"));
+    let listener = TcpListener::bind(at).await.map_err(io)?;
+    let addr = listener.local_addr().map_err(io)?;
+    Ok((listener, addr))
+}
+
 impl ApiServer {
     /// Opens the control database, loads keys and binds the listener.
     pub async fn bind(cfg: Config, opts: ApiOptions) -> Result<ApiServer, ApiStartError> {
@@ -126,54 +175,19 @@ impl ApiServer {
         // The signing key comes from the secret store, like every other pgveil key.
         let pem = secrets.fetch(&key_id).await?;
         let signer = TokenSigner::from_pem(&pem, &cfg.auth.issuer)?;
-        let oidc = match &api.oidc {
-            Some(o) => Some(OidcVerifier::new(o.clone()).await?),
-            None => None,
-        };
-        if api
-            .webapp
-            .as_ref()
-            .is_some_and(|w| w.max_age > Duration::from_secs(15 * 60))
-        {
-            tracing::warn!(
-                "api.webapp.max_age is over 15 minutes: an assertion is a bearer credential (replayable) until it expires"
-            );
-        }
-        let webapp = match &api.webapp {
-            Some(w) => Some((secrets.fetch(&w.key_secret).await?, w.max_age)),
-            None => None,
-        };
-        if api.insecure_no_first_factor {
-            if !demo_mode() {
-                return Err(ApiStartError::Config(
-                    "api.insecure_no_first_factor is for demos only (set PGVEIL_DEMO=1 to accept it)",
-                ));
-            }
-            tracing::warn!(
-                "!!! DEMO MODE: the API issues tokens WITHOUT any first factor: anyone who knows an email and its TOTP code gets a token. Never use this with real data. !!!"
-            );
-        }
+        let first = first_factor(&api, &*secrets).await?;
         let mut server_tls = (*crate::tls::server_config(&tls_cfg.cert, &tls_cfg.key)?).clone();
         server_tls.alpn_protocols = vec![b"http/1.1".to_vec()];
         let trusted_proxies = Arc::new(
             client_ip::TrustedProxies::parse(&api.trusted_proxies)
                 .map_err(|_| ApiStartError::Config("api.trusted_proxies is invalid"))?,
         );
-        let listener = TcpListener::bind(api.addr)
-            .await
-            .map_err(|e| ApiStartError::Io(format!("cannot listen on {}: {e}", api.addr)))?;
-        let addr = listener
-            .local_addr()
-            .map_err(|e| ApiStartError::Io(format!("cannot listen on {}: {e}", api.addr)))?;
+        let (listener, addr) = listen(api.addr).await?;
         let state = Arc::new(ApiState {
             mfa: MfaService::new(db, secret_box, api.throttle.clone()),
             signer,
             admin_key,
-            first: FirstFactor {
-                oidc,
-                webapp,
-                insecure_none: api.insecure_no_first_factor,
-            },
+            first,
             clock: opts.clock,
             local_proxy: opts.local_proxy,
             proxy_port: api.proxy_port.unwrap_or(opts.proxy_port),

@@ -16,7 +16,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::ApiState;
-use super::routes::{ApiError, ApiResult, apply_locally, require_admin};
+use super::admin::{apply_locally, require_admin};
+use super::routes::{ApiError, ApiResult};
 use crate::control::epoch;
 use crate::token::{EXP_LEEWAY_SECS, MAX_IAT_SKEW_SECS, MAX_TOKEN_LEN};
 

@@ -4,24 +4,22 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use axum::extract::{Extension, Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::extract::{Extension, State};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use subtle::ConstantTimeEq;
 
-use super::ApiState;
 use super::first_factor::FirstFactorInput;
+use super::{ApiState, admin};
 use crate::control::epoch;
 use crate::control::users::User;
-use crate::ids::{RoleName, TenantId, UserId};
+use crate::ids::UserId;
 use crate::mfa::policy::MfaRequirement;
 use crate::mfa::recovery::RecoveryError;
 use crate::mfa::{MfaError, SecondFactor};
-use crate::secret::ExposeSecret;
 
 /// The client's IP address, inserted by the accept loop.
 #[derive(Debug, Clone, Copy)]
@@ -126,10 +124,10 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/recover", post(recover_json))
         .route(
             "/v1/admin/users",
-            post(admin_create_user).get(admin_list_users),
+            post(admin::create_user).get(admin::list_users),
         )
-        .route("/v1/admin/users/{email}/disable", post(admin_disable))
-        .route("/v1/admin/users/{email}/enable", post(admin_enable))
+        .route("/v1/admin/users/{email}/disable", post(admin::disable))
+        .route("/v1/admin/users/{email}/enable", post(admin::enable))
         .route("/v1/admin/tokens/revoke", post(super::revoke::admin_revoke))
         .merge(super::page::routes())
         .layer(axum::middleware::map_response(security_headers))
@@ -294,36 +292,11 @@ pub(crate) async fn login(
     })?;
     let req = MfaRequirement::of(tenant, now);
     let mut amr: Vec<String> = first_amr.map(str::to_owned).into_iter().collect();
-    match second {
-        Some(f) => amr.push(st.mfa.verify(&user, f, ip, now).await?.to_owned()),
-        None if user.mfa_enrolled => {
-            return Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "code_required",
-                "a TOTP code or recovery code is required",
-            ));
-        }
-        None if !req.allows_without_mfa() => {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "mfa_enrolment_required",
-                "two-factor authentication is required for this tenant: enrol an authenticator app first",
-            ));
-        }
-        None => {}
+    if let Some(method) = second_factor(st, &user, second, &req, ip, now).await? {
+        amr.push(method.to_owned());
     }
     let iat = epoch(now).map_err(ApiError::internal)?;
-    if iat < user.tokens_valid_after {
-        // Re-enabled within the second it was disabled: a token stamped with this second would be refused.
-        return Err(ApiError {
-            retry_after: Some((user.tokens_valid_after - iat) as u64),
-            ..ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "throttled",
-                "this user's tokens were just revoked; try again in a second",
-            )
-        });
-    }
+    not_just_revoked(&user, iat)?;
     let ttl = st.api.token_ttl.min(st.cfg.auth.max_token_ttl);
     let (token, claims) = st
         .signer
@@ -342,19 +315,15 @@ pub(crate) async fn login(
         .await
         .map_err(ApiError::internal)?;
     tracing::info!(user = %user.email, amr = ?amr, "token issued");
-    let has_mfa = claims.has_mfa();
+    let mfa_deadline_days = match req {
+        MfaRequirement::Grace { days_left, .. } if !claims.has_mfa() => Some(days_left),
+        _ => None,
+    };
     let dbname = tenant
         .dbname
         .clone()
         .unwrap_or_else(|| user.tenant.to_string());
-    let host = st.api.proxy_host.clone();
-    let port = st.proxy_port;
-    let url = format!(
-        "postgresql://{}:{}@{host}:{port}/{}?sslmode=require",
-        urlencoding::encode(&user.email),
-        urlencoding::encode(&token),
-        urlencoding::encode(&dbname)
-    );
+    let url = connect_url(st, &user.email, &token, &dbname);
     Ok(LoginOut {
         token,
         jti: claims.jti,
@@ -363,15 +332,66 @@ pub(crate) async fn login(
         user: user.email,
         tenant: user.tenant.to_string(),
         role: user.role.to_string(),
-        host,
-        port,
+        host: st.api.proxy_host.clone(),
+        port: st.proxy_port,
         dbname,
         url,
-        mfa_deadline_days: match req {
-            MfaRequirement::Grace { days_left, .. } if !has_mfa => Some(days_left),
-            _ => None,
-        },
+        mfa_deadline_days,
     })
+}
+
+/// The second factor's method (`totp` or `recovery`) when one was given and verified; none when the user
+/// may log in without one (not enrolled, inside the tenant's grace period).
+async fn second_factor(
+    st: &ApiState,
+    user: &User,
+    second: Option<SecondFactor<'_>>,
+    req: &MfaRequirement,
+    ip: IpAddr,
+    now: std::time::SystemTime,
+) -> ApiResult<Option<&'static str>> {
+    match second {
+        Some(f) => Ok(Some(st.mfa.verify(user, f, ip, now).await?)),
+        None if user.mfa_enrolled => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "code_required",
+            "a TOTP code or recovery code is required",
+        )),
+        None if !req.allows_without_mfa() => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "mfa_enrolment_required",
+            "two-factor authentication is required for this tenant: enrol an authenticator app first",
+        )),
+        None => Ok(None),
+    }
+}
+
+/// Refuses a login within the second the user's tokens were revoked (re-enabled within the second it was
+/// disabled): a token stamped with this second would be refused.
+fn not_just_revoked(user: &User, iat: i64) -> ApiResult<()> {
+    if iat < user.tokens_valid_after {
+        return Err(ApiError {
+            retry_after: Some((user.tokens_valid_after - iat) as u64),
+            ..ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "throttled",
+                "this user's tokens were just revoked; try again in a second",
+            )
+        });
+    }
+    Ok(())
+}
+
+/// The URL a client connects to the proxy with: the token is the password.
+fn connect_url(st: &ApiState, email: &str, token: &str, dbname: &str) -> String {
+    format!(
+        "postgresql://{}:{}@{}:{}/{}?sslmode=require",
+        urlencoding::encode(email),
+        urlencoding::encode(token),
+        st.api.proxy_host,
+        st.proxy_port,
+        urlencoding::encode(dbname)
+    )
 }
 
 // ---- JSON handlers ---------------------------------------------------------------------------------
@@ -444,150 +464,4 @@ async fn recover_json(
     Ok(Json(
         json!({ "status": "enrolment_reset", "next": "POST /v1/enroll to enrol a new device" }),
     ))
-}
-
-// ---- admin -----------------------------------------------------------------------------------------
-
-pub(crate) fn require_admin(st: &ApiState, headers: &HeaderMap) -> ApiResult<()> {
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    let expected = st.admin_key.expose_secret().as_bytes();
-    if expected.is_empty() || !bool::from(presented.as_bytes().ct_eq(expected)) {
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "admin_unauthorized",
-            "admin API key required",
-        ));
-    }
-    Ok(())
-}
-
-#[derive(Deserialize)]
-struct NewUser {
-    email: String,
-    tenant: TenantId,
-    role: RoleName,
-}
-
-async fn admin_create_user(
-    State(st): State<Arc<ApiState>>,
-    headers: HeaderMap,
-    Json(u): Json<NewUser>,
-) -> ApiResult<Response> {
-    require_admin(&st, &headers)?;
-    let email = normalize_email(&u.email);
-    if !email.contains('@')
-        || email.len() > 254
-        || email.chars().any(|c| c.is_whitespace() || c.is_control())
-    {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            "email is not valid",
-        ));
-    }
-    if st.cfg.tenant(&u.tenant).is_none() {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "unknown_tenant",
-            "tenant is not configured",
-        ));
-    }
-    if !st.cfg.roles.contains(&u.role) {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "unknown_role",
-            "role is not configured",
-        ));
-    }
-    let now = epoch((st.clock)()).map_err(ApiError::internal)?;
-    match st
-        .mfa
-        .db()
-        .create_user(&email, &u.tenant, &u.role, now)
-        .await
-        .map_err(ApiError::internal)?
-    {
-        Some(user) => Ok((StatusCode::CREATED, Json(user)).into_response()),
-        None => Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "user_exists",
-            "a user with this email exists",
-        )),
-    }
-}
-
-#[derive(Deserialize)]
-struct ListQuery {
-    tenant: Option<TenantId>,
-}
-
-async fn admin_list_users(
-    State(st): State<Arc<ApiState>>,
-    headers: HeaderMap,
-    Query(q): Query<ListQuery>,
-) -> ApiResult<Json<Vec<User>>> {
-    require_admin(&st, &headers)?;
-    Ok(Json(
-        st.mfa
-            .db()
-            .users(q.tenant.as_ref())
-            .await
-            .map_err(ApiError::internal)?,
-    ))
-}
-
-async fn admin_disable(
-    State(st): State<Arc<ApiState>>,
-    headers: HeaderMap,
-    Path(email): Path<String>,
-) -> ApiResult<Json<serde_json::Value>> {
-    set_disabled(&st, &headers, &email, true).await
-}
-
-async fn admin_enable(
-    State(st): State<Arc<ApiState>>,
-    headers: HeaderMap,
-    Path(email): Path<String>,
-) -> ApiResult<Json<serde_json::Value>> {
-    set_disabled(&st, &headers, &email, false).await
-}
-
-async fn set_disabled(
-    st: &ApiState,
-    headers: &HeaderMap,
-    email: &str,
-    disabled: bool,
-) -> ApiResult<Json<serde_json::Value>> {
-    require_admin(st, headers)?;
-    let now = epoch((st.clock)()).map_err(ApiError::internal)?;
-    if !st
-        .mfa
-        .db()
-        .set_disabled(&normalize_email(email), disabled, now)
-        .await
-        .map_err(ApiError::internal)?
-    {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "unknown_user",
-            "no such pgveil user",
-        ));
-    }
-    tracing::info!(user = %email, disabled, "user updated by admin");
-    apply_locally(st).await;
-    Ok(Json(json!({ "email": email, "disabled": disabled })))
-}
-
-/// Applies a revocation to the proxy in this process at once (other instances follow within
-/// `control.revocation_refresh`).
-pub(crate) async fn apply_locally(st: &ApiState) {
-    if let Some((cache, sessions)) = &st.local_proxy
-        && let Err(e) = cache.refresh(sessions).await
-    {
-        tracing::warn!(error = %e, "local revocation refresh failed");
-    }
 }

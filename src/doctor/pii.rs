@@ -3,9 +3,9 @@
 //! a partition, inheritance child, generated or view column that inherits a class is classified. No row is
 //! read: the heuristics look at names and types only, so they can miss columns and flag harmless ones.
 
-use crate::ids::TenantId;
+use crate::ids::{RoleName, TenantId};
 use crate::policy::catalog::{Catalog, Column};
-use crate::policy::file::{Policy, Unclassified};
+use crate::policy::file::{Effective, Policy, Unclassified};
 use crate::policy::functions::TypeFamily;
 
 use super::{Finding, Severity};
@@ -203,39 +203,7 @@ pub fn check(tenant: &TenantId, cat: &Catalog, policy: Option<&Policy>) -> Vec<F
                 .collect()
         })
         .unwrap_or_default();
-    // Masked roles (not seeing everything) and what they get for unclassified columns.
-    let masked: Vec<_> = effective
-        .iter()
-        .filter(|(_, e)| !e.role.sees_everything())
-        .collect();
-    let raw_for: Vec<&str> = masked
-        .iter()
-        .filter(|(_, e)| e.role.unclassified == Unclassified::Allow)
-        .map(|(r, _)| r.as_str())
-        .collect();
-    let (severity, effect) = match (policy, masked.is_empty(), raw_for.is_empty()) {
-        (None, _, _) => (
-            Severity::Medium,
-            "no [policy]: every role reads it raw".to_owned(),
-        ),
-        (Some(_), true, _) => (
-            Severity::Info,
-            "no role of the policy has masked columns".to_owned(),
-        ),
-        (Some(_), false, false) => (
-            Severity::High,
-            format!(
-                "role(s) {} read it raw (unclassified = \"allow\")",
-                raw_for.join(", ")
-            ),
-        ),
-        (Some(_), false, true) => (
-            Severity::Low,
-            "masked roles get it redacted or refused (unclassified = \"mask\"/\"deny\"), not masked by a \
-             function of its own"
-                .to_owned(),
-        ),
-    };
+    let (severity, effect) = unclassified_effect(policy, &effective);
     let direct =
         |s: &str, t: &str, c: &str| effective.first().and_then(|(_, e)| e.classify(s, t, c));
     let mut rels: Vec<_> = cat.relations.values().filter(|r| r.kind != 'S').collect();
@@ -268,4 +236,44 @@ pub fn check(tenant: &TenantId, cat: &Catalog, policy: Option<&Policy>) -> Vec<F
         }
     }
     out
+}
+
+/// What masked roles get for a column no rule classifies, and how bad that is.
+fn unclassified_effect(
+    policy: Option<&Policy>,
+    effective: &[(&RoleName, Effective<'_>)],
+) -> (Severity, String) {
+    // Masked roles (not seeing everything) and what they get for unclassified columns.
+    let masked: Vec<_> = effective
+        .iter()
+        .filter(|(_, e)| !e.role.sees_everything())
+        .collect();
+    let raw_for: Vec<&str> = masked
+        .iter()
+        .filter(|(_, e)| e.role.unclassified == Unclassified::Allow)
+        .map(|(r, _)| r.as_str())
+        .collect();
+    match (policy, masked.is_empty(), raw_for.is_empty()) {
+        (None, _, _) => (
+            Severity::Medium,
+            "no [policy]: every role reads it raw".to_owned(),
+        ),
+        (Some(_), true, _) => (
+            Severity::Info,
+            "no role of the policy has masked columns".to_owned(),
+        ),
+        (Some(_), false, false) => (
+            Severity::High,
+            format!(
+                "role(s) {} read it raw (unclassified = \"allow\")",
+                raw_for.join(", ")
+            ),
+        ),
+        (Some(_), false, true) => (
+            Severity::Low,
+            "masked roles get it redacted or refused (unclassified = \"mask\"/\"deny\"), not masked by a \
+             function of its own"
+                .to_owned(),
+        ),
+    }
 }

@@ -13,11 +13,21 @@ pub(super) async fn load(
     client: &tokio_postgres::Client,
     cat: &mut Catalog,
 ) -> Result<(), LoadError> {
-    let r = &mut cat.resolution;
-    r.database = client
+    cat.resolution.database = client
         .query_one("SELECT pg_catalog.current_database()::text", &[])
         .await?
         .get(0);
+    proc_owners(client, cat).await?;
+    operators(client, cat).await?;
+    let r = &mut cat.resolution;
+    functions(client, r).await?;
+    orderings(client, r).await?;
+    types(client, r).await
+}
+
+/// Functions outside pg_catalog and information_schema: an extension's (by owning extension) or the tenant's own.
+async fn proc_owners(client: &tokio_postgres::Client, cat: &mut Catalog) -> Result<(), LoadError> {
+    let r = &mut cat.resolution;
     for row in client
         .query(
             "SELECT n.nspname::text, p.proname::text, \
@@ -40,6 +50,12 @@ pub(super) async fn load(
             }
         }
     }
+    Ok(())
+}
+
+/// Operators outside pg_catalog: an extension's, or the tenant's own with their argument types.
+async fn operators(client: &tokio_postgres::Client, cat: &mut Catalog) -> Result<(), LoadError> {
+    let r = &mut cat.resolution;
     for row in client
         .query(
             "SELECT n.nspname::text, o.oprname::text, \
@@ -70,8 +86,11 @@ pub(super) async fn load(
             }
         }
     }
-    functions(client, r).await?;
-    orderings(client, r).await?;
+    Ok(())
+}
+
+/// Implicit casts, flexible (pseudo and domain) types, and column types by name.
+async fn types(client: &tokio_postgres::Client, r: &mut Resolution) -> Result<(), LoadError> {
     for row in client
         .query(
             "SELECT s.typname::text, t.typname::text FROM pg_catalog.pg_cast c \
