@@ -84,7 +84,7 @@ fn describe() {
     );
     describe_counter!(
         "pgveil_catalog_loads_total",
-        "Tenant catalog loads by result (ok | error)."
+        "Tenant catalog loads by result (ok | error); errors also by kind (secret | incomplete | connect | io | query | timeout | internal)."
     );
     describe_counter!(
         "pgveil_policy_reloads_total",
@@ -92,7 +92,11 @@ fn describe() {
     );
     describe_counter!(
         "pgveil_pool_checkouts_total",
-        "Backend checkouts by result (immediate | waited | timeout | error)."
+        "Backend checkouts by result (immediate | other_loop | waited | timeout | error); timeouts and errors also by kind (timeout | secret | incomplete | connect | shutdown | internal)."
+    );
+    describe_counter!(
+        "pgveil_backend_drains_total",
+        "Backends a client left mid-batch (without Sync), drained before reuse, by result (idle | failed); failures also by kind (io | protocol | timeout | unclean)."
     );
     describe_histogram!(
         "pgveil_pool_wait_seconds",

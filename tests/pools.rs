@@ -7,7 +7,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_types)]
 
 mod support;
-mod txpool_raw;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,9 +18,9 @@ use pgveil::identity::Identity;
 use pgveil::policy::{Decision, StatementPolicy};
 use pgveil::proto::PgError;
 use pgveil::server::ServerOptions;
+use support::raw::script::{Frontend, Raw, Reply};
 use support::{Fixture, Running, raw};
 use tokio::io::AsyncWriteExt;
-use txpool_raw::{Msg, Raw, Reply};
 
 fn main() -> std::process::ExitCode {
     support::main_with(&[
@@ -131,8 +130,12 @@ fn unsynced_error_then_exit(fx: &Fixture, mode: PoolMode) -> Result<()> {
             } else {
                 "SELECT forbidden_word"
             };
-            c.send(&[Msg::Parse("", sql), Msg::Describe('S', ""), Msg::Flush])
-                .await?;
+            c.send(&[
+                Frontend::Parse("", sql),
+                Frontend::Describe('S', ""),
+                Frontend::Flush,
+            ])
+            .await?;
             let code = until_error(&mut c).await?;
             ensure!(code == "42P01" || code == "42501", "client {i}: got {code}");
             drop(c); // exits without Sync
@@ -142,10 +145,10 @@ fn unsynced_error_then_exit(fx: &Fixture, mode: PoolMode) -> Result<()> {
         let replies = tokio::time::timeout(
             raw::SAFETY,
             c.round(&[
-                Msg::Parse("", &insert),
-                Msg::Bind("", "", &[]),
-                Msg::Execute(""),
-                Msg::Sync,
+                Frontend::Parse("", &insert),
+                Frontend::Bind("", "", &[]),
+                Frontend::Execute(""),
+                Frontend::Sync,
             ]),
         )
         .await
@@ -176,13 +179,13 @@ fn victim_portal_and_update(fx: &Fixture, mode: PoolMode) -> Result<()> {
         let update = format!("UPDATE {table} SET v = v + 1");
         victim
             .send(&[
-                Msg::Parse("", &update),
-                Msg::Bind("", "", &[]),
-                Msg::Execute(""),
-                Msg::Parse("", "SELECT g FROM generate_series(1, 100) g"),
-                Msg::Bind("victim_portal", "", &[]),
-                Msg::ExecuteMax("victim_portal", 1),
-                Msg::Flush,
+                Frontend::Parse("", &update),
+                Frontend::Bind("", "", &[]),
+                Frontend::Execute(""),
+                Frontend::Parse("", "SELECT g FROM generate_series(1, 100) g"),
+                Frontend::Bind("victim_portal", "", &[]),
+                Frontend::ExecuteMax("victim_portal", 1),
+                Frontend::Flush,
             ])
             .await?;
         tokio::time::timeout(raw::SAFETY, victim.until(|r| matches!(r, Reply::Suspended)))
@@ -193,7 +196,7 @@ fn victim_portal_and_update(fx: &Fixture, mode: PoolMode) -> Result<()> {
         let mut next = raw_client(fx, proxy.addr, "globex", "admin").await?;
         let replies = tokio::time::timeout(
             raw::SAFETY,
-            next.round(&[Msg::Execute("victim_portal"), Msg::Sync]),
+            next.round(&[Frontend::Execute("victim_portal"), Frontend::Sync]),
         )
         .await
         .context("next client got no answer")??;
@@ -206,7 +209,7 @@ fn victim_portal_and_update(fx: &Fixture, mode: PoolMode) -> Result<()> {
             "{mode:?}: expected 34000, got {replies:?}"
         );
         let replies = next
-            .round(&[Msg::Query(&format!("SELECT v FROM {table}"))])
+            .round(&[Frontend::Query(&format!("SELECT v FROM {table}"))])
             .await?;
         ensure!(
             replies.contains(&Reply::Row(vec![Some("0".into())])),
@@ -223,15 +226,19 @@ fn refused_unnamed_parse(fx: &Fixture, mode: PoolMode) -> Result<()> {
     fx.block_on(async {
         let mut c = raw_client(fx, proxy.addr, "acme", "analyst").await?;
         let r = c
-            .round(&[Msg::Parse("", "SELECT 'earlier' AS a"), Msg::Sync])
+            .round(&[Frontend::Parse("", "SELECT 'earlier' AS a"), Frontend::Sync])
             .await?;
         ensure!(r.contains(&Reply::ParseComplete), "{r:?}");
         let r = c
-            .round(&[Msg::Parse("", "SELECT forbidden_word"), Msg::Sync])
+            .round(&[Frontend::Parse("", "SELECT forbidden_word"), Frontend::Sync])
             .await?;
         ensure!(r.contains(&Reply::Error("42501".into())), "{r:?}");
         let r = c
-            .round(&[Msg::Bind("", "", &[]), Msg::Execute(""), Msg::Sync])
+            .round(&[
+                Frontend::Bind("", "", &[]),
+                Frontend::Execute(""),
+                Frontend::Sync,
+            ])
             .await?;
         ensure!(
             !r.iter().any(|x| matches!(x, Reply::Row(_))),
@@ -242,7 +249,7 @@ fn refused_unnamed_parse(fx: &Fixture, mode: PoolMode) -> Result<()> {
             "{mode:?}: expected 26000, got {r:?}"
         );
         // The session goes on.
-        let r = c.round(&[Msg::Query("SELECT 1")]).await?;
+        let r = c.round(&[Frontend::Query("SELECT 1")]).await?;
         ensure!(r.contains(&Reply::Row(vec![Some("1".into())])), "{r:?}");
         Ok(())
     })
@@ -448,14 +455,14 @@ fn state_leak_scenarios(fx: &Fixture) -> Result<()> {
         let mut leaks = Vec::new();
         for (what, role, sql, check) in &scenarios {
             let mut a = raw_client(fx, proxy.addr, "globex", role).await?;
-            let r = a.round(&[Msg::Query(sql)]).await?;
+            let r = a.round(&[Frontend::Query(sql)]).await?;
             ensure!(
                 !r.iter().any(|x| matches!(x, Reply::Error(_))),
                 "{what}: {r:?}"
             );
             drop(a);
             let mut b = raw_client(fx, proxy.addr, "globex", "tiny").await?;
-            let r = tokio::time::timeout(raw::SAFETY, b.round(&[Msg::Query(check)]))
+            let r = tokio::time::timeout(raw::SAFETY, b.round(&[Frontend::Query(check)]))
                 .await
                 .with_context(|| format!("{what}: check got no answer"))??;
             if !r.contains(&Reply::Row(vec![Some("true".into())])) {

@@ -6,7 +6,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_types)]
 
 mod support;
-mod txpool_raw;
 
 use std::collections::HashSet;
 use std::process::Command;
@@ -15,8 +14,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use pgveil::config::PoolMode;
 use pgveil::server::ServerOptions;
+use support::raw::script::{Raw, Reply};
 use support::{Fixture, Running, connect, sqlstate};
-use txpool_raw::{Raw, Reply};
 
 fn main() -> std::process::ExitCode {
     support::main_with(&[
@@ -284,9 +283,9 @@ fn pgbench_through_transaction_pool(fx: &Fixture) -> Result<()> {
 
 /// One scripted conversation: batches of extended-protocol messages ending in Sync, and simple queries.
 async fn scripted(c: &mut Raw) -> Result<Vec<Reply>> {
-    use txpool_raw::Msg::*;
+    use support::raw::script::Frontend::*;
     let mut out = Vec::new();
-    let batches: Vec<Vec<txpool_raw::Msg>> = vec![
+    let batches: Vec<Vec<support::raw::script::Frontend>> = vec![
         vec![
             Parse("s1", "SELECT $1::int + 1 AS n"),
             Describe('S', "s1"),
@@ -381,7 +380,7 @@ fn replies_match_direct(fx: &Fixture) -> Result<()> {
 }
 
 fn statement_names_are_per_client(fx: &Fixture) -> Result<()> {
-    use txpool_raw::Msg::*;
+    use support::raw::script::Frontend::*;
     let proxy = txn_proxy(fx, 1, Duration::from_secs(30))?;
     fx.block_on(async {
         let ta = fx.token("a", "acme", "analyst");

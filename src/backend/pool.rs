@@ -10,6 +10,7 @@ use parking_lot::Mutex;
 
 use super::connect::{self, BackendConn, BackendTarget, ConnectError};
 use super::health;
+use crate::error::{Classified, ErrorKind};
 use crate::ids::{RoleName, TenantId};
 use crate::route::Tenant;
 use crate::secret::{DbCredentials, SecretError, SecretStore, SecretString};
@@ -50,9 +51,8 @@ pub enum BackendError {
     Connect(#[from] ConnectError),
 }
 
-impl crate::error::Classified for BackendError {
-    fn kind(&self) -> crate::error::ErrorKind {
-        use crate::error::ErrorKind;
+impl Classified for BackendError {
+    fn kind(&self) -> ErrorKind {
         match self {
             BackendError::Secret { .. } => ErrorKind::Secret,
             BackendError::Incomplete(_) => ErrorKind::Incomplete,
@@ -232,6 +232,30 @@ pub enum CheckoutError {
     Build(#[from] managed::BuildError),
 }
 
+impl Classified for CheckoutError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            CheckoutError::Timeout => ErrorKind::Timeout,
+            CheckoutError::Backend(b) => b.kind(),
+            CheckoutError::Closed => ErrorKind::Shutdown,
+            CheckoutError::Build(_) => ErrorKind::Internal,
+        }
+    }
+}
+
+/// Counts a failed checkout (once per `checkout`/`try_checkout` call): `result` = `timeout` or `error` as
+/// always, with the failure's `kind`.
+fn count_failure(e: &CheckoutError) {
+    let result = match e {
+        CheckoutError::Timeout => "timeout",
+        _ => "error",
+    };
+    let kind = e.kind().as_label();
+    tracing::debug!(kind, error = %e, "backend checkout failed");
+    metrics::counter!("pgveil_pool_checkouts_total", "result" => result, "kind" => kind)
+        .increment(1);
+}
+
 /// A pool and the greeting its backends gave (once one has been opened).
 type PoolEntry = (Shares, Arc<Mutex<Option<Greeting>>>);
 
@@ -350,6 +374,19 @@ impl Pools {
         tenant: &Arc<Tenant>,
         role_class: &RoleName,
     ) -> Result<Option<PooledConn>, CheckoutError> {
+        let got = self.try_free(tenant, role_class).await;
+        if let Err(e) = &got {
+            count_failure(e);
+        }
+        got
+    }
+
+    /// [`Pools::try_checkout`] without the failure count.
+    async fn try_free(
+        &self,
+        tenant: &Arc<Tenant>,
+        role_class: &RoleName,
+    ) -> Result<Option<PooledConn>, CheckoutError> {
         let shares = self.shares(tenant, role_class)?;
         let home = shares.home();
         if let Some(conn) = self.immediate(&shares.0[home]).await? {
@@ -388,10 +425,7 @@ impl Pools {
         match pool.timeout_get(&immediate).await {
             Ok(conn) => Ok(Some(conn)),
             Err(managed::PoolError::Timeout(_)) => Ok(None),
-            Err(managed::PoolError::Backend(b)) => {
-                metrics::counter!("pgveil_pool_checkouts_total", "result" => "error").increment(1);
-                Err(CheckoutError::Backend(b))
-            }
+            Err(managed::PoolError::Backend(b)) => Err(CheckoutError::Backend(b)),
             Err(_) => Err(CheckoutError::Closed),
         }
     }
@@ -407,11 +441,28 @@ impl Pools {
         if let Some(conn) = self.try_checkout(tenant, role_class).await? {
             return Ok(conn);
         }
+        let started = std::time::Instant::now();
+        let got = self.wait_for(tenant, role_class).await;
+        match &got {
+            Ok(_) => {
+                metrics::counter!("pgveil_pool_checkouts_total", "result" => "waited").increment(1)
+            }
+            Err(e) => count_failure(e),
+        }
+        metrics::histogram!("pgveil_pool_wait_seconds").record(started.elapsed().as_secs_f64());
+        got
+    }
+
+    /// The waiting part of [`Pools::checkout`], up to the checkout timeout.
+    async fn wait_for(
+        &self,
+        tenant: &Arc<Tenant>,
+        role_class: &RoleName,
+    ) -> Result<PooledConn, CheckoutError> {
         let shares = self.shares(tenant, role_class)?;
         let home = shares.home();
-        let started = std::time::Instant::now();
-        let deadline = started + self.checkout_timeout;
-        let got = loop {
+        let deadline = std::time::Instant::now() + self.checkout_timeout;
+        loop {
             let now = std::time::Instant::now();
             let mut wait = deadline.saturating_duration_since(now);
             if shares.0.len() > 1 {
@@ -423,28 +474,19 @@ impl Pools {
                 recycle: None,
             };
             match shares.0[home].timeout_get(&timeouts).await {
-                Ok(conn) => break Ok(conn),
+                Ok(conn) => return Ok(conn),
                 Err(managed::PoolError::Timeout(_)) => {}
-                Err(managed::PoolError::Backend(b)) => break Err(CheckoutError::Backend(b)),
-                Err(_) => break Err(CheckoutError::Closed),
+                Err(managed::PoolError::Backend(b)) => return Err(CheckoutError::Backend(b)),
+                Err(_) => return Err(CheckoutError::Closed),
             }
-            match self.free_in_other_loops(&shares, home).await {
-                Ok(Some(conn)) => break Ok(conn),
-                Ok(None) if std::time::Instant::now() >= deadline => {
-                    break Err(CheckoutError::Timeout);
+            match self.free_in_other_loops(&shares, home).await? {
+                Some(conn) => return Ok(conn),
+                None if std::time::Instant::now() >= deadline => {
+                    return Err(CheckoutError::Timeout);
                 }
-                Ok(None) => {}
-                Err(e) => break Err(e),
+                None => {}
             }
-        };
-        let result = match &got {
-            Ok(_) => "waited",
-            Err(CheckoutError::Timeout) => "timeout",
-            Err(_) => "error",
-        };
-        metrics::counter!("pgveil_pool_checkouts_total", "result" => result).increment(1);
-        metrics::histogram!("pgveil_pool_wait_seconds").record(started.elapsed().as_secs_f64());
-        got
+        }
     }
 
     /// The periodic check of idle backends (`pool.idle_check_interval`, like PgBouncer's
@@ -503,7 +545,22 @@ impl Pools {
 
 #[cfg(test)]
 mod tests {
-    use super::Shares;
+    use super::*;
+
+    #[test]
+    fn checkout_errors_are_classified() {
+        let kind = |e: CheckoutError| e.kind().as_label();
+        assert_eq!(kind(CheckoutError::Timeout), "timeout");
+        assert_eq!(kind(CheckoutError::Closed), "shutdown");
+        assert_eq!(
+            kind(CheckoutError::Build(
+                managed::BuildError::NoRuntimeSpecified
+            )),
+            "internal"
+        );
+        let incomplete = BackendError::Incomplete(TenantId::new("acme"));
+        assert_eq!(kind(CheckoutError::Backend(incomplete)), "incomplete");
+    }
 
     #[test]
     fn shares_add_up_to_the_pool_size() {

@@ -9,6 +9,7 @@
 use bytes::BytesMut;
 
 use super::BackendConn;
+use crate::error::{Classified, ErrorKind};
 use crate::net::{Framed, ReadError};
 use crate::proto::error::parse_fields;
 use crate::proto::messages::{self, tag};
@@ -28,9 +29,12 @@ pub struct BackendErrorResponse {
 /// Failures of internal exchanges; after any of these the connection is marked broken.
 #[derive(Debug, thiserror::Error)]
 pub enum InternalError {
-    /// I/O failure or the server closed the connection.
+    /// I/O failure.
     #[error("backend i/o: {0}")]
     Io(#[from] std::io::Error),
+    /// The server closed the connection.
+    #[error("backend closed the connection")]
+    Closed,
     /// Unexpected bytes from the server.
     #[error("backend protocol: {0}")]
     Protocol(&'static str),
@@ -43,11 +47,30 @@ impl From<ReadError> for InternalError {
     fn from(e: ReadError) -> Self {
         match e {
             ReadError::Io(e) => InternalError::Io(e),
-            ReadError::Closed => InternalError::Protocol("server closed the connection"),
+            ReadError::Closed => InternalError::Closed,
             ReadError::BadLength(_) | ReadError::Refused(_) => {
                 InternalError::Protocol("invalid message length")
             }
         }
+    }
+}
+
+impl Classified for InternalError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            InternalError::Io(_) | InternalError::Closed => ErrorKind::Io,
+            InternalError::Protocol(_) => ErrorKind::Protocol,
+            InternalError::Timeout => ErrorKind::Timeout,
+        }
+    }
+}
+
+/// The kind of a failed clean-up: the exchange's error, or [`ErrorKind::Unclean`] when the backend answered
+/// but not as a clean one.
+fn failure_kind<T>(r: &Result<T, InternalError>) -> ErrorKind {
+    match r {
+        Ok(_) => ErrorKind::Unclean,
+        Err(e) => e.kind(),
     }
 }
 
@@ -103,7 +126,8 @@ pub async fn rollback(conn: &mut BackendConn) -> bool {
     match run_queries(conn, &["ROLLBACK"]).await {
         Ok((b'I', None)) => true,
         other => {
-            tracing::warn!(result = ?other.map(|(s, _)| char::from(s)).err(), "rollback failed; discarding connection");
+            let kind = failure_kind(&other).as_label();
+            tracing::warn!(kind, result = ?other.map(|(s, _)| char::from(s)).err(), "rollback failed; discarding connection");
             conn.broken = true;
             false
         }
@@ -208,12 +232,13 @@ pub async fn reset(conn: &mut BackendConn, txn_status: u8) -> bool {
     match run_queries(conn, sqls).await {
         Ok((b'I', None)) => true,
         Ok((status, err)) => {
-            tracing::warn!(status = %char::from(status), error = ?err, "backend reset failed; discarding connection");
+            let kind = ErrorKind::Unclean.as_label();
+            tracing::warn!(kind, status = %char::from(status), error = ?err, "backend reset failed; discarding connection");
             conn.broken = true;
             false
         }
         Err(e) => {
-            tracing::warn!(error = %e, "backend reset failed; discarding connection");
+            tracing::warn!(kind = e.kind().as_label(), error = %e, "backend reset failed; discarding connection");
             false
         }
     }
@@ -238,8 +263,10 @@ pub async fn drain_unsynced(conn: &mut BackendConn) -> bool {
             true
         }
         other => {
-            tracing::warn!(result = ?other.as_ref().map(|s| char::from(*s)), "draining an unsynced backend failed; discarding it");
-            metrics::counter!("pgveil_backend_drains_total", "result" => "failed").increment(1);
+            let kind = failure_kind(&other).as_label();
+            tracing::warn!(kind, result = ?other.as_ref().map(|s| char::from(*s)), "draining an unsynced backend failed; discarding it");
+            metrics::counter!("pgveil_backend_drains_total", "result" => "failed", "kind" => kind)
+                .increment(1);
             if let Err(e) = &other {
                 gone_wrong(conn, e);
             }
@@ -275,5 +302,36 @@ async fn drain_inner(conn: &mut BackendConn, marker: &str) -> Result<u8, Interna
             }
             _ => {} // the client's leftovers and our statements' own responses
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_errors_are_classified_by_cause() {
+        let closed = InternalError::from(ReadError::Closed);
+        assert!(matches!(closed, InternalError::Closed));
+        assert_eq!(closed.kind().as_label(), "io");
+        let io = InternalError::from(ReadError::Io(std::io::ErrorKind::BrokenPipe.into()));
+        assert_eq!(io.kind().as_label(), "io");
+        assert_eq!(
+            InternalError::from(ReadError::BadLength(-1))
+                .kind()
+                .as_label(),
+            "protocol"
+        );
+        assert_eq!(InternalError::Timeout.kind().as_label(), "timeout");
+        assert_eq!(
+            failure_kind(&Ok::<u8, InternalError>(b'T')),
+            ErrorKind::Unclean
+        );
+        assert_eq!(
+            failure_kind(&Err::<u8, _>(InternalError::Protocol(
+                "empty ReadyForQuery"
+            ))),
+            ErrorKind::Protocol
+        );
     }
 }

@@ -18,7 +18,7 @@ pub fn checkout_error(e: &CheckoutError, who: &Identity) -> PgError {
         )),
         CheckoutError::Closed => PgError::shutting_down(),
         CheckoutError::Build(b) => {
-            tracing::error!(error = %b, "backend pool could not be built");
+            tracing::error!(kind = e.kind().as_label(), error = %b, "backend pool could not be built");
             PgError::internal()
         }
         CheckoutError::Backend(b) => {

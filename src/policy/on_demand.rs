@@ -18,6 +18,7 @@ use parking_lot::Mutex;
 
 use super::catalog::Catalog;
 use super::catalog::load;
+use crate::error::Classified;
 use crate::ids::TenantId;
 use crate::route::Router;
 use crate::secret::SecretStore;
@@ -60,7 +61,7 @@ impl OnDemand {
                     let catalog = router.tenant(&id).and_then(|t| {
                         rt.block_on(load::load(t, &*secrets, WAIT))
                             .map_err(|e| {
-                                tracing::warn!(tenant = %id, error = %e, "on-demand catalog load failed");
+                                tracing::warn!(tenant = %id, kind = e.kind().as_label(), error = %e, "on-demand catalog load failed");
                             })
                             .ok()
                     });

@@ -23,9 +23,11 @@ impl TxnStatus {
         }
     }
 
-    /// The status of a ReadyForQuery payload; an empty payload reads as idle (as pgveil always did).
+    /// The status of a ReadyForQuery payload. An empty (malformed) payload reads as [`TxnStatus::Failed`],
+    /// like an unknown byte: a backend that sent it is never taken for an idle one, so it is not released to
+    /// its pool mid-session (transaction mode) and gets `ROLLBACK` before any reuse, which must then end idle.
     pub fn from_payload(body: &[u8]) -> Self {
-        body.first().map_or(Self::Idle, |&b| Self::from_byte(b))
+        body.first().map_or(Self::Failed, |&b| Self::from_byte(b))
     }
 
     /// The ReadyForQuery byte.
@@ -53,7 +55,14 @@ mod tests {
             assert_eq!(TxnStatus::from_byte(s.byte()), s);
         }
         assert_eq!(TxnStatus::from_byte(b'?'), TxnStatus::Failed);
-        assert_eq!(TxnStatus::from_payload(b""), TxnStatus::Idle);
         assert_eq!(TxnStatus::from_payload(b"T"), TxnStatus::InTransaction);
+        assert_eq!(TxnStatus::from_payload(b"I"), TxnStatus::Idle);
+    }
+
+    #[test]
+    fn empty_payload_is_not_idle() {
+        let s = TxnStatus::from_payload(b"");
+        assert_eq!(s, TxnStatus::Failed);
+        assert!(!s.is_idle());
     }
 }

@@ -331,6 +331,20 @@ fn a_transaction_mode_backend_is_releasable_only_at_idle_with_nothing_owed() {
 }
 
 #[test]
+fn a_malformed_ready_for_query_keeps_the_backend_from_its_pool() {
+    let who = who();
+    let mut h = txn_harness(&who, &AllowAll);
+    h.client(&query("SELECT 1"));
+    h.backend(&[complete("SELECT 1"), msg(backend::READY_FOR_QUERY, b"")].concat());
+    assert_eq!(h.relay.state.txn_status, TxnStatus::Failed);
+    assert!(!h.relay.releasable(), "an empty ReadyForQuery is not idle");
+    assert!(matches!(
+        crate::frontend::finish::Leftover::of(&h.relay.state),
+        crate::frontend::finish::Leftover::Synced(TxnStatus::Failed)
+    ));
+}
+
+#[test]
 fn a_pinned_or_unsynced_client_keeps_its_backend() {
     let who = who();
     let mut h = txn_harness(&who, &AllowAll);

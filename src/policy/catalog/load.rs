@@ -13,6 +13,7 @@ use tokio_postgres::tls::{ChannelBinding, NoTls, TlsConnect};
 use super::{Catalog, Column, QualName, Relation, SYSTEM_SCHEMAS};
 
 mod resolution;
+use crate::error::{Classified, ErrorKind};
 use crate::policy::functions::TypeFamily;
 use crate::route::Tenant;
 use crate::secret::{DbCredentials, ExposeSecret, SecretError, SecretStore};
@@ -26,7 +27,10 @@ pub enum LoadError {
     /// Host or database unknown.
     #[error("backend host or dbname not configured and not in the secret")]
     Incomplete,
-    /// Connecting or querying failed.
+    /// Connecting (TLS, login) failed.
+    #[error("connect: {0}")]
+    Connect(tokio_postgres::Error),
+    /// A catalog query failed, or the connection broke during one.
     #[error("database: {0}")]
     Db(#[from] tokio_postgres::Error),
     /// TCP connect failed.
@@ -38,6 +42,20 @@ pub enum LoadError {
     /// The connection pool failed.
     #[error("pool: {0}")]
     Pool(String),
+}
+
+impl Classified for LoadError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            LoadError::Secret(_) => ErrorKind::Secret,
+            LoadError::Incomplete => ErrorKind::Incomplete,
+            LoadError::Connect(_) | LoadError::Io(_) => ErrorKind::Connect,
+            LoadError::Db(e) if e.is_closed() => ErrorKind::Io,
+            LoadError::Db(_) => ErrorKind::Query,
+            LoadError::Timeout => ErrorKind::Timeout,
+            LoadError::Pool(_) => ErrorKind::Internal,
+        }
+    }
 }
 
 /// Loads the catalog of `tenant`.
@@ -76,7 +94,10 @@ pub async fn connect(
     let _ = tcp.set_nodelay(true);
     let client = match target.tls {
         None => {
-            let (client, conn) = cfg.connect_raw(tcp, NoTls).await?;
+            let (client, conn) = cfg
+                .connect_raw(tcp, NoTls)
+                .await
+                .map_err(LoadError::Connect)?;
             tokio::spawn(async move {
                 let _ = conn.await;
             });
@@ -86,7 +107,8 @@ pub async fn connect(
             cfg.ssl_mode(tokio_postgres::config::SslMode::Require);
             let (client, conn) = cfg
                 .connect_raw(tcp, RustlsConnect(tls, target.host))
-                .await?;
+                .await
+                .map_err(LoadError::Connect)?;
             tokio::spawn(async move {
                 let _ = conn.await;
             });
@@ -332,5 +354,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for RustlsStream<S> {
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn load_errors_are_classified_by_cause() {
+        let kind = |e: LoadError| e.kind().as_label();
+        assert_eq!(kind(LoadError::Timeout), "timeout");
+        assert_eq!(kind(LoadError::Incomplete), "incomplete");
+        let missing = SecretError::NotFound(crate::ids::SecretId::new("tenant/acme"));
+        assert_eq!(kind(LoadError::Secret(missing)), "secret");
+        assert_eq!(kind(LoadError::Pool("closed".into())), "internal");
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert_eq!(kind(LoadError::Io(refused)), "connect");
     }
 }

@@ -134,7 +134,7 @@ fn build(
 
 fn pool_error(e: deadpool_postgres::PoolError) -> LoadError {
     match e {
-        deadpool_postgres::PoolError::Backend(e) => LoadError::Db(e),
+        deadpool_postgres::PoolError::Backend(e) => LoadError::Connect(e),
         deadpool_postgres::PoolError::Timeout(_) => LoadError::Timeout,
         other => LoadError::Pool(other.to_string()),
     }

@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime};
 use super::super::catalog::Catalog;
 use super::super::functions::PseudonymKey;
 use super::{MaskingEngine, TenantState};
+use crate::error::Classified;
 use crate::ids::{SecretId, TenantId};
 use crate::route::Router;
 use crate::secret::{ExposeSecret, SecretStore};
@@ -101,8 +102,10 @@ impl MaskingEngine {
         {
             Ok(c) => c,
             Err(e) => {
-                metrics::counter!("pgveil_catalog_loads_total", "result" => "error").increment(1);
-                tracing::warn!(tenant = %tenant.id, error = %e, "catalog load failed");
+                let kind = e.kind().as_label();
+                metrics::counter!("pgveil_catalog_loads_total", "result" => "error", "kind" => kind)
+                    .increment(1);
+                tracing::warn!(tenant = %tenant.id, kind, error = %e, "catalog load failed");
                 return;
             }
         };

@@ -1,7 +1,12 @@
-//! Raw PostgreSQL protocol helpers for tests that must craft packets: build startup-phase packets and
-//! frontend messages, read backend messages one at a time (capped), parse ErrorResponse fields, log in with a
-//! token, and open TLS towards the proxy (after SSLRequest or direct, with or without ALPN).
+//! The raw PostgreSQL protocol client of the tests, for tests that must craft packets or compare replies
+//! byte for byte. This file holds the one copy of the framing: build startup-phase packets and frontend
+//! messages, read backend messages one at a time (capped, with a safety timeout), decode ErrorResponse fields,
+//! RowDescription column names and DataRows, log in with a token, and open TLS towards the proxy (after
+//! SSLRequest or direct, with or without ALPN). [`script`] builds a scripted extended-protocol client on these
+//! same functions, for exact comparisons of a proxy's replies with PostgreSQL's own.
 #![allow(dead_code)]
+
+pub mod script;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -32,14 +37,18 @@ pub fn startup_packet(code: i32, body: &[u8]) -> Vec<u8> {
     v
 }
 
+/// Appends `s` as a NUL-terminated string.
+pub fn cstr(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(s.as_bytes());
+    out.push(0);
+}
+
 /// A StartupMessage for protocol `major.minor` with these parameters.
 pub fn startup_version(major: i32, minor: i32, params: &[(&str, &str)]) -> Vec<u8> {
     let mut body = Vec::new();
     for (k, v) in params {
-        body.extend_from_slice(k.as_bytes());
-        body.push(0);
-        body.extend_from_slice(v.as_bytes());
-        body.push(0);
+        cstr(&mut body, k);
+        cstr(&mut body, v);
     }
     body.push(0);
     startup_packet((major << 16) | minor, &body)
@@ -70,15 +79,15 @@ pub fn message(tag: u8, body: &[u8]) -> Vec<u8> {
 
 /// PasswordMessage.
 pub fn password(token: &str) -> Vec<u8> {
-    let mut body = token.as_bytes().to_vec();
-    body.push(0);
+    let mut body = Vec::new();
+    cstr(&mut body, token);
     message(b'p', &body)
 }
 
 /// Simple Query.
 pub fn query(sql: &str) -> Vec<u8> {
-    let mut body = sql.as_bytes().to_vec();
-    body.push(0);
+    let mut body = Vec::new();
+    cstr(&mut body, sql);
     message(b'Q', &body)
 }
 
@@ -291,7 +300,7 @@ pub async fn simple_query<S: AsyncRead + AsyncWrite + Unpin>(
     loop {
         let m = next_msg(s).await?;
         match m.tag {
-            b'D' => rows.push(parse_data_row(&m.body)),
+            b'D' => rows.push(data_row(&m.body)),
             b'E' => err = Some(m),
             b'Z' => break,
             _ => {}
@@ -316,7 +325,8 @@ pub async fn query_value<S: AsyncRead + AsyncWrite + Unpin>(
         .ok_or_else(|| anyhow!("{sql}: no value"))
 }
 
-fn parse_data_row(body: &[u8]) -> Vec<Option<String>> {
+/// The values of a DataRow payload, as text (`None` for NULL).
+pub fn data_row(body: &[u8]) -> Vec<Option<String>> {
     let n = i16::from_be_bytes([body[0], body[1]]) as usize;
     let mut rest = &body[2..];
     let mut out = Vec::with_capacity(n);
@@ -333,6 +343,20 @@ fn parse_data_row(body: &[u8]) -> Vec<Option<String>> {
         }
     }
     out
+}
+
+/// The column names of a RowDescription payload.
+pub fn column_names(body: &[u8]) -> Vec<String> {
+    let n = i16::from_be_bytes([body[0], body[1]]) as usize;
+    let mut rest = &body[2..];
+    let mut names = Vec::new();
+    for _ in 0..n {
+        let end = rest.iter().position(|&b| b == 0).unwrap_or(0);
+        names.push(String::from_utf8_lossy(&rest[..end]).into_owned());
+        // After the name: table OID, column number, type OID, type size, type modifier, format code.
+        rest = &rest[(end + 1 + 18).min(rest.len())..];
+    }
+    names
 }
 
 /// A TLS connector trusting the dev CA, offering ALPN `postgresql` or no ALPN at all.
