@@ -138,7 +138,7 @@ fn unicode_idents_reserved(sql: &[u8]) -> bool {
     use pg_query::protobuf::Token;
     let Some(toks) = std::str::from_utf8(sql)
         .ok()
-        .and_then(|t| pg_query::scan_tokens(t).ok())
+        .and_then(|t| crate::policy::lexer::scan_tokens(t).ok())
     else {
         return true;
     };

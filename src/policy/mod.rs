@@ -15,6 +15,7 @@ pub mod file;
 pub mod firewall;
 pub mod functions;
 pub mod kinds;
+pub mod lexer;
 pub mod on_demand;
 pub mod pattern;
 pub mod rewrite;

@@ -34,15 +34,7 @@ const SCONST: i32 = pg_query::protobuf::Token::Sconst as i32;
 impl<'a> Tokens<'a> {
     /// Scans `sql`.
     pub fn scan(sql: &'a str) -> Option<Tokens<'a>> {
-        // pg_query's scan_tokens builds a slice from a null pointer when there is no token (found by the
-        // rewrite_check fuzz target: text of only spaces).
-        if sql.trim_ascii().is_empty() {
-            return Some(Tokens {
-                sql,
-                toks: Vec::new(),
-            });
-        }
-        let toks = pg_query::scan_tokens(sql).ok()?;
+        let toks = crate::policy::lexer::scan_tokens(sql).ok()?;
         Some(Tokens { sql, toks })
     }
 
@@ -170,7 +162,7 @@ pub struct RelSpan {
 /// The number of non-empty top-level statements (`;` outside parentheses), by the PostgreSQL scanner;
 /// `None` when the text does not scan or its parentheses do not balance.
 pub fn top_level_statements(sql: &str) -> Option<usize> {
-    let toks = pg_query::scan_tokens(sql).ok()?;
+    let toks = crate::policy::lexer::scan_tokens(sql).ok()?;
     let (mut depth, mut count, mut pending) = (0i32, 0usize, false);
     for t in toks {
         match t.token {

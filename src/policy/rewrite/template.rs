@@ -33,7 +33,7 @@ pub struct Normalized {
 /// Splits `sql` into its normalized key and hole spans (literals and comments); `None` when it does not scan,
 /// has neither literal nor comment (the exact-text cache serves it), or uses `UESCAPE`.
 pub fn normalize(sql: &str) -> Option<Normalized> {
-    let toks = pg_query::scan_tokens(sql).ok()?;
+    let toks = crate::policy::lexer::scan_tokens(sql).ok()?;
     let mut key = String::with_capacity(sql.len() + 16);
     let mut literals = Vec::new();
     let mut at = 0usize;
@@ -82,7 +82,7 @@ pub fn may_have_comment(sql: &str) -> bool {
 /// scanner delimits them, nested `/* */` included) replaced by a marker, length-prefixed like [`normalize`]'s
 /// keys so that distinct texts never share a key. `None` when it has no comment or does not scan.
 pub fn without_comments(sql: &str) -> Option<String> {
-    let toks = pg_query::scan_tokens(sql).ok()?;
+    let toks = crate::policy::lexer::scan_tokens(sql).ok()?;
     let mut key = String::with_capacity(sql.len() + 16);
     let mut at = 0usize;
     let mut any = false;
