@@ -5,8 +5,8 @@ An edge A -> B means file A names module B by path: `use crate::b::...`, `crate:
 `super::...`, `self::...`, or a bare path through a child module or a module imported by `use`.
 `mod b;` declarations are not edges (a parent contains its children; it depends on them only when it
 names them). Test code (`tests.rs`, `*_tests.rs`, `tests/` folders, inline `#[cfg(test)] mod ... { }`)
-and comments are ignored unless `--tests` is given. main.rs (and its `cli` module) is its own crate;
-`pgveil::` counts as `crate::`.
+and comments are ignored unless `--tests` is given. main.rs (and its `cli` and `demo` modules) is its own
+crate; `pgveil::` counts as `crate::`. The workspace's other crates (crates/) import nothing of pgveil.
 
 Usage: scripts/import_graph.py [--tests] [--edges] [--dot] [SRC_DIR]
   default: print the cycles between top-level modules and between files of different top-level modules,

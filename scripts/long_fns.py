@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
-"""Lists functions in src/ longer than a limit (default 80 lines, from the `fn` line to the closing brace),
-longest first, and files longer than a limit (default 600 lines).
+"""Lists functions in src/ and crates/ longer than a limit (default 80 lines, from the `fn` line to the closing
+brace), longest first, and files longer than a limit (default 600 lines).
 
 Test code is left out unless `--tests` is given: files named `tests.rs` / `*_tests.rs` or under a `tests/`
 folder, and inline `#[cfg(test)] mod ... { }` blocks.
 
-Usage: scripts/long_fns.py [--tests] [--max-fn N] [--max-file N] [SRC_DIR]
+Usage: scripts/long_fns.py [--tests] [--max-fn N] [--max-file N] [SRC_DIR...]
+Paths are shown relative to the repository root (to the folder given, with SRC_DIR).
 Exit status 1 when some function is over the limit.
 """
 
@@ -109,35 +110,21 @@ def is_test_file(rel):
     return parts[-1] == "tests.rs" or parts[-1].endswith("_tests.rs") or "tests" in parts[:-1]
 
 
-def main():
-    argv = sys.argv[1:]
-    tests = "--tests" in argv
-    max_fn, max_file, src = 80, 600, None
-    i = 0
-    while i < len(argv):
-        a = argv[i]
-        if a == "--max-fn":
-            max_fn, i = int(argv[i + 1]), i + 1
-        elif a == "--max-file":
-            max_file, i = int(argv[i + 1]), i + 1
-        elif not a.startswith("--"):
-            src = a
-        i += 1
-    src = src or os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src")
-    long_fns, long_files = [], []
+def scan(src, base, tests, max_fn, max_file, long_fns, long_files):
+    """Adds the long functions and files of the .rs files under `src` (paths shown relative to `base`)."""
     for root, _, names in os.walk(src):
         for name in names:
             if not name.endswith(".rs"):
                 continue
             path = os.path.join(root, name)
-            rel = os.path.relpath(path, src)
-            if not tests and is_test_file(rel):
+            if not tests and is_test_file(os.path.relpath(path, src)):
                 continue
+            shown = os.path.relpath(path, base)
             with open(path, encoding="utf-8") as f:
                 raw = f.read()
             lines = raw.count("\n")
             if lines > max_file:
-                long_files.append((lines, rel))
+                long_files.append((lines, shown))
             text = blank(raw)
             skip = [] if tests else test_ranges(text)
             for fname, a, b in functions(text):
@@ -146,7 +133,30 @@ def main():
                 first = text.count("\n", 0, a) + 1
                 last = text.count("\n", 0, b) + 1
                 if last - first + 1 > max_fn:
-                    long_fns.append((last - first + 1, f"{rel}:{first}", fname))
+                    long_fns.append((last - first + 1, f"{shown}:{first}", fname))
+
+
+def main():
+    argv = sys.argv[1:]
+    tests = "--tests" in argv
+    max_fn, max_file, dirs = 80, 600, []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--max-fn":
+            max_fn, i = int(argv[i + 1]), i + 1
+        elif a == "--max-file":
+            max_file, i = int(argv[i + 1]), i + 1
+        elif not a.startswith("--"):
+            dirs.append(a)
+        i += 1
+    repo = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+    # (folder, what its paths are shown relative to): by default the root crate's src/ and the workspace's
+    # other crates (crates/).
+    roots = [(d, d) for d in dirs] or [(os.path.join(repo, d), repo) for d in ("src", "crates")]
+    long_fns, long_files = [], []
+    for src, base in roots:
+        scan(src, base, tests, max_fn, max_file, long_fns, long_files)
     print(f"functions over {max_fn} lines: {len(long_fns)}")
     for n, where, fname in sorted(long_fns, reverse=True):
         print(f"  {n:4} {where} {fname}")

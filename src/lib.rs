@@ -14,7 +14,6 @@ pub mod cancel;
 pub mod clock;
 pub mod config;
 pub mod control;
-pub mod demo;
 pub mod doctor;
 pub mod error;
 pub mod event_loops;

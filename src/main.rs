@@ -15,6 +15,7 @@ use self::cli::demo::demo;
 use self::cli::serve::{runtime, serve};
 
 mod cli;
+mod demo;
 
 /// A failed command prints one line, `pgveil: <what failed>: <cause>` (the hint included), and exits with
 /// status 1; anyhow's multi-line report (with a backtrace) only when RUST_BACKTRACE asks for it.

@@ -38,6 +38,31 @@ fn rust_files(dir: &str) -> Vec<PathBuf> {
     out
 }
 
+/// The workspace members besides the root package (`[workspace] members` in Cargo.toml: folders, no globs).
+fn workspace_members() -> Vec<String> {
+    let manifest: toml::Value = toml::from_str(&read("Cargo.toml")).unwrap();
+    let members = manifest.get("workspace").and_then(|w| w.get("members"));
+    members
+        .and_then(|m| m.as_array())
+        .into_iter()
+        .flatten()
+        .map(|m| {
+            let m = m.as_str().unwrap();
+            assert!(!m.contains('*'), "member glob {m} cannot be checked");
+            m.trim_end_matches('/').to_owned()
+        })
+        .collect()
+}
+
+/// Every `.rs` file of the crates the binary is built from: `src/` and each workspace member's `src/`.
+fn source_files() -> Vec<PathBuf> {
+    let mut out = rust_files("src");
+    for member in workspace_members() {
+        out.extend(rust_files(&format!("{member}/src")));
+    }
+    out
+}
+
 /// `path` relative to the repository root, with `.` and `..` resolved lexically.
 fn normalize(path: &Path) -> String {
     let rel = path.strip_prefix(root()).unwrap_or(path);
@@ -63,11 +88,18 @@ fn first_literal(s: &str) -> Option<&str> {
     Some(&s[start..start + len])
 }
 
-/// Files the crate embeds: the literal argument of every include_str!/include_bytes!/include! in `src/`,
-/// resolved as rustc does (relative to the including file, or to CARGO_MANIFEST_DIR).
+/// Files the crates embed: the literal argument of every include_str!/include_bytes!/include! in `src/` and the
+/// workspace members' `src/`, resolved as rustc does (relative to the including file, or to the including
+/// crate's CARGO_MANIFEST_DIR).
 fn embedded_files() -> BTreeSet<String> {
+    let members = workspace_members();
     let mut out = BTreeSet::new();
-    for file in rust_files("src") {
+    for file in source_files() {
+        let rel = normalize(&file);
+        let manifest_dir = members
+            .iter()
+            .find(|m| rel.starts_with(&format!("{m}/")))
+            .map_or_else(root, |m| root().join(m));
         let text = std::fs::read_to_string(&file).unwrap();
         for mac in ["include_str!", "include_bytes!", "include!"] {
             for (at, _) in text.match_indices(mac) {
@@ -76,7 +108,7 @@ fn embedded_files() -> BTreeSet<String> {
                 let arg = args.trim_start();
                 let path =
                     if let Some(rest) = arg.strip_prefix("concat!(env!(\"CARGO_MANIFEST_DIR\")") {
-                        root().join(first_literal(rest).unwrap().trim_start_matches('/'))
+                        manifest_dir.join(first_literal(rest).unwrap().trim_start_matches('/'))
                     } else {
                         assert!(
                             arg.starts_with('"'),
@@ -93,11 +125,24 @@ fn embedded_files() -> BTreeSet<String> {
     out
 }
 
-/// Files Cargo reads to build the binary besides `src/`: manifest, lock file, build script, and every target
-/// declared in Cargo.toml (cargo resolves their paths when it loads the manifest, whatever it builds).
+/// Files Cargo reads to build the binary besides the sources: manifests (the root's and each workspace
+/// member's), lock file, build script, and every target declared in Cargo.toml (cargo resolves their paths when
+/// it loads the manifest, whatever it builds).
 fn manifest_files() -> BTreeSet<String> {
     let manifest: toml::Value = toml::from_str(&read("Cargo.toml")).unwrap();
     let mut out: BTreeSet<String> = ["Cargo.toml", "Cargo.lock"].map(String::from).into();
+    for member in workspace_members() {
+        let theirs: toml::Value = toml::from_str(&read(&format!("{member}/Cargo.toml"))).unwrap();
+        assert!(
+            theirs.get("package").and_then(|p| p.get("build")).is_none()
+                && !root().join(&member).join("build.rs").exists()
+                && ["test", "example", "bench", "bin"]
+                    .iter()
+                    .all(|k| theirs.get(k).is_none()),
+            "{member}: build scripts and declared targets of members are not checked here"
+        );
+        out.insert(format!("{member}/Cargo.toml"));
+    }
     match manifest["package"].get("build") {
         Some(toml::Value::String(b)) => {
             out.insert(b.clone());
@@ -224,7 +269,7 @@ fn dockerfile_build_stage_copies_every_file_the_build_reads() {
 
     let embedded = embedded_files();
     // The scanner finds what we know is embedded (else it is broken, and the check below proves nothing).
-    for known in ["policies/payments.toml", "src/demo/schema.sql"] {
+    for known in ["policies/payments.toml", "crates/pgcluster/src/schema.sql"] {
         assert!(
             embedded.contains(known),
             "{known} not found among {embedded:?}"
@@ -232,7 +277,7 @@ fn dockerfile_build_stage_copies_every_file_the_build_reads() {
     }
     let mut needed: BTreeSet<String> = embedded;
     needed.extend(manifest_files());
-    needed.extend(rust_files("src").iter().map(|p| normalize(p)));
+    needed.extend(source_files().iter().map(|p| normalize(p)));
     for path in &needed {
         assert!(
             root().join(path).exists(),
@@ -326,7 +371,7 @@ fn check_env_var(name: &str) {
     }
     let quoted = format!("\"{name}\"");
     assert!(
-        rust_files("src")
+        source_files()
             .iter()
             .any(|f| std::fs::read_to_string(f).unwrap().contains(&quoted)),
         "pgveil reads no environment variable {name}"
@@ -543,7 +588,7 @@ fn debian_package_config_and_unit_name_only_what_exists() {
 /// also records it (`<kind>!("name"`), with its kind.
 fn exported_metrics() -> BTreeMap<String, &'static str> {
     let described = read("src/telemetry.rs");
-    let sources: String = rust_files("src")
+    let sources: String = source_files()
         .iter()
         .map(|f| std::fs::read_to_string(f).unwrap())
         .collect();

@@ -7,12 +7,17 @@
 //! Exit codes and the JSON document are checked.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_types)]
 
+// The demo's environment, the binary's module (src/demo); only part of it is used here.
+#[allow(dead_code)]
+#[path = "../src/demo/mod.rs"]
+mod demo;
+
 use std::path::PathBuf;
 use std::process::{Command, ExitCode, Output};
 use std::sync::Arc;
 
 use anyhow::{Context, Result, ensure};
-use pgveil::demo::cluster::{ClusterOptions, LocalCluster, PasswordMethod};
+use pgcluster::{ClusterOptions, LocalCluster, PasswordMethod};
 use serde_json::Value;
 
 /// The cluster, its folder and the config naming its tenants.
@@ -476,10 +481,10 @@ fn every_tenant_at_once_and_exit_codes(env: &Env) -> Result<()> {
 }
 
 fn demo_tenants(_env: &Env) -> Result<()> {
-    let mut opts = pgveil::demo::env::EnvOptions::demo("127.0.0.1:0".parse()?);
+    let mut opts = demo::env::EnvOptions::demo("127.0.0.1:0".parse()?);
     opts.masking = true;
-    let demo = pgveil::demo::env::DemoEnv::create(&opts)?;
-    let config = demo.config_path.to_string_lossy().into_owned();
+    let built = demo::env::DemoEnv::create(&opts)?;
+    let config = built.config_path.to_string_lossy().into_owned();
     let o = run(&["doctor", "--config", &config]);
     println!("{}", String::from_utf8_lossy(&o.stdout));
     let (code, v) = parse(&run(&["doctor", "--config", &config, "--json"]))?;

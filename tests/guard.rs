@@ -45,7 +45,7 @@ fn policy_dir(fx: &Fixture, name: &str, guard: &str) -> Result<PathBuf> {
     std::fs::create_dir_all(&dir)?;
     let text = format!(
         "{}\n[roles.analyst.guard]\n{guard}\n",
-        pgveil::demo::env::EXAMPLE_POLICY
+        support::demo::env::EXAMPLE_POLICY
     );
     std::fs::write(dir.join("payments.toml"), text)?;
     Ok(dir)

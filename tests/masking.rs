@@ -632,12 +632,12 @@ fn hot_reload(fx: &Fixture) -> Result<()> {
         ensure!(e.starts_with("****"), "after invalid reload: {e}");
         // A valid change is picked up at the session's next statement.
         std::fs::remove_file(dir.join("broken.toml"))?;
-        let relaxed = pgveil::demo::env::EXAMPLE_POLICY.replace(
+        let relaxed = support::demo::env::EXAMPLE_POLICY.replace(
             "[roles.analyst]\nraw = []",
             "[roles.analyst]\nraw = [\"pii.email\"]",
         );
         ensure!(
-            relaxed != pgveil::demo::env::EXAMPLE_POLICY,
+            relaxed != support::demo::env::EXAMPLE_POLICY,
             "policy text changed shape"
         );
         std::fs::write(dir.join("payments.toml"), relaxed)?;

@@ -442,7 +442,7 @@ fn saved_catalog_tools(fx: &Fixture) -> Result<()> {
     let dir = write_policy_dir(fx, "policies-tools")?;
     std::fs::write(
         dir.join("payments.tests.toml"),
-        pgveil::demo::env::EXAMPLE_POLICY_TESTS,
+        support::demo::env::EXAMPLE_POLICY_TESTS,
     )?;
     let base = std::fs::read_to_string(&fx.env.config_path)?;
     let live_text = format!("{base}\n[policy]\ndir = {dir:?}\n");

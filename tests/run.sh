@@ -7,9 +7,10 @@
 # build tools, pgbouncer, chromium and chromium-driver, node/npm, python3/pip, the Python and npm packages
 # the client tests use, and Rust (rustup) when no cargo is found;
 # then, for a whole run (no arguments), checks formatting (`cargo fmt --check`) and lints (`cargo clippy --release
-# --all-targets -- -D warnings`, the [lints] of Cargo.toml and clippy.toml included), runs
-# `cargo test --locked --release --all-targets --no-fail-fast "$@"` and, again for a whole run, the Debian
-# package test tests/deb.sh; exits non-zero when any of them failed (each counts as one test in the summary).
+# --workspace --all-targets -- -D warnings`, the [workspace.lints] of Cargo.toml and clippy.toml included), runs
+# `cargo test --locked --release --workspace --all-targets --no-fail-fast "$@"` (pgveil and the workspace's
+# crates/pgcluster) and, again for a whole run, the Debian package test tests/deb.sh; exits non-zero when any
+# of them failed (each counts as one test in the summary).
 #
 # The tests start their own throwaway PostgreSQL clusters on free ports. Neither script ever starts or
 # stops the system PostgreSQL service.
@@ -42,12 +43,13 @@ check() {
 if [ "$#" -eq 0 ]; then
     check rustfmt cargo fmt --all --check
     check rustfmt-fuzz rustfmt --edition 2024 --check fuzz/main.rs
-    check clippy cargo clippy --locked --release --all-targets -- -D warnings
+    check clippy cargo clippy --locked --release --workspace --all-targets -- -D warnings
 fi
 
 # ---- the test suite -------------------------------------------------------------------------------
-# --all-targets: unit and end-to-end tests (there are no doc tests); a summary line closes the output.
-if cargo test --locked --release --all-targets --no-fail-fast "$@" 2>&1 | tee -a "$log_file"; then
+# --workspace: pgveil and crates/pgcluster; --all-targets: unit and end-to-end tests (there are no doc tests); a
+# summary line closes the output.
+if cargo test --locked --release --workspace --all-targets --no-fail-fast "$@" 2>&1 | tee -a "$log_file"; then
     :
 else
     status=${PIPESTATUS[0]}

@@ -89,7 +89,7 @@ async fn raw_email_of_payer(fx: &Fixture, tenant: &str) -> Result<String> {
 /// A policy folder with `edit` applied to the example policy.
 fn policy_dir(fx: &Fixture, name: &str, edit: impl Fn(&str) -> String) -> Result<PathBuf> {
     let dir = write_policy_dir(fx, name)?;
-    let text = edit(pgveil::demo::env::EXAMPLE_POLICY);
+    let text = edit(support::demo::env::EXAMPLE_POLICY);
     std::fs::write(dir.join("payments.toml"), text)?;
     Ok(dir)
 }
@@ -642,7 +642,7 @@ fn versions(fx: &Fixture) -> Result<()> {
             let d = fx.connect_to(proxy.addr, "acme", "analyst").await?;
             d.simple_query(q).await?;
 
-            std::fs::write(dir.join("payments.toml"), pgveil::demo::env::EXAMPLE_POLICY)?;
+            std::fs::write(dir.join("payments.toml"), support::demo::env::EXAMPLE_POLICY)?;
             engine.reload().map_err(|e| anyhow!("reload: {e}"))?;
 
             let outcomes = [

@@ -6,12 +6,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use pgveil::demo::env::{DemoEnv, EnvOptions};
-use pgveil::demo::mfa::DemoUser;
 use pgveil::ids::{RoleName, TenantId};
 use pgveil::server::{Server, ServerOptions};
 
 use super::serve::{api_options, runtime, stop_signal};
+use crate::demo::env::{DemoEnv, EnvOptions};
+use crate::demo::mfa::DemoUser;
 
 /// Runs the demo until SIGINT or SIGTERM.
 pub(crate) fn demo(listen: SocketAddr, api_listen: SocketAddr) -> Result<()> {
@@ -46,7 +46,7 @@ async fn run(env: &DemoEnv, listen: SocketAddr, api_listen: SocketAddr) -> Resul
             )
         })?;
     let ttl = Duration::from_secs(8 * 3600);
-    let dana = pgveil::demo::mfa::enroll_demo_user(
+    let dana = crate::demo::mfa::enroll_demo_user(
         &env.config,
         &*shared.secrets,
         "dana@acme.example",

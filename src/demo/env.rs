@@ -10,13 +10,13 @@ use std::time::{Duration, SystemTime};
 
 use rand::RngExt;
 
-use super::cluster::{ClusterError, ClusterOptions, LocalCluster, PasswordMethod, quote_ident};
-use super::data::{SCHEMA_SQL, sample_data_sql};
-use crate::config::{Config, ConfigError};
-use crate::ids::{RoleName, TenantId, UserId};
-use crate::secret::{ExposeSecret, SecretString};
-use crate::tls::{DevCerts, TlsError, generate_dev_certs};
-use crate::token::{TokenError, TokenSigner, generate_keypair};
+use pgcluster::sample::{SCHEMA_SQL, sample_data_sql};
+use pgcluster::{ClusterError, ClusterOptions, LocalCluster, PasswordMethod, quote_ident};
+use pgveil::config::{Config, ConfigError};
+use pgveil::ids::{RoleName, TenantId, UserId};
+use pgveil::secret::{ExposeSecret, SecretString};
+use pgveil::tls::{DevCerts, TlsError, generate_dev_certs};
+use pgveil::token::{TokenError, TokenSigner, generate_keypair};
 
 /// Secret id of the demo's token signing key (PKCS#8 PEM).
 pub const SIGNING_KEY_SECRET: &str = "pgveil/token-signing";
@@ -131,6 +131,7 @@ pub enum EnvError {
 /// A built environment. Dropping it stops PostgreSQL and removes every file.
 pub struct DemoEnv {
     /// The cluster (public for tests that stop or inspect it).
+    #[allow(dead_code, reason = "used by the tests (tests/support) only")]
     pub cluster: LocalCluster,
     /// Loaded config.
     pub config: Config,
@@ -201,7 +202,7 @@ impl DemoEnv {
             );
             secrets.insert(
                 TOTP_KEY_SECRET.into(),
-                crate::mfa::crypto::SecretBox::generate_key_hex().into(),
+                pgveil::mfa::crypto::SecretBox::generate_key_hex().into(),
             );
             secrets.insert(ADMIN_KEY_SECRET.into(), random_password().into());
             secrets.insert(WEBAPP_KEY_SECRET.into(), random_password().into());
@@ -272,12 +273,14 @@ impl DemoEnv {
     }
 
     /// The token signing key (PKCS#8 PEM), as stored in the secrets file under [`SIGNING_KEY_SECRET`].
+    #[allow(dead_code, reason = "used by the tests (tests/support) only")]
     pub fn signing_key_pem(&self) -> Result<SecretString, EnvError> {
         self.stored_string(SIGNING_KEY_SECRET)
             .map(SecretString::from)
     }
 
     /// The token verifying key (SPKI PEM), as stored under [`VERIFYING_KEY_SECRET`].
+    #[allow(dead_code, reason = "used by the tests (tests/support) only")]
     pub fn verifying_key_pem(&self) -> Result<String, EnvError> {
         self.stored_string(VERIFYING_KEY_SECRET)
     }
@@ -300,6 +303,7 @@ impl DemoEnv {
     }
 
     /// Path of the secrets file.
+    #[allow(dead_code, reason = "used by the tests (tests/support) only")]
     pub fn secrets_path(&self) -> PathBuf {
         self.dir.path().join("secrets.json")
     }

@@ -4,15 +4,15 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, SystemTime};
 
-use crate::api::first_factor::sign_assertion;
-use crate::config::Config;
-use crate::control::ControlDb;
-use crate::ids::{RoleName, TenantId};
-use crate::mfa::MfaService;
-use crate::mfa::crypto::SecretBox;
-use crate::mfa::throttle::ThrottleConfig;
-use crate::mfa::totp::{TotpSecret, step_at};
-use crate::secret::SecretStore;
+use pgveil::api::first_factor::sign_assertion;
+use pgveil::config::Config;
+use pgveil::control::ControlDb;
+use pgveil::ids::{RoleName, TenantId};
+use pgveil::mfa::MfaService;
+use pgveil::mfa::crypto::SecretBox;
+use pgveil::mfa::throttle::ThrottleConfig;
+use pgveil::mfa::totp::{TotpSecret, step_at};
+use pgveil::secret::SecretStore;
 
 /// Errors enrolling the demo user.
 #[derive(Debug, thiserror::Error)]
@@ -24,13 +24,13 @@ pub enum DemoMfaError {
     #[error("user {0} exists already")]
     Exists(String),
     #[error(transparent)]
-    Control(#[from] crate::control::ControlError),
+    Control(#[from] pgveil::control::ControlError),
     #[error(transparent)]
-    Mfa(#[from] crate::mfa::MfaError),
+    Mfa(#[from] pgveil::mfa::MfaError),
     #[error(transparent)]
-    Secret(#[from] crate::secret::SecretError),
+    Secret(#[from] pgveil::secret::SecretError),
     #[error(transparent)]
-    Crypto(#[from] crate::mfa::crypto::CryptoError),
+    Crypto(#[from] pgveil::mfa::crypto::CryptoError),
     #[error("the enrolment secret is not valid base32")]
     Base32,
 }
@@ -68,7 +68,7 @@ pub async fn enroll_demo_user(
     let secret_box = SecretBox::from_secret(&secrets.fetch(&control.totp_key_secret).await?)?;
     let mfa = MfaService::new(db, secret_box, ThrottleConfig::default());
     let now = SystemTime::now();
-    let epoch = crate::control::epoch(now)?;
+    let epoch = pgveil::control::epoch(now)?;
     let user = mfa
         .db()
         .create_user(email, tenant, role, epoch)

@@ -126,7 +126,8 @@ mod tests {
             std::fs::write(dir.path().join("p.toml"), text).expect("write");
             crate::policy::file::Policy::load(dir.path()).expect("policy")
         };
-        let base = crate::demo::env::EXAMPLE_POLICY;
+        // The example policy shipped in policies/.
+        let base = include_str!("../../policies/payments.toml");
         let (t, analyst) = (
             crate::ids::TenantId::new("acme"),
             crate::ids::RoleName::new("analyst"),

@@ -108,11 +108,7 @@ pub fn keys(fx: &Fixture) -> &'static Keys {
         let password = format!("ctl-{}", uuid::Uuid::new_v4().simple());
         fx.env
             .cluster
-            .create_user(
-                "pgveil_ctl",
-                &password,
-                pgveil::demo::cluster::PasswordMethod::Scram,
-            )
+            .create_user("pgveil_ctl", &password, pgcluster::PasswordMethod::Scram)
             .expect("control user");
         fx.env
             .cluster

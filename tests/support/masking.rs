@@ -14,7 +14,7 @@ use super::{Fixture, Running};
 pub fn write_policy_dir(fx: &Fixture, name: &str) -> Result<PathBuf> {
     let dir = fx.env.dir().join(name);
     std::fs::create_dir_all(&dir)?;
-    std::fs::write(dir.join("payments.toml"), pgveil::demo::env::EXAMPLE_POLICY)?;
+    std::fs::write(dir.join("payments.toml"), super::demo::env::EXAMPLE_POLICY)?;
     Ok(dir)
 }
 

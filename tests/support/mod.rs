@@ -3,6 +3,9 @@
 //! A custom harness (libtest-mimic) owns it, so the cluster is always stopped and removed at the end.
 #![allow(dead_code)]
 
+// The demo's environment, the binary's module (src/demo), compiled into each test binary.
+#[path = "../../src/demo/mod.rs"]
+pub mod demo;
 pub mod masking;
 pub mod raw;
 
@@ -12,11 +15,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
+use pgcluster::PasswordMethod;
 use pgveil::config::Config;
-use pgveil::demo::cluster::PasswordMethod;
-use pgveil::demo::env::{DemoEnv, EnvOptions, TenantSpec};
 use pgveil::server::{Server, ServerOptions, Shared};
 use tokio::sync::oneshot;
+
+use self::demo::env::{DemoEnv, EnvOptions, TenantSpec};
 
 /// A port nothing listens on (bound on 127.0.0.1, then released): the one such helper of the test binaries.
 pub fn free_port() -> Result<u16> {

@@ -2,12 +2,12 @@
 use super::*;
 use crate::policy::catalog::fixture;
 
-/// An engine with the example policy and the fixture catalog for `acme`.
+/// An engine with the example policy (policies/payments.toml) and the fixture catalog for `acme`.
 fn engine() -> (MaskingEngine, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(
         dir.path().join("payments.toml"),
-        crate::demo::env::EXAMPLE_POLICY,
+        include_str!("../../../policies/payments.toml"),
     )
     .expect("write policy");
     let e = MaskingEngine::new(dir.path()).expect("policy");

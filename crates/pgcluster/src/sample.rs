@@ -1,4 +1,5 @@
-//! Sample schema and deterministic fake data of a payments/disputes merchant platform.
+//! Sample schema and deterministic fake data of a payments/disputes merchant platform, for pgveil's demo and
+//! tests (the example policy `policies/payments.toml` masks its PII columns).
 //!
 //! [`SCHEMA_SQL`] creates the tables; [`sample_data_sql`] returns INSERT statements for one tenant. The
 //! data is fake but realistic-looking (names, e-mails, phone numbers, documentation-range IP addresses,
@@ -9,7 +10,7 @@
 #[cfg(test)]
 mod tests;
 
-use crate::demo::cluster::quote_literal;
+use crate::quote_literal;
 
 /// DDL creating `merchants`, `payers`, `payments`, `disputes` and `refunds`.
 pub const SCHEMA_SQL: &str = include_str!("schema.sql");

@@ -1,4 +1,5 @@
-//! Throwaway local PostgreSQL clusters.
+//! Throwaway local PostgreSQL clusters, and the sample schema and data pgveil's demo and tests load into them
+//! ([`sample`]).
 //!
 //! [`LocalCluster::start`] runs `initdb` into a fresh temporary directory, configures the server for fast,
 //! disposable use (no fsync, loopback only, a free port), starts it with `pg_ctl` and waits until it accepts
@@ -8,8 +9,12 @@
 //!
 //! PostgreSQL refuses to run as root, so when this process runs as root the server binaries run as the
 //! unprivileged `postgres` OS user (via `runuser`) on a directory that user owns.
+//!
+//! It does not depend on pgveil, and the pgveil library does not depend on it.
+#![forbid(unsafe_code)]
 
 mod process;
+pub mod sample;
 #[cfg(test)]
 mod tests;
 

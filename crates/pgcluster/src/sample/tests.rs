@@ -1,7 +1,7 @@
 //! Tests of the sample data: determinism, tenant separation, and loading into a real cluster.
 
 use super::*;
-use crate::demo::cluster::{ClusterOptions, LocalCluster};
+use crate::{ClusterOptions, LocalCluster};
 
 #[test]
 fn deterministic_and_tenant_specific() {
