@@ -334,6 +334,16 @@ fn deep_statements_are_decided_not_refused() {
             "{levels}: {o:?}"
         );
     }
+    // One byte per level (`+` needs no space), on both sides of the inline limit and past bison's depth: a
+    // stack overflow here would abort the process.
+    for levels in [500, 1040, 2040, 4395, 9_000, 50_000] {
+        let sql = format!("SELECT {}1", "+".repeat(levels));
+        let o = run_as("analyst", &sql);
+        assert!(
+            matches!(o, Outcome::Allow) || matches!(&o, Outcome::Refuse(r) if r.rule == "parse"),
+            "{levels}: {o:?}"
+        );
+    }
     let chain = format!("SELECT {}", vec!["1"; 100_000].join(" || "));
     let o = run_as("analyst", &chain);
     assert!(
