@@ -15,6 +15,9 @@ use std::process::Command;
 
 use anyhow::{Context as _, Result, anyhow, ensure};
 use pgveil::config::PoolMode;
+use pgveil::event_loops::EventLoops;
+use pgveil::server::ServerOptions;
+use support::gate::Gate;
 use support::masking::{masking_proxy, write_policy_dir};
 use support::{Fixture, Running};
 
@@ -31,6 +34,10 @@ fn main() -> std::process::ExitCode {
         (
             "unknown_relations_are_42p01_and_loaded_on_demand",
             unknown_relations,
+        ),
+        (
+            "an_on_demand_load_holds_only_the_statement_waiting_for_it",
+            on_demand_holds_one_statement,
         ),
         (
             "pool_resets_pass_and_read_only_roles_have_no_side_effects",
@@ -194,6 +201,74 @@ fn still_refused(fx: &Fixture) -> Result<()> {
         );
         Ok(())
     })
+}
+
+/// A statement naming a relation created outside pgveil while its tenant's backend is slow to accept (the
+/// on-demand load's connection waits at a closed gate): only that statement waits; another session on the
+/// same single-threaded event loop is served meanwhile; once the load gets through, the statement is decided on the
+/// new catalog (its PII column masked), not answered with 42P01.
+fn on_demand_holds_one_statement(fx: &Fixture) -> Result<()> {
+    let upstream = std::net::SocketAddr::from(([127, 0, 0, 1], fx.env.cluster.port()));
+    let gate = fx.block_on(Gate::start(upstream))?;
+    let port = gate.addr.port();
+    // Loop 0 is the test's multi-threaded runtime, loop 1 a thread of its own (a current-thread runtime, as
+    // in production): connections go to the least loaded, ties to loop 0.
+    let loops = std::sync::Arc::new(EventLoops::start(2)?);
+    let opts = ServerOptions {
+        loops: Some(loops.clone()),
+        ..ServerOptions::default()
+    };
+    let dir = write_policy_dir(fx, "on-demand-gate")?;
+    let proxy = support::masking::masking_proxy_opts(
+        fx,
+        dir,
+        |cfg| {
+            for t in cfg.tenants.iter_mut().filter(|t| t.id.as_str() == "globex") {
+                t.host = Some("127.0.0.1".into());
+                t.port = Some(port);
+            }
+        },
+        opts,
+    )?;
+    let table = "made_while_backend_slow";
+    let outcome = fx.block_on(async {
+        // Connections 2 and 4 go to loop 1; 1 and 3 only fill loop 0.
+        let _fill = fx.connect_to(proxy.addr, "globex", "analyst").await?;
+        let waiting = fx.connect_to(proxy.addr, "globex", "analyst").await?;
+        let _fill_too = fx.connect_to(proxy.addr, "globex", "analyst").await?;
+        let other = fx.connect_to(proxy.addr, "globex", "analyst").await?;
+        ensure!(loops.loads() == [2, 2], "connections per loop: {:?}", loops.loads());
+        // Session mode: both have their backends before the gate closes.
+        waiting.simple_query("SELECT 1").await?;
+        other.simple_query("SELECT 1").await?;
+        gate.close();
+        let sql = format!("SELECT card_pan FROM {table}");
+        let held = tokio::spawn(async move { waiting.query_one(sql.as_str(), &[]).await });
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while gate.waiting() == 0 {
+            ensure!(std::time::Instant::now() < deadline, "no on-demand load reached the backend");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        for _ in 0..5 {
+            other.simple_query("SELECT 1").await?;
+        }
+        ensure!(!held.is_finished(), "the statement waiting for the load was answered before it got through");
+        let direct = fx.direct("globex").await?;
+        direct
+            .batch_execute(&format!(
+                "CREATE TABLE {table} (id int, card_pan text); INSERT INTO {table} VALUES (1, '4111111111111111')"
+            ))
+            .await?;
+        gate.open();
+        let row = held.await?.context("the held statement")?;
+        let pan: String = row.get(0);
+        direct.batch_execute(&format!("DROP TABLE {table}")).await?;
+        Ok::<_, anyhow::Error>(pan)
+    });
+    gate.open();
+    let pan = outcome?;
+    ensure!(pan == "************1111", "card_pan {pan}");
+    Ok(())
 }
 
 fn unknown_relations(fx: &Fixture) -> Result<()> {

@@ -41,28 +41,37 @@ pub async fn verify_backend(
         conn.broken = true;
         return Err(PgError::lexing_changed(&name));
     }
-    let (messages, schemas) = match conn.defaults.clone() {
+    // Read once per backend, then only borrowed on later checkouts.
+    let defaults = match conn.defaults.take() {
         Some(d) => d,
-        None => {
-            let d = read_defaults(conn).await?;
-            conn.defaults = Some(d.clone());
-            d
-        }
+        None => read_defaults(conn).await?,
     };
-    if refusal("client_min_messages", Some(&messages), None).is_some() {
-        tracing::warn!(tenant = %who.tenant, "backend session default client_min_messages is below NOTICE; backend refused");
+    let refused = defaults_refusal(&defaults, who, policy);
+    conn.defaults = Some(defaults);
+    if let Some(err) = refused {
         conn.broken = true;
-        return Err(PgError::backend_refused("client_min_messages"));
-    }
-    if let Some(expected) = policy.expected_schemas(who)
-        && expected != schemas
-    {
-        tracing::warn!(tenant = %who.tenant, "backend search path differs from the catalog snapshot; backend refused, catalog reload requested");
-        conn.broken = true;
-        policy.session_defaults_changed(who);
-        return Err(PgError::backend_refused("search_path"));
+        return Err(err);
     }
     Ok(())
+}
+
+/// The refusal of a backend whose session defaults (`client_min_messages`, search path) differ from what
+/// `who`'s decisions assume.
+fn defaults_refusal(
+    (messages, schemas): &(String, Vec<String>),
+    who: &Identity,
+    policy: &dyn StatementPolicy,
+) -> Option<PgError> {
+    if refusal("client_min_messages", Some(messages), None).is_some() {
+        tracing::warn!(tenant = %who.tenant, "backend session default client_min_messages is below NOTICE; backend refused");
+        return Some(PgError::backend_refused("client_min_messages"));
+    }
+    if !policy.schemas_match(who, schemas) {
+        tracing::warn!(tenant = %who.tenant, "backend search path differs from the catalog snapshot; backend refused, catalog reload requested");
+        policy.session_defaults_changed(who);
+        return Some(PgError::backend_refused("search_path"));
+    }
+    None
 }
 
 async fn read_defaults(conn: &mut PooledConn) -> Result<(String, Vec<String>), PgError> {

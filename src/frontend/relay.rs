@@ -32,6 +32,8 @@ mod client;
 mod client_txn;
 mod decide;
 mod denial;
+#[cfg(test)]
+mod hold_tests;
 mod release;
 mod run;
 mod sync;
@@ -122,6 +124,9 @@ pub struct Relay<'a> {
     fatal: Option<PgError>,
     /// Client messages are held while the epoch of its prepared state is being determined, since then.
     held_since: Option<tokio::time::Instant>,
+    /// The policy asked to decide the first client message again shortly (it is back in front of the
+    /// client bytes); client messages are held until then ([`decide`]).
+    deciding_later: bool,
     /// The backend is fresh from the pool and nothing of its answer was relayed yet: the batch can be sent
     /// again elsewhere if it dies (see [`super::retry`]).
     retry: Option<Retry>,
@@ -144,6 +149,8 @@ impl Drop for Relay<'_> {
 /// What the relay does after a piece of work.
 enum Step {
     Continue,
+    /// The message just read waits: the policy asked to decide it again shortly.
+    Hold,
     End(RelayEnd),
 }
 
@@ -166,6 +173,7 @@ impl<'a> Relay<'a> {
             epochs: StateEpochs::default(),
             fatal: None,
             held_since: None,
+            deciding_later: false,
             retry: None,
             tally: None,
             last_tag: None,

@@ -262,15 +262,31 @@ impl MaskingEngine {
         v.decision
     }
 
-    /// Decides with the cache; also returns the epoch of the snapshots the decision was made with.
+    /// Decides with the cache; also returns the epoch of the snapshots the decision was made with. Never
+    /// waits for a catalog load (see [`MaskingEngine::try_check_epoch`]).
     pub fn check_epoch(&self, sql: &str, tenant: &TenantId, role: &RoleName) -> Versioned {
-        let mut d = self.check_uncounted(sql, tenant, role);
-        // A relation the snapshot does not have: load the catalog now and decide again, once.
+        self.counted(self.check_uncounted(sql, tenant, role))
+    }
+
+    /// [`MaskingEngine::check_epoch`] for a statement that may wait: `None` when it names a relation the
+    /// tenant's snapshot does not have and a load of the catalog is in flight (started now if none ran
+    /// within [`super::on_demand::INTERVAL`]): decide it again shortly; it then sees the loaded catalog.
+    pub fn try_check_epoch(
+        &self,
+        sql: &str,
+        tenant: &TenantId,
+        role: &RoleName,
+    ) -> Option<Versioned> {
+        let d = self.check_uncounted(sql, tenant, role);
         if matches!(&d.decision, Decision::Deny(e) if e.code() == "42P01")
-            && self.reload_on_demand(tenant)
+            && self.on_demand.poll(tenant) == super::on_demand::Poll::Loading
         {
-            d = self.check_uncounted(sql, tenant, role);
+            return None;
         }
+        Some(self.counted(d))
+    }
+
+    fn counted(&self, d: Versioned) -> Versioned {
         if matches!(d.decision, Decision::Deny(_)) {
             self.stats.refused.fetch_add(1, Ordering::Relaxed);
         }
@@ -302,9 +318,13 @@ impl StatementPolicy for MaskingEngine {
         self.check_epoch(sql, &who.tenant, &who.role)
     }
 
-    fn expected_schemas(&self, who: &Identity) -> Option<Vec<String>> {
+    fn try_check_versioned(&self, sql: &str, who: &Identity) -> Option<Versioned> {
+        self.try_check_epoch(sql, &who.tenant, &who.role)
+    }
+
+    fn schemas_match(&self, who: &Identity, schemas: &[String]) -> bool {
         self.current(&who.tenant)
-            .map(|t| t.catalog.search_path.clone())
+            .is_none_or(|t| t.catalog.search_path == schemas)
     }
 
     fn versioned(&self) -> bool {

@@ -71,6 +71,13 @@ pub trait StatementPolicy: Send + Sync {
         }
     }
 
+    /// [`StatementPolicy::check_versioned`] for a statement its session can hold: `None` asks to decide it
+    /// again a few milliseconds later (the policy is waiting for something it started, e.g. a catalog load
+    /// for a relation it does not know). A session's event loop serves many sessions, so this never blocks.
+    fn try_check_versioned(&self, sql: &str, who: &Identity) -> Option<Versioned> {
+        Some(self.check_versioned(sql, who))
+    }
+
     /// The exfiltration guard of `who` (`crate::exfil`), asked per statement; `None`: nothing is limited.
     fn guard(&self, _who: &Identity) -> Option<crate::exfil::Limits> {
         None
@@ -90,10 +97,11 @@ pub trait StatementPolicy: Send + Sync {
         Some(0)
     }
 
-    /// The schemas (`current_schemas(false)`) the decisions for `who` resolve names in, when they depend on
-    /// them (a catalog is loaded): a backend whose session resolves names elsewhere must not serve `who`.
-    fn expected_schemas(&self, _who: &Identity) -> Option<Vec<String>> {
-        None
+    /// Whether a backend whose session resolves names in `schemas` (`current_schemas(false)`) may serve
+    /// `who`: `false` when the decisions for `who` depend on the schemas (a catalog is loaded) and those
+    /// differ. Asked on every checkout, so it compares in place (no copy of the expected list).
+    fn schemas_match(&self, _who: &Identity, _schemas: &[String]) -> bool {
+        true
     }
 
     /// A backend of `who`'s tenant started with session defaults that differ from what the decisions assume

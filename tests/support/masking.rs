@@ -43,6 +43,16 @@ pub fn masking_proxy_with(
     dir: PathBuf,
     edit: impl FnOnce(&mut pgveil::config::Config),
 ) -> Result<Running> {
+    masking_proxy_opts(fx, dir, edit, ServerOptions::default())
+}
+
+/// [`masking_proxy_with`] with server options (e.g. its own event loops).
+pub fn masking_proxy_opts(
+    fx: &Fixture,
+    dir: PathBuf,
+    edit: impl FnOnce(&mut pgveil::config::Config),
+    opts: ServerOptions,
+) -> Result<Running> {
     let running = fx.start_server(
         |cfg| {
             let support = RoleName::new("support");
@@ -63,7 +73,7 @@ pub fn masking_proxy_with(
             });
             edit(cfg);
         },
-        ServerOptions::default(),
+        opts,
     )?;
     let engine = running
         .shared

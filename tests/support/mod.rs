@@ -6,6 +6,7 @@
 // The demo's environment, the binary's module (src/demo), compiled into each test binary.
 #[path = "../../src/demo/mod.rs"]
 pub mod demo;
+pub mod gate;
 pub mod masking;
 pub mod raw;
 

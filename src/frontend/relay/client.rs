@@ -25,6 +25,7 @@ impl Relay<'_> {
         to_c: &mut BytesMut,
         stmts: &mut BackendStatements,
     ) -> Step {
+        self.deciding_later = false;
         if !cin.is_empty()
             && let Some(step) = self.epoch_gate(cin, split, to_c)
         {
@@ -44,6 +45,10 @@ impl Relay<'_> {
             self.state.on_client_tag(frame[0]);
             match self.on_client_frame(&frame, to_b, stmts) {
                 Ok(Step::Continue) => {}
+                Ok(Step::Hold) => {
+                    self.hold_frame(frame, cin);
+                    return Step::Continue;
+                }
                 Ok(end @ Step::End(_)) => return end,
                 Err(err) => return refuse_client(err, to_c),
             }
@@ -115,8 +120,8 @@ impl Relay<'_> {
             return self.on_client_frame_txn(frame, to_b, stmts);
         }
         match frame[0] {
-            frontend::QUERY => self.on_query(frame, to_b, stmts)?,
-            frontend::PARSE => self.on_parse(frame, to_b)?,
+            frontend::QUERY => return self.on_query(frame, to_b, stmts),
+            frontend::PARSE => return self.on_parse(frame, to_b),
             frontend::FUNCTION_CALL => self.on_function_call(frame, to_b),
             frontend::SYNC => {
                 self.state.request_sent();
@@ -145,11 +150,13 @@ impl Relay<'_> {
         frame: &[u8],
         to_b: &mut BytesMut,
         stmts: &mut BackendStatements,
-    ) -> Result<(), PgError> {
+    ) -> Result<Step, PgError> {
         let sql = messages::decode_query(payload(frame))
             .ok_or_else(|| PgError::protocol_violation("invalid Query message"))?;
+        let Some(mut decision) = self.decide(sql, None) else {
+            return Ok(Step::Hold);
+        };
         self.state.request_sent();
-        let mut decision = self.decide(sql, None);
         if let Some(t) = self.txn.as_mut() {
             t.stmts.on_query();
             t.stmts.on_sync_sent();
@@ -170,14 +177,16 @@ impl Relay<'_> {
             Decision::Rewrite(text) => messages::query(to_b, &text),
             Decision::Deny(err) => messages::query(to_b, &self.deny(err)),
         }
-        Ok(())
+        Ok(Step::Continue)
     }
 
     /// Session mode: a Parse, decided and queued as it is, rewritten, or swapped for its denial.
-    fn on_parse(&mut self, frame: &[u8], to_b: &mut BytesMut) -> Result<(), PgError> {
+    fn on_parse(&mut self, frame: &[u8], to_b: &mut BytesMut) -> Result<Step, PgError> {
         let p = messages::decode_parse(payload(frame))
             .ok_or_else(|| PgError::protocol_violation("invalid Parse message"))?;
-        let decision = self.decide(p.sql, Some(p.name));
+        let Some(decision) = self.decide(p.sql, Some(p.name)) else {
+            return Ok(Step::Hold);
+        };
         if let Some(t) = self.tally.as_mut() {
             t.on_parse(p.name, self.last_tag.take());
         }
@@ -186,7 +195,7 @@ impl Relay<'_> {
             Decision::Rewrite(text) => messages::parse(to_b, p.name, &text, p.param_types),
             Decision::Deny(err) => messages::parse(to_b, p.name, &self.deny(err), &[0, 0]),
         }
-        Ok(())
+        Ok(Step::Continue)
     }
 
     /// A fast-path FunctionCall (both modes): it calls a function by OID, past any SQL check, so inspected

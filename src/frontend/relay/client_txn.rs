@@ -26,7 +26,10 @@ impl Relay<'_> {
         let refused = match frame[0] {
             frontend::PARSE => {
                 t.unsynced = true;
-                self.txn_parse(body, to_b, stmts)?
+                match self.txn_parse(body, to_b, stmts)? {
+                    Some(refused) => refused,
+                    None => return Ok(Step::Hold),
+                }
             }
             frontend::BIND => {
                 t.unsynced = true;
@@ -82,17 +85,20 @@ impl Relay<'_> {
     }
 
     /// A Parse in transaction mode: decided, observed, and prepared through the client's statement table.
-    /// Returns the error to fail in its place when it is refused.
+    /// Returns the error to fail in its place when it is refused (`Some(Some(_))`), or `None` when the
+    /// policy asked to decide it again shortly (nothing was done: the caller holds the message).
     fn txn_parse(
         &mut self,
         body: &[u8],
         to_b: &mut BytesMut,
         stmts: &mut BackendStatements,
-    ) -> Result<Option<PgError>, PgError> {
+    ) -> Result<Option<Option<PgError>>, PgError> {
         let p = messages::decode_parse(body)
             .ok_or_else(|| PgError::protocol_violation("invalid Parse message"))?;
         let (name, param_types) = (p.name, p.param_types);
-        let decision = self.decide(p.sql, Some(name));
+        let Some(decision) = self.decide(p.sql, Some(name)) else {
+            return Ok(None);
+        };
         if let Some(t) = self.tally.as_mut() {
             t.on_parse(name, self.last_tag.take());
         }
@@ -115,7 +121,7 @@ impl Relay<'_> {
         if refused.is_some() && name.is_empty() {
             t.stmts.forget_unnamed();
         }
-        Ok(refused)
+        Ok(Some(refused))
     }
 }
 

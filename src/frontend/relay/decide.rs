@@ -17,40 +17,62 @@ const MAX_HOLD: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Relay<'_> {
     /// Runs the statement hook on SQL text (skipped entirely for roles that are not inspected). `parse`: the
-    /// name of the statement when the text comes in a Parse message (the statement outlives it).
-    pub(super) fn decide(&mut self, sql: &[u8], parse: Option<&[u8]>) -> Decision {
-        self.last_tag = None;
-        if parse.is_none() && self.versioned {
-            self.epochs.on_query();
-        }
+    /// name of the statement when the text comes in a Parse message (the statement outlives it). `None`:
+    /// the policy asks to decide it again shortly (see [`crate::policy::StatementPolicy::try_check_versioned`]); nothing
+    /// was recorded, and the caller holds the message (see [`Relay::hold_frame`]).
+    pub(super) fn decide(&mut self, sql: &[u8], parse: Option<&[u8]>) -> Option<Decision> {
         if !self.inspects() {
+            self.last_tag = None;
             if self.versioned {
                 match parse {
                     Some(name) => self.epochs.on_parse(name, UNINSPECTED),
-                    None if may_create_state(sql) => self.epochs.on_lasting(UNINSPECTED),
+                    None => {
+                        self.epochs.on_query();
+                        if may_create_state(sql) {
+                            self.epochs.on_lasting(UNINSPECTED);
+                        }
+                    }
+                }
+            }
+            return Some(Decision::Allow);
+        }
+        let Ok(sql) = std::str::from_utf8(sql) else {
+            // Fail closed: what cannot be read cannot be checked.
+            self.last_tag = None;
+            if parse.is_none() && self.versioned {
+                self.epochs.on_query();
+            }
+            return Some(Decision::Deny(PgError::invalid_encoding()));
+        };
+        let mut v = self.policy.try_check_versioned(sql, self.who)?;
+        self.last_tag = if self.tally.is_some() {
+            v.audit.take()
+        } else {
+            None
+        };
+        if self.versioned {
+            if parse.is_none() {
+                self.epochs.on_query();
+            }
+            if !matches!(v.decision, Decision::Deny(_)) {
+                match parse {
+                    Some(name) => self.epochs.on_parse(name, v.epoch),
+                    None if v.lasting => self.epochs.on_lasting(v.epoch),
                     None => {}
                 }
             }
-            return Decision::Allow;
         }
-        match std::str::from_utf8(sql) {
-            Ok(sql) => {
-                let mut v = self.policy.check_versioned(sql, self.who);
-                if self.tally.is_some() {
-                    self.last_tag = v.audit.take();
-                }
-                if self.versioned && !matches!(v.decision, Decision::Deny(_)) {
-                    match parse {
-                        Some(name) => self.epochs.on_parse(name, v.epoch),
-                        None if v.lasting => self.epochs.on_lasting(v.epoch),
-                        None => {}
-                    }
-                }
-                v.decision
-            }
-            // Fail closed: what cannot be read cannot be checked.
-            Err(_) => Decision::Deny(PgError::invalid_encoding()),
-        }
+        Some(v.decision)
+    }
+
+    /// Puts `frame`, which the policy asked to decide again, back in front of the client bytes, and holds
+    /// the session's client messages (backend traffic goes on) until the run loop looks again
+    /// (`HOLD_RECHECK`); the policy bounds how long it asks (`policy::on_demand::WAIT`).
+    pub(super) fn hold_frame(&mut self, mut frame: BytesMut, cin: &mut BytesMut) {
+        // `frame` was split off the front of `cin`: put back in place without copying.
+        frame.unsplit(cin.split());
+        *cin = frame;
+        self.deciding_later = true;
     }
 
     /// Before fresh client bytes are handled: `Some` ends the session (its prepared state is stale) or holds

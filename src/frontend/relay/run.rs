@@ -142,10 +142,10 @@ impl<'a> Relay<'a> {
             io.bin.reserve(READ_CHUNK);
             tokio::select! {
                 () = sleep_until(idle_deadline), if idle_deadline.is_some() => self.idle_timeout(&mut io),
-                () = tokio::time::sleep(HOLD_RECHECK), if self.held_since.is_some() => {
+                () = tokio::time::sleep(HOLD_RECHECK), if self.holding() => {
                     self.client_bytes(&mut io, link.statements);
                 }
-                r = cr.read_buf(&mut io.cin), if io.to_b.len() < HIGH_WATER && self.held_since.is_none() => {
+                r = cr.read_buf(&mut io.cin), if io.to_b.len() < HIGH_WATER && !self.holding() => {
                     self.client_read(r, &mut io, link.statements);
                 }
                 r = br.read_buf(&mut io.bin), if io.to_c.len() < HIGH_WATER => self.backend_read(r, &mut io, &mut link),
@@ -227,10 +227,17 @@ impl<'a> Relay<'a> {
         due
     }
 
+    /// Client messages wait: the epoch of the session's prepared state is being determined, or the policy
+    /// asked to decide the first one again shortly.
+    fn holding(&self) -> bool {
+        self.held_since.is_some() || self.deciding_later
+    }
+
     /// When the client's silence ends the session: only on the client's turn (the backend has answered
     /// everything and nothing waits to be written), after the limit for the transaction status.
     fn idle_deadline(&self, io: &Io) -> Option<Instant> {
         let clients_turn = self.state.in_flight == 0
+            && !self.holding()
             && io.to_b.is_empty()
             && io.to_c.is_empty()
             && !io.flush_b

@@ -39,7 +39,7 @@ impl StatementPolicy for DenySecret {
     }
 }
 
-fn who() -> Identity {
+pub(super) fn who() -> Identity {
     Identity {
         user: UserId::new("alice"),
         tenant: TenantId::new("acme"),
@@ -50,32 +50,32 @@ fn who() -> Identity {
     }
 }
 
-fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
+pub(super) fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
     let mut v = vec![tag];
     v.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
     v.extend_from_slice(body);
     v
 }
 
-fn query(sql: &str) -> Vec<u8> {
+pub(super) fn query(sql: &str) -> Vec<u8> {
     let mut b = BytesMut::new();
     messages::query(&mut b, sql);
     b.to_vec()
 }
 
-fn parse(sql: &str) -> Vec<u8> {
+pub(super) fn parse(sql: &str) -> Vec<u8> {
     let mut b = BytesMut::new();
     messages::parse(&mut b, b"", sql, &[0, 0]);
     b.to_vec()
 }
 
-fn ready(status: TxnStatus) -> Vec<u8> {
+pub(super) fn ready(status: TxnStatus) -> Vec<u8> {
     let mut b = BytesMut::new();
     messages::ready_for_query(&mut b, status.byte());
     b.to_vec()
 }
 
-fn complete(tag: &str) -> Vec<u8> {
+pub(super) fn complete(tag: &str) -> Vec<u8> {
     msg(backend::COMMAND_COMPLETE, format!("{tag}\0").as_bytes())
 }
 
@@ -86,7 +86,7 @@ fn error(code: &str, message: &str) -> Vec<u8> {
 }
 
 /// Whole frames of `bytes` as (tag, payload).
-fn frames(bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
+pub(super) fn frames(bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
     let mut out = Vec::new();
     let mut rest = bytes;
     while rest.len() >= 5 {
@@ -106,13 +106,13 @@ fn field(body: &[u8], f: u8) -> String {
 }
 
 /// The SQL of a Query payload.
-fn sql_of(body: &[u8]) -> String {
+pub(super) fn sql_of(body: &[u8]) -> String {
     String::from_utf8_lossy(&body[..body.len() - 1]).into_owned()
 }
 
 /// A relay driven frame by frame, without sockets.
-struct Harness<'a> {
-    relay: Relay<'a>,
+pub(super) struct Harness<'a> {
+    pub(super) relay: Relay<'a>,
     csplit: FrameSplitter,
     bsplit: FrameSplitter,
     stmts: BackendStatements,
@@ -120,7 +120,7 @@ struct Harness<'a> {
 }
 
 impl<'a> Harness<'a> {
-    fn new(who: &'a Identity, policy: &'a dyn StatementPolicy) -> Self {
+    pub(super) fn new(who: &'a Identity, policy: &'a dyn StatementPolicy) -> Self {
         Self {
             relay: Relay::new(who, policy, 1 << 20),
             csplit: FrameSplitter::new(1 << 20),
@@ -131,19 +131,24 @@ impl<'a> Harness<'a> {
     }
 
     /// Client bytes: what goes to the backend, and whether the session goes on.
-    fn client(&mut self, bytes: &[u8]) -> (Vec<u8>, bool) {
-        let (mut cin, mut to_b, mut to_c) =
-            (BytesMut::from(bytes), BytesMut::new(), BytesMut::new());
+    pub(super) fn client(&mut self, bytes: &[u8]) -> (Vec<u8>, bool) {
+        let mut cin = BytesMut::from(bytes);
+        let (to_b, go_on) = self.client_in(&mut cin);
+        assert!(!go_on || cin.is_empty(), "client bytes left over");
+        (to_b, go_on)
+    }
+
+    /// Client bytes in `cin`, which keeps what the relay leaves there (held messages).
+    pub(super) fn client_in(&mut self, cin: &mut BytesMut) -> (Vec<u8>, bool) {
+        let (mut to_b, mut to_c) = (BytesMut::new(), BytesMut::new());
         let step = self.relay.on_client_bytes(
-            &mut cin,
+            cin,
             &mut self.csplit,
             &mut to_b,
             &mut to_c,
             &mut self.stmts,
         );
-        let go_on = matches!(step, Step::Continue);
-        assert!(!go_on || cin.is_empty(), "client bytes left over");
-        (to_b.to_vec(), go_on)
+        (to_b.to_vec(), matches!(step, Step::Continue))
     }
 
     /// Backend bytes: what goes to the client.
@@ -308,7 +313,7 @@ fn unknown_and_oversized_client_messages_end_the_session() {
     assert!(!go_on);
 }
 
-fn txn_harness<'a>(who: &'a Identity, policy: &'a dyn StatementPolicy) -> Harness<'a> {
+pub(super) fn txn_harness<'a>(who: &'a Identity, policy: &'a dyn StatementPolicy) -> Harness<'a> {
     let mut h = Harness::new(who, policy);
     h.relay.txn = Some(TxnCtx::new(Vec::new(), None, 16));
     h
@@ -386,7 +391,7 @@ async fn fake_backend(mut s: DuplexStream, answer: impl Fn(&str) -> Vec<u8>) {
 }
 
 /// Reads frames from the client's end until a ReadyForQuery (or EOF).
-async fn read_until_ready(s: &mut DuplexStream) -> Vec<(u8, Vec<u8>)> {
+pub(super) async fn read_until_ready(s: &mut DuplexStream) -> Vec<(u8, Vec<u8>)> {
     let mut got = Vec::new();
     let mut buf = BytesMut::new();
     loop {
@@ -409,7 +414,7 @@ async fn read_until_ready(s: &mut DuplexStream) -> Vec<(u8, Vec<u8>)> {
 }
 
 /// Runs `relay` over duplex streams: returns how the run ended. `client` drives the client's end.
-async fn run_duplex<F, Fut>(
+pub(super) async fn run_duplex<F, Fut>(
     relay: &mut Relay<'_>,
     shutdown: bool,
     answer: impl Fn(&str) -> Vec<u8> + Send + 'static,
@@ -460,7 +465,7 @@ where
 }
 
 /// The fake backend's answer to a statement: a denial marker fails with 42703, anything else completes.
-fn answer(sql: &str) -> Vec<u8> {
+pub(super) fn answer(sql: &str) -> Vec<u8> {
     let mut out = match sql.strip_prefix("SELECT \"") {
         Some(rest) => error(
             "42703",

@@ -3,12 +3,13 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 
 use super::super::catalog::Catalog;
 use super::super::functions::PseudonymKey;
+use super::super::on_demand::Sink;
 use super::{MaskingEngine, TenantState};
 use crate::error::Classified;
 use crate::ids::{SecretId, TenantId};
@@ -25,7 +26,8 @@ impl MaskingEngine {
         keys: HashMap<TenantId, SecretId>,
         refresh: Duration,
     ) {
-        self.on_demand.start(router.clone(), secrets.clone());
+        let sink = Box::new(OnDemandSink(Arc::downgrade(self)));
+        self.on_demand.start(sink, router.clone(), secrets.clone());
         tokio::spawn(
             self.clone()
                 .refresh_catalogs(router, secrets, keys, refresh),
@@ -129,23 +131,19 @@ impl MaskingEngine {
         self.loaded(&tenant.id, started);
     }
 
-    /// Loads the tenant's catalog on demand (see [`super::on_demand`]); whether the snapshot changed since the
-    /// call began (by this load or by another that finished meanwhile).
-    pub(super) fn reload_on_demand(&self, tenant: &TenantId) -> bool {
-        let before = self.tenant(tenant).map(|t| t.catalog.version);
-        let started = self.generation.load(Ordering::Acquire);
-        if let Some(catalog) = self.on_demand.load_now(tenant) {
-            let key = self.tenant(tenant).and_then(|t| t.key.clone());
-            let same = self
-                .tenant(tenant)
-                .is_some_and(|old| same_catalog(&old.catalog, &catalog));
-            if !same {
-                tracing::info!(tenant = %tenant, version = catalog.version, "catalog loaded on demand (unknown relation)");
-                self.set_tenant(tenant.clone(), TenantState { catalog, key });
-            }
-            self.loaded(tenant, started);
+    /// Installs a catalog loaded on demand (see [`super::super::on_demand`]) by a load that started at
+    /// schema-change generation `started`; the tenant's key stays.
+    fn install_on_demand(&self, tenant: &TenantId, catalog: Catalog, started: u64) {
+        let old = self.tenant(tenant);
+        if !old
+            .as_ref()
+            .is_some_and(|old| same_catalog(&old.catalog, &catalog))
+        {
+            tracing::info!(tenant = %tenant, version = catalog.version, "catalog loaded on demand (unknown relation)");
+            let key = old.and_then(|t| t.key.clone());
+            self.set_tenant(tenant.clone(), TenantState { catalog, key });
         }
-        self.tenant(tenant).map(|t| t.catalog.version) != before
+        self.loaded(tenant, started);
     }
 
     /// Waits until every listed tenant has a catalog (tests, demo start-up).
@@ -159,6 +157,23 @@ impl MaskingEngine {
                 return false;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// The engine as the on-demand loader's sink (weak: the loader thread must not keep the engine alive).
+struct OnDemandSink(Weak<MaskingEngine>);
+
+impl Sink for OnDemandSink {
+    fn generation(&self) -> Option<u64> {
+        self.0
+            .upgrade()
+            .map(|e| e.generation.load(Ordering::Acquire))
+    }
+
+    fn install(&self, tenant: &TenantId, catalog: Catalog, generation: u64) {
+        if let Some(e) = self.0.upgrade() {
+            e.install_on_demand(tenant, catalog, generation);
         }
     }
 }
