@@ -4,7 +4,9 @@
 //! 40000, 17-35 s on a busy 2-core box; `PGVEIL_FUZZ_SEED`), is prepared on the demo tenant's database three
 //! ways: (a) directly on PostgreSQL as the tenant's backend user, (b) through pgveil with the example policy as
 //! the unrestricted `admin`, (c) as the masked `analyst`. Preparing is Parse + Describe + Sync, nothing is ever
-//! executed (mutated SQL holds DROP and DELETE). Properties:
+//! executed (mutated SQL holds DROP and DELETE). Both pool modes: the corpus and the mutations through a
+//! session-mode pgveil, then again through a transaction-mode one, where Parse, Describe and Close are
+//! translated against each transaction's backend (`PGVEIL_FUZZ_LIVE_TXN_ITERS`, default 10000). Properties:
 //! 1. transparency: when (a) describes, (b) describes the same parameter types and columns (name, type, type
 //!    modifier, table and column number); when (a) fails, (b) fails with the same SQLSTATE or with one of
 //!    pgveil's refusal SQLSTATEs (42501, 0A000, 42601, 42P01; such refusals are listed at the end);
@@ -35,7 +37,7 @@ use pgveil::ids::{RoleName, TenantId};
 use pgveil::policy::file::Policy;
 use rand::RngExt;
 use support::Fixture;
-use support::masking::{masking_proxy, write_policy_dir};
+use support::masking::{masking_proxy_in, write_policy_dir};
 use tokio_postgres::{Client, Statement};
 
 use mutation::{dictionary, env_u64, inputs, mutate, save_failure, seeded};
@@ -44,11 +46,35 @@ fn main() -> std::process::ExitCode {
     support::main_with(&[
         ("corpus_prepares_as_on_postgres", corpus),
         ("mutations_prepare_as_on_postgres", mutations),
+        (
+            "corpus_prepares_as_on_postgres_in_transaction_mode",
+            corpus_txn,
+        ),
+        (
+            "mutations_prepare_as_on_postgres_in_transaction_mode",
+            mutations_txn,
+        ),
     ])
 }
 
 /// The demo tenant: its database has the schema the example policy describes.
 const TENANT: &str = "acme";
+/// Transaction mode refuses every role statements on pgveil's own server-side prepared statements and on
+/// pg_prepared_statements (README "Pool modes"): accepted as a refusal where the text visibly aims at them
+/// (`pgveil_ps_…` written plainly, quoted or with Unicode escapes such as `\005f`, or
+/// `pg_prepared_statements`); the same refusal of any other text fails property 1.
+fn reserved_refusal(sql: &str, admin: &Outcome) -> bool {
+    let Outcome::Error { code, message } = admin else {
+        return false;
+    };
+    let text = sql.to_lowercase();
+    code == "42501"
+        && message.contains("not accessible in transaction pooling mode")
+        && ["veil", "prepared_statements", "005f"]
+            .iter()
+            .any(|n| text.contains(n))
+}
+
 /// SQLSTATEs of pgveil's own statement refusals (fuzz/targets.rs `rewrite_check`).
 const REFUSALS: [&str; 4] = ["42501", "0A000", "42601", "42P01"];
 /// The corpora whose inputs are SQL.
@@ -260,6 +286,9 @@ struct Stats {
     /// Inputs that failed on PostgreSQL and that pgveil refused for `admin` with another SQLSTATE: (input,
     /// PostgreSQL's outcome, pgveil's).
     admin_refusals: Vec<(String, Outcome, Outcome)>,
+    /// Transaction mode: inputs refused for `admin` because they name pgveil's own prepared statements or
+    /// pg_prepared_statements (README "Pool modes"), whatever PostgreSQL answered.
+    reserved: usize,
     failures: usize,
 }
 
@@ -273,6 +302,8 @@ fn label(o: &Outcome) -> String {
 
 /// One differential run over the three sessions.
 struct Run<'f> {
+    /// Through a transaction-mode pgveil.
+    txn: bool,
     direct: Session<'f>,
     admin: Session<'f>,
     analyst: Session<'f>,
@@ -282,10 +313,11 @@ struct Run<'f> {
 }
 
 impl<'f> Run<'f> {
-    async fn start(fx: &'f Fixture, proxy: SocketAddr) -> Result<Run<'f>> {
+    async fn start(fx: &'f Fixture, proxy: SocketAddr, txn: bool) -> Result<Run<'f>> {
         let direct = Session::open(fx, proxy, Via::Direct).await?;
         let classified = classified_columns(&direct.client).await?;
         Ok(Run {
+            txn,
             direct,
             admin: Session::open(fx, proxy, Via::Admin).await?,
             analyst: Session::open(fx, proxy, Via::Analyst).await?,
@@ -334,7 +366,7 @@ impl<'f> Run<'f> {
             let refusal = (sql.clone(), trio.direct.clone(), trio.admin.clone());
             self.stats.admin_refusals.push(refusal);
         }
-        let violations = self.judge(&trio);
+        let violations = self.judge(&sql, &trio);
         if !violations.is_empty() {
             self.stats.failures += 1;
             let file = save_failure("fuzz_live", sql.as_bytes());
@@ -354,13 +386,18 @@ impl<'f> Run<'f> {
     }
 
     /// The properties (module comment) broken by one input's outcomes.
-    fn judge(&mut self, t: &Trio) -> Vec<String> {
+    fn judge(&mut self, sql: &str, t: &Trio) -> Vec<String> {
         use Outcome::{Broken, Described, Error};
         let mut v = Vec::new();
         if let Broken(e) = &t.direct {
             v.push(format!("PostgreSQL itself ended the session: {e}"));
         }
+        let reserved = self.txn && reserved_refusal(sql, &t.admin);
+        if reserved {
+            self.stats.reserved += 1;
+        }
         match (&t.direct, &t.admin) {
+            _ if reserved => {}
             (Described { .. }, Described { .. }) if t.direct == t.admin => {}
             (Described { .. }, Described { .. }) => {
                 v.push("1: admin's description differs from PostgreSQL's".into())
@@ -470,11 +507,17 @@ impl<'f> Run<'f> {
             s.masked_types,
         );
         eprintln!(
-            "  admin refused with another SQLSTATE than PostgreSQL's: {}",
+            "  admin refused with another SQLSTATE than PostgreSQL's: {} (the first {PRINTED} listed)",
             s.admin_refusals.len()
         );
-        for (sql, a, b) in &s.admin_refusals {
+        for (sql, a, b) in s.admin_refusals.iter().take(PRINTED) {
             eprintln!("    {sql:?}\n      direct: {a}\n      admin:  {b}");
+        }
+        if self.txn {
+            eprintln!(
+                "  admin refused for naming pgveil's prepared statements or pg_prepared_statements: {}",
+                s.reserved
+            );
         }
         if s.failures > 0 {
             bail!(
@@ -509,10 +552,21 @@ fn corpus_inputs() -> Result<Vec<(String, Vec<u8>)>> {
 /// Every corpus input; the hand-written `live-*` seeds must also get from PostgreSQL what they expect, and at
 /// least one must reach a masked column through the masked role.
 fn corpus(fx: &Fixture) -> Result<()> {
+    corpus_in(fx, false)
+}
+
+/// [`corpus`] through pgveil in transaction mode (Parse, Describe and Close translated against each
+/// transaction's backend).
+fn corpus_txn(fx: &Fixture) -> Result<()> {
+    corpus_in(fx, true)
+}
+
+fn corpus_in(fx: &Fixture, txn: bool) -> Result<()> {
     let seeds = corpus_inputs()?;
-    let proxy = masking_proxy(fx, write_policy_dir(fx, "policies-fuzz-corpus")?)?;
+    let dir = write_policy_dir(fx, &format!("policies-fuzz-corpus-{txn}"))?;
+    let proxy = masking_proxy_in(fx, dir, txn)?;
     fx.block_on(async {
-        let mut run = Run::start(fx, proxy.addr).await?;
+        let mut run = Run::start(fx, proxy.addr, txn).await?;
         let mut problems = Vec::new();
         let (mut live, mut masked) = (0, false);
         for (name, data) in &seeds {
@@ -537,7 +591,11 @@ fn corpus(fx: &Fixture) -> Result<()> {
                 problems.push(format!("{seed}: PostgreSQL gave {}", trio.direct));
             }
         }
-        run.finish("corpus")?;
+        run.finish(if txn {
+            "corpus, transaction mode"
+        } else {
+            "corpus"
+        })?;
         ensure!(
             live >= 10,
             "only {live} live-* seeds in fuzz/corpus/rewrite_check"
@@ -550,16 +608,25 @@ fn corpus(fx: &Fixture) -> Result<()> {
 
 /// Seeded mutations of the corpus inputs with both corpora's dictionaries.
 fn mutations(fx: &Fixture) -> Result<()> {
+    mutations_in(fx, false, env_u64("PGVEIL_FUZZ_LIVE_ITERS", 40000))
+}
+
+/// [`mutations`] through pgveil in transaction mode (`PGVEIL_FUZZ_LIVE_TXN_ITERS`, default 10000).
+fn mutations_txn(fx: &Fixture) -> Result<()> {
+    mutations_in(fx, true, env_u64("PGVEIL_FUZZ_LIVE_TXN_ITERS", 10000))
+}
+
+fn mutations_in(fx: &Fixture, txn: bool, iterations: u64) -> Result<()> {
     let corpus = corpus_inputs()?;
     let dict: Vec<Vec<u8>> = CORPORA
         .iter()
         .flat_map(|n| dictionary(&fuzz_dir().join("dict").join(format!("{n}.dict"))))
         .collect();
-    let iterations = env_u64("PGVEIL_FUZZ_LIVE_ITERS", 40000);
-    let (seed, mut rng) = seeded("fuzz_live");
-    let proxy = masking_proxy(fx, write_policy_dir(fx, "policies-fuzz-mutations")?)?;
+    let (seed, mut rng) = seeded(if txn { "fuzz_live_txn" } else { "fuzz_live" });
+    let dir = write_policy_dir(fx, &format!("policies-fuzz-mutations-{txn}"))?;
+    let proxy = masking_proxy_in(fx, dir, txn)?;
     fx.block_on(async {
-        let mut run = Run::start(fx, proxy.addr).await?;
+        let mut run = Run::start(fx, proxy.addr, txn).await?;
         for i in 0..iterations {
             let a = &corpus[rng.random_range(0..corpus.len())].1;
             let b = &corpus[rng.random_range(0..corpus.len())].1;
@@ -567,6 +634,10 @@ fn mutations(fx: &Fixture) -> Result<()> {
             run.check(&format!("mutation {i} (seed {seed:#x})"), &data)
                 .await?;
         }
-        run.finish("mutations")
+        run.finish(if txn {
+            "mutations, transaction mode"
+        } else {
+            "mutations"
+        })
     })
 }
