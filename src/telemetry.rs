@@ -87,6 +87,10 @@ fn describe() {
         "Tenant catalog loads by result (ok | error); errors also by kind (secret | incomplete | connect | io | query | timeout | internal)."
     );
     describe_counter!(
+        "pgveil_catalog_on_demand_total",
+        "Catalog loads started for a statement naming a relation the tenant's snapshot lacks (the statement waits for it, its session only)."
+    );
+    describe_counter!(
         "pgveil_policy_reloads_total",
         "Policy reloads by result (ok | rejected)."
     );

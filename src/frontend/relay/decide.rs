@@ -17,9 +17,9 @@ const MAX_HOLD: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Relay<'_> {
     /// Runs the statement hook on SQL text (skipped entirely for roles that are not inspected). `parse`: the
-    /// name of the statement when the text comes in a Parse message (the statement outlives it). `None`:
-    /// the policy asks to decide it again shortly (see [`crate::policy::StatementPolicy::try_check_versioned`]); nothing
-    /// was recorded, and the caller holds the message (see [`Relay::hold_frame`]).
+    /// name of the statement when the text comes in a Parse message (the statement outlives it). `None`: the
+    /// policy asks to decide it again shortly (`StatementPolicy::try_check_versioned`); nothing was recorded,
+    /// and the caller holds the message (see [`Relay::hold_frame`]).
     pub(super) fn decide(&mut self, sql: &[u8], parse: Option<&[u8]>) -> Option<Decision> {
         if !self.inspects() {
             self.last_tag = None;
