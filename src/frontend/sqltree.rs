@@ -33,6 +33,19 @@ pub fn add_effects(sql: &[u8], fx: &mut SqlEffects) {
     }
 }
 
+/// The error PostgreSQL's grammar gives `sql` when it rejects the text as a syntax error (`None`: it parses, or
+/// fails otherwise, e.g. too deep). The server parses a whole Query or Parse text before running any of it,
+/// so such text changes nothing there either.
+pub fn syntax_error(sql: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(sql).ok()?;
+    let error =
+        crate::policy::rewrite::stack::deep_enough(text, || match pg_query::parse(text, 0) {
+            Err(pg_query::Error::Parse(message)) => Some(message),
+            _ => None,
+        })??;
+    (!error.contains("stack depth")).then_some(error)
+}
+
 fn add_parsed(text: &str, fx: &mut SqlEffects) {
     let Ok(parsed) = pg_query::parse(text, 0) else {
         return;
@@ -86,6 +99,18 @@ fn node(key: &str, v: &Value, fx: &mut SqlEffects) {
 #[cfg(test)]
 mod tests {
     use super::super::sqlscan::scan;
+    use super::syntax_error;
+
+    #[test]
+    fn syntax_errors_are_told_from_text_that_parses() {
+        assert_eq!(syntax_error(b"EXECUTE pgveil_ps_1"), None);
+        assert_eq!(syntax_error(br#"DEALLOCATE U&"\0070gveil_ps_2""#), None);
+        let e = syntax_error(b"EXECUTE pgveil_ps_1; SELECTCT 1").unwrap();
+        assert!(e.contains("syntax error at or near \"SELECTCT\""), "{e}");
+        let e = syntax_error(br#"EXECUTE U&"pgveil\005fps"#).unwrap();
+        assert!(e.contains("unterminated quoted identifier"), "{e}");
+        assert_eq!(syntax_error(b"\xff"), None, "not UTF-8: not decided here");
+    }
 
     #[test]
     fn escaped_spellings_are_read_exactly() {

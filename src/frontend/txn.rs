@@ -88,6 +88,11 @@ impl TxnCtx {
     pub fn observe(&mut self, sql: &[u8], stmts: &mut BackendStatements) -> Option<PgError> {
         let fx = sqlscan::scan(sql);
         if fx.reserved {
+            // Text PostgreSQL's grammar rejects anyway gets the syntax error PostgreSQL would give (the fast
+            // scan reads words, and names it cannot decode count as reserved).
+            if let Some(message) = super::sqltree::syntax_error(sql) {
+                return Some(PgError::syntax_error(message));
+            }
             return Some(PgError::insufficient_privilege(
                 "pgveil's server-side prepared statements and pg_prepared_statements are not accessible in transaction pooling mode",
             ));
